@@ -1,0 +1,6 @@
+//! The My Jarvis cloud agent: the hub's HTTP and WebSocket transport, token auth, and the
+//! `jarvis-cloud` command line. The sync logic itself lives in `jarvis_sync`; this crate owns
+//! sockets, processes and configuration.
+
+pub mod auth;
+pub mod server;

@@ -1,0 +1,207 @@
+//! HTTP and WebSocket transport over the hub: `/sync` (the Hocuspocus protocol), `/healthz`,
+//! `/metrics`. Handlers are a few lines over `jarvis_sync::hub`; the socket task only moves
+//! bytes between the WebSocket and a [`HubConnection`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use jarvis_sync::hub::{CloseReason, Hub, HubConfig, Outbound, close_code};
+use jarvis_sync::store::SqliteStore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::TokenStore;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: Hub,
+    pub shutdown: CancellationToken,
+    pub sockets: TaskTracker,
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/sync", get(sync_socket))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let m = state.hub.metrics();
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        out.push_str(&format!(
+            "# HELP jarvis_hub_{name} {help}\n# TYPE jarvis_hub_{name} {kind}\njarvis_hub_{name} {value}\n"
+        ));
+    };
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    metric("connections_open", "gauge", "Open sync sockets.", get(&m.connections_open));
+    metric("connections_total", "counter", "Sync sockets accepted.", get(&m.connections_total));
+    metric("documents_in_memory", "gauge", "Documents held in memory.", state.hub.loaded_documents() as u64);
+    metric("documents_loaded_total", "counter", "Documents loaded from the store.", get(&m.documents_loaded));
+    metric("updates_received_total", "counter", "Sync step 2 and update messages received.", get(&m.updates_received));
+    metric("updates_committed_total", "counter", "Updates durably committed.", get(&m.updates_committed));
+    metric("commit_batches_total", "counter", "Store transactions committed.", get(&m.commit_batches));
+    metric("frames_relayed_total", "counter", "Frames relayed to other subscribers.", get(&m.frames_relayed));
+    metric("auth_denied_total", "counter", "Document authentications refused.", get(&m.auth_denied));
+    metric("compactions_total", "counter", "Document logs compacted.", get(&m.compactions));
+    metric("store_errors_total", "counter", "Store operations that failed.", get(&m.store_errors));
+    metric("slow_consumers_closed_total", "counter", "Connections closed for not keeping up.", get(&m.slow_consumers_closed));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+async fn sync_socket(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let limit = state.hub.config().limits.max_frame_bytes;
+    // The socket layer allows a little more than the protocol limit, so a moderately oversized
+    // frame reaches the decoder and gets a clean 1009 close with a reason; anything larger is
+    // cut off by the socket layer itself.
+    ws.max_message_size(limit.saturating_mul(2))
+        .max_frame_size(limit.saturating_mul(2))
+        .on_upgrade(move |socket| {
+            let tracker = state.sockets.clone();
+            tracker.track_future(serve_socket(socket, state))
+        })
+}
+
+async fn serve_socket(socket: WebSocket, state: AppState) {
+    let (mut conn, mut outbox, kill) = state.hub.connect();
+    let id = conn.id();
+    let (mut sink, mut stream) = socket.split();
+    let close = loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(WsMessage::Binary(bytes))) => {
+                    if let Err(reason) = conn.handle(&bytes).await {
+                        break Some(reason);
+                    }
+                }
+                Some(Ok(WsMessage::Text(_))) => {
+                    break Some(CloseReason::new(close_code::UNSUPPORTED_DATA, "binary frames only"));
+                }
+                Some(Ok(WsMessage::Close(_))) | None => break None,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::info!(conn = id, error = %e, "socket error");
+                    break Some(CloseReason::new(close_code::MESSAGE_TOO_BIG, format!("socket error: {e}")));
+                }
+            },
+            out = outbox.recv() => {
+                let Some(first) = out else { break None };
+                // Write everything already queued before one flush: under load this turns many
+                // small frames into few syscalls.
+                let mut next = Some(first);
+                let mut closing = None;
+                while let Some(item) = next.take() {
+                    match item {
+                        Outbound::Frame(f) => {
+                            if sink.feed(WsMessage::Binary(f.into())).await.is_err() {
+                                break;
+                            }
+                        }
+                        Outbound::Close(reason) => { closing = Some(reason); break; }
+                    }
+                    next = outbox.try_recv().ok();
+                }
+                if sink.flush().await.is_err() { break None; }
+                if closing.is_some() { break closing; }
+            }
+            _ = kill.cancelled() => {
+                break Some(CloseReason::new(close_code::TRY_AGAIN_LATER, "connection fell behind or storage failed; reconnect"));
+            }
+            _ = state.shutdown.cancelled() => {
+                break Some(CloseReason::new(close_code::GOING_AWAY, "server shutting down"));
+            }
+        }
+    };
+    if let Some(reason) = close {
+        tracing::info!(conn = id, code = reason.code, reason = %reason.reason, "closing socket");
+        let _ = sink
+            .send(WsMessage::Close(Some(CloseFrame {
+                code: reason.code,
+                reason: reason.reason.into(),
+            })))
+            .await;
+    }
+    drop(conn);
+}
+
+/// Options of `jarvis-cloud serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "JARVIS_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on; 0 picks a free one (printed on stdout).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Where the database and workspaces live.
+    #[arg(long, env = "JARVIS_DATA_DIR", default_value = "./jarvis-data")]
+    pub data_dir: PathBuf,
+    /// Largest sync frame accepted, in bytes.
+    #[arg(long, env = "JARVIS_MAX_FRAME_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_frame_bytes: usize,
+}
+
+pub fn database_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("hub.db")
+}
+
+/// Runs the server until `shutdown` is cancelled, then closes sockets and commits everything
+/// queued before returning.
+pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let db = database_path(&args.data_dir);
+    let store = SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    let tokens = TokenStore::open(&db)?;
+    if tokens.count()? == 0 {
+        let token = tokens.create("admin (first start)", &["*".to_owned()], false)?;
+        println!("first start: admin token (shown once, keep it safe): {token}");
+    }
+    let mut config = HubConfig::default();
+    config.limits.max_frame_bytes = args.max_frame_bytes;
+    let hub = Hub::new(Arc::new(store), Arc::new(tokens), config);
+    let state = AppState {
+        hub: hub.clone(),
+        shutdown: shutdown.clone(),
+        sockets: TaskTracker::new(),
+    };
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .with_context(|| format!("invalid listen address {}:{}", args.host, args.port))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    // Tests and scripts read this line to find the port.
+    println!("listening on {local}");
+    tracing::info!(%local, data_dir = %args.data_dir.display(), "jarvis-cloud serving");
+    let sockets = state.sockets.clone();
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("serving HTTP")?;
+    sockets.close();
+    sockets.wait().await;
+    hub.shutdown().await;
+    tracing::info!("jarvis-cloud stopped; every queued update is committed");
+    Ok(())
+}

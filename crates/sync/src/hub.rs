@@ -1,0 +1,973 @@
+//! The hub: the durable copy of every document and the relay between devices.
+//!
+//! Transport-free: a server hands each socket's binary messages to a [`HubConnection`] and
+//! drains the [`Outbound`] channel it gets back. The hub keeps loaded documents in memory,
+//! relays every accepted update to the other subscribers at once, and hands it to a single
+//! writer thread that commits batches to the [`Store`] (group commit). The `SyncStatus` that
+//! acknowledges an update is sent only after its batch committed, and acknowledgements leave in
+//! the order the updates arrived. A hub that dies before committing has acknowledged nothing;
+//! clients re-send on reconnect through the sync handshake.
+//!
+//! Never: acknowledge before commit, panic on a peer's bytes, or let one connection's fault end
+//! another's.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use tokio::sync::{OnceCell, mpsc};
+use tokio_util::sync::CancellationToken;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+
+use crate::awareness::{self, AwarenessStates};
+use crate::protocol::{
+    self, AuthMessage, DecodeError, Frame, Limits, Message, SyncMessage, document_name,
+};
+use crate::store::{AppendItem, Store, StoreError};
+
+/// WebSocket close codes the hub uses (4xxx are application codes, as Hocuspocus uses them).
+pub mod close_code {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    pub const INTERNAL_ERROR: u16 = 1011;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub const RESET_CONNECTION: u16 = 4205;
+    pub const BAD_REQUEST: u16 = 4400;
+    pub const UNAUTHORIZED: u16 = 4401;
+    pub const DOCUMENT_TOO_LARGE: u16 = 4413;
+}
+
+/// Why the hub ends a connection: a close code and a reason for the peer and the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("closing connection ({code}): {reason}")]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl CloseReason {
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<DecodeError> for CloseReason {
+    fn from(e: DecodeError) -> Self {
+        let code = match e {
+            DecodeError::FrameTooLarge { .. } => close_code::MESSAGE_TOO_BIG,
+            _ => close_code::BAD_REQUEST,
+        };
+        CloseReason::new(code, format!("malformed frame: {e}"))
+    }
+}
+
+/// What a token may do with one document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    ReadOnly,
+}
+
+/// Decides per document whether a token grants access. Called once per document a connection
+/// opens; implementations must be cheap (an in-memory lookup), since they run on the socket task.
+pub trait Authorizer: Send + Sync + 'static {
+    /// `Err` carries the reason sent to the client in `PermissionDenied`.
+    fn authorize(&self, token: &str, document: &str) -> Result<Access, String>;
+}
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub limits: Limits,
+    /// Frames queued for one connection before it counts as too slow and is closed.
+    pub outbox_capacity: usize,
+    /// Updates queued for the writer before senders wait (back-pressure on sockets).
+    pub write_queue_capacity: usize,
+    /// Largest number of updates committed in one transaction.
+    pub max_batch: usize,
+    /// A document whose log since its snapshot passes either bound is compacted.
+    pub compact_after_entries: u64,
+    pub compact_after_bytes: u64,
+    /// Refuse updates once a document's stored size would pass this.
+    pub max_document_bytes: u64,
+    pub max_documents_per_connection: usize,
+    /// Messages and bytes a connection may send for documents it has not authenticated yet.
+    pub max_unauthenticated_messages: usize,
+    pub max_unauthenticated_bytes: usize,
+    /// Failed authentications after which the socket is closed.
+    pub max_failed_auth: u32,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            outbox_capacity: 4096,
+            write_queue_capacity: 16 * 1024,
+            max_batch: 4096,
+            compact_after_entries: 2000,
+            compact_after_bytes: 4 * 1024 * 1024,
+            max_document_bytes: 256 * 1024 * 1024,
+            max_documents_per_connection: 20_000,
+            max_unauthenticated_messages: 1000,
+            max_unauthenticated_bytes: 4 * 1024 * 1024,
+            max_failed_auth: 16,
+        }
+    }
+}
+
+/// Something for a connection's socket to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    Frame(Vec<u8>),
+    Close(CloseReason),
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct HubMetrics {
+    pub connections_open: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub documents_loaded: AtomicU64,
+    pub updates_received: AtomicU64,
+    pub updates_committed: AtomicU64,
+    pub commit_batches: AtomicU64,
+    pub frames_relayed: AtomicU64,
+    pub auth_denied: AtomicU64,
+    pub compactions: AtomicU64,
+    pub store_errors: AtomicU64,
+    pub slow_consumers_closed: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("document {doc:?} could not be loaded: {reason}")]
+    Load { doc: String, reason: String },
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+}
+
+type ConnId = u64;
+
+/// The send side of a connection, held by subscriptions and pending acknowledgements.
+#[derive(Clone)]
+struct Peer {
+    id: ConnId,
+    outbox: mpsc::Sender<Outbound>,
+    kill: CancellationToken,
+    metrics: Arc<HubMetrics>,
+}
+
+impl Peer {
+    /// Queues a frame; a connection whose queue is full is too slow to keep up and is closed
+    /// (it will reconnect and catch up through the handshake instead of growing our memory).
+    fn send(&self, frame: Vec<u8>) {
+        if self.outbox.try_send(Outbound::Frame(frame)).is_err() && !self.kill.is_cancelled() {
+            self.metrics
+                .slow_consumers_closed
+                .fetch_add(1, Ordering::Relaxed);
+            self.kill.cancel();
+        }
+    }
+}
+
+struct HubDoc {
+    name: String,
+    loaded: OnceCell<()>,
+    /// Connections that hold this document open; guarded by the hub's document map lock.
+    refs: AtomicUsize,
+    inner: Mutex<DocInner>,
+}
+
+struct DocInner {
+    doc: Doc,
+    /// (connection, address) → peer; the address is echoed in every frame sent to it.
+    subscribers: HashMap<(ConnId, String), Peer>,
+    awareness: AwarenessStates<ConnId>,
+    pending_writes: usize,
+    log_entries: u64,
+    log_bytes: u64,
+    stored_bytes: u64,
+}
+
+struct WriteJob {
+    doc: Arc<HubDoc>,
+    update: Option<Vec<u8>>,
+    ack: Option<(Peer, String)>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    authorizer: Arc<dyn Authorizer>,
+    config: HubConfig,
+    docs: Mutex<HashMap<String, Arc<HubDoc>>>,
+    writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
+    next_conn: AtomicU64,
+    metrics: Arc<HubMetrics>,
+}
+
+/// The hub; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+    writer_thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks would be a bug in this module; carrying on with
+    // the data is better than taking down every other connection with a poisoned lock.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    pub fn new(store: Arc<dyn Store>, authorizer: Arc<dyn Authorizer>, config: HubConfig) -> Self {
+        let (tx, rx) = mpsc::channel(config.write_queue_capacity);
+        let inner = Arc::new(Inner {
+            store,
+            authorizer,
+            config,
+            docs: Mutex::new(HashMap::new()),
+            writer: Mutex::new(Some(tx)),
+            next_conn: AtomicU64::new(1),
+            metrics: Arc::new(HubMetrics::default()),
+        });
+        let for_writer = inner.clone();
+        let handle = std::thread::Builder::new()
+            .name("hub-writer".into())
+            .spawn(move || writer_loop(for_writer, rx))
+            .ok();
+        if handle.is_none() {
+            tracing::error!("could not start the hub writer thread; updates will not be acknowledged");
+        }
+        Hub {
+            inner,
+            writer_thread: Arc::new(Mutex::new(handle)),
+        }
+    }
+
+    pub fn metrics(&self) -> &HubMetrics {
+        &self.inner.metrics
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    /// Documents currently held in memory.
+    pub fn loaded_documents(&self) -> usize {
+        lock(&self.inner.docs).len()
+    }
+
+    /// A new connection, the channel its socket must drain, and a token cancelled when the hub
+    /// wants the connection gone (too slow, storage failure).
+    pub fn connect(&self) -> (HubConnection, mpsc::Receiver<Outbound>, CancellationToken) {
+        let (tx, rx) = mpsc::channel(self.inner.config.outbox_capacity);
+        let kill = CancellationToken::new();
+        let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .metrics
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .metrics
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
+        let peer = Peer {
+            id,
+            outbox: tx,
+            kill: kill.clone(),
+            metrics: self.inner.metrics.clone(),
+        };
+        let conn = HubConnection {
+            hub: self.inner.clone(),
+            peer,
+            docs: HashMap::new(),
+            unauth_messages: 0,
+            unauth_bytes: 0,
+            failed_auth: 0,
+        };
+        (conn, rx, kill)
+    }
+
+    /// Stops accepting updates, commits and acknowledges everything queued, and waits for the
+    /// writer to finish. Connections should be closed by the caller afterwards.
+    pub async fn shutdown(&self) {
+        drop(lock(&self.inner.writer).take());
+        let handle = lock(&self.writer_thread).take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+
+    /// The current state of a document as one v1 update, loading it if needed (admin, tests).
+    pub async fn document_state(&self, name: &str) -> Result<Vec<u8>, HubError> {
+        let doc = self.inner.acquire(name).await?;
+        let state = {
+            let inner = lock(&doc.inner);
+            let txn = inner.doc.transact();
+            txn.encode_state_as_update_v1(&StateVector::default())
+        };
+        self.inner.release(&doc);
+        Ok(state)
+    }
+}
+
+impl Inner {
+    /// Takes a reference on a document, loading it from the store on first use.
+    async fn acquire(self: &Arc<Self>, name: &str) -> Result<Arc<HubDoc>, HubError> {
+        let doc = {
+            let mut docs = lock(&self.docs);
+            let doc = docs
+                .entry(name.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(HubDoc {
+                        name: name.to_owned(),
+                        loaded: OnceCell::new(),
+                        refs: AtomicUsize::new(0),
+                        inner: Mutex::new(DocInner {
+                            doc: Doc::new(),
+                            subscribers: HashMap::new(),
+                            awareness: AwarenessStates::default(),
+                            pending_writes: 0,
+                            log_entries: 0,
+                            log_bytes: 0,
+                            stored_bytes: 0,
+                        }),
+                    })
+                })
+                .clone();
+            doc.refs.fetch_add(1, Ordering::SeqCst);
+            doc
+        };
+        let loaded = doc
+            .loaded
+            .get_or_try_init(|| async {
+                let store = self.store.clone();
+                let owned = name.to_owned();
+                let stored = tokio::task::spawn_blocking(move || store.load(&owned))
+                    .await
+                    .map_err(|e| HubError::Load {
+                        doc: name.to_owned(),
+                        reason: e.to_string(),
+                    })??;
+                let mut inner = lock(&doc.inner);
+                let mut txn = inner.doc.transact_mut();
+                let mut bytes = 0u64;
+                for u in stored.snapshot.iter().chain(stored.updates.iter()) {
+                    bytes += u.len() as u64;
+                    let update = Update::decode_v1(u).map_err(|e| HubError::Load {
+                        doc: name.to_owned(),
+                        reason: format!("stored update does not decode: {e}"),
+                    })?;
+                    txn.apply_update(update).map_err(|e| HubError::Load {
+                        doc: name.to_owned(),
+                        reason: format!("stored update does not apply: {e}"),
+                    })?;
+                }
+                drop(txn);
+                inner.log_entries = stored.updates.len() as u64;
+                inner.log_bytes = stored.updates.iter().map(|u| u.len() as u64).sum();
+                inner.stored_bytes = bytes;
+                self.metrics.documents_loaded.fetch_add(1, Ordering::Relaxed);
+                Ok::<(), HubError>(())
+            })
+            .await;
+        if let Err(e) = loaded {
+            self.release(&doc);
+            return Err(e);
+        }
+        Ok(doc)
+    }
+
+    /// Drops a reference; the last one out of a document with nothing left to write unloads it.
+    fn release(&self, doc: &Arc<HubDoc>) {
+        let mut docs = lock(&self.docs);
+        doc.refs.fetch_sub(1, Ordering::SeqCst);
+        Self::maybe_unload(&mut docs, doc);
+    }
+
+    fn maybe_unload(docs: &mut HashMap<String, Arc<HubDoc>>, doc: &Arc<HubDoc>) {
+        if doc.refs.load(Ordering::SeqCst) != 0 {
+            return;
+        }
+        let idle = {
+            let inner = lock(&doc.inner);
+            inner.pending_writes == 0 && inner.subscribers.is_empty()
+        };
+        if idle
+            && docs
+                .get(&doc.name)
+                .is_some_and(|current| Arc::ptr_eq(current, doc))
+        {
+            docs.remove(&doc.name);
+        }
+    }
+
+    async fn enqueue(&self, job: WriteJob) -> Result<(), HubError> {
+        let tx = lock(&self.writer).clone().ok_or(HubError::ShuttingDown)?;
+        tx.send(job).await.map_err(|_| HubError::ShuttingDown)
+    }
+}
+
+fn writer_loop(hub: Arc<Inner>, mut rx: mpsc::Receiver<WriteJob>) {
+    let mut batch: Vec<WriteJob> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < hub.config.max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let items: Vec<AppendItem<'_>> = batch
+            .iter()
+            .filter_map(|j| {
+                j.update.as_deref().map(|u| AppendItem {
+                    doc: &j.doc.name,
+                    update: u,
+                })
+            })
+            .collect();
+        let result = if items.is_empty() {
+            Ok(())
+        } else {
+            hub.store.append(&items)
+        };
+        let committed = items.len() as u64;
+        drop(items);
+        match result {
+            Ok(()) => {
+                hub.metrics
+                    .updates_committed
+                    .fetch_add(committed, Ordering::Relaxed);
+                hub.metrics.commit_batches.fetch_add(1, Ordering::Relaxed);
+                finish_batch(&hub, &mut batch);
+            }
+            Err(e) => {
+                hub.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, jobs = batch.len(), "committing updates failed");
+                fail_batch(&hub, &mut batch, &e);
+            }
+        }
+    }
+}
+
+fn finish_batch(hub: &Arc<Inner>, batch: &mut Vec<WriteJob>) {
+    let mut to_compact: Vec<Arc<HubDoc>> = Vec::new();
+    for job in batch.iter() {
+        if let Some((peer, address)) = &job.ack {
+            let mut frame = Vec::with_capacity(address.len() + 4);
+            protocol::encode_doc_message(&mut frame, address, &Message::SyncStatus(true));
+            peer.send(frame);
+        }
+        let mut inner = lock(&job.doc.inner);
+        inner.pending_writes -= 1;
+        if let Some(u) = &job.update {
+            inner.log_entries += 1;
+            inner.log_bytes += u.len() as u64;
+            inner.stored_bytes += u.len() as u64;
+            if (inner.log_entries >= hub.config.compact_after_entries
+                || inner.log_bytes >= hub.config.compact_after_bytes)
+                && !to_compact.iter().any(|d| Arc::ptr_eq(d, &job.doc))
+            {
+                to_compact.push(job.doc.clone());
+            }
+        }
+    }
+    for doc in to_compact {
+        match hub.store.compact(&doc.name) {
+            Ok(stats) => {
+                hub.metrics.compactions.fetch_add(1, Ordering::Relaxed);
+                let mut inner = lock(&doc.inner);
+                inner.log_entries = 0;
+                inner.log_bytes = 0;
+                inner.stored_bytes = stats.snapshot_bytes;
+            }
+            Err(e) => {
+                hub.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(doc = %doc.name, error = %e, "compaction failed; the log is kept");
+                // Do not retry on every write.
+                let mut inner = lock(&doc.inner);
+                inner.log_entries = 0;
+                inner.log_bytes = 0;
+            }
+        }
+    }
+    let mut docs = lock(&hub.docs);
+    for job in batch.drain(..) {
+        Inner::maybe_unload(&mut docs, &job.doc);
+    }
+}
+
+/// The store refused a batch: nothing in it was acknowledged. Every document touched is
+/// evicted so its next use reloads the durable state, and every connection that sent into the
+/// batch is closed so its client reconnects and re-sends.
+fn fail_batch(hub: &Arc<Inner>, batch: &mut Vec<WriteJob>, error: &StoreError) {
+    let mut docs = lock(&hub.docs);
+    for job in batch.drain(..) {
+        if let Some((peer, _)) = &job.ack {
+            let _ = peer.outbox.try_send(Outbound::Close(CloseReason::new(
+                close_code::INTERNAL_ERROR,
+                format!("storage failure: {error}"),
+            )));
+            peer.kill.cancel();
+        }
+        let subscribers: Vec<Peer> = {
+            let mut inner = lock(&job.doc.inner);
+            inner.pending_writes -= 1;
+            inner.subscribers.values().cloned().collect()
+        };
+        for p in subscribers {
+            p.kill.cancel();
+        }
+        if docs
+            .get(&job.doc.name)
+            .is_some_and(|d| Arc::ptr_eq(d, &job.doc))
+        {
+            docs.remove(&job.doc.name);
+        }
+    }
+}
+
+enum ConnDoc {
+    /// Frames that arrived before the document's Auth message, replayed once it succeeds.
+    Unauthenticated(Vec<Vec<u8>>),
+    Open { doc: Arc<HubDoc>, access: Access },
+}
+
+/// One socket's view of the hub. Feed it every binary message with [`handle`](Self::handle);
+/// dropping it unsubscribes from everything.
+pub struct HubConnection {
+    hub: Arc<Inner>,
+    peer: Peer,
+    docs: HashMap<String, ConnDoc>,
+    unauth_messages: usize,
+    unauth_bytes: usize,
+    failed_auth: u32,
+}
+
+impl HubConnection {
+    pub fn id(&self) -> u64 {
+        self.peer.id
+    }
+
+    /// Handles one binary WebSocket message. `Err` means: send this close and end the socket.
+    pub async fn handle(&mut self, bytes: &[u8]) -> Result<(), CloseReason> {
+        let frame = Frame::decode(bytes, &self.hub.config.limits)?;
+        let (address, message) = match frame {
+            Frame::Ping => {
+                self.peer.send(Frame::Pong.encode());
+                return Ok(());
+            }
+            Frame::Pong => return Ok(()),
+            Frame::Doc { address, message } => (address, message),
+        };
+        if let Message::Auth(AuthMessage::Token { token, .. }) = &message {
+            if !self.docs.contains_key(&address)
+                || matches!(self.docs.get(&address), Some(ConnDoc::Unauthenticated(_)))
+            {
+                return self.authenticate(address, token).await;
+            }
+            // Already open: a provider re-created quickly; nothing to do.
+            return Ok(());
+        }
+        match self.docs.get_mut(&address) {
+            Some(ConnDoc::Open { doc, access }) => {
+                let (doc, access) = (doc.clone(), *access);
+                self.on_message(&doc, access, &address, message).await
+            }
+            Some(ConnDoc::Unauthenticated(queue)) => {
+                Self::queue_unauthenticated(
+                    &self.hub.config,
+                    &mut self.unauth_messages,
+                    &mut self.unauth_bytes,
+                    queue,
+                    bytes,
+                )
+            }
+            None => {
+                if self.docs.len() >= self.hub.config.max_documents_per_connection {
+                    return Err(CloseReason::new(
+                        close_code::RESET_CONNECTION,
+                        "too many documents on one connection",
+                    ));
+                }
+                let mut queue = Vec::new();
+                Self::queue_unauthenticated(
+                    &self.hub.config,
+                    &mut self.unauth_messages,
+                    &mut self.unauth_bytes,
+                    &mut queue,
+                    bytes,
+                )?;
+                self.docs.insert(address, ConnDoc::Unauthenticated(queue));
+                Ok(())
+            }
+        }
+    }
+
+    fn queue_unauthenticated(
+        config: &HubConfig,
+        messages: &mut usize,
+        total: &mut usize,
+        queue: &mut Vec<Vec<u8>>,
+        bytes: &[u8],
+    ) -> Result<(), CloseReason> {
+        if *messages + 1 > config.max_unauthenticated_messages
+            || *total + bytes.len() > config.max_unauthenticated_bytes
+        {
+            return Err(CloseReason::new(
+                close_code::RESET_CONNECTION,
+                "too much data before authentication",
+            ));
+        }
+        *messages += 1;
+        *total += bytes.len();
+        queue.push(bytes.to_vec());
+        Ok(())
+    }
+
+    async fn authenticate(&mut self, address: String, token: &str) -> Result<(), CloseReason> {
+        let name = document_name(&address).to_owned();
+        let queued = match self.docs.remove(&address) {
+            Some(ConnDoc::Unauthenticated(q)) => q,
+            _ => Vec::new(),
+        };
+        for q in &queued {
+            self.unauth_messages -= 1;
+            self.unauth_bytes -= q.len();
+        }
+        let decision = if valid_document_name(&name) {
+            self.hub.authorizer.authorize(token, &name)
+        } else {
+            Err(format!("invalid document name {name:?}"))
+        };
+        let access = match decision {
+            Ok(a) => a,
+            Err(reason) => {
+                self.hub.metrics.auth_denied.fetch_add(1, Ordering::Relaxed);
+                self.failed_auth += 1;
+                tracing::info!(conn = self.peer.id, doc = %name, %reason, "access denied");
+                self.send(
+                    &address,
+                    &Message::Auth(AuthMessage::PermissionDenied { reason }),
+                );
+                if self.failed_auth >= self.hub.config.max_failed_auth {
+                    return Err(CloseReason::new(
+                        close_code::UNAUTHORIZED,
+                        "too many failed authentications",
+                    ));
+                }
+                return Ok(());
+            }
+        };
+        let doc = match self.hub.acquire(&name).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(doc = %name, error = %e, "document unavailable");
+                self.send(
+                    &address,
+                    &Message::Auth(AuthMessage::PermissionDenied {
+                        reason: format!("document unavailable: {e}"),
+                    }),
+                );
+                return Ok(());
+            }
+        };
+        lock(&doc.inner)
+            .subscribers
+            .insert((self.peer.id, address.clone()), self.peer.clone());
+        let scope = match access {
+            Access::ReadWrite => "read-write",
+            Access::ReadOnly => "readonly",
+        };
+        self.send(
+            &address,
+            &Message::Auth(AuthMessage::Authenticated {
+                scope: scope.into(),
+            }),
+        );
+        self.docs.insert(
+            address.clone(),
+            ConnDoc::Open {
+                doc: doc.clone(),
+                access,
+            },
+        );
+        for bytes in queued {
+            match Frame::decode(&bytes, &self.hub.config.limits)? {
+                Frame::Doc { message, .. } => {
+                    Box::pin(self.on_message(&doc, access, &address, message)).await?
+                }
+                Frame::Ping | Frame::Pong => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&self, address: &str, message: &Message) {
+        let mut frame = Vec::new();
+        protocol::encode_doc_message(&mut frame, address, message);
+        self.peer.send(frame);
+    }
+
+    async fn on_message(
+        &mut self,
+        doc: &Arc<HubDoc>,
+        access: Access,
+        address: &str,
+        message: Message,
+    ) -> Result<(), CloseReason> {
+        match message {
+            Message::Sync(sync) | Message::SyncReply(sync) => {
+                self.on_sync(doc, access, address, sync).await
+            }
+            Message::Awareness(update) => {
+                let entries = awareness::decode_update(&update)
+                    .map_err(|e| CloseReason::new(close_code::BAD_REQUEST, e.to_string()))?;
+                let others: Vec<((ConnId, String), Peer)> = {
+                    let mut inner = lock(&doc.inner);
+                    inner.awareness.apply(self.peer.id, entries);
+                    inner
+                        .subscribers
+                        .iter()
+                        .filter(|((id, _), _)| *id != self.peer.id)
+                        .map(|(k, p)| (k.clone(), p.clone()))
+                        .collect()
+                };
+                relay(&self.hub.metrics, others, &Message::Awareness(update));
+                Ok(())
+            }
+            Message::QueryAwareness => {
+                let states = lock(&doc.inner).awareness.encode_all();
+                self.send(address, &Message::Awareness(states));
+                Ok(())
+            }
+            Message::Stateless(payload) => {
+                // No stateless handlers yet; logged so a client developer sees it arrive.
+                tracing::debug!(doc = %doc.name, len = payload.len(), "stateless message ignored");
+                Ok(())
+            }
+            Message::Close { .. } => {
+                self.leave(address);
+                Ok(())
+            }
+            Message::BroadcastStateless(_) => Err(CloseReason::new(
+                close_code::BAD_REQUEST,
+                "BroadcastStateless is server-internal and cannot be sent by a client",
+            )),
+            Message::SyncStatus(_) | Message::Auth(_) => Err(CloseReason::new(
+                close_code::BAD_REQUEST,
+                format!(
+                    "message type {} is sent by servers only",
+                    message.type_number()
+                ),
+            )),
+        }
+    }
+
+    async fn on_sync(
+        &mut self,
+        doc: &Arc<HubDoc>,
+        access: Access,
+        address: &str,
+        sync: SyncMessage,
+    ) -> Result<(), CloseReason> {
+        match sync {
+            SyncMessage::Step1(sv) => {
+                let sv = StateVector::decode_v1(&sv).map_err(|e| {
+                    CloseReason::new(close_code::BAD_REQUEST, format!("invalid state vector: {e}"))
+                })?;
+                let (ours, diff) = {
+                    let inner = lock(&doc.inner);
+                    let txn = inner.doc.transact();
+                    (
+                        yrs::updates::encoder::Encode::encode_v1(&txn.state_vector()),
+                        txn.encode_diff_v1(&sv),
+                    )
+                };
+                // As Hocuspocus does: our step 1 first, so the client answers with what we
+                // lack, then the step 2 with what it lacks.
+                self.send(address, &Message::Sync(SyncMessage::Step1(ours)));
+                self.send(address, &Message::Sync(SyncMessage::Step2(diff)));
+                Ok(())
+            }
+            SyncMessage::Step2(update) | SyncMessage::Update(update) => {
+                self.hub
+                    .metrics
+                    .updates_received
+                    .fetch_add(1, Ordering::Relaxed);
+                self.apply_update(doc, access, address, update).await
+            }
+        }
+    }
+
+    async fn apply_update(
+        &mut self,
+        doc: &Arc<HubDoc>,
+        access: Access,
+        address: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), CloseReason> {
+        let update = Update::decode_v1(&bytes).map_err(|e| {
+            CloseReason::new(close_code::BAD_REQUEST, format!("invalid update: {e}"))
+        })?;
+        let ack = (self.peer.clone(), address.to_owned());
+        let (adds_something, others) = {
+            let mut inner = lock(&doc.inner);
+            let adds = {
+                let txn = inner.doc.transact();
+                let sv = txn.state_vector();
+                !update.delete_set().is_empty()
+                    || update
+                        .state_vector()
+                        .iter()
+                        .any(|(client, clock)| *clock > sv.get(client))
+            };
+            if adds && access == Access::ReadOnly {
+                drop(inner);
+                self.send(address, &Message::SyncStatus(false));
+                return Ok(());
+            }
+            if adds {
+                if inner.stored_bytes + bytes.len() as u64 > self.hub.config.max_document_bytes {
+                    return Err(CloseReason::new(
+                        close_code::DOCUMENT_TOO_LARGE,
+                        format!(
+                            "document {} would exceed {} bytes",
+                            doc.name, self.hub.config.max_document_bytes
+                        ),
+                    ));
+                }
+                let mut txn = inner.doc.transact_mut();
+                txn.apply_update(update).map_err(|e| {
+                    CloseReason::new(close_code::BAD_REQUEST, format!("update does not apply: {e}"))
+                })?;
+            }
+            // Counted under the lock so the document cannot unload before the writer is done.
+            inner.pending_writes += 1;
+            let others: Vec<((ConnId, String), Peer)> = if adds {
+                inner
+                    .subscribers
+                    .iter()
+                    .filter(|((id, _), _)| *id != self.peer.id)
+                    .map(|(k, p)| (k.clone(), p.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (adds, others)
+        };
+        if adds_something {
+            relay_update(&self.hub.metrics, others, &bytes);
+        }
+        // Even a no-op is acknowledged through the writer, so acknowledgements keep the order of
+        // the updates they answer.
+        let job = WriteJob {
+            doc: doc.clone(),
+            update: adds_something.then_some(bytes),
+            ack: Some(ack),
+        };
+        if self.hub.enqueue(job).await.is_err() {
+            lock(&doc.inner).pending_writes -= 1;
+            return Err(CloseReason::new(
+                close_code::GOING_AWAY,
+                "the hub is shutting down",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Unsubscribes from one address (a client Close message, or the connection ending).
+    fn leave(&mut self, address: &str) {
+        if let Some(ConnDoc::Open { doc, .. }) = self.docs.remove(address) {
+            let (gone, others) = {
+                let mut inner = lock(&doc.inner);
+                inner
+                    .subscribers
+                    .remove(&(self.peer.id, address.to_owned()));
+                let still_here = inner.subscribers.keys().any(|(id, _)| *id == self.peer.id);
+                let gone = if still_here {
+                    None
+                } else {
+                    inner.awareness.remove_owner(self.peer.id)
+                };
+                let others: Vec<((ConnId, String), Peer)> = inner
+                    .subscribers
+                    .iter()
+                    .map(|(k, p)| (k.clone(), p.clone()))
+                    .collect();
+                (gone, others)
+            };
+            if let Some(update) = gone {
+                relay(&self.hub.metrics, others, &Message::Awareness(update));
+            }
+            self.hub.release(&doc);
+        }
+    }
+}
+
+impl Drop for HubConnection {
+    fn drop(&mut self) {
+        let addresses: Vec<String> = self.docs.keys().cloned().collect();
+        for a in addresses {
+            self.leave(&a);
+        }
+        self.hub
+            .metrics
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Sends a frame to each subscriber, encoding once per distinct address (most subscribers
+/// use the plain document name, so this is usually one encoding for the whole fan-out).
+fn relay_with(
+    metrics: &HubMetrics,
+    targets: Vec<((ConnId, String), Peer)>,
+    encode: impl Fn(&str) -> Vec<u8>,
+) {
+    let mut cache: Option<(String, Vec<u8>)> = None;
+    for ((_, address), peer) in targets {
+        let frame = match &cache {
+            Some((a, f)) if *a == address => f.clone(),
+            _ => {
+                let f = encode(&address);
+                cache = Some((address, f.clone()));
+                f
+            }
+        };
+        peer.send(frame);
+        metrics.frames_relayed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn relay(metrics: &HubMetrics, targets: Vec<((ConnId, String), Peer)>, message: &Message) {
+    relay_with(metrics, targets, |address| {
+        let mut f = Vec::new();
+        protocol::encode_doc_message(&mut f, address, message);
+        f
+    });
+}
+
+fn relay_update(metrics: &HubMetrics, targets: Vec<((ConnId, String), Peer)>, update: &[u8]) {
+    relay_with(metrics, targets, |address| {
+        protocol::encode_update_frame(address, update)
+    });
+}
+
+/// Names the hub accepts: non-empty, bounded, printable, no `..` segments. Finer rules (which
+/// kinds of documents exist) belong to the authorizer.
+pub fn valid_document_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && !name.chars().any(|c| c.is_control())
+        && !name.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
+}

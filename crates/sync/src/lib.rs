@@ -1,0 +1,11 @@
+//! The sync core of My Jarvis: Yjs documents (yrs), their durable store, the Hocuspocus wire
+//! protocol, the hub logic that relays and persists updates, and a Rust client.
+//!
+//! This crate knows nothing of Tauri or axum: the server binary and the desktop shell own the
+//! sockets and windows and call into it.
+
+pub mod store;
+pub mod awareness;
+pub mod protocol;
+pub mod hub;
+pub mod client;

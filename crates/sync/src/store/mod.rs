@@ -1,0 +1,76 @@
+//! Durable storage of documents: per document an append-only log of Yjs v1 updates plus a
+//! compacted snapshot. The hub acknowledges an update only after [`Store::append`] returned.
+//!
+//! This module owns the storage format; it never interprets document contents beyond merging
+//! updates during compaction.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// One update to append to a document's log.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendItem<'a> {
+    pub doc: &'a str,
+    /// A Yjs update in the v1 encoding.
+    pub update: &'a [u8],
+}
+
+/// What a store holds for one document: the latest snapshot (a v1 update encoding the whole
+/// state up to some point) and the log entries appended after it, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredDoc {
+    pub snapshot: Option<Vec<u8>>,
+    pub updates: Vec<Vec<u8>>,
+}
+
+impl StoredDoc {
+    /// True when the store has nothing for the document.
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_none() && self.updates.is_empty()
+    }
+}
+
+/// Size of a document's log since its last snapshot; used to decide when to compact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// What one compaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactStats {
+    pub merged_entries: u64,
+    pub snapshot_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("document {doc:?} holds an update that cannot be decoded or applied: {reason}")]
+    Corrupt { doc: String, reason: String },
+    #[error("invalid document name {0:?}")]
+    InvalidName(String),
+    #[error("store lock poisoned by a panic in another thread")]
+    Poisoned,
+}
+
+/// Durable document storage. Implementations must make every `append` atomic and durable before
+/// returning `Ok`, and `compact` atomic (a crash leaves either the old log or the new snapshot).
+pub trait Store: Send + Sync + 'static {
+    /// Appends every item in one transaction.
+    fn append(&self, items: &[AppendItem<'_>]) -> Result<(), StoreError>;
+    /// Everything stored for `doc` (empty when unknown).
+    fn load(&self, doc: &str) -> Result<StoredDoc, StoreError>;
+    /// Folds the snapshot and the whole log of `doc` into a new snapshot, in one transaction.
+    fn compact(&self, doc: &str) -> Result<CompactStats, StoreError>;
+    /// Entries and bytes in the log of `doc` since its snapshot.
+    fn log_stats(&self, doc: &str) -> Result<LogStats, StoreError>;
+    /// Names of every document with a snapshot or a log entry.
+    fn list_docs(&self) -> Result<Vec<String>, StoreError>;
+    /// Small per-store metadata (a client's acknowledged state vectors, ids).
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+}
