@@ -1,1 +1,166 @@
-//! End-to-end tests live in `tests/`; this library is empty on purpose.
+//! Harness for end-to-end tests: starts the real binaries on port 0 and talks to them as a
+//! client would. The tests themselves are in `tests/tests/`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A binary built by this workspace, next to the test executable's `deps/` folder.
+pub fn binary(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("JARVIS_BIN_DIR") {
+        return Path::new(&dir).join(name);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    dir.join(name)
+}
+
+/// `jarvis-cloud token create`, returning the token.
+pub fn create_token(data_dir: &Path, scopes: &[&str], read_only: bool) -> Result<String> {
+    let mut cmd = Command::new(binary("jarvis-cloud"));
+    cmd.arg("token").arg("create").arg("--data-dir").arg(data_dir);
+    for s in scopes {
+        cmd.arg("--scope").arg(s);
+    }
+    if read_only {
+        cmd.arg("--read-only");
+    }
+    let out = cmd.output().context("running jarvis-cloud token create")?;
+    if !out.status.success() {
+        bail!(
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8(out.stdout)?;
+    stdout
+        .lines()
+        .last()
+        .map(str::to_owned)
+        .context("token create printed nothing")
+}
+
+/// A running `jarvis-cloud serve`; killed when dropped.
+pub struct CloudAgent {
+    child: Child,
+    pub port: u16,
+    pub data_dir: PathBuf,
+}
+
+impl CloudAgent {
+    /// Starts the server on a free port (0) or the given one, and waits until it listens.
+    pub fn start(data_dir: &Path, port: u16) -> Result<Self> {
+        let mut child = Command::new(binary("jarvis-cloud"))
+            .arg("serve")
+            .arg("--host")
+            .arg("127.0.0.1")
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", binary("jarvis-cloud").display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                bail!("jarvis-cloud did not report a listening address within 30 s");
+            }
+        };
+        let port = addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("bad listening address")?;
+        Ok(Self {
+            child,
+            port,
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    pub fn sync_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/sync", self.port)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("jarvis-cloud did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for CloudAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` until it holds or the deadline passes.
+pub async fn eventually<F: FnMut() -> bool>(what: &str, timeout: Duration, mut cond: F) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("timed out after {timeout:?} waiting for: {what}")
+}

@@ -95,6 +95,8 @@ pub struct DocumentStatus {
     /// Local edits made so far, and how many of them the hub has durably committed.
     pub local_edits: u64,
     pub acknowledged_edits: u64,
+    /// Messages the hub refused (`SyncStatus(false)`), e.g. edits made with a read-only token.
+    pub refused_messages: u64,
 }
 
 impl DocumentStatus {
@@ -554,6 +556,7 @@ fn on_frame(
                 }),
                 (false, _) => {
                     tracing::warn!(doc = %name, "hub refused an update (read-only access?)");
+                    status.send_modify(|s| s.refused_messages += 1);
                 }
                 (true, None) => {}
             }

@@ -971,3 +971,241 @@ pub fn valid_document_name(name: &str) -> bool {
         && !name.chars().any(|c| c.is_control())
         && !name.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use yrs::updates::encoder::Encode;
+    use yrs::{GetString, Text};
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    struct Tokens;
+    impl Authorizer for Tokens {
+        fn authorize(&self, token: &str, _doc: &str) -> Result<Access, String> {
+            match token {
+                "rw" => Ok(Access::ReadWrite),
+                "ro" => Ok(Access::ReadOnly),
+                _ => Err("unknown token".into()),
+            }
+        }
+    }
+
+    fn hub() -> (Hub, Arc<MemoryStore>) {
+        let store = Arc::new(MemoryStore::new());
+        (
+            Hub::new(store.clone(), Arc::new(Tokens), HubConfig::default()),
+            store,
+        )
+    }
+
+    fn frame(doc: &str, m: Message) -> Vec<u8> {
+        Frame::doc(doc, m).encode()
+    }
+
+    fn token(doc: &str, t: &str) -> Vec<u8> {
+        frame(
+            doc,
+            Message::Auth(AuthMessage::Token {
+                token: t.into(),
+                provider_version: None,
+            }),
+        )
+    }
+
+    async fn recv(rx: &mut mpsc::Receiver<Outbound>) -> Message {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Outbound::Frame(f) => match Frame::decode(&f, &Limits::default()).unwrap() {
+                Frame::Doc { message, .. } => message,
+                other => panic!("unexpected {other:?}"),
+            },
+            Outbound::Close(c) => panic!("unexpected close {c:?}"),
+        }
+    }
+
+    fn edit(text: &str) -> (Doc, Vec<u8>) {
+        let doc = Doc::new();
+        let t = doc.get_or_insert_text("t");
+        t.insert(&mut doc.transact_mut(), 0, text);
+        let u = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        (doc, u)
+    }
+
+    async fn open(
+        hub: &Hub,
+        doc: &str,
+        tok: &str,
+    ) -> (HubConnection, mpsc::Receiver<Outbound>, CancellationToken) {
+        let (mut c, mut rx, kill) = hub.connect();
+        c.handle(&token(doc, tok)).await.unwrap();
+        assert!(matches!(
+            recv(&mut rx).await,
+            Message::Auth(AuthMessage::Authenticated { .. })
+        ));
+        (c, rx, kill)
+    }
+
+    #[tokio::test]
+    async fn handshake_relay_and_ack_after_commit() {
+        let (hub, store) = hub();
+        let (mut a, mut arx, _) = open(&hub, "session/s", "rw").await;
+        let (mut b, mut brx, _) = open(&hub, "session/s", "rw").await;
+        let empty = StateVector::default().encode_v1();
+        a.handle(&frame("session/s", Message::Sync(SyncMessage::Step1(empty))))
+            .await
+            .unwrap();
+        assert!(matches!(recv(&mut arx).await, Message::Sync(SyncMessage::Step1(_))));
+        assert!(matches!(recv(&mut arx).await, Message::Sync(SyncMessage::Step2(_))));
+
+        let (_, u) = edit("hello");
+        a.handle(&frame("session/s", Message::Sync(SyncMessage::Update(u.clone()))))
+            .await
+            .unwrap();
+        // B gets the relay; A gets the acknowledgement, and by then the store has it.
+        assert_eq!(
+            recv(&mut brx).await,
+            Message::Sync(SyncMessage::Update(u.clone()))
+        );
+        assert_eq!(recv(&mut arx).await, Message::SyncStatus(true));
+        assert_eq!(store.load("session/s").unwrap().updates, vec![u.clone()]);
+
+        // A duplicate adds nothing: acknowledged, not stored again, not relayed.
+        b.handle(&frame("session/s", Message::Sync(SyncMessage::Step2(u))))
+            .await
+            .unwrap();
+        assert_eq!(recv(&mut brx).await, Message::SyncStatus(true));
+        assert_eq!(store.load("session/s").unwrap().updates.len(), 1);
+        assert!(arx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn frames_before_auth_are_replayed_and_denials_are_clear() {
+        let (hub, _) = hub();
+        let (mut c, mut rx, _) = hub.connect();
+        let (_, u) = edit("early");
+        c.handle(&frame("session/q", Message::Sync(SyncMessage::Update(u))))
+            .await
+            .unwrap();
+        c.handle(&token("session/q", "rw")).await.unwrap();
+        assert!(matches!(
+            recv(&mut rx).await,
+            Message::Auth(AuthMessage::Authenticated { .. })
+        ));
+        assert_eq!(recv(&mut rx).await, Message::SyncStatus(true));
+        let state = hub.document_state("session/q").await.unwrap();
+        let d = Doc::new();
+        d.transact_mut()
+            .apply_update(Update::decode_v1(&state).unwrap())
+            .unwrap();
+        assert_eq!(d.get_or_insert_text("t").get_string(&d.transact()), "early");
+
+        c.handle(&token("session/z", "nope")).await.unwrap();
+        assert_eq!(
+            recv(&mut rx).await,
+            Message::Auth(AuthMessage::PermissionDenied {
+                reason: "unknown token".into()
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn read_only_updates_are_refused() {
+        let (hub, store) = hub();
+        let (mut c, mut rx, _) = open(&hub, "session/r", "ro").await;
+        let (_, u) = edit("nope");
+        c.handle(&frame("session/r", Message::Sync(SyncMessage::Update(u))))
+            .await
+            .unwrap();
+        assert_eq!(recv(&mut rx).await, Message::SyncStatus(false));
+        assert!(store.load("session/r").unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn storage_failure_acknowledges_nothing_and_recovers() {
+        let (hub, store) = hub();
+        let (mut c, mut rx, kill) = open(&hub, "session/f", "rw").await;
+        store.fail_next_append();
+        let (_, u) = edit("lost?");
+        c.handle(&frame("session/f", Message::Sync(SyncMessage::Update(u.clone()))))
+            .await
+            .unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Outbound::Close(r) => assert_eq!(r.code, close_code::INTERNAL_ERROR),
+            other => panic!("expected a close, got {other:?}"),
+        }
+        assert!(kill.is_cancelled());
+        drop(c);
+        // The client reconnects and re-sends; the document was evicted, so the update is new
+        // to the reloaded copy and gets stored this time.
+        let (mut c, mut rx, _) = open(&hub, "session/f", "rw").await;
+        c.handle(&frame("session/f", Message::Sync(SyncMessage::Step2(u.clone()))))
+            .await
+            .unwrap();
+        assert_eq!(recv(&mut rx).await, Message::SyncStatus(true));
+        assert_eq!(store.load("session/f").unwrap().updates, vec![u]);
+    }
+
+    #[tokio::test]
+    async fn awareness_is_relayed_replayed_and_cleared() {
+        let (hub, _) = hub();
+        let (mut a, _arx, _) = open(&hub, "session/p", "rw").await;
+        let (mut b, mut brx, _) = open(&hub, "session/p", "rw").await;
+        let entry = awareness::AwarenessEntry {
+            client_id: 7,
+            clock: 1,
+            state: r#"{"name":"a"}"#.into(),
+        };
+        let update = awareness::encode_update([&entry]);
+        a.handle(&frame("session/p", Message::Awareness(update.clone())))
+            .await
+            .unwrap();
+        assert_eq!(recv(&mut brx).await, Message::Awareness(update.clone()));
+        b.handle(&frame("session/p", Message::QueryAwareness))
+            .await
+            .unwrap();
+        assert_eq!(recv(&mut brx).await, Message::Awareness(update));
+        drop(a);
+        match recv(&mut brx).await {
+            Message::Awareness(u) => {
+                let gone = awareness::decode_update(&u).unwrap();
+                assert_eq!(gone[0].client_id, 7);
+                assert_eq!(gone[0].state, "null");
+            }
+            other => panic!("expected awareness removal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_documents_unload_after_their_writes() {
+        let (hub, _) = hub();
+        let (mut c, mut rx, _) = open(&hub, "session/u", "rw").await;
+        let (_, u) = edit("x");
+        c.handle(&frame("session/u", Message::Sync(SyncMessage::Update(u))))
+            .await
+            .unwrap();
+        assert_eq!(recv(&mut rx).await, Message::SyncStatus(true));
+        assert_eq!(hub.loaded_documents(), 1);
+        drop(c);
+        // The writer may still be finishing the batch; whichever of it and the leaving
+        // connection comes last unloads the document.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while hub.loaded_documents() != 0 {
+            assert!(std::time::Instant::now() < deadline, "document never unloaded");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        hub.shutdown().await;
+    }
+}

@@ -4,8 +4,10 @@
 //! This module owns the storage format; it never interprets document contents beyond merging
 //! updates during compaction.
 
+mod memory;
 mod sqlite;
 
+pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
 /// One update to append to a document's log.
