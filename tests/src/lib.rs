@@ -26,7 +26,10 @@ pub fn binary(name: &str) -> PathBuf {
 /// `jarvis-cloud token create`, returning the token.
 pub fn create_token(data_dir: &Path, scopes: &[&str], read_only: bool) -> Result<String> {
     let mut cmd = Command::new(binary("jarvis-cloud"));
-    cmd.arg("token").arg("create").arg("--data-dir").arg(data_dir);
+    cmd.arg("token")
+        .arg("create")
+        .arg("--data-dir")
+        .arg(data_dir);
     for s in scopes {
         cmd.arg("--scope").arg(s);
     }
@@ -154,7 +157,11 @@ impl Drop for CloudAgent {
 }
 
 /// Polls `cond` until it holds or the deadline passes.
-pub async fn eventually<F: FnMut() -> bool>(what: &str, timeout: Duration, mut cond: F) -> Result<()> {
+pub async fn eventually<F: FnMut() -> bool>(
+    what: &str,
+    timeout: Duration,
+    mut cond: F,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if cond() {

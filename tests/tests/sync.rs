@@ -134,7 +134,10 @@ async fn kill_9_loses_no_acknowledged_update() {
         acked_at_kill = status.borrow().acknowledged_edits;
         a.kill9().unwrap();
     }
-    assert!(acked_at_kill > 0, "no update was acknowledged before the kill");
+    assert!(
+        acked_at_kill > 0,
+        "no update was acknowledged before the kill"
+    );
     // Anything acknowledged after the kill signal was sent is also covered by the check below,
     // because acknowledgement happens only after commit.
     let acked_final = status.borrow().acknowledged_edits;
@@ -143,7 +146,10 @@ async fn kill_9_loses_no_acknowledged_update() {
     let agent = CloudAgent::start(&data, port).unwrap();
     assert_eq!(agent.sync_url(), url);
     let reader_store = SqliteStore::open(&dir.path().join("reader.db")).unwrap();
-    let reader = SyncClient::start(ClientConfig::new(agent.sync_url(), &token), Arc::new(reader_store));
+    let reader = SyncClient::start(
+        ClientConfig::new(agent.sync_url(), &token),
+        Arc::new(reader_store),
+    );
     let rdoc = reader.open("session/durable").await.unwrap();
     reader.wait_synced("session/durable", T).await.unwrap();
     let seen = text_of(&rdoc, "log");
@@ -187,17 +193,22 @@ async fn sigterm_commits_and_exits_cleanly() {
     assert_eq!(text_of(&doc2, "x"), "before shutdown");
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn raw(agent: &CloudAgent) -> Socket {
-    tokio_tungstenite::connect_async(agent.sync_url()).await.unwrap().0
+    tokio_tungstenite::connect_async(agent.sync_url())
+        .await
+        .unwrap()
+        .0
 }
 
 async fn next_frame(ws: &mut Socket) -> Result<Frame, Option<(CloseCode, String)>> {
     loop {
-        match tokio::time::timeout(T, ws.next()).await.expect("no answer from hub") {
+        match tokio::time::timeout(T, ws.next())
+            .await
+            .expect("no answer from hub")
+        {
             Some(Ok(WsMessage::Binary(b))) => {
                 return Ok(Frame::decode(&b, &Limits::default()).unwrap());
             }
@@ -260,14 +271,18 @@ async fn bad_input_ends_only_the_offending_connection() {
 
     // Malformed frame: the address length points past the end.
     let mut ws = raw(&agent).await;
-    ws.send(WsMessage::Binary(vec![0x20, b'a'].into())).await.unwrap();
+    ws.send(WsMessage::Binary(vec![0x20, b'a'].into()))
+        .await
+        .unwrap();
     let (code, reason) = expect_close(&mut ws).await;
     assert_eq!(code, 4400, "{reason}");
     assert!(reason.contains("malformed"), "{reason}");
 
     // Unknown message type.
     let mut ws = raw(&agent).await;
-    ws.send(WsMessage::Binary(vec![1, b'a', 42].into())).await.unwrap();
+    ws.send(WsMessage::Binary(vec![1, b'a', 42].into()))
+        .await
+        .unwrap();
     let (code, reason) = expect_close(&mut ws).await;
     assert_eq!(code, 4400);
     assert!(reason.contains("unknown message type 42"), "{reason}");
@@ -282,10 +297,18 @@ async fn bad_input_ends_only_the_offending_connection() {
     ws.send(auth("session/bad", &token)).await.unwrap();
     assert!(matches!(
         next_frame(&mut ws).await,
-        Ok(Frame::Doc { message: Message::Auth(AuthMessage::Authenticated { .. }), .. })
+        Ok(Frame::Doc {
+            message: Message::Auth(AuthMessage::Authenticated { .. }),
+            ..
+        })
     ));
-    let garbage = Frame::doc("session/bad", Message::Sync(SyncMessage::Update(vec![0xff; 12])));
-    ws.send(WsMessage::Binary(garbage.encode().into())).await.unwrap();
+    let garbage = Frame::doc(
+        "session/bad",
+        Message::Sync(SyncMessage::Update(vec![0xff; 12])),
+    );
+    ws.send(WsMessage::Binary(garbage.encode().into()))
+        .await
+        .unwrap();
     let (code, reason) = expect_close(&mut ws).await;
     assert_eq!(code, 4400);
     assert!(reason.contains("invalid update"), "{reason}");
@@ -296,14 +319,22 @@ async fn bad_input_ends_only_the_offending_connection() {
         "session/big",
         Message::Sync(SyncMessage::Update(vec![0; 17 * 1024 * 1024])),
     );
-    ws.send(WsMessage::Binary(big.encode().into())).await.unwrap();
+    ws.send(WsMessage::Binary(big.encode().into()))
+        .await
+        .unwrap();
     let (code, reason) = expect_close(&mut ws).await;
     assert_eq!(code, 1009, "{reason}");
 
     // Wrong, missing and foreign tokens: a clear PermissionDenied per document.
     let mut ws = raw(&agent).await;
-    assert_eq!(expect_denied(&mut ws, "session/x", "jt_wrong").await, "unknown token");
-    assert_eq!(expect_denied(&mut ws, "session/x", "").await, "missing token");
+    assert_eq!(
+        expect_denied(&mut ws, "session/x", "jt_wrong").await,
+        "unknown token"
+    );
+    assert_eq!(
+        expect_denied(&mut ws, "session/x", "").await,
+        "missing token"
+    );
     let reason = expect_denied(&mut ws, "session/x", &other_doc_token).await;
     assert!(reason.contains("no access to session/x"), "{reason}");
     let reason = expect_denied(&mut ws, "../etc/passwd", &token).await;
@@ -342,9 +373,11 @@ async fn read_only_tokens_cannot_write() {
     assert!(reader.document_status("session/shared").unwrap().read_only);
     append(&wdoc, "t", "from writer");
     let r = rdoc.clone();
-    eventually("reader sees writer", T, || text_of(&r, "t") == "from writer")
-        .await
-        .unwrap();
+    eventually("reader sees writer", T, || {
+        text_of(&r, "t") == "from writer"
+    })
+    .await
+    .unwrap();
     append(&rdoc, "t", " + sneaky");
     // The hub refuses it: the reader is told, its edit stays unacknowledged, and neither the
     // writer nor a fresh device ever sees it.

@@ -98,11 +98,7 @@ impl TokenStore {
             Ok(TokenInfo {
                 id: r.get(0)?,
                 label: r.get(1)?,
-                scopes: r
-                    .get::<_, String>(2)?
-                    .lines()
-                    .map(str::to_owned)
-                    .collect(),
+                scopes: r.get::<_, String>(2)?.lines().map(str::to_owned).collect(),
                 read_only: r.get(3)?,
                 revoked: r.get(4)?,
                 created_ms: r.get(5)?,
@@ -128,7 +124,9 @@ impl TokenStore {
     fn lookup(&self, token: &str) -> rusqlite::Result<Option<(String, bool, bool)>> {
         self.conn()
             .prepare_cached("SELECT scopes, read_only, revoked FROM tokens WHERE hash = ?1")?
-            .query_row(params![hash(token)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_row(params![hash(token)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()
     }
 }
@@ -175,11 +173,20 @@ mod tests {
         assert!(store.authorize(&rw, "ws/w1/index").is_err());
         assert_eq!(store.authorize(&ro, "ws/w1/index"), Ok(Access::ReadOnly));
         assert!(store.authorize(&ro, "ws/w1/index2").is_err());
-        assert_eq!(store.authorize("", "session/x"), Err("missing token".into()));
-        assert_eq!(store.authorize("jt_nope", "session/x"), Err("unknown token".into()));
+        assert_eq!(
+            store.authorize("", "session/x"),
+            Err("missing token".into())
+        );
+        assert_eq!(
+            store.authorize("jt_nope", "session/x"),
+            Err("unknown token".into())
+        );
         let id = store.list().unwrap()[0].id;
         assert!(store.revoke(id).unwrap());
-        assert_eq!(store.authorize(&rw, "session/x"), Err("token revoked".into()));
+        assert_eq!(
+            store.authorize(&rw, "session/x"),
+            Err("token revoked".into())
+        );
         // Only hashes are stored.
         let raw: String = store
             .conn()

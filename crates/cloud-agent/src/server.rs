@@ -50,18 +50,78 @@ async fn metrics(State(state): State<AppState>) -> Response {
         ));
     };
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    metric("connections_open", "gauge", "Open sync sockets.", get(&m.connections_open));
-    metric("connections_total", "counter", "Sync sockets accepted.", get(&m.connections_total));
-    metric("documents_in_memory", "gauge", "Documents held in memory.", state.hub.loaded_documents() as u64);
-    metric("documents_loaded_total", "counter", "Documents loaded from the store.", get(&m.documents_loaded));
-    metric("updates_received_total", "counter", "Sync step 2 and update messages received.", get(&m.updates_received));
-    metric("updates_committed_total", "counter", "Updates durably committed.", get(&m.updates_committed));
-    metric("commit_batches_total", "counter", "Store transactions committed.", get(&m.commit_batches));
-    metric("frames_relayed_total", "counter", "Frames relayed to other subscribers.", get(&m.frames_relayed));
-    metric("auth_denied_total", "counter", "Document authentications refused.", get(&m.auth_denied));
-    metric("compactions_total", "counter", "Document logs compacted.", get(&m.compactions));
-    metric("store_errors_total", "counter", "Store operations that failed.", get(&m.store_errors));
-    metric("slow_consumers_closed_total", "counter", "Connections closed for not keeping up.", get(&m.slow_consumers_closed));
+    metric(
+        "connections_open",
+        "gauge",
+        "Open sync sockets.",
+        get(&m.connections_open),
+    );
+    metric(
+        "connections_total",
+        "counter",
+        "Sync sockets accepted.",
+        get(&m.connections_total),
+    );
+    metric(
+        "documents_in_memory",
+        "gauge",
+        "Documents held in memory.",
+        state.hub.loaded_documents() as u64,
+    );
+    metric(
+        "documents_loaded_total",
+        "counter",
+        "Documents loaded from the store.",
+        get(&m.documents_loaded),
+    );
+    metric(
+        "updates_received_total",
+        "counter",
+        "Sync step 2 and update messages received.",
+        get(&m.updates_received),
+    );
+    metric(
+        "updates_committed_total",
+        "counter",
+        "Updates durably committed.",
+        get(&m.updates_committed),
+    );
+    metric(
+        "commit_batches_total",
+        "counter",
+        "Store transactions committed.",
+        get(&m.commit_batches),
+    );
+    metric(
+        "frames_relayed_total",
+        "counter",
+        "Frames relayed to other subscribers.",
+        get(&m.frames_relayed),
+    );
+    metric(
+        "auth_denied_total",
+        "counter",
+        "Document authentications refused.",
+        get(&m.auth_denied),
+    );
+    metric(
+        "compactions_total",
+        "counter",
+        "Document logs compacted.",
+        get(&m.compactions),
+    );
+    metric(
+        "store_errors_total",
+        "counter",
+        "Store operations that failed.",
+        get(&m.store_errors),
+    );
+    metric(
+        "slow_consumers_closed_total",
+        "counter",
+        "Connections closed for not keeping up.",
+        get(&m.slow_consumers_closed),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

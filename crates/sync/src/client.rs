@@ -80,7 +80,9 @@ pub enum ConnectionStatus {
     Connecting,
     Connected,
     /// Waiting to retry after an error, or kept offline by [`SyncClient::set_online`].
-    Offline { reason: String },
+    Offline {
+        reason: String,
+    },
 }
 
 /// Sync state of one document, observable with [`SyncClient::watch_document`].
@@ -114,7 +116,11 @@ struct DocEntry {
 
 enum Command {
     Open(String),
-    Local { doc: String, update: Vec<u8>, edit: u64 },
+    Local {
+        doc: String,
+        update: Vec<u8>,
+        edit: u64,
+    },
 }
 
 struct Shared {
@@ -180,11 +186,10 @@ impl SyncClient {
                     doc: name.to_owned(),
                     reason: e.to_string(),
                 })?;
-                txn.apply_update(update)
-                    .map_err(|e| ClientError::Corrupt {
-                        doc: name.to_owned(),
-                        reason: e.to_string(),
-                    })?;
+                txn.apply_update(update).map_err(|e| ClientError::Corrupt {
+                    doc: name.to_owned(),
+                    reason: e.to_string(),
+                })?;
             }
         }
         let local_edits = Arc::new(AtomicU64::new(0));
@@ -402,9 +407,8 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Serves one socket until it fails (returns the reason) or the client is dropped (None).
 async fn connection(
@@ -475,6 +479,11 @@ fn open_on_socket(
     sessions: &mut HashMap<String, Session>,
     out: &mut Vec<Vec<u8>>,
 ) {
+    // Opening twice would reset the acknowledgement queue while messages are in flight, and a
+    // late acknowledgement would then claim edits the hub has not committed.
+    if sessions.contains_key(name) {
+        return;
+    }
     let sv = match lock(&shared.docs).get(name) {
         Some(e) => e.doc.transact().state_vector().encode_v1(),
         None => return,

@@ -244,7 +244,9 @@ impl Hub {
             .spawn(move || writer_loop(for_writer, rx))
             .ok();
         if handle.is_none() {
-            tracing::error!("could not start the hub writer thread; updates will not be acknowledged");
+            tracing::error!(
+                "could not start the hub writer thread; updates will not be acknowledged"
+            );
         }
         Hub {
             inner,
@@ -375,7 +377,9 @@ impl Inner {
                 inner.log_entries = stored.updates.len() as u64;
                 inner.log_bytes = stored.updates.iter().map(|u| u.len() as u64).sum();
                 inner.stored_bytes = bytes;
-                self.metrics.documents_loaded.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .documents_loaded
+                    .fetch_add(1, Ordering::Relaxed);
                 Ok::<(), HubError>(())
             })
             .await;
@@ -539,7 +543,10 @@ fn fail_batch(hub: &Arc<Inner>, batch: &mut Vec<WriteJob>, error: &StoreError) {
 enum ConnDoc {
     /// Frames that arrived before the document's Auth message, replayed once it succeeds.
     Unauthenticated(Vec<Vec<u8>>),
-    Open { doc: Arc<HubDoc>, access: Access },
+    Open {
+        doc: Arc<HubDoc>,
+        access: Access,
+    },
 }
 
 /// One socket's view of the hub. Feed it every binary message with [`handle`](Self::handle);
@@ -583,15 +590,13 @@ impl HubConnection {
                 let (doc, access) = (doc.clone(), *access);
                 self.on_message(&doc, access, &address, message).await
             }
-            Some(ConnDoc::Unauthenticated(queue)) => {
-                Self::queue_unauthenticated(
-                    &self.hub.config,
-                    &mut self.unauth_messages,
-                    &mut self.unauth_bytes,
-                    queue,
-                    bytes,
-                )
-            }
+            Some(ConnDoc::Unauthenticated(queue)) => Self::queue_unauthenticated(
+                &self.hub.config,
+                &mut self.unauth_messages,
+                &mut self.unauth_bytes,
+                queue,
+                bytes,
+            ),
             None => {
                 if self.docs.len() >= self.hub.config.max_documents_per_connection {
                     return Err(CloseReason::new(
@@ -783,7 +788,10 @@ impl HubConnection {
         match sync {
             SyncMessage::Step1(sv) => {
                 let sv = StateVector::decode_v1(&sv).map_err(|e| {
-                    CloseReason::new(close_code::BAD_REQUEST, format!("invalid state vector: {e}"))
+                    CloseReason::new(
+                        close_code::BAD_REQUEST,
+                        format!("invalid state vector: {e}"),
+                    )
                 })?;
                 let (ours, diff) = {
                     let inner = lock(&doc.inner);
@@ -824,12 +832,7 @@ impl HubConnection {
             let mut inner = lock(&doc.inner);
             let adds = {
                 let txn = inner.doc.transact();
-                let sv = txn.state_vector();
-                !update.delete_set().is_empty()
-                    || update
-                        .state_vector()
-                        .iter()
-                        .any(|(client, clock)| *clock > sv.get(client))
+                update_adds_to(&update, &txn.state_vector())
             };
             if adds && access == Access::ReadOnly {
                 drop(inner);
@@ -848,7 +851,10 @@ impl HubConnection {
                 }
                 let mut txn = inner.doc.transact_mut();
                 txn.apply_update(update).map_err(|e| {
-                    CloseReason::new(close_code::BAD_REQUEST, format!("update does not apply: {e}"))
+                    CloseReason::new(
+                        close_code::BAD_REQUEST,
+                        format!("update does not apply: {e}"),
+                    )
                 })?;
             }
             // Counted under the lock so the document cannot unload before the writer is done.
@@ -963,13 +969,27 @@ fn relay_update(metrics: &HubMetrics, targets: Vec<((ConnId, String), Peer)>, up
     });
 }
 
+/// Whether applying `update` to a document at state `sv` could change it: it inserts something
+/// past the document's clocks, or it deletes something. (Deletions are not checked against what
+/// is already deleted; storing a redundant one is harmless and compaction drops it.)
+/// `Update::state_vector` is no help here: it only counts blocks that start at clock 0.
+fn update_adds_to(update: &Update, sv: &StateVector) -> bool {
+    !update.delete_set().is_empty()
+        || update
+            .insertions(true)
+            .iter()
+            .any(|(client, ranges)| ranges.iter().any(|r| r.end > sv.get(client)))
+}
+
 /// Names the hub accepts: non-empty, bounded, printable, no `..` segments. Finer rules (which
 /// kinds of documents exist) belong to the authorizer.
 pub fn valid_document_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 256
         && !name.chars().any(|c| c.is_control())
-        && !name.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        && !name
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
 }
 
 #[cfg(test)]
@@ -1060,16 +1080,28 @@ mod tests {
         let (mut a, mut arx, _) = open(&hub, "session/s", "rw").await;
         let (mut b, mut brx, _) = open(&hub, "session/s", "rw").await;
         let empty = StateVector::default().encode_v1();
-        a.handle(&frame("session/s", Message::Sync(SyncMessage::Step1(empty))))
-            .await
-            .unwrap();
-        assert!(matches!(recv(&mut arx).await, Message::Sync(SyncMessage::Step1(_))));
-        assert!(matches!(recv(&mut arx).await, Message::Sync(SyncMessage::Step2(_))));
+        a.handle(&frame(
+            "session/s",
+            Message::Sync(SyncMessage::Step1(empty)),
+        ))
+        .await
+        .unwrap();
+        assert!(matches!(
+            recv(&mut arx).await,
+            Message::Sync(SyncMessage::Step1(_))
+        ));
+        assert!(matches!(
+            recv(&mut arx).await,
+            Message::Sync(SyncMessage::Step2(_))
+        ));
 
         let (_, u) = edit("hello");
-        a.handle(&frame("session/s", Message::Sync(SyncMessage::Update(u.clone()))))
-            .await
-            .unwrap();
+        a.handle(&frame(
+            "session/s",
+            Message::Sync(SyncMessage::Update(u.clone())),
+        ))
+        .await
+        .unwrap();
         // B gets the relay; A gets the acknowledgement, and by then the store has it.
         assert_eq!(
             recv(&mut brx).await,
@@ -1085,6 +1117,22 @@ mod tests {
         assert_eq!(recv(&mut brx).await, Message::SyncStatus(true));
         assert_eq!(store.load("session/s").unwrap().updates.len(), 1);
         assert!(arx.try_recv().is_err());
+    }
+
+    #[test]
+    fn incremental_updates_count_as_new() {
+        let doc = Doc::new();
+        let t = doc.get_or_insert_text("t");
+        t.insert(&mut doc.transact_mut(), 0, "a");
+        let sv1 = doc.transact().state_vector();
+        t.insert(&mut doc.transact_mut(), 1, "b");
+        let incremental = Update::decode_v1(&doc.transact().encode_diff_v1(&sv1)).unwrap();
+        assert!(update_adds_to(&incremental, &sv1));
+        let now = doc.transact().state_vector();
+        assert!(!update_adds_to(&incremental, &now));
+        t.remove_range(&mut doc.transact_mut(), 0, 1);
+        let delete = Update::decode_v1(&doc.transact().encode_diff_v1(&now)).unwrap();
+        assert!(update_adds_to(&delete, &doc.transact().state_vector()));
     }
 
     #[tokio::test]
@@ -1135,9 +1183,12 @@ mod tests {
         let (mut c, mut rx, kill) = open(&hub, "session/f", "rw").await;
         store.fail_next_append();
         let (_, u) = edit("lost?");
-        c.handle(&frame("session/f", Message::Sync(SyncMessage::Update(u.clone()))))
-            .await
-            .unwrap();
+        c.handle(&frame(
+            "session/f",
+            Message::Sync(SyncMessage::Update(u.clone())),
+        ))
+        .await
+        .unwrap();
         match tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .unwrap()
@@ -1151,9 +1202,12 @@ mod tests {
         // The client reconnects and re-sends; the document was evicted, so the update is new
         // to the reloaded copy and gets stored this time.
         let (mut c, mut rx, _) = open(&hub, "session/f", "rw").await;
-        c.handle(&frame("session/f", Message::Sync(SyncMessage::Step2(u.clone()))))
-            .await
-            .unwrap();
+        c.handle(&frame(
+            "session/f",
+            Message::Sync(SyncMessage::Step2(u.clone())),
+        ))
+        .await
+        .unwrap();
         assert_eq!(recv(&mut rx).await, Message::SyncStatus(true));
         assert_eq!(store.load("session/f").unwrap().updates, vec![u]);
     }
@@ -1203,7 +1257,10 @@ mod tests {
         // connection comes last unloads the document.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while hub.loaded_documents() != 0 {
-            assert!(std::time::Instant::now() < deadline, "document never unloaded");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "document never unloaded"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         hub.shutdown().await;

@@ -4,8 +4,8 @@
 //! This crate knows nothing of Tauri or axum: the server binary and the desktop shell own the
 //! sockets and windows and call into it.
 
-pub mod store;
 pub mod awareness;
-pub mod protocol;
-pub mod hub;
 pub mod client;
+pub mod hub;
+pub mod protocol;
+pub mod store;

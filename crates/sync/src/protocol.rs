@@ -88,7 +88,9 @@ pub enum Message {
     QueryAwareness,
     Stateless(String),
     BroadcastStateless(String),
-    Close { reason: String },
+    Close {
+        reason: String,
+    },
     /// Server → client acknowledgement of one `Step2` or `Update`: true when it was applied and
     /// (for our hub) durably committed.
     SyncStatus(bool),
@@ -116,7 +118,10 @@ impl Message {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// A message for one document.
-    Doc { address: String, message: Message },
+    Doc {
+        address: String,
+        message: Message,
+    },
     /// Connection-level keep-alive.
     Ping,
     Pong,
@@ -345,7 +350,10 @@ impl<'a> Reader<'a> {
     }
 
     fn read_u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
-        let b = *self.buf.get(self.pos).ok_or(DecodeError::UnexpectedEnd(what))?;
+        let b = *self
+            .buf
+            .get(self.pos)
+            .ok_or(DecodeError::UnexpectedEnd(what))?;
         self.pos += 1;
         Ok(b)
     }
@@ -502,7 +510,9 @@ mod tests {
     #[test]
     fn matches_hocuspocus_bytes() {
         // "doc", Auth, Token "t", provider version "4.8.0"
-        let auth = [3, b'd', b'o', b'c', 2, 0, 1, b't', 5, b'4', b'.', b'8', b'.', b'0'];
+        let auth = [
+            3, b'd', b'o', b'c', 2, 0, 1, b't', 5, b'4', b'.', b'8', b'.', b'0',
+        ];
         assert_eq!(
             Frame::decode(&auth, &Limits::default()).unwrap(),
             Frame::doc(
@@ -544,11 +554,16 @@ mod tests {
             (&[1, b'a'], DecodeError::UnexpectedEnd("message type")),
             (&[1, b'a', 42], DecodeError::UnknownMessageType(42)),
             (&[1, b'a', 0, 9, 0], DecodeError::UnknownSyncType(9)),
-            (&[1, b'a', 0, 2, 5, 1], DecodeError::UnexpectedEnd("sync payload")),
+            (
+                &[1, b'a', 0, 2, 5, 1],
+                DecodeError::UnexpectedEnd("sync payload"),
+            ),
             (&[1, b'a', 2, 7], DecodeError::UnknownAuthType(7)),
             (&[1, 0xff, 0], DecodeError::InvalidUtf8("address")),
             (
-                &[1, b'a', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+                &[
+                    1, b'a', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+                ],
                 DecodeError::VarIntOverflow("message type"),
             ),
             (&[1, b'a', 8], DecodeError::UnexpectedEnd("sync status")),
@@ -572,7 +587,10 @@ mod tests {
         let long_name = Frame::doc("0123456789", Message::QueryAwareness).encode();
         assert!(matches!(
             Frame::decode(&long_name, &limits),
-            Err(DecodeError::FieldTooLarge { what: "address", .. })
+            Err(DecodeError::FieldTooLarge {
+                what: "address",
+                ..
+            })
         ));
     }
 

@@ -86,7 +86,8 @@ impl Store for MemoryStore {
                     reason: e,
                 };
                 let update = Update::decode_v1(u).map_err(|e| corrupt(e.to_string()))?;
-                txn.apply_update(update).map_err(|e| corrupt(e.to_string()))?;
+                txn.apply_update(update)
+                    .map_err(|e| corrupt(e.to_string()))?;
             }
         }
         let snapshot = ydoc
