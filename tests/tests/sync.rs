@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use jarvis_e2e::{CloudAgent, create_token, eventually};
+use jarvis_e2e::{CloudAgent, create_token, eventually, http_get};
 use jarvis_sync::client::{ClientConfig, SyncClient};
 use jarvis_sync::protocol::{AuthMessage, Frame, Limits, Message, SyncMessage};
 use jarvis_sync::store::SqliteStore;
@@ -347,8 +347,18 @@ async fn bad_input_ends_only_the_offending_connection() {
     let (code, _) = expect_close(&mut ws).await;
     assert_eq!(code, 4401);
 
-    // The process is alive and the good client still syncs.
+    // The process is alive, healthy, counted the refusals, and the good client still syncs.
     assert!(agent.is_running());
+    let (status, body) = http_get(agent.port, "/healthz").await.unwrap();
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (_, metrics) = http_get(agent.port, "/metrics").await.unwrap();
+    let denied: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("jarvis_hub_auth_denied_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    // Four deliberate refusals, then up to twelve more until the socket was cut at sixteen.
+    assert_eq!(denied, 16, "{metrics}");
     append(&gdoc, "t", "still fine");
     good.flush("session/ok", T).await.unwrap();
     let probe = client(&agent, &token, dir.path(), "probe");
