@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use jarvis_cloud::auth::TokenStore;
 use jarvis_cloud::server::{AppState, app};
 use jarvis_sync::client::{ClientConfig, SyncClient};
-use jarvis_sync::doc::FileText;
 use jarvis_sync::hub::{Hub, HubConfig};
 use jarvis_sync::store::{AppendItem, SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +20,30 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 const FINAL_LEN: usize = 104_852;
+
+/// Stand-in for the document layer's file text until it lands: the same Y.Text `content`.
+struct FileText(yrs::TextRef, Doc);
+
+impl FileText {
+    fn new(doc: &Doc) -> Self {
+        FileText(doc.get_or_insert_text("content"), doc.clone())
+    }
+    fn insert(&self, at: usize, s: &str) -> Result<(), ()> {
+        use yrs::Text;
+        self.0.insert(&mut self.1.transact_mut(), at as u32, s);
+        Ok(())
+    }
+    fn delete(&self, at: usize, n: usize) -> Result<(), ()> {
+        use yrs::Text;
+        self.0
+            .remove_range(&mut self.1.transact_mut(), at as u32, n as u32);
+        Ok(())
+    }
+    fn len(&self) -> usize {
+        use yrs::Text;
+        self.0.len(&self.1.transact()) as usize
+    }
+}
 
 fn trace_path() -> PathBuf {
     if let Ok(p) = std::env::var("JARVIS_TRACE") {
@@ -176,12 +199,11 @@ async fn fresh_peer_sync(dir: &std::path::Path, snapshot: &[u8]) -> (Duration, D
             Arc::new(TokenStore::open(&db).unwrap()),
             HubConfig::default(),
         );
-        let state = AppState {
+        AppState {
             hub,
             shutdown: CancellationToken::new(),
             sockets: TaskTracker::new(),
-        };
-        state
+        }
     };
     let serve = |state: AppState| async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond crates: Node packages for the JS tests now; Debian packages
+# (Chromium, Xvfb, WebKitGTK, gnome-keyring) as later stages need them. Idempotent and quiet on a
+# warm machine: apt runs only when a needed command or library is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: "command-or-file:package". Add lines here as tests grow.
+apt_needs=(
+  "node:nodejs"
+  "npm:npm"
+  "pkg-config:pkg-config"
+)
+missing=()
+for entry in "${apt_needs[@]}"; do
+  probe="${entry%%:*}"
+  pkg="${entry#*:}"
+  if [[ "$probe" == /* ]]; then
+    [[ -e "$probe" ]] || missing+=("$pkg")
+  else
+    command -v "$probe" >/dev/null 2>&1 || missing+=("$pkg")
+  fi
+done
+if ((${#missing[@]})); then
+  echo "installing Debian packages: ${missing[*]}"
+  if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Node packages for the JS tests, exactly as locked.
+if [[ ! -d tests/js/node_modules ]] || [[ tests/js/package-lock.json -nt tests/js/node_modules ]]; then
+  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+  touch tests/js/node_modules
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "cargo-nextest not found; tests will run with cargo test"
+fi

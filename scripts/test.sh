@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then format check, clippy, every Rust test and
+# the JS interop tests. CI (.ci/run) calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+section() { printf '\n=== %s ===\n' "$*"; }
+
+if [[ "${CI:-}" == "true" ]]; then
+  export CARGO_INCREMENTAL=0
+fi
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+section "install dependencies"
+scripts/install-deps.sh
+
+section "cargo fmt --check"
+cargo fmt --all --check
+
+section "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+section "build binaries and examples"
+# The end-to-end and JS tests start these binaries; build them once, in the same target dir.
+cargo build --workspace --bins --examples --locked
+
+section "rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
+
+section "js interop tests"
+(cd tests/js && node --test)
+
+section "all tests passed"
