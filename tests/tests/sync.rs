@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use jarvis_e2e::{CloudAgent, create_token, eventually, http_get};
 use jarvis_sync::client::{ClientConfig, SyncClient};
+use jarvis_sync::doc::{self, Block, FileText, Role, SessionDoc};
 use jarvis_sync::protocol::{AuthMessage, Frame, Limits, Message, SyncMessage};
 use jarvis_sync::store::SqliteStore;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -35,6 +36,16 @@ fn append(doc: &yrs::Doc, name: &str, s: &str) {
     text.insert(&mut txn, len, s);
 }
 
+fn user_message(id: &str, author: &str, text: &str) -> doc::Message {
+    doc::Message {
+        id: id.into(),
+        role: Role::User,
+        author: author.into(),
+        created_ms: 0,
+        blocks: vec![Block::Text { text: text.into() }],
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_converge_including_offline_edits() {
     let dir = tempfile::tempdir().unwrap();
@@ -43,61 +54,105 @@ async fn two_clients_converge_including_offline_edits() {
     let agent = CloudAgent::start(&data, 0).unwrap();
     let a = client(&agent, &token, dir.path(), "a");
     let b = client(&agent, &token, dir.path(), "b");
-
-    let names = ["session/s1", "ws/w1/file/f1"];
-    let mut docs_a = Vec::new();
-    let mut docs_b = Vec::new();
-    for n in names {
-        docs_a.push(a.open(n).await.unwrap());
-        docs_b.push(b.open(n).await.unwrap());
+    let (s, f) = ("session/s1", "ws/w1/file/f1");
+    for n in [s, f] {
+        a.open(n).await.unwrap();
+        b.open(n).await.unwrap();
         a.wait_synced(n, T).await.unwrap();
         b.wait_synced(n, T).await.unwrap();
     }
+    let (sa, sb) = (
+        SessionDoc::new(a.open(s).await.unwrap()),
+        SessionDoc::new(b.open(s).await.unwrap()),
+    );
+    let (fa, fb) = (
+        FileText::new(a.open(f).await.unwrap()),
+        FileText::new(b.open(f).await.unwrap()),
+    );
 
-    // Concurrent edits on both sides, both online.
-    for (da, db) in docs_a.iter().zip(&docs_b) {
-        append(da, "content", "from a. ");
-        append(db, "content", "from b. ");
-    }
-    for (i, n) in names.iter().enumerate() {
-        let (da, db) = (docs_a[i].clone(), docs_b[i].clone());
-        eventually(&format!("{n} converges online"), T, || {
-            let ta = text_of(&da, "content");
-            ta == text_of(&db, "content") && ta.contains("from a.") && ta.contains("from b.")
-        })
-        .await
+    // Online: A starts a conversation and streams a reply while B sends a follow-up; both
+    // edit the file.
+    sa.append_message(&user_message("m1", "a", "hello"))
         .unwrap();
-    }
-
-    // B goes offline; both edit; B comes back.
-    b.set_online(false);
-    for (da, db) in docs_a.iter().zip(&docs_b) {
-        append(da, "content", "a while b offline. ");
-        append(db, "content", "b offline edit. ");
-    }
+    fa.apply_text_diff("line one\nline two\n");
     a.flush_all(T).await.unwrap();
-    assert!(b.document_status(names[0]).unwrap().pending() > 0);
+    let (sb2, fb2) = (sb.clone(), fb.clone());
+    eventually("b sees a", T, || {
+        sb2.message("m1").is_some() && fb2.text() == "line one\nline two\n"
+    })
+    .await
+    .unwrap();
+    sa.append_message(&doc::Message {
+        id: "m2".into(),
+        role: Role::Assistant,
+        author: "a".into(),
+        created_ms: 0,
+        blocks: vec![],
+    })
+    .unwrap();
+    let block = sa
+        .append_block(
+            "m2",
+            &Block::Text {
+                text: String::new(),
+            },
+        )
+        .unwrap();
+    for chunk in ["stream", "ing ", "reply"] {
+        sa.push_text(&block, chunk).unwrap();
+    }
+    sb.append_message(&user_message("m3", "b", "follow-up"))
+        .unwrap();
+    let (sa2, sb2) = (sa.clone(), sb.clone());
+    eventually("session converges online", T, || {
+        let m = sa2.messages();
+        m.len() == 3 && m == sb2.messages()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        sb.message("m2").unwrap().blocks,
+        vec![Block::Text {
+            text: "streaming reply".into()
+        }]
+    );
+
+    // B goes offline; both edit the same line of the file and the session; B comes back.
+    b.set_online(false);
+    fa.apply_text_diff("line one, edited on a\nline two\n");
+    fb.apply_text_diff("line one\nline two, edited offline on b\n");
+    sa.push_text(&block, " (more)").unwrap();
+    sb.append_message(&user_message("m4", "b", "typed while offline"))
+        .unwrap();
+    a.flush_all(T).await.unwrap();
+    assert!(b.document_status(f).unwrap().pending() > 0);
     b.set_online(true);
     b.flush_all(T).await.unwrap();
-    for (i, n) in names.iter().enumerate() {
-        let (da, db) = (docs_a[i].clone(), docs_b[i].clone());
-        eventually(&format!("{n} converges after offline edits"), T, || {
-            let ta = text_of(&da, "content");
-            ta == text_of(&db, "content")
-                && ta.contains("a while b offline.")
-                && ta.contains("b offline edit.")
-        })
-        .await
-        .unwrap();
-    }
+    let (fa2, fb2, sa2, sb2) = (fa.clone(), fb.clone(), sa.clone(), sb.clone());
+    eventually("everything converges after offline edits", T, || {
+        fa2.text() == fb2.text() && sa2.messages() == sb2.messages() && sa2.messages().len() == 4
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        fa.text(),
+        "line one, edited on a\nline two, edited offline on b\n"
+    );
+    assert_eq!(
+        sb.message("m2").unwrap().blocks,
+        vec![Block::Text {
+            text: "streaming reply (more)".into()
+        }]
+    );
 
     // A third, fresh device gets exactly the same state from the hub.
     let c = client(&agent, &token, dir.path(), "c");
-    for (i, n) in names.iter().enumerate() {
-        let dc = c.open(n).await.unwrap();
-        c.wait_synced(n, T).await.unwrap();
-        assert_eq!(text_of(&dc, "content"), text_of(&docs_a[i], "content"));
-    }
+    let sc = SessionDoc::new(c.open(s).await.unwrap());
+    let fc = FileText::new(c.open(f).await.unwrap());
+    c.wait_synced(s, T).await.unwrap();
+    c.wait_synced(f, T).await.unwrap();
+    assert_eq!(sc.messages(), sa.messages());
+    assert_eq!(fc.text(), fa.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use jarvis_cloud::auth::TokenStore;
 use jarvis_cloud::server::{AppState, app};
 use jarvis_sync::client::{ClientConfig, SyncClient};
+use jarvis_sync::doc::FileText;
 use jarvis_sync::hub::{Hub, HubConfig};
 use jarvis_sync::store::{AppendItem, SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
@@ -20,30 +21,6 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 const FINAL_LEN: usize = 104_852;
-
-/// Stand-in for the document layer's file text until it lands: the same Y.Text `content`.
-struct FileText(yrs::TextRef, Doc);
-
-impl FileText {
-    fn new(doc: &Doc) -> Self {
-        FileText(doc.get_or_insert_text("content"), doc.clone())
-    }
-    fn insert(&self, at: usize, s: &str) -> Result<(), ()> {
-        use yrs::Text;
-        self.0.insert(&mut self.1.transact_mut(), at as u32, s);
-        Ok(())
-    }
-    fn delete(&self, at: usize, n: usize) -> Result<(), ()> {
-        use yrs::Text;
-        self.0
-            .remove_range(&mut self.1.transact_mut(), at as u32, n as u32);
-        Ok(())
-    }
-    fn len(&self) -> usize {
-        use yrs::Text;
-        self.0.len(&self.1.transact()) as usize
-    }
-}
 
 fn trace_path() -> PathBuf {
     if let Ok(p) = std::env::var("JARVIS_TRACE") {
@@ -89,7 +66,7 @@ fn main() {
 
     // 1. Replay: one transaction per keystroke, as an editor would produce them.
     let doc = Doc::new();
-    let text = FileText::new(&doc);
+    let text = FileText::new(doc.clone());
     let update_bytes = Arc::new(Mutex::new((0usize, 0usize)));
     let counter = update_bytes.clone();
     doc.observe_update_v1("bench", move |_, e| {
@@ -101,12 +78,16 @@ fn main() {
     let start = Instant::now();
     for e in &edits {
         match e {
-            Edit::Insert(pos, s) => text.insert(*pos, s).unwrap(),
-            Edit::Delete(pos, n) => text.delete(*pos, *n).unwrap(),
+            Edit::Insert(pos, s) => text.insert(*pos as u32, s).unwrap(),
+            Edit::Delete(pos, n) => text.delete(*pos as u32, *n as u32).unwrap(),
         }
     }
     let replay = start.elapsed();
-    assert_eq!(text.len(), FINAL_LEN, "replay produced the wrong document");
+    assert_eq!(
+        text.len() as usize,
+        FINAL_LEN,
+        "replay produced the wrong document"
+    );
     let (updates, bytes) = *update_bytes.lock().unwrap();
     rows.push((
         format!("replay {} edits (one transaction each)", edits.len()),
@@ -156,8 +137,8 @@ fn main() {
                 txn.apply_update(Update::decode_v1(u).unwrap()).unwrap();
             }
         }
-        let t = FileText::new(&d);
-        assert_eq!(t.len(), FINAL_LEN);
+        let t = FileText::new(d);
+        assert_eq!(t.len() as usize, FINAL_LEN);
         loads.push(start.elapsed());
     }
     rows.push((
@@ -243,7 +224,7 @@ async fn fresh_peer_sync(dir: &std::path::Path, snapshot: &[u8]) -> (Duration, D
             .unwrap();
         let elapsed = start.elapsed();
         assert_eq!(
-            FileText::new(&d).len(),
+            FileText::new(d).len() as usize,
             FINAL_LEN,
             "peer {i} got the wrong document"
         );
@@ -266,7 +247,7 @@ async fn fresh_peer_sync(dir: &std::path::Path, snapshot: &[u8]) -> (Duration, D
             .await
             .unwrap();
         cold.push(start.elapsed());
-        assert_eq!(FileText::new(&d).len(), FINAL_LEN);
+        assert_eq!(FileText::new(d).len() as usize, FINAL_LEN);
         drop(client);
         state.shutdown.cancel();
         state.hub.shutdown().await;

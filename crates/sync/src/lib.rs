@@ -6,6 +6,7 @@
 
 pub mod awareness;
 pub mod client;
+pub mod doc;
 pub mod hub;
 pub mod protocol;
 pub mod store;

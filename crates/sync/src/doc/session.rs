@@ -1,0 +1,967 @@
+//! `session/<id>`: Y.Map `meta` (title, workspace, model, status, runner, usage) and Y.Array
+//! `messages`. Each message is a Y.Map {id, role, author, created, blocks: Y.Array}; each block a
+//! Y.Map {type, …} whose growing text (text, thinking, tool result content) is a Y.Text, so a
+//! stream of small appends merges and every peer, a browser included, sees it live.
+//!
+//! Everything the runner needs to continue a session lives here; nothing lives only in a process.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use yrs::{
+    Any, Array, ArrayPrelim, ArrayRef, Doc, GetString, Map, MapPrelim, MapRef, Out, ReadTxn, Text,
+    TextPrelim, TextRef, Transact, TransactionMut,
+};
+
+use super::DocError;
+use super::read;
+
+const META: &str = "meta";
+const MESSAGES: &str = "messages";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    Idle,
+    Running,
+    WaitingApproval,
+    Interrupted,
+    Done,
+    Failed,
+    /// A status written by a newer peer; shown as is, never acted on.
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl SessionStatus {
+    pub fn as_str(&self) -> &str {
+        match self {
+            SessionStatus::Idle => "idle",
+            SessionStatus::Running => "running",
+            SessionStatus::WaitingApproval => "waiting_approval",
+            SessionStatus::Interrupted => "interrupted",
+            SessionStatus::Done => "done",
+            SessionStatus::Failed => "failed",
+            SessionStatus::Other(s) => s,
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "idle" => SessionStatus::Idle,
+            "running" => SessionStatus::Running,
+            "waiting_approval" => SessionStatus::WaitingApproval,
+            "interrupted" => SessionStatus::Interrupted,
+            "done" => SessionStatus::Done,
+            "failed" => SessionStatus::Failed,
+            other => SessionStatus::Other(other.to_owned()),
+        }
+    }
+}
+
+/// Who runs the session: a mirror of the hub's lease, for display.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runner {
+    pub device: String,
+    pub epoch: u64,
+    pub expires_ms: u64,
+}
+
+/// Token counts and cost; cost in millionths of a US dollar, so sums are exact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub cost_micros: u64,
+}
+
+impl Usage {
+    fn add(&mut self, o: &Usage) {
+        self.input_tokens += o.input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.cache_read_tokens += o.cache_read_tokens;
+        self.cache_write_tokens += o.cache_write_tokens;
+        self.cost_micros += o.cost_micros;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionMeta {
+    pub title: String,
+    pub workspace: String,
+    pub model: String,
+    pub status: SessionStatus,
+    pub runner: Option<Runner>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Assistant,
+    System,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::System => "system",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Role> {
+        match s {
+            "user" => Some(Role::User),
+            "assistant" => Some(Role::Assistant),
+            "system" => Some(Role::System),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Allow,
+    Deny,
+    AlwaysAllow,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+            Decision::AlwaysAllow => "always_allow",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Decision> {
+        match s {
+            "allow" => Some(Decision::Allow),
+            "deny" => Some(Decision::Deny),
+            "always_allow" => Some(Decision::AlwaysAllow),
+            _ => None,
+        }
+    }
+}
+
+/// One content block, as a plain value (what `messages()` returns and `append_*` takes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Block {
+    Text {
+        text: String,
+    },
+    Thinking {
+        text: String,
+        signature: Option<String>,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        /// The tool input as JSON text.
+        input: String,
+        /// pending, running, done, error, … (free-form, set by the runner).
+        status: String,
+    },
+    ToolResult {
+        tool_use_id: String,
+        content: String,
+        is_error: bool,
+    },
+    Approval {
+        id: String,
+        tool_use_id: String,
+        tool: String,
+        summary: String,
+        decision: Option<Decision>,
+        decided_by: Option<String>,
+        decided_at: Option<u64>,
+    },
+    /// A block a newer peer wrote, or one too malformed to read; kept, shown, never acted on.
+    Unknown {
+        kind: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: String,
+    pub role: Role,
+    pub author: String,
+    pub created_ms: u64,
+    pub blocks: Vec<Block>,
+}
+
+/// A message to append; same shape as [`Message`].
+pub type NewMessage = Message;
+
+/// A handle on one block, for streaming into its text without any lookup.
+#[derive(Clone)]
+pub struct BlockRef {
+    message: String,
+    index: u32,
+    /// None for blocks without text (tool_use, approval).
+    text: Option<TextRef>,
+}
+
+impl BlockRef {
+    pub fn message_id(&self) -> &str {
+        &self.message
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+}
+
+/// The typed view of a session document. Cheap to clone; all clones share one position cache.
+#[derive(Clone)]
+pub struct SessionDoc {
+    doc: Doc,
+    meta: MapRef,
+    messages: ArrayRef,
+    /// Message id → last known index. Concurrent appends can shift positions, so a hit is
+    /// verified and a miss or mismatch falls back to a scan.
+    positions: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl SessionDoc {
+    /// Wraps a document (fresh, or one a sync client keeps in sync).
+    pub fn new(doc: Doc) -> Self {
+        let meta = doc.get_or_insert_map(META);
+        let messages = doc.get_or_insert_array(MESSAGES);
+        SessionDoc {
+            doc,
+            meta,
+            messages,
+            positions: Arc::default(),
+        }
+    }
+
+    pub fn doc(&self) -> &Doc {
+        &self.doc
+    }
+
+    pub fn meta(&self) -> SessionMeta {
+        let txn = self.doc.transact();
+        let m = &self.meta;
+        let runner = match m.get(&txn, "runner") {
+            Some(Out::Any(Any::Map(r))) => {
+                match (r.get("device"), r.get("epoch"), r.get("expires")) {
+                    (Some(Any::String(d)), Some(e), Some(x)) => {
+                        match (read::any_u64(e), read::any_u64(x)) {
+                            (Some(epoch), Some(expires_ms)) => Some(Runner {
+                                device: d.to_string(),
+                                epoch,
+                                expires_ms,
+                            }),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let usage = match m.get(&txn, "usage") {
+            Some(Out::Any(Any::Map(u))) => {
+                let f = |k: &str| u.get(k).and_then(read::any_u64).unwrap_or(0);
+                Usage {
+                    input_tokens: f("input"),
+                    output_tokens: f("output"),
+                    cache_read_tokens: f("cache_read"),
+                    cache_write_tokens: f("cache_write"),
+                    cost_micros: f("cost_micros"),
+                }
+            }
+            _ => Usage::default(),
+        };
+        SessionMeta {
+            title: read::string(m, &txn, "title").unwrap_or_default(),
+            workspace: read::string(m, &txn, "workspace").unwrap_or_default(),
+            model: read::string(m, &txn, "model").unwrap_or_default(),
+            status: read::string(m, &txn, "status")
+                .map(|s| SessionStatus::parse(&s))
+                .unwrap_or(SessionStatus::Idle),
+            runner,
+            usage,
+        }
+    }
+
+    fn set(&self, key: &str, value: Any) {
+        let mut txn = self.doc.transact_mut();
+        self.meta.insert(&mut txn, key, value);
+    }
+
+    pub fn set_title(&self, title: &str) {
+        self.set("title", title.into());
+    }
+
+    pub fn set_workspace(&self, workspace: &str) {
+        self.set("workspace", workspace.into());
+    }
+
+    pub fn set_model(&self, model: &str) {
+        self.set("model", model.into());
+    }
+
+    pub fn set_status(&self, status: &SessionStatus) {
+        self.set("status", status.as_str().into());
+    }
+
+    pub fn set_runner(&self, runner: Option<&Runner>) {
+        let value = match runner {
+            Some(r) => Any::from(HashMap::from([
+                ("device".to_owned(), Any::from(r.device.as_str())),
+                ("epoch".to_owned(), Any::from(r.epoch as i64)),
+                ("expires".to_owned(), Any::from(r.expires_ms as i64)),
+            ])),
+            None => Any::Null,
+        };
+        self.set("runner", value);
+    }
+
+    /// Adds one turn's usage to the session totals. Only the session's runner writes usage, so
+    /// this read-modify-write does not race with another writer.
+    pub fn add_usage(&self, turn: &Usage) {
+        let mut total = self.meta().usage;
+        total.add(turn);
+        let value = Any::from(HashMap::from([
+            ("input".to_owned(), Any::from(total.input_tokens as i64)),
+            ("output".to_owned(), Any::from(total.output_tokens as i64)),
+            (
+                "cache_read".to_owned(),
+                Any::from(total.cache_read_tokens as i64),
+            ),
+            (
+                "cache_write".to_owned(),
+                Any::from(total.cache_write_tokens as i64),
+            ),
+            (
+                "cost_micros".to_owned(),
+                Any::from(total.cost_micros as i64),
+            ),
+        ]));
+        self.set("usage", value);
+    }
+
+    /// Number of messages.
+    pub fn len(&self) -> u32 {
+        self.messages.len(&self.doc.transact())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn find<T: ReadTxn>(&self, txn: &T, id: &str) -> Option<(u32, MapRef)> {
+        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&i) = positions.get(id)
+            && let Some(Out::YMap(m)) = self.messages.get(txn, i)
+            && read::string(&m, txn, "id").as_deref() == Some(id)
+        {
+            return Some((i, m));
+        }
+        // Scan from the end: the message wanted is almost always a recent one.
+        let len = self.messages.len(txn);
+        for i in (0..len).rev() {
+            if let Some(Out::YMap(m)) = self.messages.get(txn, i)
+                && let Some(mid) = read::string(&m, txn, "id")
+            {
+                let hit = mid == id;
+                positions.insert(mid, i);
+                if hit {
+                    return Some((i, m));
+                }
+            }
+        }
+        None
+    }
+
+    /// Appends a message with its initial blocks, in one transaction.
+    pub fn append_message(&self, msg: &NewMessage) -> Result<(), DocError> {
+        let mut txn = self.doc.transact_mut();
+        if self.find(&txn, &msg.id).is_some() {
+            return Err(DocError::DuplicateMessage(msg.id.clone()));
+        }
+        let m: MapRef = self.messages.push_back(&mut txn, MapPrelim::default());
+        m.insert(&mut txn, "id", msg.id.as_str());
+        m.insert(&mut txn, "role", msg.role.as_str());
+        m.insert(&mut txn, "author", msg.author.as_str());
+        m.insert(&mut txn, "created", Any::from(msg.created_ms as i64));
+        let blocks: ArrayRef = m.insert(&mut txn, "blocks", ArrayPrelim::default());
+        for b in &msg.blocks {
+            write_block(&mut txn, &blocks, b);
+        }
+        let index = self.messages.len(&txn) - 1;
+        self.positions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(msg.id.clone(), index);
+        Ok(())
+    }
+
+    fn blocks_of<T: ReadTxn>(&self, txn: &T, message_id: &str) -> Result<ArrayRef, DocError> {
+        let (_, m) = self
+            .find(txn, message_id)
+            .ok_or_else(|| DocError::UnknownMessage(message_id.to_owned()))?;
+        match m.get(txn, "blocks") {
+            Some(Out::YArray(a)) => Ok(a),
+            _ => Err(DocError::Malformed(format!("message {message_id} blocks"))),
+        }
+    }
+
+    /// Appends a block to a message; the returned handle streams into its text.
+    pub fn append_block(&self, message_id: &str, block: &Block) -> Result<BlockRef, DocError> {
+        let mut txn = self.doc.transact_mut();
+        let blocks = self.blocks_of(&txn, message_id)?;
+        let index = blocks.len(&txn);
+        let text = write_block(&mut txn, &blocks, block);
+        Ok(BlockRef {
+            message: message_id.to_owned(),
+            index,
+            text,
+        })
+    }
+
+    /// A streaming handle on an existing block (after a restart, say).
+    pub fn block_ref(&self, message_id: &str, index: u32) -> Result<BlockRef, DocError> {
+        let txn = self.doc.transact();
+        let blocks = self.blocks_of(&txn, message_id)?;
+        let b = match blocks.get(&txn, index) {
+            Some(Out::YMap(b)) => b,
+            _ => {
+                return Err(DocError::NoSuchBlock {
+                    message: message_id.to_owned(),
+                    index,
+                });
+            }
+        };
+        let key = match read::string(&b, &txn, "type").as_deref() {
+            Some("tool_result") => "content",
+            _ => "text",
+        };
+        let text = match b.get(&txn, key) {
+            Some(Out::YText(text)) => Some(text),
+            _ => None,
+        };
+        Ok(BlockRef {
+            message: message_id.to_owned(),
+            index,
+            text,
+        })
+    }
+
+    /// Appends streamed text to a block: one small transaction, no lookup.
+    pub fn push_text(&self, block: &BlockRef, text: &str) -> Result<(), DocError> {
+        let t = block.text.as_ref().ok_or_else(|| DocError::NotText {
+            message: block.message.clone(),
+            index: block.index,
+        })?;
+        let mut txn = self.doc.transact_mut();
+        t.push(&mut txn, text);
+        Ok(())
+    }
+
+    /// The block of type `kind` whose `id` is `id`, searching recent messages first.
+    fn find_block<T: ReadTxn>(&self, txn: &T, kind: &str, id: &str) -> Option<MapRef> {
+        let len = self.messages.len(txn);
+        for i in (0..len).rev() {
+            let Some(Out::YMap(m)) = self.messages.get(txn, i) else {
+                continue;
+            };
+            let Some(Out::YArray(blocks)) = m.get(txn, "blocks") else {
+                continue;
+            };
+            for b in blocks.iter(txn) {
+                if let Out::YMap(b) = b
+                    && read::string(&b, txn, "type").as_deref() == Some(kind)
+                    && read::string(&b, txn, "id").as_deref() == Some(id)
+                {
+                    return Some(b);
+                }
+            }
+        }
+        None
+    }
+
+    /// Sets the status of the tool_use block with `tool_use_id`.
+    pub fn set_tool_status(&self, tool_use_id: &str, status: &str) -> Result<(), DocError> {
+        let mut txn = self.doc.transact_mut();
+        let b = self
+            .find_block(&txn, "tool_use", tool_use_id)
+            .ok_or_else(|| DocError::Malformed(format!("no tool_use {tool_use_id}")))?;
+        b.insert(&mut txn, "status", status);
+        Ok(())
+    }
+
+    /// Records the answer to an approval. The first answer wins: a second answer is refused
+    /// with the first one in the error. (Two devices answering at the same moment while apart
+    /// converge to one answer by the CRDT's rule; the runner acts on the converged value.)
+    pub fn answer_approval(
+        &self,
+        approval_id: &str,
+        decision: Decision,
+        by: &str,
+        at_ms: u64,
+    ) -> Result<(), DocError> {
+        let mut txn = self.doc.transact_mut();
+        let b = self
+            .find_block(&txn, "approval", approval_id)
+            .ok_or_else(|| DocError::UnknownApproval(approval_id.to_owned()))?;
+        if let Some(d) = read::string(&b, &txn, "decision") {
+            return Err(DocError::AlreadyAnswered {
+                id: approval_id.to_owned(),
+                decision: d,
+                by: read::string(&b, &txn, "decided_by").unwrap_or_default(),
+            });
+        }
+        b.insert(&mut txn, "decision", decision.as_str());
+        b.insert(&mut txn, "decided_by", by);
+        b.insert(&mut txn, "decided_at", Any::from(at_ms as i64));
+        Ok(())
+    }
+
+    /// Approvals still waiting for an answer, with the id of the message holding each.
+    pub fn pending_approvals(&self) -> Vec<(String, Block)> {
+        self.messages()
+            .into_iter()
+            .flat_map(|m| {
+                let id = m.id;
+                m.blocks.into_iter().filter_map(move |b| match &b {
+                    Block::Approval { decision: None, .. } => Some((id.clone(), b)),
+                    _ => None,
+                })
+            })
+            .collect()
+    }
+
+    /// Every message as plain values. Malformed messages are skipped (and logged); malformed
+    /// blocks become [`Block::Unknown`].
+    pub fn messages(&self) -> Vec<Message> {
+        let txn = self.doc.transact();
+        self.messages
+            .iter(&txn)
+            .filter_map(|m| match m {
+                Out::YMap(m) => {
+                    let msg = read_message(&txn, &m);
+                    if msg.is_none() {
+                        tracing::warn!("skipping a malformed message in a session document");
+                    }
+                    msg
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn message(&self, id: &str) -> Option<Message> {
+        let txn = self.doc.transact();
+        let (_, m) = self.find(&txn, id)?;
+        read_message(&txn, &m)
+    }
+}
+
+fn write_block(txn: &mut TransactionMut, blocks: &ArrayRef, block: &Block) -> Option<TextRef> {
+    let b: MapRef = blocks.push_back(txn, MapPrelim::default());
+    match block {
+        Block::Text { text } => {
+            b.insert(txn, "type", "text");
+            Some(b.insert(txn, "text", TextPrelim::new(text.as_str())))
+        }
+        Block::Thinking { text, signature } => {
+            b.insert(txn, "type", "thinking");
+            if let Some(s) = signature {
+                b.insert(txn, "signature", s.as_str());
+            }
+            Some(b.insert(txn, "text", TextPrelim::new(text.as_str())))
+        }
+        Block::ToolUse {
+            id,
+            name,
+            input,
+            status,
+        } => {
+            b.insert(txn, "type", "tool_use");
+            b.insert(txn, "id", id.as_str());
+            b.insert(txn, "name", name.as_str());
+            b.insert(txn, "input", input.as_str());
+            b.insert(txn, "status", status.as_str());
+            None
+        }
+        Block::ToolResult {
+            tool_use_id,
+            content,
+            is_error,
+        } => {
+            b.insert(txn, "type", "tool_result");
+            b.insert(txn, "tool_use_id", tool_use_id.as_str());
+            b.insert(txn, "is_error", *is_error);
+            Some(b.insert(txn, "content", TextPrelim::new(content.as_str())))
+        }
+        Block::Approval {
+            id,
+            tool_use_id,
+            tool,
+            summary,
+            decision,
+            decided_by,
+            decided_at,
+        } => {
+            b.insert(txn, "type", "approval");
+            b.insert(txn, "id", id.as_str());
+            b.insert(txn, "tool_use_id", tool_use_id.as_str());
+            b.insert(txn, "tool", tool.as_str());
+            b.insert(txn, "summary", summary.as_str());
+            if let Some(d) = decision {
+                b.insert(txn, "decision", d.as_str());
+            }
+            if let Some(by) = decided_by {
+                b.insert(txn, "decided_by", by.as_str());
+            }
+            if let Some(at) = decided_at {
+                b.insert(txn, "decided_at", Any::from(*at as i64));
+            }
+            None
+        }
+        Block::Unknown { kind } => {
+            b.insert(txn, "type", kind.as_str());
+            None
+        }
+    }
+}
+
+fn read_message<T: ReadTxn>(txn: &T, m: &MapRef) -> Option<Message> {
+    let id = read::string(m, txn, "id")?;
+    let role = Role::parse(&read::string(m, txn, "role")?)?;
+    let blocks = match m.get(txn, "blocks") {
+        Some(Out::YArray(a)) => a
+            .iter(txn)
+            .map(|b| match b {
+                Out::YMap(b) => read_block(txn, &b),
+                _ => Block::Unknown {
+                    kind: "malformed".into(),
+                },
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(Message {
+        id,
+        role,
+        author: read::string(m, txn, "author").unwrap_or_default(),
+        created_ms: read::u64(m, txn, "created").unwrap_or(0),
+        blocks,
+    })
+}
+
+fn read_block<T: ReadTxn>(txn: &T, b: &MapRef) -> Block {
+    let s = |k: &str| read::string(b, txn, k);
+    let kind = s("type").unwrap_or_else(|| "malformed".into());
+    let text = |k: &str| match b.get(txn, k) {
+        Some(Out::YText(t)) => Some(t.get_string(txn)),
+        Some(Out::Any(Any::String(s))) => Some(s.to_string()),
+        _ => None,
+    };
+    let unknown = || Block::Unknown { kind: kind.clone() };
+    match kind.as_str() {
+        "text" => text("text").map_or_else(unknown, |text| Block::Text { text }),
+        "thinking" => text("text").map_or_else(unknown, |text| Block::Thinking {
+            text,
+            signature: s("signature"),
+        }),
+        "tool_use" => match (s("id"), s("name")) {
+            (Some(id), Some(name)) => Block::ToolUse {
+                id,
+                name,
+                input: s("input").unwrap_or_else(|| "{}".into()),
+                status: s("status").unwrap_or_default(),
+            },
+            _ => unknown(),
+        },
+        "tool_result" => match s("tool_use_id") {
+            Some(tool_use_id) => Block::ToolResult {
+                tool_use_id,
+                content: text("content").unwrap_or_default(),
+                is_error: read::bool(b, txn, "is_error").unwrap_or(false),
+            },
+            None => unknown(),
+        },
+        "approval" => match (s("id"), s("tool_use_id")) {
+            (Some(id), Some(tool_use_id)) => Block::Approval {
+                id,
+                tool_use_id,
+                tool: s("tool").unwrap_or_default(),
+                summary: s("summary").unwrap_or_default(),
+                decision: s("decision").and_then(|d| Decision::parse(&d)),
+                decided_by: s("decided_by"),
+                decided_at: read::u64(b, txn, "decided_at"),
+            },
+            _ => unknown(),
+        },
+        _ => unknown(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use yrs::updates::decoder::Decode;
+    use yrs::{StateVector, Update};
+
+    use super::*;
+
+    fn sync(a: &Doc, b: &Doc) {
+        let ua = a
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let ub = b
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        b.transact_mut()
+            .apply_update(Update::decode_v1(&ua).unwrap())
+            .unwrap();
+        a.transact_mut()
+            .apply_update(Update::decode_v1(&ub).unwrap())
+            .unwrap();
+    }
+
+    fn msg(id: &str, role: Role, blocks: Vec<Block>) -> NewMessage {
+        Message {
+            id: id.into(),
+            role,
+            author: "dev-1".into(),
+            created_ms: 1,
+            blocks,
+        }
+    }
+
+    #[test]
+    fn meta_round_trip() {
+        let s = SessionDoc::new(Doc::new());
+        assert_eq!(s.meta().status, SessionStatus::Idle);
+        s.set_title("Fix the build");
+        s.set_workspace("w1");
+        s.set_model("claude");
+        s.set_status(&SessionStatus::WaitingApproval);
+        let runner = Runner {
+            device: "laptop".into(),
+            epoch: 3,
+            expires_ms: 99,
+        };
+        s.set_runner(Some(&runner));
+        let turn = Usage {
+            input_tokens: 10,
+            output_tokens: 5,
+            cache_read_tokens: 100,
+            cache_write_tokens: 7,
+            cost_micros: 1234,
+        };
+        s.add_usage(&turn);
+        s.add_usage(&turn);
+        let m = s.meta();
+        assert_eq!(m.title, "Fix the build");
+        assert_eq!(m.status, SessionStatus::WaitingApproval);
+        assert_eq!(m.runner, Some(runner));
+        assert_eq!(m.usage.cache_read_tokens, 200);
+        assert_eq!(m.usage.cost_micros, 2468);
+        s.set_runner(None);
+        assert_eq!(s.meta().runner, None);
+    }
+
+    #[test]
+    fn streaming_and_replicas_converge() {
+        let a = SessionDoc::new(Doc::new());
+        let b = SessionDoc::new(Doc::new());
+        a.append_message(&msg(
+            "u1",
+            Role::User,
+            vec![Block::Text { text: "hi".into() }],
+        ))
+        .unwrap();
+        sync(a.doc(), b.doc());
+        let reply = msg("a1", Role::Assistant, vec![]);
+        a.append_message(&reply).unwrap();
+        let block = a
+            .append_block(
+                "a1",
+                &Block::Text {
+                    text: String::new(),
+                },
+            )
+            .unwrap();
+        for chunk in ["Hel", "lo", " there"] {
+            a.push_text(&block, chunk).unwrap();
+        }
+        // Meanwhile b appends a follow-up of its own.
+        b.append_message(&msg(
+            "u2",
+            Role::User,
+            vec![Block::Text {
+                text: "more".into(),
+            }],
+        ))
+        .unwrap();
+        sync(a.doc(), b.doc());
+        let (ma, mb) = (a.messages(), b.messages());
+        assert_eq!(ma, mb);
+        assert_eq!(ma.len(), 3);
+        assert_eq!(
+            b.message("a1").unwrap().blocks,
+            vec![Block::Text {
+                text: "Hello there".into()
+            }]
+        );
+        // A handle taken after the fact streams into the same block.
+        let again = b.block_ref("a1", 0).unwrap();
+        b.push_text(&again, "!").unwrap();
+        sync(a.doc(), b.doc());
+        assert_eq!(
+            a.message("a1").unwrap().blocks,
+            vec![Block::Text {
+                text: "Hello there!".into()
+            }]
+        );
+        assert!(matches!(
+            a.append_message(&msg("u1", Role::User, vec![])),
+            Err(DocError::DuplicateMessage(_))
+        ));
+        assert!(matches!(
+            a.append_block(
+                "nope",
+                &Block::Text {
+                    text: String::new()
+                }
+            ),
+            Err(DocError::UnknownMessage(_))
+        ));
+        assert!(matches!(
+            a.block_ref("a1", 7),
+            Err(DocError::NoSuchBlock { .. })
+        ));
+    }
+
+    #[test]
+    fn approvals_answered_on_another_replica_and_first_answer_wins() {
+        let runner = SessionDoc::new(Doc::new());
+        let phone = SessionDoc::new(Doc::new());
+        runner
+            .append_message(&msg(
+                "a1",
+                Role::Assistant,
+                vec![
+                    Block::ToolUse {
+                        id: "t1".into(),
+                        name: "bash".into(),
+                        input: r#"{"command":"cargo test"}"#.into(),
+                        status: "pending".into(),
+                    },
+                    Block::Approval {
+                        id: "ap1".into(),
+                        tool_use_id: "t1".into(),
+                        tool: "bash".into(),
+                        summary: "cargo test".into(),
+                        decision: None,
+                        decided_by: None,
+                        decided_at: None,
+                    },
+                ],
+            ))
+            .unwrap();
+        assert_eq!(runner.pending_approvals().len(), 1);
+        sync(runner.doc(), phone.doc());
+        phone
+            .answer_approval("ap1", Decision::Allow, "phone", 42)
+            .unwrap();
+        let err = phone
+            .answer_approval("ap1", Decision::Deny, "laptop", 43)
+            .unwrap_err();
+        assert!(matches!(err, DocError::AlreadyAnswered { ref by, .. } if by == "phone"));
+        sync(runner.doc(), phone.doc());
+        assert!(runner.pending_approvals().is_empty());
+        let blocks = runner.message("a1").unwrap().blocks;
+        assert!(matches!(
+            &blocks[1],
+            Block::Approval { decision: Some(Decision::Allow), decided_by: Some(by), decided_at: Some(42), .. } if by == "phone"
+        ));
+        runner.set_tool_status("t1", "done").unwrap();
+        assert!(
+            matches!(&runner.message("a1").unwrap().blocks[0], Block::ToolUse { status, .. } if status == "done")
+        );
+        assert!(matches!(
+            runner.answer_approval("nope", Decision::Allow, "x", 0),
+            Err(DocError::UnknownApproval(_))
+        ));
+    }
+
+    #[test]
+    fn hostile_shapes_never_panic() {
+        let doc = Doc::new();
+        {
+            // A peer writes garbage with raw yrs.
+            let meta = doc.get_or_insert_map("meta");
+            let messages = doc.get_or_insert_array("messages");
+            let mut txn = doc.transact_mut();
+            meta.insert(&mut txn, "status", 12.5);
+            meta.insert(&mut txn, "runner", "not a map");
+            meta.insert(
+                &mut txn,
+                "usage",
+                Any::from(HashMap::from([("input".to_owned(), Any::from(-3.0))])),
+            );
+            messages.push_back(&mut txn, "a string, not a map");
+            let m: MapRef = messages.push_back(&mut txn, MapPrelim::default());
+            m.insert(&mut txn, "id", 5);
+            let m: MapRef = messages.push_back(&mut txn, MapPrelim::default());
+            m.insert(&mut txn, "id", "ok");
+            m.insert(&mut txn, "role", "assistant");
+            m.insert(&mut txn, "blocks", ArrayPrelim::from([Any::from(1.0)]));
+            let m: MapRef = messages.push_back(&mut txn, MapPrelim::default());
+            m.insert(&mut txn, "id", "future");
+            m.insert(&mut txn, "role", "assistant");
+            let blocks: ArrayRef = m.insert(&mut txn, "blocks", ArrayPrelim::default());
+            let b: MapRef = blocks.push_back(&mut txn, MapPrelim::default());
+            b.insert(&mut txn, "type", "hologram");
+        }
+        let s = SessionDoc::new(doc);
+        let meta = s.meta();
+        assert_eq!(meta.status, SessionStatus::Idle);
+        assert_eq!(meta.runner, None);
+        assert_eq!(meta.usage.input_tokens, 0);
+        let msgs = s.messages();
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(
+            msgs[0].blocks,
+            vec![Block::Unknown {
+                kind: "malformed".into()
+            }]
+        );
+        assert_eq!(
+            msgs[1].blocks,
+            vec![Block::Unknown {
+                kind: "hologram".into()
+            }]
+        );
+        assert!(matches!(
+            s.block_ref("ok", 0),
+            Err(DocError::NoSuchBlock { .. })
+        ));
+        let no_text = s.block_ref("future", 0).unwrap();
+        assert!(matches!(
+            s.push_text(&no_text, "x"),
+            Err(DocError::NotText { .. })
+        ));
+        assert_eq!(
+            SessionStatus::parse("quantum"),
+            SessionStatus::Other("quantum".into())
+        );
+    }
+}
