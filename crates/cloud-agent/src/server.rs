@@ -14,6 +14,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUp
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use futures_util::{SinkExt, StreamExt};
 use jarvis_sync::hub::{CloseReason, Hub, HubConfig, Outbound, close_code};
 use jarvis_sync::store::SqliteStore;
@@ -255,6 +256,13 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
     println!("listening on {local}");
     tracing::info!(%local, data_dir = %args.data_dir.display(), "jarvis-cloud serving");
     let sockets = state.sockets.clone();
+    // Sync frames are small and latency-bound: without TCP_NODELAY, Nagle's algorithm and
+    // delayed ACKs hold frames back for ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await

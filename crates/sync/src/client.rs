@@ -371,7 +371,8 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
         shared.status.send_replace(ConnectionStatus::Connecting);
         let connected = tokio::time::timeout(
             shared.config.connect_timeout,
-            tokio_tungstenite::connect_async(shared.config.url.as_str()),
+            // Nagle off: sync frames are small and latency-bound.
+            tokio_tungstenite::connect_async_with_config(shared.config.url.as_str(), None, true),
         )
         .await;
         let reason = match connected {
