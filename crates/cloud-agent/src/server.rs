@@ -134,7 +134,11 @@ async fn sync_socket(State(state): State<AppState>, ws: WebSocketUpgrade) -> Res
     // The socket layer allows a little more than the protocol limit, so a moderately oversized
     // frame reaches the decoder and gets a clean 1009 close with a reason; anything larger is
     // cut off by the socket layer itself.
-    ws.max_message_size(limit.saturating_mul(2))
+    // Small buffers: thousands of idle-ish sockets must not cost 256 KiB each; frames larger
+    // than a buffer still arrive whole (the buffer grows for them).
+    ws.read_buffer_size(16 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_message_size(limit.saturating_mul(2))
         .max_frame_size(limit.saturating_mul(2))
         .on_upgrade(move |socket| {
             let tracker = state.sockets.clone();
