@@ -2,10 +2,11 @@
 //! (yrs' default offset kind) and must fall on character boundaries; an offset that does not is
 //! an error, never a split character.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use similar::{ChangeTag, TextDiff};
-use yrs::{Doc, GetString, Text, TextRef, Transact, TransactionMut};
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, TextRef, Transact, TransactionMut};
 
 use super::DocError;
 
@@ -16,12 +17,21 @@ const CONTENT: &str = "content";
 pub struct FileText {
     doc: Doc,
     text: TextRef,
+    /// The document state at which the text was last known to be pure ASCII (where every
+    /// offset is a character boundary). Only insertions can add a non-ASCII character, and
+    /// every insertion moves the state vector, so an unchanged state vector proves the text is
+    /// still ASCII without reading it: the keystroke path stays O(1).
+    ascii_at: Arc<Mutex<Option<StateVector>>>,
 }
 
 impl FileText {
     pub fn new(doc: Doc) -> Self {
         let text = doc.get_or_insert_text(CONTENT);
-        FileText { doc, text }
+        FileText {
+            doc,
+            text,
+            ascii_at: Arc::default(),
+        }
     }
 
     pub fn doc(&self) -> &Doc {
@@ -56,21 +66,40 @@ impl FileText {
             });
         }
         let interior = |o: u32| o != 0 && o != total;
-        if interior(offset) || interior(end) {
-            let s = self.text.get_string(txn);
-            for o in [offset, end] {
-                if !s.is_char_boundary(o as usize) {
-                    return Err(DocError::NotCharBoundary(o));
-                }
+        if !(interior(offset) || interior(end)) {
+            return Ok(());
+        }
+        let sv = txn.state_vector();
+        let mut ascii_at = self.ascii_at.lock().unwrap_or_else(|p| p.into_inner());
+        if ascii_at.as_ref() == Some(&sv) {
+            return Ok(());
+        }
+        let s = self.text.get_string(txn);
+        for o in [offset, end] {
+            if !s.is_char_boundary(o as usize) {
+                return Err(DocError::NotCharBoundary(o));
             }
         }
+        *ascii_at = s.is_ascii().then_some(sv);
         Ok(())
+    }
+
+    /// After an insertion of ASCII text into ASCII text, the text is still ASCII at the new
+    /// state; remember that so the next edit need not read the text.
+    fn note_insert(&self, txn: &TransactionMut, before: Option<StateVector>, s: &str) {
+        let mut ascii_at = self.ascii_at.lock().unwrap_or_else(|p| p.into_inner());
+        *ascii_at = match before {
+            Some(b) if s.is_ascii() && ascii_at.as_ref() == Some(&b) => Some(txn.state_vector()),
+            _ => None,
+        };
     }
 
     pub fn insert(&self, offset: u32, s: &str) -> Result<(), DocError> {
         let mut txn = self.doc.transact_mut();
         self.check(&txn, offset, 0)?;
+        let before = txn.state_vector();
         self.text.insert(&mut txn, offset, s);
+        self.note_insert(&txn, Some(before), s);
         Ok(())
     }
 
@@ -192,6 +221,23 @@ mod tests {
         assert_eq!(f.text(), "hllo world");
         f.replace_all("new");
         assert_eq!(f.text(), "new");
+    }
+
+    #[test]
+    fn ascii_fast_path_notices_remote_non_ascii() {
+        let a = FileText::new(Doc::new());
+        a.insert(0, "abcdef").unwrap();
+        a.insert(3, "-").unwrap(); // interior: reads once, remembers "ASCII"
+        a.insert(2, "+").unwrap(); // fast path
+        let b = FileText::new(Doc::new());
+        sync(a.doc(), b.doc());
+        b.insert(1, "é").unwrap();
+        sync(a.doc(), b.doc());
+        assert_eq!(a.text(), "aéb+c-def");
+        // Byte 2 is inside 'é' now; the cached "ASCII" must not be trusted.
+        assert_eq!(a.insert(2, "x"), Err(DocError::NotCharBoundary(2)));
+        a.delete(1, 2).unwrap();
+        assert_eq!(a.text(), "ab+c-def");
     }
 
     /// Scenario table: base text, then each replica's whole-file rewrite (as an editor saving
