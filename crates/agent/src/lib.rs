@@ -1,14 +1,9 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The agent runtime: the Anthropic Messages streaming client, providers, tools confined to a
+//! workspace, permissions, and the turn loop that reads and writes the session document.
+//!
+//! This crate knows nothing of Tauri or axum. Everything the loop needs to continue a session
+//! is in the session document (`jarvis_sync::doc::SessionDoc`); nothing lives only in a process.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod anthropic;
+pub mod sse;
+pub mod tools;
