@@ -5,5 +5,8 @@
 //! is in the session document (`jarvis_sync::doc::SessionDoc`); nothing lives only in a process.
 
 pub mod anthropic;
+pub mod permissions;
+pub mod runner;
 pub mod sse;
+pub mod testing;
 pub mod tools;

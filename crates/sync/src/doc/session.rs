@@ -272,16 +272,7 @@ impl SessionDoc {
             _ => None,
         };
         let usage = match m.get(&txn, "usage") {
-            Some(Out::Any(Any::Map(u))) => {
-                let f = |k: &str| u.get(k).and_then(read::any_u64).unwrap_or(0);
-                Usage {
-                    input_tokens: f("input"),
-                    output_tokens: f("output"),
-                    cache_read_tokens: f("cache_read"),
-                    cache_write_tokens: f("cache_write"),
-                    cost_micros: f("cost_micros"),
-                }
-            }
+            Some(Out::Any(a)) => usage_from_any(&a),
             _ => Usage::default(),
         };
         SessionMeta {
@@ -493,6 +484,45 @@ impl SessionDoc {
         None
     }
 
+    /// Records the signature that seals a streamed thinking block.
+    pub fn set_thinking_signature(
+        &self,
+        block: &BlockRef,
+        signature: &str,
+    ) -> Result<(), DocError> {
+        let mut txn = self.doc.transact_mut();
+        let blocks = self.blocks_of(&txn, &block.message)?;
+        match blocks.get(&txn, block.index) {
+            Some(Out::YMap(b)) => {
+                b.insert(&mut txn, "signature", signature);
+                Ok(())
+            }
+            _ => Err(DocError::NoSuchBlock {
+                message: block.message.clone(),
+                index: block.index,
+            }),
+        }
+    }
+
+    /// Records one model turn's usage on its message (the session totals are `add_usage`).
+    pub fn set_message_usage(&self, message_id: &str, usage: &Usage) -> Result<(), DocError> {
+        let mut txn = self.doc.transact_mut();
+        let (_, m) = self
+            .find(&txn, message_id)
+            .ok_or_else(|| DocError::UnknownMessage(message_id.to_owned()))?;
+        m.insert(&mut txn, "usage", usage_any(usage));
+        Ok(())
+    }
+
+    pub fn message_usage(&self, message_id: &str) -> Option<Usage> {
+        let txn = self.doc.transact();
+        let (_, m) = self.find(&txn, message_id)?;
+        match m.get(&txn, "usage") {
+            Some(Out::Any(a)) => Some(usage_from_any(&a)),
+            _ => None,
+        }
+    }
+
     /// Sets the status of the tool_use block with `tool_use_id`.
     pub fn set_tool_status(&self, tool_use_id: &str, status: &str) -> Result<(), DocError> {
         let mut txn = self.doc.transact_mut();
@@ -567,6 +597,36 @@ impl SessionDoc {
         let txn = self.doc.transact();
         let (_, m) = self.find(&txn, id)?;
         read_message(&txn, &m)
+    }
+}
+
+fn usage_any(u: &Usage) -> Any {
+    Any::from(HashMap::from([
+        ("input".to_owned(), Any::from(u.input_tokens as i64)),
+        ("output".to_owned(), Any::from(u.output_tokens as i64)),
+        (
+            "cache_read".to_owned(),
+            Any::from(u.cache_read_tokens as i64),
+        ),
+        (
+            "cache_write".to_owned(),
+            Any::from(u.cache_write_tokens as i64),
+        ),
+        ("cost_micros".to_owned(), Any::from(u.cost_micros as i64)),
+    ]))
+}
+
+fn usage_from_any(a: &Any) -> Usage {
+    let Any::Map(u) = a else {
+        return Usage::default();
+    };
+    let f = |k: &str| u.get(k).and_then(read::any_u64).unwrap_or(0);
+    Usage {
+        input_tokens: f("input"),
+        output_tokens: f("output"),
+        cache_read_tokens: f("cache_read"),
+        cache_write_tokens: f("cache_write"),
+        cost_micros: f("cost_micros"),
     }
 }
 

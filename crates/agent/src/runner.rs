@@ -1,0 +1,785 @@
+//! The turn loop. It reads everything from the session document and writes everything back:
+//! the request is built from the transcript, the reply is streamed into it in small batches,
+//! tool calls are settled (permission, approval, execution) and their results appended, until
+//! the model ends its turn, the user interrupts, the budget runs out, or an approval is pending.
+//!
+//! Restart-safe by construction: a runner started on the document alone finds unsettled tool
+//! calls and settles them; a side-effecting call that was running when a process died is
+//! reported to the model as "may or may not have happened", never run a second time.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use jarvis_sync::doc::{
+    Block, BlockRef, Decision, Message, Role, SessionDoc, SessionStatus, Usage,
+};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::anthropic::{
+    ApiMessage, ApiUsage, BlockStart, ContentBlock, Delta, MessagesRequest, Provider, StreamEvent,
+    SystemBlock,
+};
+use crate::permissions::{Permissions, Verdict};
+use crate::tools::{ToolBox, is_read_only};
+
+/// Prices in US dollars per million tokens (so also micro-dollars per token).
+#[derive(Debug, Clone, Copy)]
+pub struct Pricing {
+    pub input: f64,
+    pub output: f64,
+    pub cache_write: f64,
+    pub cache_read: f64,
+}
+
+impl Default for Pricing {
+    fn default() -> Self {
+        // Sonnet-class list prices; configurable per model.
+        Pricing {
+            input: 3.0,
+            output: 15.0,
+            cache_write: 3.75,
+            cache_read: 0.30,
+        }
+    }
+}
+
+impl Pricing {
+    pub fn cost_micros(&self, u: &Usage) -> u64 {
+        (u.input_tokens as f64 * self.input
+            + u.output_tokens as f64 * self.output
+            + u.cache_write_tokens as f64 * self.cache_write
+            + u.cache_read_tokens as f64 * self.cache_read)
+            .round() as u64
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub model: String,
+    pub system_prompt: String,
+    pub max_tokens: u32,
+    /// Author id of what this runner writes (the device).
+    pub device: String,
+    /// Stop before a request once the session's cost reaches this (micro-dollars).
+    pub budget_micros: Option<u64>,
+    /// Model requests one `run` may make.
+    pub max_requests: u32,
+    /// Streamed text is written to the document at most this often.
+    pub flush_interval: Duration,
+    pub pricing: Pricing,
+}
+
+impl RunnerConfig {
+    pub fn new(model: &str, device: &str) -> Self {
+        RunnerConfig {
+            model: model.to_owned(),
+            system_prompt: "You are My Jarvis, an agent working in the user's folder with the \
+                            tools provided. Be careful and concise."
+                .to_owned(),
+            max_tokens: 8192,
+            device: device.to_owned(),
+            budget_micros: None,
+            max_requests: 50,
+            flush_interval: Duration::from_millis(40),
+            pricing: Pricing::default(),
+        }
+    }
+}
+
+/// Why `run` returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    EndTurn,
+    Interrupted,
+    ApprovalPending { approval_id: String },
+    BudgetExhausted,
+    RequestLimit,
+    Failed(String),
+}
+
+/// Events for a caller that prints the session as it happens (`jarvis run`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEvent {
+    Text(String),
+    ToolUse {
+        id: String,
+        name: String,
+        input: String,
+    },
+    ToolResult {
+        id: String,
+        content: String,
+        is_error: bool,
+    },
+    ApprovalNeeded {
+        id: String,
+        tool: String,
+        summary: String,
+    },
+}
+
+pub struct Runner<'a> {
+    pub session: SessionDoc,
+    provider: &'a dyn Provider,
+    pub tools: ToolBox,
+    pub permissions: Permissions,
+    pub config: RunnerConfig,
+    events: Option<tokio::sync::mpsc::UnboundedSender<RunEvent>>,
+}
+
+enum Settled {
+    /// Every tool call of the last assistant message has a result.
+    Done,
+    Pending(String),
+    Interrupted,
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}{:016x}", rand::random::<u64>())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn results_id(assistant_id: &str) -> String {
+    format!("{assistant_id}-results")
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(
+        session: SessionDoc,
+        provider: &'a dyn Provider,
+        tools: ToolBox,
+        permissions: Permissions,
+        config: RunnerConfig,
+    ) -> Self {
+        Runner {
+            session,
+            provider,
+            tools,
+            permissions,
+            config,
+            events: None,
+        }
+    }
+
+    pub fn with_events(mut self, tx: tokio::sync::mpsc::UnboundedSender<RunEvent>) -> Self {
+        self.events = Some(tx);
+        self
+    }
+
+    fn emit(&self, e: RunEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+
+    /// Appends a user message (what a device does when the user sends one).
+    pub fn send_user_message(session: &SessionDoc, author: &str, text: &str) -> String {
+        let id = new_id("u-");
+        // A fresh random id cannot collide; if it somehow did, the error says so in the log.
+        if let Err(e) = session.append_message(&Message {
+            id: id.clone(),
+            role: Role::User,
+            author: author.to_owned(),
+            created_ms: now_ms(),
+            blocks: vec![Block::Text {
+                text: text.to_owned(),
+            }],
+        }) {
+            tracing::error!(error = %e, "appending the user message failed");
+        }
+        id
+    }
+
+    /// Runs until the model ends its turn or something stops it. Call again after an approval
+    /// is answered (see [`Runner::drive`]) or after a new user message.
+    pub async fn run(&mut self, cancel: &CancellationToken) -> Outcome {
+        self.session.set_status(&SessionStatus::Running);
+        let outcome = self.run_inner(cancel).await;
+        let status = match &outcome {
+            Outcome::EndTurn => SessionStatus::Done,
+            Outcome::Interrupted => SessionStatus::Interrupted,
+            Outcome::ApprovalPending { .. } => SessionStatus::WaitingApproval,
+            Outcome::BudgetExhausted | Outcome::RequestLimit => SessionStatus::Idle,
+            Outcome::Failed(_) => SessionStatus::Failed,
+        };
+        self.session.set_status(&status);
+        outcome
+    }
+
+    async fn run_inner(&mut self, cancel: &CancellationToken) -> Outcome {
+        let mut requests = 0;
+        loop {
+            if cancel.is_cancelled() {
+                return Outcome::Interrupted;
+            }
+            match self.settle_tools(cancel).await {
+                Settled::Done => {}
+                Settled::Pending(id) => return Outcome::ApprovalPending { approval_id: id },
+                Settled::Interrupted => return Outcome::Interrupted,
+            }
+            let messages = self.session.messages();
+            match messages.iter().rev().find(|m| m.role != Role::System) {
+                Some(m) if m.role == Role::User => {}
+                // Nothing to answer: the model had the last word.
+                _ => return Outcome::EndTurn,
+            }
+            if let Some(budget) = self.config.budget_micros
+                && self.session.meta().usage.cost_micros >= budget
+            {
+                self.note(&format!(
+                    "Budget of ${:.2} reached; stopping before the next request.",
+                    budget as f64 / 1e6
+                ));
+                return Outcome::BudgetExhausted;
+            }
+            if requests >= self.config.max_requests {
+                return Outcome::RequestLimit;
+            }
+            requests += 1;
+            let request = build_request(&self.config, &messages);
+            match self.stream_reply(&request, cancel).await {
+                Ok(true) => continue,
+                Ok(false) => return Outcome::Interrupted,
+                Err(reason) => {
+                    self.note(&format!("The model request failed: {reason}"));
+                    return Outcome::Failed(reason);
+                }
+            }
+        }
+    }
+
+    /// A system note in the transcript (errors, budget stops); never sent to the model.
+    fn note(&self, text: &str) {
+        let _ = self.session.append_message(&Message {
+            id: new_id("s-"),
+            role: Role::System,
+            author: self.config.device.clone(),
+            created_ms: now_ms(),
+            blocks: vec![Block::Text {
+                text: text.to_owned(),
+            }],
+        });
+    }
+
+    /// Streams one reply into a new assistant message. Ok(false): interrupted (partial kept).
+    async fn stream_reply(
+        &mut self,
+        request: &MessagesRequest,
+        cancel: &CancellationToken,
+    ) -> Result<bool, String> {
+        let mut stream = match self.provider.stream(request, cancel.clone()).await {
+            Ok(s) => s,
+            Err(crate::anthropic::ProviderError::Cancelled) => return Ok(false),
+            Err(e) => return Err(e.to_string()),
+        };
+        let msg_id = new_id("a-");
+        self.session
+            .append_message(&Message {
+                id: msg_id.clone(),
+                role: Role::Assistant,
+                author: self.config.device.clone(),
+                created_ms: now_ms(),
+                blocks: vec![],
+            })
+            .map_err(|e| e.to_string())?;
+        let mut state = StreamState::default();
+        let result = loop {
+            let next = tokio::select! {
+                n = stream.next() => n,
+                _ = cancel.cancelled() => break Ok(false),
+            };
+            let event = match next {
+                Some(Ok(e)) => e,
+                Some(Err(crate::anthropic::ProviderError::Cancelled)) => break Ok(false),
+                Some(Err(e)) => break Err(e.to_string()),
+                None => break Err("the stream ended before message_stop".to_owned()),
+            };
+            match event {
+                StreamEvent::MessageStart { message } => state.usage = message.usage,
+                StreamEvent::ContentBlockStart {
+                    index,
+                    content_block,
+                } => {
+                    let open = match content_block {
+                        BlockStart::Text { text } => {
+                            let b = self
+                                .session
+                                .append_block(
+                                    &msg_id,
+                                    &Block::Text {
+                                        text: String::new(),
+                                    },
+                                )
+                                .map_err(|e| e.to_string())?;
+                            Open::Text(b, text)
+                        }
+                        BlockStart::Thinking { thinking } => {
+                            let b = self
+                                .session
+                                .append_block(
+                                    &msg_id,
+                                    &Block::Thinking {
+                                        text: String::new(),
+                                        signature: None,
+                                    },
+                                )
+                                .map_err(|e| e.to_string())?;
+                            Open::Thinking(b, thinking)
+                        }
+                        BlockStart::ToolUse { id, name } => Open::Tool {
+                            id,
+                            name,
+                            json: String::new(),
+                        },
+                        BlockStart::RedactedThinking { .. } | BlockStart::Unknown => Open::Ignored,
+                    };
+                    state.open.insert(index, open);
+                    state.last_flush = Some(Instant::now());
+                }
+                StreamEvent::ContentBlockDelta { index, delta } => {
+                    match (state.open.get_mut(&index), delta) {
+                        (Some(Open::Text(_, buf)), Delta::TextDelta { text }) => {
+                            self.emit(RunEvent::Text(text.clone()));
+                            buf.push_str(&text);
+                        }
+                        (Some(Open::Thinking(_, buf)), Delta::ThinkingDelta { thinking }) => {
+                            buf.push_str(&thinking)
+                        }
+                        (Some(Open::Thinking(b, _)), Delta::SignatureDelta { signature }) => {
+                            self.session
+                                .set_thinking_signature(b, &signature)
+                                .map_err(|e| e.to_string())?;
+                        }
+                        (Some(Open::Tool { json, .. }), Delta::InputJsonDelta { partial_json }) => {
+                            json.push_str(&partial_json)
+                        }
+                        _ => {}
+                    }
+                    if state.since_flush() >= self.config.flush_interval {
+                        self.flush(&mut state)?;
+                    }
+                }
+                StreamEvent::ContentBlockStop { index } => {
+                    self.flush(&mut state)?;
+                    if let Some(Open::Tool { id, name, json }) = state.open.remove(&index) {
+                        let input = if json.trim().is_empty() {
+                            "{}".to_owned()
+                        } else {
+                            json
+                        };
+                        self.emit(RunEvent::ToolUse {
+                            id: id.clone(),
+                            name: name.clone(),
+                            input: input.clone(),
+                        });
+                        self.session
+                            .append_block(
+                                &msg_id,
+                                &Block::ToolUse {
+                                    id,
+                                    name,
+                                    input,
+                                    status: "pending".into(),
+                                },
+                            )
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                StreamEvent::MessageDelta { delta, usage } => {
+                    state.usage.output_tokens = usage.output_tokens.max(state.usage.output_tokens);
+                    state.stop_reason = delta.stop_reason;
+                }
+                StreamEvent::MessageStop => break Ok(true),
+                StreamEvent::Error { error } => {
+                    break Err(format!("{}: {}", error.kind, error.message));
+                }
+                StreamEvent::Ping | StreamEvent::Unknown => {}
+            }
+        };
+        // Whatever happened, the text streamed so far stays in the transcript.
+        self.flush(&mut state)?;
+        self.record_usage(&msg_id, &state.usage);
+        if let Ok(true) = result {
+            tracing::debug!(stop_reason = ?state.stop_reason, "reply complete");
+        }
+        result
+    }
+
+    fn flush(&self, state: &mut StreamState) -> Result<(), String> {
+        for open in state.open.values_mut() {
+            match open {
+                Open::Text(b, buf) | Open::Thinking(b, buf) if !buf.is_empty() => {
+                    self.session.push_text(b, buf).map_err(|e| e.to_string())?;
+                    buf.clear();
+                }
+                _ => {}
+            }
+        }
+        state.last_flush = Some(Instant::now());
+        Ok(())
+    }
+
+    fn record_usage(&self, msg_id: &str, u: &ApiUsage) {
+        let mut usage = Usage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cache_read_tokens: u.cache_read_input_tokens.unwrap_or(0),
+            cache_write_tokens: u.cache_creation_input_tokens.unwrap_or(0),
+            cost_micros: 0,
+        };
+        usage.cost_micros = self.config.pricing.cost_micros(&usage);
+        let _ = self.session.set_message_usage(msg_id, &usage);
+        self.session.add_usage(&usage);
+    }
+
+    /// Settles the tool calls of the last assistant message: each gets exactly one result.
+    async fn settle_tools(&mut self, cancel: &CancellationToken) -> Settled {
+        let messages = self.session.messages();
+        let Some(ai) = messages.iter().rposition(|m| m.role == Role::Assistant) else {
+            return Settled::Done;
+        };
+        let assistant = &messages[ai];
+        // A user message written after the assistant's (not our results) means the user moved
+        // on; the conversion to the API fills in results for calls left unsettled.
+        let rid = results_id(&assistant.id);
+        if messages[ai + 1..]
+            .iter()
+            .any(|m| m.role == Role::User && m.id != rid)
+        {
+            return Settled::Done;
+        }
+        let done: Vec<String> = messages[ai + 1..]
+            .iter()
+            .filter(|m| m.id == rid)
+            .flat_map(|m| m.blocks.iter())
+            .filter_map(|b| match b {
+                Block::ToolResult { tool_use_id, .. } => Some(tool_use_id.clone()),
+                _ => None,
+            })
+            .collect();
+        let approvals: HashMap<String, (String, Option<Decision>)> = assistant
+            .blocks
+            .iter()
+            .filter_map(|b| match b {
+                Block::Approval {
+                    id,
+                    tool_use_id,
+                    decision,
+                    ..
+                } => Some((tool_use_id.clone(), (id.clone(), *decision))),
+                _ => None,
+            })
+            .collect();
+        for block in &assistant.blocks {
+            let Block::ToolUse {
+                id,
+                name,
+                input,
+                status,
+            } = block
+            else {
+                continue;
+            };
+            if done.contains(id) {
+                continue;
+            }
+            if cancel.is_cancelled() {
+                return Settled::Interrupted;
+            }
+            let input: Value = match serde_json::from_str(input) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.result(
+                        &assistant.id,
+                        id,
+                        &format!("Invalid tool input JSON: {e}"),
+                        true,
+                    );
+                    continue;
+                }
+            };
+            if status == "running" && !is_read_only(name) {
+                self.result(
+                    &assistant.id,
+                    id,
+                    "This tool call was running when the previous runner stopped; it may or may \
+                     not have taken effect. Check the current state before trying again.",
+                    true,
+                );
+                continue;
+            }
+            let verdict = match approvals.get(id) {
+                Some((_, Some(Decision::Allow))) => Verdict::Allow,
+                Some((_, Some(Decision::AlwaysAllow))) => {
+                    self.permissions
+                        .allow
+                        .push(Permissions::always_allow_rule(name, &input));
+                    Verdict::Allow
+                }
+                Some((_, Some(Decision::Deny))) => {
+                    Verdict::Deny("The user denied this tool call.".to_owned())
+                }
+                Some((approval_id, None)) => return Settled::Pending(approval_id.clone()),
+                None => self.permissions.check(name, &input),
+            };
+            match verdict {
+                Verdict::Allow => {
+                    let _ = self.session.set_tool_status(id, "running");
+                    let out = self.tools.run(name, &input, cancel).await;
+                    if cancel.is_cancelled() && out.is_error {
+                        // Interrupted mid-tool: record it, so a restart does not re-run it.
+                        self.result(&assistant.id, id, &out.content, true);
+                        let _ = self.session.set_tool_status(id, "interrupted");
+                        return Settled::Interrupted;
+                    }
+                    self.result(&assistant.id, id, &out.content, out.is_error);
+                    let _ = self
+                        .session
+                        .set_tool_status(id, if out.is_error { "error" } else { "done" });
+                }
+                Verdict::Deny(reason) => {
+                    self.result(&assistant.id, id, &reason, true);
+                    let _ = self.session.set_tool_status(id, "denied");
+                }
+                Verdict::Ask => {
+                    let approval_id = format!("ap-{id}");
+                    let summary = summarize(name, &input);
+                    let _ = self.session.append_block(
+                        &assistant.id,
+                        &Block::Approval {
+                            id: approval_id.clone(),
+                            tool_use_id: id.clone(),
+                            tool: name.clone(),
+                            summary: summary.clone(),
+                            decision: None,
+                            decided_by: None,
+                            decided_at: None,
+                        },
+                    );
+                    self.emit(RunEvent::ApprovalNeeded {
+                        id: approval_id.clone(),
+                        tool: name.clone(),
+                        summary,
+                    });
+                    return Settled::Pending(approval_id);
+                }
+            }
+        }
+        Settled::Done
+    }
+
+    /// Appends a tool result to the results message that follows `assistant_id`.
+    fn result(&self, assistant_id: &str, tool_use_id: &str, content: &str, is_error: bool) {
+        self.emit(RunEvent::ToolResult {
+            id: tool_use_id.to_owned(),
+            content: content.to_owned(),
+            is_error,
+        });
+        let rid = results_id(assistant_id);
+        let block = Block::ToolResult {
+            tool_use_id: tool_use_id.to_owned(),
+            content: content.to_owned(),
+            is_error,
+        };
+        let appended = if self.session.message(&rid).is_some() {
+            self.session.append_block(&rid, &block).map(|_| ())
+        } else {
+            self.session.append_message(&Message {
+                id: rid,
+                role: Role::User,
+                author: self.config.device.clone(),
+                created_ms: now_ms(),
+                blocks: vec![block],
+            })
+        };
+        if let Err(e) = appended {
+            tracing::error!(error = %e, "recording a tool result failed");
+        }
+    }
+
+    /// Runs, and whenever an approval is pending waits for any replica of the document to
+    /// answer it, then goes on. Returns on anything but a pending approval.
+    pub async fn drive(&mut self, cancel: &CancellationToken) -> Outcome {
+        loop {
+            match self.run(cancel).await {
+                Outcome::ApprovalPending { approval_id } => {
+                    if !self.wait_for_answer(&approval_id, cancel).await {
+                        return Outcome::Interrupted;
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn wait_for_answer(&self, approval_id: &str, cancel: &CancellationToken) -> bool {
+        let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+        let n = notify.clone();
+        let key = new_id("runner-wait-");
+        let observed = self
+            .session
+            .doc()
+            .observe_update_v1(key.as_str(), move |_, _| n.notify_one());
+        let answered = || {
+            !self
+                .session
+                .pending_approvals()
+                .iter()
+                .any(|(_, b)| matches!(b, Block::Approval { id, .. } if id == approval_id))
+        };
+        let result = loop {
+            if answered() {
+                break true;
+            }
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = cancel.cancelled() => break false,
+                // Belt and braces: a missed notification costs at most this long.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        };
+        if observed.is_ok() {
+            let _ = self.session.doc().unobserve_update_v1(key.as_str());
+        }
+        result
+    }
+}
+
+#[derive(Default)]
+struct StreamState {
+    open: HashMap<u32, Open>,
+    usage: ApiUsage,
+    stop_reason: Option<String>,
+    last_flush: Option<Instant>,
+}
+
+impl StreamState {
+    fn since_flush(&self) -> Duration {
+        self.last_flush.map_or(Duration::MAX, |t| t.elapsed())
+    }
+}
+
+enum Open {
+    Text(BlockRef, String),
+    Thinking(BlockRef, String),
+    Tool {
+        id: String,
+        name: String,
+        json: String,
+    },
+    Ignored,
+}
+
+fn summarize(tool: &str, input: &Value) -> String {
+    let s = |k: &str| input.get(k).and_then(Value::as_str).unwrap_or("");
+    match tool {
+        "bash" => s("command").to_owned(),
+        "write" | "edit" | "read" => format!("{tool} {}", s("path")),
+        _ => format!("{tool} {input}"),
+    }
+}
+
+/// The Messages request for the transcript: user and assistant turns alternate (consecutive
+/// same-role messages are merged), approvals and system notes stay out, every tool_use gets a
+/// tool_result (a call the user never let run is reported as such), cache breakpoints are set.
+pub fn build_request(config: &RunnerConfig, messages: &[Message]) -> MessagesRequest {
+    let mut api: Vec<ApiMessage> = Vec::new();
+    let mut open_calls: Vec<String> = Vec::new();
+    for m in messages {
+        let role = match m.role {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::System => continue,
+        };
+        let mut content = Vec::new();
+        if role == "user" {
+            // Results first: the API wants them at the start of the user turn.
+            for b in &m.blocks {
+                if let Block::ToolResult {
+                    tool_use_id,
+                    content: c,
+                    is_error,
+                } = b
+                {
+                    open_calls.retain(|id| id != tool_use_id);
+                    content.push(ContentBlock::ToolResult {
+                        tool_use_id: tool_use_id.clone(),
+                        content: c.clone(),
+                        is_error: *is_error,
+                        cache_control: None,
+                    });
+                }
+            }
+            for id in open_calls.drain(..) {
+                content.insert(
+                    0,
+                    ContentBlock::ToolResult {
+                        tool_use_id: id,
+                        content: "Not run: the user sent a new message instead.".into(),
+                        is_error: true,
+                        cache_control: None,
+                    },
+                );
+            }
+        }
+        for b in &m.blocks {
+            match b {
+                Block::Text { text } if !text.is_empty() => content.push(ContentBlock::Text {
+                    text: text.clone(),
+                    cache_control: None,
+                }),
+                Block::Thinking {
+                    text,
+                    signature: Some(sig),
+                } if role == "assistant" => content.push(ContentBlock::Thinking {
+                    thinking: text.clone(),
+                    signature: sig.clone(),
+                }),
+                Block::ToolUse {
+                    id, name, input, ..
+                } if role == "assistant" => {
+                    open_calls.push(id.clone());
+                    content.push(ContentBlock::ToolUse {
+                        id: id.clone(),
+                        name: name.clone(),
+                        input: serde_json::from_str(input)
+                            .unwrap_or(Value::Object(Default::default())),
+                        cache_control: None,
+                    });
+                }
+                _ => {}
+            }
+        }
+        if content.is_empty() {
+            continue;
+        }
+        match api.last_mut() {
+            Some(last) if last.role == role => last.content.extend(content),
+            _ => api.push(ApiMessage {
+                role: role.to_owned(),
+                content,
+            }),
+        }
+    }
+    MessagesRequest {
+        model: config.model.clone(),
+        max_tokens: config.max_tokens,
+        system: vec![SystemBlock {
+            kind: "text".into(),
+            text: config.system_prompt.clone(),
+            cache_control: None,
+        }],
+        messages: api,
+        tools: ToolBox::definitions(),
+        stream: true,
+    }
+    .with_cache_breakpoints()
+}

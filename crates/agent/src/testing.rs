@@ -1,0 +1,264 @@
+//! A fake Anthropic Messages server for tests (here and in the end-to-end tests of later
+//! stages): real HTTP/1.1 on 127.0.0.1:0, real SSE bodies sent in chunks split wherever the test
+//! says (inside events, inside UTF-8 characters), optional pauses between chunks, and every
+//! request recorded. Built on a bare Tokio listener so the agent crate needs no web framework.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone)]
+pub struct FakeResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub chunks: Vec<Vec<u8>>,
+    pub chunk_delay: Duration,
+}
+
+impl FakeResponse {
+    /// An SSE reply split into chunks of the given sizes (cycled).
+    pub fn sse(events: &[Value], chunk_sizes: &[usize]) -> Self {
+        FakeResponse {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+            chunks: split(sse_body(events).as_bytes(), chunk_sizes),
+            chunk_delay: Duration::ZERO,
+        }
+    }
+
+    pub fn raw(status: u16, body: &str) -> Self {
+        FakeResponse {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            chunks: vec![body.as_bytes().to_vec()],
+            chunk_delay: Duration::ZERO,
+        }
+    }
+
+    pub fn with_delay(mut self, d: Duration) -> Self {
+        self.chunk_delay = d;
+        self
+    }
+
+    pub fn with_header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Value,
+}
+
+/// Serialises events as the API does: `event: <type>` then `data: <json>`, blank line.
+pub fn sse_body(events: &[Value]) -> String {
+    let mut out = String::new();
+    for e in events {
+        let kind = e.get("type").and_then(Value::as_str).unwrap_or("message");
+        out.push_str(&format!("event: {kind}\ndata: {e}\n\n"));
+    }
+    out
+}
+
+pub fn split(bytes: &[u8], sizes: &[usize]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut k = 0;
+    while i < bytes.len() {
+        let n = sizes
+            .get(k % sizes.len().max(1))
+            .copied()
+            .unwrap_or(bytes.len())
+            .max(1);
+        out.push(bytes[i..(i + n).min(bytes.len())].to_vec());
+        i += n;
+        k += 1;
+    }
+    out
+}
+
+/// The events of one reply: optional text, then optional tool calls, with usage.
+pub fn reply(text: &str, tools: &[(&str, &str, Value)], usage: (u64, u64, u64, u64)) -> Vec<Value> {
+    let (input, output, cache_write, cache_read) = usage;
+    let mut ev = vec![json!({
+        "type": "message_start",
+        "message": {"id": "msg_fake", "type": "message", "role": "assistant", "model": "fake-model",
+            "content": [], "stop_reason": null,
+            "usage": {"input_tokens": input, "output_tokens": 1,
+                      "cache_creation_input_tokens": cache_write, "cache_read_input_tokens": cache_read}}
+    })];
+    let mut index = 0;
+    if !text.is_empty() {
+        ev.push(json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}));
+        ev.push(json!({"type": "ping"}));
+        // Stream the text in a few deltas, as the API does.
+        let chars: Vec<char> = text.chars().collect();
+        for piece in chars.chunks(5) {
+            let s: String = piece.iter().collect();
+            ev.push(json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": s}}));
+        }
+        ev.push(json!({"type": "content_block_stop", "index": index}));
+        index += 1;
+    }
+    for (id, name, input) in tools {
+        ev.push(json!({"type": "content_block_start", "index": index,
+            "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}));
+        let s = input.to_string();
+        let (a, b) = s.split_at(s.len() / 2);
+        for part in [a, b] {
+            ev.push(json!({"type": "content_block_delta", "index": index,
+                "delta": {"type": "input_json_delta", "partial_json": part}}));
+        }
+        ev.push(json!({"type": "content_block_stop", "index": index}));
+        index += 1;
+    }
+    let stop = if tools.is_empty() {
+        "end_turn"
+    } else {
+        "tool_use"
+    };
+    ev.push(
+        json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
+        "usage": {"output_tokens": output}}),
+    );
+    ev.push(json!({"type": "message_stop"}));
+    ev
+}
+
+pub struct FakeServer {
+    pub addr: SocketAddr,
+    script: Arc<Mutex<VecDeque<FakeResponse>>>,
+    requests: Arc<Mutex<Vec<RecordedRequest>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeServer {
+    pub async fn start(script: Vec<FakeResponse>) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (s, r) = (script.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (s, r) = (s.clone(), r.clone());
+                tokio::spawn(async move {
+                    let _ = serve(sock, s, r).await;
+                });
+            }
+        });
+        Ok(FakeServer {
+            addr,
+            script,
+            requests,
+            task,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn push(&self, r: FakeResponse) {
+        self.script
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(r);
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+async fn serve(
+    mut sock: tokio::net::TcpStream,
+    script: Arc<Mutex<VecDeque<FakeResponse>>>,
+    requests: Arc<Mutex<Vec<RecordedRequest>>>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 8192];
+    let header_end = loop {
+        let n = sock.read(&mut tmp).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
+    let mut lines = head.lines();
+    let first = lines.next().unwrap_or_default();
+    let mut parts = first.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_owned();
+    let path = parts.next().unwrap_or_default().to_owned();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < header_end + len {
+        let n = sock.read(&mut tmp).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let body = serde_json::from_slice(&buf[header_end..(header_end + len).min(buf.len())])
+        .unwrap_or(Value::Null);
+    requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(RecordedRequest {
+            method,
+            path,
+            headers,
+            body,
+        });
+    let resp = script
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop_front()
+        .unwrap_or_else(|| FakeResponse::raw(500, r#"{"type":"error","error":{"type":"api_error","message":"fake script exhausted"}}"#));
+    let mut head = format!("HTTP/1.1 {} X\r\n", resp.status);
+    for (k, v) in &resp.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
+    sock.write_all(head.as_bytes()).await?;
+    for c in &resp.chunks {
+        if !resp.chunk_delay.is_zero() {
+            tokio::time::sleep(resp.chunk_delay).await;
+        }
+        sock.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+            .await?;
+        sock.write_all(c).await?;
+        sock.write_all(b"\r\n").await?;
+        sock.flush().await?;
+    }
+    sock.write_all(b"0\r\n\r\n").await?;
+    sock.flush().await
+}
