@@ -6,6 +6,7 @@
 
 pub mod anthropic;
 pub mod permissions;
+pub mod providers;
 pub mod runner;
 pub mod sse;
 pub mod testing;
