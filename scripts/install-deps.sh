@@ -10,6 +10,7 @@ apt_needs=(
   "node:nodejs"
   "npm:npm"
   "pkg-config:pkg-config"
+  "openssl:openssl"
 )
 missing=()
 for entry in "${apt_needs[@]}"; do

@@ -245,15 +245,21 @@ pub struct BedrockProvider {
     credentials: aws_credential_types::Credentials,
 }
 
-/// Signs a request with SigV4 for `service` and returns the headers to add.
+/// The parts of an HTTP request that SigV4 signs.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedParts<'a> {
+    pub method: &'a str,
+    pub url: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: &'a [u8],
+}
+
+/// Signs a request with SigV4 for `service` at `time` and returns the headers to add.
 pub fn sigv4_headers(
     credentials: &aws_credential_types::Credentials,
     region: &str,
     service: &str,
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
+    request: SignedParts<'_>,
     time: SystemTime,
 ) -> Result<Vec<(String, String)>, ProviderError> {
     use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
@@ -268,10 +274,10 @@ pub fn sigv4_headers(
         .map_err(|e| ProviderError::Config(format!("SigV4 parameters: {e}")))?
         .into();
     let signable = SignableRequest::new(
-        method,
-        url,
-        headers.iter().copied(),
-        SignableBody::Bytes(body),
+        request.method,
+        request.url,
+        request.headers.iter().copied(),
+        SignableBody::Bytes(request.body),
     )
     .map_err(|e| ProviderError::Config(format!("SigV4 request: {e}")))?;
     let (instructions, _) = sign(signable, &params)
@@ -313,10 +319,12 @@ impl Provider for BedrockProvider {
                 &self.credentials,
                 &self.region,
                 "bedrock",
-                "POST",
-                &url,
-                &base,
-                &body,
+                SignedParts {
+                    method: "POST",
+                    url: &url,
+                    headers: &base,
+                    body: &body,
+                },
                 SystemTime::now(),
             )?;
             let mut req = self.client.post(&url).body(body);

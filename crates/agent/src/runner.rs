@@ -394,7 +394,16 @@ impl<'a> Runner<'a> {
                     }
                 }
                 StreamEvent::MessageDelta { delta, usage } => {
-                    state.usage.output_tokens = usage.output_tokens.max(state.usage.output_tokens);
+                    // message_delta usage is cumulative; some providers (OpenAI-compatible
+                    // ones, newer API versions) only report input and cache counts here.
+                    let u = &mut state.usage;
+                    u.output_tokens = usage.output_tokens.max(u.output_tokens);
+                    u.input_tokens = usage.input_tokens.max(u.input_tokens);
+                    u.cache_read_input_tokens =
+                        usage.cache_read_input_tokens.max(u.cache_read_input_tokens);
+                    u.cache_creation_input_tokens = usage
+                        .cache_creation_input_tokens
+                        .max(u.cache_creation_input_tokens);
                     state.stop_reason = delta.stop_reason;
                 }
                 StreamEvent::MessageStop => break Ok(true),

@@ -57,6 +57,7 @@ pub struct RecordedRequest {
     pub path: String,
     pub headers: HashMap<String, String>,
     pub body: Value,
+    pub raw_body: Vec<u8>,
 }
 
 /// Serialises events as the API does: `event: <type>` then `data: <json>`, blank line.
@@ -132,6 +133,78 @@ pub fn reply(text: &str, tools: &[(&str, &str, Value)], usage: (u64, u64, u64, u
     );
     ev.push(json!({"type": "message_stop"}));
     ev
+}
+
+impl FakeResponse {
+    /// Bedrock's invoke-with-response-stream body: each Messages event base64'd inside a
+    /// `chunk` event of the AWS event-stream framing, split into the given chunk sizes.
+    pub fn bedrock(events: &[Value], chunk_sizes: &[usize]) -> Self {
+        use base64::Engine;
+        let mut body = Vec::new();
+        for e in events {
+            let payload =
+                json!({"bytes": base64::engine::general_purpose::STANDARD.encode(e.to_string())});
+            body.extend(crate::providers::encode_event_message(
+                &[
+                    (":event-type", "chunk"),
+                    (":content-type", "application/json"),
+                    (":message-type", "event"),
+                ],
+                payload.to_string().as_bytes(),
+            ));
+        }
+        FakeResponse {
+            status: 200,
+            headers: vec![(
+                "content-type".into(),
+                "application/vnd.amazon.eventstream".into(),
+            )],
+            chunks: split(&body, chunk_sizes),
+            chunk_delay: Duration::ZERO,
+        }
+    }
+
+    /// An OpenAI chat-completions stream with the same text and tool calls as [`reply`].
+    pub fn openai(text: &str, tools: &[(&str, &str, Value)], chunk_sizes: &[usize]) -> Self {
+        let mut chunks = vec![
+            json!({"id": "chatcmpl-1", "model": "local", "choices": [{"index": 0, "delta": {"role": "assistant"}}]}),
+        ];
+        let chars: Vec<char> = text.chars().collect();
+        for piece in chars.chunks(4) {
+            let s: String = piece.iter().collect();
+            chunks.push(
+                json!({"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"content": s}}]}),
+            );
+        }
+        for (i, (id, name, input)) in tools.iter().enumerate() {
+            let args = input.to_string();
+            let (a, b) = args.split_at(args.len() / 2);
+            chunks.push(json!({"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": i, "id": id, "type": "function", "function": {"name": name, "arguments": a}}]}}]}));
+            chunks.push(
+                json!({"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": i, "function": {"arguments": b}}]}}]}),
+            );
+        }
+        let finish = if tools.is_empty() {
+            "stop"
+        } else {
+            "tool_calls"
+        };
+        chunks.push(json!({"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}));
+        chunks.push(json!({"id": "chatcmpl-1", "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 7}}));
+        let mut body = String::new();
+        for c in chunks {
+            body.push_str(&format!("data: {c}\n\n"));
+        }
+        body.push_str("data: [DONE]\n\n");
+        FakeResponse {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+            chunks: split(body.as_bytes(), chunk_sizes),
+            chunk_delay: Duration::ZERO,
+        }
+    }
 }
 
 pub struct FakeServer {
@@ -227,8 +300,8 @@ async fn serve(
         }
         buf.extend_from_slice(&tmp[..n]);
     }
-    let body = serde_json::from_slice(&buf[header_end..(header_end + len).min(buf.len())])
-        .unwrap_or(Value::Null);
+    let raw_body = buf[header_end..(header_end + len).min(buf.len())].to_vec();
+    let body = serde_json::from_slice(&raw_body).unwrap_or(Value::Null);
     requests
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -237,6 +310,7 @@ async fn serve(
             path,
             headers,
             body,
+            raw_body,
         });
     let resp = script
         .lock()
