@@ -76,3 +76,38 @@ pub trait Store: Send + Sync + 'static {
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
 }
+
+/// Opens `name` from `store` as a document whose every later change is appended to the store
+/// before the changing transaction returns: an offline device's documents, without a hub.
+pub fn open_persisted(
+    store: std::sync::Arc<dyn Store>,
+    name: &str,
+) -> Result<yrs::Doc, StoreError> {
+    use yrs::updates::decoder::Decode;
+    use yrs::{Transact, Update};
+    let stored = store.load(name)?;
+    let doc = yrs::Doc::new();
+    {
+        let mut txn = doc.transact_mut();
+        for u in stored.snapshot.iter().chain(stored.updates.iter()) {
+            let corrupt = |reason: String| StoreError::Corrupt {
+                doc: name.to_owned(),
+                reason,
+            };
+            let update = Update::decode_v1(u).map_err(|e| corrupt(e.to_string()))?;
+            txn.apply_update(update)
+                .map_err(|e| corrupt(e.to_string()))?;
+        }
+    }
+    let owned = name.to_owned();
+    doc.observe_update_v1("jarvis-sync/persist", move |_, e| {
+        if let Err(err) = store.append(&[AppendItem {
+            doc: &owned,
+            update: &e.update,
+        }]) {
+            tracing::error!(doc = %owned, error = %err, "persisting a change failed");
+        }
+    })
+    .map_err(|_| StoreError::Poisoned)?;
+    Ok(doc)
+}

@@ -1,0 +1,279 @@
+//! `jarvis`: the headless face of a device. `jarvis run` runs an agent session in a folder,
+//! printing streamed text or one JSON event per line; sessions persist in the device's local
+//! store, so `--session` continues one and `jarvis approve` answers a pending approval.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use jarvis_agent::permissions::{Mode, Permissions, Rule};
+use jarvis_agent::providers::ProviderConfig;
+use jarvis_agent::runner::{Outcome, RunEvent, Runner, RunnerConfig};
+use jarvis_agent::tools::ToolBox;
+use jarvis_sync::doc::{Decision, DocName, SessionDoc};
+use jarvis_sync::store::{SqliteStore, Store, open_persisted};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "jarvis", version, about = "My Jarvis from the command line")]
+struct Cli {
+    /// Where this device keeps its documents.
+    #[arg(long, env = "JARVIS_HOME", global = true)]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Text,
+    StreamJson,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an agent session headless: send a prompt, print the reply.
+    Run {
+        prompt: String,
+        /// The folder the agent works in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Continue this session instead of starting a new one.
+        #[arg(long)]
+        session: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output_format: OutputFormat,
+        /// ask, accept-edits, plan or allow-all.
+        #[arg(long, default_value = "ask")]
+        permission_mode: String,
+        /// Allow rules such as 'bash(cargo test:*)'. Repeatable.
+        #[arg(long = "allow")]
+        allow: Vec<String>,
+        /// Deny rules. Repeatable.
+        #[arg(long = "deny")]
+        deny: Vec<String>,
+        #[arg(long, env = "ANTHROPIC_MODEL", default_value = "claude-sonnet-4-5")]
+        model: String,
+        /// Stop before a request once the session has cost this many US dollars.
+        #[arg(long)]
+        budget_usd: Option<f64>,
+    },
+    /// Answer a pending approval of a session (then `jarvis run --session` continues it).
+    Approve {
+        session: String,
+        approval: String,
+        #[arg(long, conflicts_with = "always")]
+        deny: bool,
+        #[arg(long)]
+        always: bool,
+    },
+}
+
+fn home(cli_home: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(h) = cli_home {
+        return Ok(h);
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .context("neither JARVIS_HOME, XDG_DATA_HOME nor HOME is set")?;
+    Ok(base.join("jarvis"))
+}
+
+fn session_doc(store: &Arc<dyn Store>, id: &str) -> Result<SessionDoc> {
+    let name = DocName::session(id).with_context(|| format!("invalid session id {id:?}"))?;
+    Ok(SessionDoc::new(open_persisted(
+        store.clone(),
+        &name.to_string(),
+    )?))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let home = home(cli.home)?;
+    std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&home.join("device.db")).context("opening the device store")?);
+    match cli.command {
+        Command::Approve {
+            session,
+            approval,
+            deny,
+            always,
+        } => {
+            let doc = session_doc(&store, &session)?;
+            let decision = match (deny, always) {
+                (true, _) => Decision::Deny,
+                (_, true) => Decision::AlwaysAllow,
+                _ => Decision::Allow,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            doc.answer_approval(&approval, decision, "cli", now)?;
+            println!("{} {approval}", decision.as_str());
+            Ok(())
+        }
+        Command::Run {
+            prompt,
+            dir,
+            session,
+            output_format,
+            permission_mode,
+            allow,
+            deny,
+            model,
+            budget_usd,
+        } => {
+            let mode = Mode::parse(&permission_mode)
+                .with_context(|| format!("unknown permission mode {permission_mode:?}"))?;
+            let mut permissions = Permissions::new(mode);
+            for r in &allow {
+                permissions.allow.push(Rule::parse(r)?);
+            }
+            for r in &deny {
+                permissions.deny.push(Rule::parse(r)?);
+            }
+            let dir = dir
+                .canonicalize()
+                .with_context(|| format!("folder {} is not accessible", dir.display()))?;
+            let env: HashMap<String, String> = std::env::vars().collect();
+            let provider =
+                ProviderConfig::from_env(&env, |p| std::fs::read_to_string(p))?.build()?;
+            let id = session.unwrap_or_else(|| format!("{:016x}", rand_id()));
+            let doc = session_doc(&store, &id)?;
+            if doc.meta().workspace.is_empty() {
+                doc.set_workspace(&dir.to_string_lossy());
+                doc.set_model(&model);
+                doc.set_title(&prompt.chars().take(80).collect::<String>());
+            }
+            if !prompt.is_empty() {
+                Runner::send_user_message(&doc, "cli", &prompt);
+            }
+            let mut config = RunnerConfig::new(&model, "cli");
+            config.budget_micros = budget_usd.map(|d| (d * 1e6) as u64);
+            let runtime = tokio::runtime::Runtime::new()?;
+            let outcome = runtime.block_on(run(
+                doc.clone(),
+                provider.as_ref(),
+                ToolBox::new(&dir),
+                permissions,
+                config,
+                output_format,
+                &id,
+            ));
+            let usage = doc.meta().usage;
+            match output_format {
+                OutputFormat::StreamJson => println!(
+                    "{}",
+                    json!({"type": "result", "session": id, "outcome": outcome_name(&outcome),
+                           "usage": usage, "cost_usd": usage.cost_micros as f64 / 1e6})
+                ),
+                OutputFormat::Text => {
+                    println!();
+                    eprintln!("session {id}: {}", outcome_name(&outcome));
+                }
+            }
+            match outcome {
+                Outcome::EndTurn => Ok(()),
+                Outcome::ApprovalPending { approval_id } => {
+                    eprintln!(
+                        "waiting for approval {approval_id}: answer with `jarvis approve {id} {approval_id}` (or --deny), then `jarvis run --session {id} \"\"`"
+                    );
+                    std::process::exit(3)
+                }
+                Outcome::Failed(reason) => bail!("the session failed: {reason}"),
+                other => bail!("the session stopped: {}", outcome_name(&other)),
+            }
+        }
+    }
+}
+
+fn rand_id() -> u64 {
+    // Time plus process id is unique enough for a local session id and needs no RNG crate.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
+fn outcome_name(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::EndTurn => "end_turn",
+        Outcome::Interrupted => "interrupted",
+        Outcome::ApprovalPending { .. } => "approval_pending",
+        Outcome::BudgetExhausted => "budget_exhausted",
+        Outcome::RequestLimit => "request_limit",
+        Outcome::Failed(_) => "failed",
+    }
+}
+
+async fn run(
+    doc: SessionDoc,
+    provider: &dyn jarvis_agent::anthropic::Provider,
+    tools: ToolBox,
+    permissions: Permissions,
+    config: RunnerConfig,
+    format: OutputFormat,
+    id: &str,
+) -> Outcome {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut runner = Runner::new(doc, provider, tools, permissions, config).with_events(tx);
+    let cancel = CancellationToken::new();
+    let ctrl_c = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            ctrl_c.cancel();
+        }
+    });
+    let session = id.to_owned();
+    let printer = tokio::spawn(async move {
+        use std::io::Write;
+        while let Some(e) = rx.recv().await {
+            // Locked per event: a lock cannot be held across the await.
+            let mut out = std::io::stdout().lock();
+            let line = match (&e, format) {
+                (RunEvent::Text(t), OutputFormat::Text) => {
+                    let _ = write!(out, "{t}");
+                    let _ = out.flush();
+                    continue;
+                }
+                (RunEvent::ToolUse { name, input, .. }, OutputFormat::Text) => format!("\n[{name}] {input}"),
+                (RunEvent::ToolResult { is_error: true, content, .. }, OutputFormat::Text) => {
+                    format!("[error] {}", content.lines().next().unwrap_or(""))
+                }
+                (RunEvent::ToolResult { .. }, OutputFormat::Text) => continue,
+                (RunEvent::ApprovalNeeded { id, tool, summary }, OutputFormat::Text) => {
+                    format!("\n[approval needed {id}] {tool}: {summary}")
+                }
+                (RunEvent::Text(t), OutputFormat::StreamJson) => json!({"type": "text", "session": session, "text": t}).to_string(),
+                (RunEvent::ToolUse { id, name, input }, OutputFormat::StreamJson) => {
+                    json!({"type": "tool_use", "session": session, "id": id, "name": name,
+                           "input": serde_json::from_str::<serde_json::Value>(input).unwrap_or(serde_json::Value::Null)})
+                    .to_string()
+                }
+                (RunEvent::ToolResult { id, content, is_error }, OutputFormat::StreamJson) => {
+                    json!({"type": "tool_result", "session": session, "id": id, "content": content, "is_error": is_error}).to_string()
+                }
+                (RunEvent::ApprovalNeeded { id, tool, summary }, OutputFormat::StreamJson) => {
+                    json!({"type": "approval_needed", "session": session, "id": id, "tool": tool, "summary": summary}).to_string()
+                }
+            };
+            let _ = writeln!(out, "{line}");
+        }
+    });
+    let outcome = runner.run(&cancel).await;
+    drop(runner);
+    let _ = printer.await;
+    outcome
+}
