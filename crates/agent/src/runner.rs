@@ -291,10 +291,15 @@ impl<'a> Runner<'a> {
             })
             .map_err(|e| e.to_string())?;
         let mut state = StreamState::default();
+        // One cancellation future for the whole stream: making a new one per event costs a
+        // waiter registration and removal each time.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         let result = loop {
             let next = tokio::select! {
+                biased;
+                _ = &mut cancelled => break Ok(false),
                 n = stream.next() => n,
-                _ = cancel.cancelled() => break Ok(false),
             };
             let event = match next {
                 Some(Ok(e)) => e,
@@ -342,13 +347,17 @@ impl<'a> Runner<'a> {
                         BlockStart::RedactedThinking { .. } | BlockStart::Unknown => Open::Ignored,
                     };
                     state.open.insert(index, open);
-                    state.last_flush = Some(Instant::now());
+                    // The first delta of a block is written at once (first token latency);
+                    // later ones are batched.
+                    state.last_flush = None;
                 }
                 StreamEvent::ContentBlockDelta { index, delta } => {
                     match (state.open.get_mut(&index), delta) {
                         (Some(Open::Text(_, buf)), Delta::TextDelta { text }) => {
-                            self.emit(RunEvent::Text(text.clone()));
                             buf.push_str(&text);
+                            if self.events.is_some() {
+                                self.emit(RunEvent::Text(text));
+                            }
                         }
                         (Some(Open::Thinking(_, buf)), Delta::ThinkingDelta { thinking }) => {
                             buf.push_str(&thinking)

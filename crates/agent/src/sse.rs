@@ -53,8 +53,12 @@ impl SseParser {
             let b = chunk[i];
             if b == b'\n' || b == b'\r' {
                 self.buf.extend_from_slice(&chunk[start..i]);
-                let line = std::mem::take(&mut self.buf);
-                self.line(&line, &mut out)?;
+                // Reuse the line buffer's allocation for the next line.
+                let mut line = std::mem::take(&mut self.buf);
+                let result = self.line(&line, &mut out);
+                line.clear();
+                self.buf = line;
+                result?;
                 if b == b'\r' {
                     if i + 1 < chunk.len() {
                         if chunk[i + 1] == b'\n' {
