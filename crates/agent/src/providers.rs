@@ -72,6 +72,26 @@ fn custom_headers(env: &HashMap<String, String>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The `key = value` pairs of one `[section]` of an INI file (AWS credentials format).
+fn ini_section(text: &str, section: &str) -> HashMap<String, String> {
+    let mut current = String::new();
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.trim().to_owned();
+        } else if current == section
+            && let Some((k, v)) = line.split_once('=')
+        {
+            out.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+    }
+    out
+}
+
 impl ProviderConfig {
     /// Reads the same variables as Claude Code. `credentials_file` reads a file (Vertex's
     /// service-account JSON) and is injected for tests.
@@ -85,15 +105,46 @@ impl ProviderConfig {
             let region = get("AWS_REGION")
                 .or_else(|| get("AWS_DEFAULT_REGION"))
                 .ok_or_else(|| missing("AWS_REGION"))?;
+            // The credential chain as far as it goes without network: environment variables,
+            // then the shared credentials file (AWS_PROFILE or "default").
+            let (access_key_id, secret_access_key, session_token) = match (
+                get("AWS_ACCESS_KEY_ID"),
+                get("AWS_SECRET_ACCESS_KEY"),
+            ) {
+                (Some(a), Some(s)) => (a, s, get("AWS_SESSION_TOKEN")),
+                _ => {
+                    let path = get("AWS_SHARED_CREDENTIALS_FILE")
+                        .or_else(|| get("HOME").map(|h| format!("{h}/.aws/credentials")))
+                        .ok_or_else(|| missing("AWS_ACCESS_KEY_ID"))?;
+                    let profile = get("AWS_PROFILE").unwrap_or_else(|| "default".into());
+                    let text = read_file(&path).map_err(|e| {
+                            ProviderError::Config(format!(
+                                "no AWS credentials: AWS_ACCESS_KEY_ID is not set and {path} cannot be read ({e})"
+                            ))
+                        })?;
+                    let section = ini_section(&text, &profile);
+                    let field = |k: &str| section.get(k).cloned();
+                    (
+                        field("aws_access_key_id").ok_or_else(|| {
+                            ProviderError::Config(format!(
+                                "profile [{profile}] in {path} has no aws_access_key_id"
+                            ))
+                        })?,
+                        field("aws_secret_access_key").ok_or_else(|| {
+                            ProviderError::Config(format!(
+                                "profile [{profile}] in {path} has no aws_secret_access_key"
+                            ))
+                        })?,
+                        field("aws_session_token"),
+                    )
+                }
+            };
             return Ok(ProviderConfig::Bedrock {
                 base_url: get("ANTHROPIC_BEDROCK_BASE_URL")
                     .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com")),
-                access_key_id: get("AWS_ACCESS_KEY_ID").ok_or_else(|| {
-                    missing("AWS_ACCESS_KEY_ID (only environment credentials are supported so far)")
-                })?,
-                secret_access_key: get("AWS_SECRET_ACCESS_KEY")
-                    .ok_or_else(|| missing("AWS_SECRET_ACCESS_KEY"))?,
-                session_token: get("AWS_SESSION_TOKEN"),
+                access_key_id,
+                secret_access_key,
+                session_token,
                 region,
             });
         }

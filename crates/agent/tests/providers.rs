@@ -384,6 +384,37 @@ fn selection_follows_claude_code_variables() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("no provider configured"), "{err}");
+    // Shared credentials file, named profile.
+    let file = "[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = d\n\n[work]\naws_access_key_id = AKIDWORK\naws_secret_access_key = w\naws_session_token = t\n";
+    let cfg = ProviderConfig::from_env(
+        &env(&[
+            ("CLAUDE_CODE_USE_BEDROCK", "1"),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_PROFILE", "work"),
+            ("HOME", "/home/u"),
+        ]),
+        |p| {
+            assert_eq!(p, "/home/u/.aws/credentials");
+            Ok(file.to_owned())
+        },
+    )
+    .unwrap();
+    assert!(
+        matches!(cfg, ProviderConfig::Bedrock { ref access_key_id, ref session_token, .. }
+        if access_key_id == "AKIDWORK" && session_token.as_deref() == Some("t"))
+    );
+    let err = ProviderConfig::from_env(
+        &env(&[
+            ("CLAUDE_CODE_USE_BEDROCK", "1"),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_PROFILE", "nope"),
+            ("HOME", "/h"),
+        ]),
+        |_| Ok(file.to_owned()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("profile [nope]"), "{err}");
     let err = ProviderConfig::from_env(&env(&[("CLAUDE_CODE_USE_BEDROCK", "1")]), no_file)
         .unwrap_err()
         .to_string();
