@@ -432,35 +432,39 @@ impl Provider for AnthropicProvider {
     }
 }
 
-/// Turns an HTTP body of SSE bytes into stream events; ends with `Truncated` if the body ends
-/// before `message_stop`, and with `Cancelled` when cancelled.
-pub fn sse_events<S, B, E>(body: S, cancel: CancellationToken) -> EventStream
+/// Turns a response body into stream events through `decode`, which gets each chunk (and
+/// `None` once the body ends) and returns the events it completes. The stream ends after
+/// `message_stop` or the first error; a body that ends before `message_stop` (and that the
+/// decoder cannot finish) ends with `Truncated`; cancellation ends it with `Cancelled`.
+pub fn decode_stream<S, B, E, D>(body: S, cancel: CancellationToken, decode: D) -> EventStream
 where
     S: Stream<Item = Result<B, E>> + Send + 'static,
     B: AsRef<[u8]> + Send,
     E: std::fmt::Display + Send,
+    D: FnMut(Option<&[u8]>) -> Vec<Result<StreamEvent, ProviderError>> + Send + 'static,
 {
-    struct State<S> {
+    struct State<S, D> {
         body: Pin<Box<S>>,
-        parser: SseParser,
-        queue: std::collections::VecDeque<StreamEvent>,
+        decode: D,
+        queue: std::collections::VecDeque<Result<StreamEvent, ProviderError>>,
         done: bool,
         cancel: CancellationToken,
     }
     let state = State {
         body: Box::pin(body),
-        parser: SseParser::new(),
+        decode,
         queue: Default::default(),
         done: false,
         cancel,
     };
     Box::pin(futures_util::stream::unfold(state, |mut st| async move {
         loop {
-            if let Some(ev) = st.queue.pop_front() {
-                if matches!(ev, StreamEvent::MessageStop) {
+            if let Some(item) = st.queue.pop_front() {
+                if matches!(item, Ok(StreamEvent::MessageStop) | Err(_)) {
                     st.done = true;
+                    st.queue.clear();
                 }
-                return Some((Ok(ev), st));
+                return Some((item, st));
             }
             if st.done {
                 return None;
@@ -473,40 +477,47 @@ where
                 }
             };
             match chunk {
-                Some(Ok(bytes)) => match st.parser.feed(bytes.as_ref()) {
-                    Ok(events) => {
-                        for e in events {
-                            match StreamEvent::parse(&e.data) {
-                                Ok(ev) => st.queue.push_back(ev),
-                                Err(err) => {
-                                    st.done = true;
-                                    return Some((
-                                        Err(ProviderError::Malformed(format!(
-                                            "event {}: {err}",
-                                            e.event
-                                        ))),
-                                        st,
-                                    ));
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        st.done = true;
-                        return Some((Err(ProviderError::Malformed(e.to_string())), st));
-                    }
-                },
-                Some(Err(e)) => {
-                    st.done = true;
-                    return Some((Err(ProviderError::Http(e.to_string())), st));
+                Some(Ok(bytes)) => {
+                    let events = (st.decode)(Some(bytes.as_ref()));
+                    st.queue.extend(events);
                 }
+                Some(Err(e)) => st.queue.push_back(Err(ProviderError::Http(e.to_string()))),
                 None => {
-                    st.done = true;
-                    return Some((Err(ProviderError::Truncated), st));
+                    let tail = (st.decode)(None);
+                    if tail.is_empty() {
+                        st.queue.push_back(Err(ProviderError::Truncated));
+                    }
+                    st.queue.extend(tail);
                 }
             }
         }
     }))
+}
+
+/// An SSE body of Messages events (the Anthropic API, gateways, Vertex).
+pub fn sse_events<S, B, E>(body: S, cancel: CancellationToken) -> EventStream
+where
+    S: Stream<Item = Result<B, E>> + Send + 'static,
+    B: AsRef<[u8]> + Send,
+    E: std::fmt::Display + Send,
+{
+    let mut parser = SseParser::new();
+    decode_stream(body, cancel, move |chunk| {
+        let Some(chunk) = chunk else {
+            return Vec::new();
+        };
+        match parser.feed(chunk) {
+            Ok(events) => events
+                .iter()
+                .map(|e| {
+                    StreamEvent::parse(&e.data).map_err(|err| {
+                        ProviderError::Malformed(format!("event {}: {err}", e.event))
+                    })
+                })
+                .collect(),
+            Err(e) => vec![Err(ProviderError::Malformed(e.to_string()))],
+        }
+    })
 }
 
 #[cfg(test)]

@@ -11,14 +11,14 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::anthropic::{
     AnthropicProvider, ApiUsage, Auth, BlockStart, BoxFuture, ContentBlock, Delta, EventStream,
     MessageDeltaBody, MessageStart, MessagesRequest, Provider, ProviderError, StreamEvent,
-    sse_events,
+    decode_stream, sse_events,
 };
 use crate::sse::SseParser;
 
@@ -509,63 +509,16 @@ where
     B: AsRef<[u8]> + Send,
     E: std::fmt::Display + Send,
 {
-    struct State<S> {
-        body: std::pin::Pin<Box<S>>,
-        decoder: EventStreamDecoder,
-        queue: std::collections::VecDeque<Result<StreamEvent, ProviderError>>,
-        done: bool,
-        cancel: CancellationToken,
-    }
-    let state = State {
-        body: Box::pin(body),
-        decoder: EventStreamDecoder::default(),
-        queue: Default::default(),
-        done: false,
-        cancel,
-    };
-    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(item) = st.queue.pop_front() {
-                match &item {
-                    Ok(StreamEvent::MessageStop) | Err(_) => {
-                        st.done = true;
-                        st.queue.clear();
-                    }
-                    _ => {}
-                }
-                return Some((item, st));
-            }
-            if st.done {
-                return None;
-            }
-            let chunk = tokio::select! {
-                c = st.body.next() => c,
-                _ = st.cancel.cancelled() => {
-                    st.done = true;
-                    return Some((Err(ProviderError::Cancelled), st));
-                }
-            };
-            let bytes = match chunk {
-                Some(Ok(b)) => b,
-                Some(Err(e)) => {
-                    st.done = true;
-                    return Some((Err(ProviderError::Http(e.to_string())), st));
-                }
-                None => {
-                    st.done = true;
-                    return Some((Err(ProviderError::Truncated), st));
-                }
-            };
-            match st.decoder.feed(bytes.as_ref()) {
-                Ok(messages) => {
-                    for m in messages {
-                        st.queue.push_back(bedrock_message(&m));
-                    }
-                }
-                Err(e) => st.queue.push_back(Err(ProviderError::Malformed(e))),
-            }
+    let mut decoder = EventStreamDecoder::default();
+    decode_stream(body, cancel, move |chunk| {
+        let Some(chunk) = chunk else {
+            return Vec::new();
+        };
+        match decoder.feed(chunk) {
+            Ok(messages) => messages.iter().map(bedrock_message).collect(),
+            Err(e) => vec![Err(ProviderError::Malformed(e))],
         }
-    }))
+    })
 }
 
 fn bedrock_message(m: &EventMessage) -> Result<StreamEvent, ProviderError> {
@@ -979,77 +932,37 @@ where
     B: AsRef<[u8]> + Send,
     E: std::fmt::Display + Send,
 {
-    struct State<S> {
-        body: std::pin::Pin<Box<S>>,
-        parser: SseParser,
-        mapper: OpenAiMapper,
-        queue: std::collections::VecDeque<Result<StreamEvent, ProviderError>>,
-        done: bool,
-        cancel: CancellationToken,
-    }
-    let state = State {
-        body: Box::pin(body),
-        parser: SseParser::new(),
-        mapper: OpenAiMapper::default(),
-        queue: Default::default(),
-        done: false,
-        cancel,
-    };
-    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(item) = st.queue.pop_front() {
-                if item.is_err() {
-                    st.done = true;
-                    st.queue.clear();
-                }
-                return Some((item, st));
+    let mut parser = SseParser::new();
+    let mut mapper = OpenAiMapper::default();
+    decode_stream(body, cancel, move |chunk| {
+        let mut out = Vec::new();
+        let Some(chunk) = chunk else {
+            // Some servers end the body without `[DONE]` once they sent a finish reason.
+            if mapper.stop_reason.is_some() {
+                mapper.finish(&mut out);
             }
-            if st.done {
-                return None;
-            }
-            let chunk = tokio::select! {
-                c = st.body.next() => c,
-                _ = st.cancel.cancelled() => {
-                    st.done = true;
-                    return Some((Err(ProviderError::Cancelled), st));
-                }
-            };
-            let bytes = match chunk {
-                Some(Ok(b)) => b,
-                Some(Err(e)) => {
-                    st.done = true;
-                    return Some((Err(ProviderError::Http(e.to_string())), st));
-                }
-                None if st.mapper.finished => return None,
-                None => {
-                    st.done = true;
-                    return Some((Err(ProviderError::Truncated), st));
-                }
-            };
-            let events = match st.parser.feed(bytes.as_ref()) {
-                Ok(e) => e,
-                Err(e) => {
-                    st.queue
-                        .push_back(Err(ProviderError::Malformed(e.to_string())));
-                    continue;
-                }
-            };
-            for e in events {
-                let mut out = Vec::new();
-                if e.data.trim() == "[DONE]" {
-                    st.mapper.finish(&mut out);
-                } else {
-                    match serde_json::from_str::<Value>(&e.data) {
-                        Ok(v) => st.mapper.chunk(&v, &mut out),
-                        Err(err) => {
-                            st.queue
-                                .push_back(Err(ProviderError::Malformed(format!("chunk: {err}"))));
-                            break;
-                        }
+            return out.into_iter().map(Ok).collect();
+        };
+        let events = match parser.feed(chunk) {
+            Ok(e) => e,
+            Err(e) => return vec![Err(ProviderError::Malformed(e.to_string()))],
+        };
+        let mut results = Vec::new();
+        for e in events {
+            if e.data.trim() == "[DONE]" {
+                mapper.finish(&mut out);
+            } else {
+                match serde_json::from_str::<Value>(&e.data) {
+                    Ok(v) => mapper.chunk(&v, &mut out),
+                    Err(err) => {
+                        results.extend(out.drain(..).map(Ok));
+                        results.push(Err(ProviderError::Malformed(format!("chunk: {err}"))));
+                        return results;
                     }
                 }
-                st.queue.extend(out.into_iter().map(Ok));
             }
+            results.extend(out.drain(..).map(Ok));
         }
-    }))
+        results
+    })
 }

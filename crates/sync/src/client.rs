@@ -179,19 +179,12 @@ impl SyncClient {
             .await
             .map_err(|_| ClientError::Stopped)??;
         let doc = Doc::new();
-        {
-            let mut txn = doc.transact_mut_with(REMOTE_ORIGIN);
-            for u in stored.snapshot.iter().chain(stored.updates.iter()) {
-                let update = Update::decode_v1(u).map_err(|e| ClientError::Corrupt {
-                    doc: name.to_owned(),
-                    reason: e.to_string(),
-                })?;
-                txn.apply_update(update).map_err(|e| ClientError::Corrupt {
-                    doc: name.to_owned(),
-                    reason: e.to_string(),
-                })?;
-            }
-        }
+        stored
+            .apply_to(&mut doc.transact_mut_with(REMOTE_ORIGIN))
+            .map_err(|reason| ClientError::Corrupt {
+                doc: name.to_owned(),
+                reason,
+            })?;
         let local_edits = Arc::new(AtomicU64::new(0));
         let (status, _) = watch::channel(DocumentStatus::default());
         let observer = LocalEditObserver {

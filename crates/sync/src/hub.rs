@@ -360,20 +360,18 @@ impl Inner {
                         reason: e.to_string(),
                     })??;
                 let mut inner = lock(&doc.inner);
-                let mut txn = inner.doc.transact_mut();
-                let mut bytes = 0u64;
-                for u in stored.snapshot.iter().chain(stored.updates.iter()) {
-                    bytes += u.len() as u64;
-                    let update = Update::decode_v1(u).map_err(|e| HubError::Load {
+                stored
+                    .apply_to(&mut inner.doc.transact_mut())
+                    .map_err(|reason| HubError::Load {
                         doc: name.to_owned(),
-                        reason: format!("stored update does not decode: {e}"),
+                        reason,
                     })?;
-                    txn.apply_update(update).map_err(|e| HubError::Load {
-                        doc: name.to_owned(),
-                        reason: format!("stored update does not apply: {e}"),
-                    })?;
-                }
-                drop(txn);
+                let bytes: u64 = stored
+                    .snapshot
+                    .iter()
+                    .chain(stored.updates.iter())
+                    .map(|u| u.len() as u64)
+                    .sum();
                 inner.log_entries = stored.updates.len() as u64;
                 inner.log_bytes = stored.updates.iter().map(|u| u.len() as u64).sum();
                 inner.stored_bytes = bytes;

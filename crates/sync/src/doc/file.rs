@@ -184,25 +184,8 @@ impl FileText {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use yrs::updates::decoder::Decode;
-    use yrs::{ReadTxn, StateVector, Update};
-
     use super::*;
-
-    fn sync(a: &Doc, b: &Doc) {
-        let ua = a
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
-        let ub = b
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
-        b.transact_mut()
-            .apply_update(Update::decode_v1(&ua).unwrap())
-            .unwrap();
-        a.transact_mut()
-            .apply_update(Update::decode_v1(&ub).unwrap())
-            .unwrap();
-    }
+    use crate::doc::sync_replicas;
 
     #[test]
     fn edits_and_offset_errors() {
@@ -230,9 +213,9 @@ mod tests {
         a.insert(3, "-").unwrap(); // interior: reads once, remembers "ASCII"
         a.insert(2, "+").unwrap(); // fast path
         let b = FileText::new(Doc::new());
-        sync(a.doc(), b.doc());
+        sync_replicas(a.doc(), b.doc());
         b.insert(1, "é").unwrap();
-        sync(a.doc(), b.doc());
+        sync_replicas(a.doc(), b.doc());
         assert_eq!(a.text(), "aéb+c-def");
         // Byte 2 is inside 'é' now; the cached "ASCII" must not be trusted.
         assert_eq!(a.insert(2, "x"), Err(DocError::NotCharBoundary(2)));
@@ -264,11 +247,11 @@ mod tests {
             let a = FileText::new(Doc::new());
             a.replace_all(base);
             let b = FileText::new(Doc::new());
-            sync(a.doc(), b.doc());
+            sync_replicas(a.doc(), b.doc());
             assert!(a.apply_text_diff(left) > 0);
             assert!(b.apply_text_diff(right) > 0);
             assert_eq!(a.text(), left);
-            sync(a.doc(), b.doc());
+            sync_replicas(a.doc(), b.doc());
             assert_eq!(a.text(), b.text());
             for m in must {
                 assert!(a.text().contains(m), "{:?} lacks {m:?}", a.text());

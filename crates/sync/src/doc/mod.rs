@@ -89,3 +89,19 @@ pub(crate) mod read {
         }
     }
 }
+
+/// Test helper: exchanges full states between two replicas, both ways.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn sync_replicas(a: &yrs::Doc, b: &yrs::Doc) {
+    use yrs::updates::decoder::Decode;
+    use yrs::{ReadTxn, StateVector, Transact, Update};
+    for (from, to) in [(a, b), (b, a)] {
+        let u = from
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        to.transact_mut()
+            .apply_update(Update::decode_v1(&u).unwrap())
+            .unwrap();
+    }
+}

@@ -774,25 +774,8 @@ fn read_block<T: ReadTxn>(txn: &T, b: &MapRef) -> Block {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use yrs::updates::decoder::Decode;
-    use yrs::{StateVector, Update};
-
     use super::*;
-
-    fn sync(a: &Doc, b: &Doc) {
-        let ua = a
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
-        let ub = b
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
-        b.transact_mut()
-            .apply_update(Update::decode_v1(&ua).unwrap())
-            .unwrap();
-        a.transact_mut()
-            .apply_update(Update::decode_v1(&ub).unwrap())
-            .unwrap();
-    }
+    use crate::doc::sync_replicas;
 
     fn msg(id: &str, role: Role, blocks: Vec<Block>) -> NewMessage {
         Message {
@@ -847,7 +830,7 @@ mod tests {
             vec![Block::Text { text: "hi".into() }],
         ))
         .unwrap();
-        sync(a.doc(), b.doc());
+        sync_replicas(a.doc(), b.doc());
         let reply = msg("a1", Role::Assistant, vec![]);
         a.append_message(&reply).unwrap();
         let block = a
@@ -870,7 +853,7 @@ mod tests {
             }],
         ))
         .unwrap();
-        sync(a.doc(), b.doc());
+        sync_replicas(a.doc(), b.doc());
         let (ma, mb) = (a.messages(), b.messages());
         assert_eq!(ma, mb);
         assert_eq!(ma.len(), 3);
@@ -883,7 +866,7 @@ mod tests {
         // A handle taken after the fact streams into the same block.
         let again = b.block_ref("a1", 0).unwrap();
         b.push_text(&again, "!").unwrap();
-        sync(a.doc(), b.doc());
+        sync_replicas(a.doc(), b.doc());
         assert_eq!(
             a.message("a1").unwrap().blocks,
             vec![Block::Text {
@@ -937,7 +920,7 @@ mod tests {
             ))
             .unwrap();
         assert_eq!(runner.pending_approvals().len(), 1);
-        sync(runner.doc(), phone.doc());
+        sync_replicas(runner.doc(), phone.doc());
         phone
             .answer_approval("ap1", Decision::Allow, "phone", 42)
             .unwrap();
@@ -945,7 +928,7 @@ mod tests {
             .answer_approval("ap1", Decision::Deny, "laptop", 43)
             .unwrap_err();
         assert!(matches!(err, DocError::AlreadyAnswered { ref by, .. } if by == "phone"));
-        sync(runner.doc(), phone.doc());
+        sync_replicas(runner.doc(), phone.doc());
         assert!(runner.pending_approvals().is_empty());
         let blocks = runner.message("a1").unwrap().blocks;
         assert!(matches!(

@@ -201,10 +201,8 @@ impl WorkspaceIndex {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use yrs::updates::decoder::Decode;
-    use yrs::{ReadTxn, StateVector, Update};
-
     use super::*;
+    use crate::doc::sync_replicas;
 
     fn text(doc: &str) -> FileEntry {
         FileEntry {
@@ -216,21 +214,6 @@ mod tests {
             modified_ms: 1,
             deleted: false,
         }
-    }
-
-    fn sync(a: &Doc, b: &Doc) {
-        let ua = a
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
-        let ub = b
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
-        b.transact_mut()
-            .apply_update(Update::decode_v1(&ua).unwrap())
-            .unwrap();
-        a.transact_mut()
-            .apply_update(Update::decode_v1(&ub).unwrap())
-            .unwrap();
     }
 
     #[test]
@@ -245,7 +228,7 @@ mod tests {
         blob.hash = Some("ab".repeat(32));
         a.upsert("logo.png", &blob).unwrap();
         b.upsert("logo.png", &text("f3")).unwrap();
-        sync(a.doc(), b.doc());
+        sync_replicas(a.doc(), b.doc());
         assert_eq!(a.list(), b.list());
         let paths: Vec<String> = a.list().into_iter().map(|(p, _)| p).collect();
         assert_eq!(paths, vec!["README.md", "logo.png", "src/main.rs"]);

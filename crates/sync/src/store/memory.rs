@@ -4,9 +4,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use yrs::updates::decoder::Decode;
-use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
-
 use super::{AppendItem, CompactStats, LogStats, Store, StoreError, StoredDoc};
 
 #[derive(Default)]
@@ -77,22 +74,7 @@ impl Store for MemoryStore {
         let Some(stored) = inner.docs.get_mut(doc) else {
             return Ok(CompactStats::default());
         };
-        let ydoc = Doc::new();
-        {
-            let mut txn = ydoc.transact_mut();
-            for u in stored.snapshot.iter().chain(stored.updates.iter()) {
-                let corrupt = |e: String| StoreError::Corrupt {
-                    doc: doc.to_owned(),
-                    reason: e,
-                };
-                let update = Update::decode_v1(u).map_err(|e| corrupt(e.to_string()))?;
-                txn.apply_update(update)
-                    .map_err(|e| corrupt(e.to_string()))?;
-            }
-        }
-        let snapshot = ydoc
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
+        let snapshot = stored.merged(doc)?;
         let stats = CompactStats {
             merged_entries: stored.updates.len() as u64,
             snapshot_bytes: snapshot.len() as u64,

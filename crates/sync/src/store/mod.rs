@@ -31,6 +31,35 @@ impl StoredDoc {
     pub fn is_empty(&self) -> bool {
         self.snapshot.is_none() && self.updates.is_empty()
     }
+
+    /// Applies the snapshot and then the log to a document, in the caller's transaction.
+    /// `Err` carries why an entry did not decode or apply.
+    pub fn apply_to(&self, txn: &mut yrs::TransactionMut<'_>) -> Result<(), String> {
+        use yrs::Update;
+        use yrs::updates::decoder::Decode;
+        for u in self.snapshot.iter().chain(self.updates.iter()) {
+            let update =
+                Update::decode_v1(u).map_err(|e| format!("stored update does not decode: {e}"))?;
+            txn.apply_update(update)
+                .map_err(|e| format!("stored update does not apply: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Everything folded into one snapshot (a v1 update of the whole state), as compaction
+    /// stores it.
+    pub fn merged(&self, doc: &str) -> Result<Vec<u8>, StoreError> {
+        use yrs::{ReadTxn, StateVector, Transact};
+        let ydoc = yrs::Doc::new();
+        self.apply_to(&mut ydoc.transact_mut())
+            .map_err(|reason| StoreError::Corrupt {
+                doc: doc.to_owned(),
+                reason,
+            })?;
+        Ok(ydoc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default()))
+    }
 }
 
 /// Size of a document's log since its last snapshot; used to decide when to compact.
@@ -83,22 +112,14 @@ pub fn open_persisted(
     store: std::sync::Arc<dyn Store>,
     name: &str,
 ) -> Result<yrs::Doc, StoreError> {
-    use yrs::updates::decoder::Decode;
-    use yrs::{Transact, Update};
     let stored = store.load(name)?;
     let doc = yrs::Doc::new();
-    {
-        let mut txn = doc.transact_mut();
-        for u in stored.snapshot.iter().chain(stored.updates.iter()) {
-            let corrupt = |reason: String| StoreError::Corrupt {
-                doc: name.to_owned(),
-                reason,
-            };
-            let update = Update::decode_v1(u).map_err(|e| corrupt(e.to_string()))?;
-            txn.apply_update(update)
-                .map_err(|e| corrupt(e.to_string()))?;
-        }
-    }
+    stored
+        .apply_to(&mut yrs::Transact::transact_mut(&doc))
+        .map_err(|reason| StoreError::Corrupt {
+            doc: name.to_owned(),
+            reason,
+        })?;
     let owned = name.to_owned();
     doc.observe_update_v1("jarvis-sync/persist", move |_, e| {
         if let Err(err) = store.append(&[AppendItem {

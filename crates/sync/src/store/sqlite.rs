@@ -7,8 +7,6 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use yrs::updates::decoder::Decode;
-use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 use super::{AppendItem, CompactStats, LogStats, Store, StoreError, StoredDoc};
 
@@ -216,22 +214,7 @@ impl Store for SqliteStore {
         let Some(max_seq) = max_seq else {
             return Ok(CompactStats::default());
         };
-        let ydoc = Doc::new();
-        {
-            let mut txn = ydoc.transact_mut();
-            for u in stored.snapshot.iter().chain(stored.updates.iter()) {
-                let corrupt = |reason: String| StoreError::Corrupt {
-                    doc: doc.to_owned(),
-                    reason,
-                };
-                let update = Update::decode_v1(u).map_err(|e| corrupt(e.to_string()))?;
-                txn.apply_update(update)
-                    .map_err(|e| corrupt(e.to_string()))?;
-            }
-        }
-        let snapshot = ydoc
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
+        let snapshot = stored.merged(doc)?;
         tx.prepare_cached(
             "INSERT INTO snapshots (doc, data, upto_seq) VALUES (?1, ?2, ?3)
              ON CONFLICT(doc) DO UPDATE SET data = excluded.data, upto_seq = excluded.upto_seq",
@@ -303,7 +286,8 @@ mod tests {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
-    use yrs::{GetString, Text};
+    use yrs::updates::decoder::Decode;
+    use yrs::{Doc, GetString, ReadTxn, Text, Transact, Update};
 
     use super::*;
 
