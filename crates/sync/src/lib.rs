@@ -10,3 +10,4 @@ pub mod doc;
 pub mod hub;
 pub mod protocol;
 pub mod store;
+pub mod paths;
