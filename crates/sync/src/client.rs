@@ -27,7 +27,7 @@ use crate::store::{AppendItem, Store, StoreError};
 
 /// Transaction origin of updates that came from the hub, so the update observer does not send
 /// them back.
-const REMOTE_ORIGIN: &str = "jarvis-sync/remote";
+pub const REMOTE_ORIGIN: &str = "jarvis-sync/remote";
 /// Observer key, so the same document is never observed twice.
 const OBSERVER_KEY: &str = "jarvis-sync/client";
 

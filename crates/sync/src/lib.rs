@@ -8,6 +8,7 @@ pub mod awareness;
 pub mod client;
 pub mod doc;
 pub mod hub;
+pub mod mirror;
+pub mod paths;
 pub mod protocol;
 pub mod store;
-pub mod paths;

@@ -77,7 +77,10 @@ pub fn resolve_for_write(root: &Path, path: &str) -> Result<PathBuf, PathError> 
                 return Err(refuse(path, format!("{} is a symlink", current.display())));
             }
             Ok(m) if i + 1 < segments.len() && !m.is_dir() => {
-                return Err(refuse(path, format!("{} is not a directory", current.display())));
+                return Err(refuse(
+                    path,
+                    format!("{} is not a directory", current.display()),
+                ));
             }
             Ok(m) if i + 1 == segments.len() && m.is_dir() => {
                 return Err(refuse(path, "is a directory on disk"));
@@ -152,12 +155,33 @@ mod tests {
     #[test]
     fn hostile_shapes_are_refused() {
         for bad in [
-            "", "/etc/passwd", "../escape", "a/../../b", "a//b", "./a", "a/.", "a\0b", "a\\b",
-            "C:/x", "CON", "docs/nul.txt", "lpt1", "a/b ", "a.", ".git/config", ".git",
+            "",
+            "/etc/passwd",
+            "../escape",
+            "a/../../b",
+            "a//b",
+            "./a",
+            "a/.",
+            "a\0b",
+            "a\\b",
+            "C:/x",
+            "CON",
+            "docs/nul.txt",
+            "lpt1",
+            "a/b ",
+            "a.",
+            ".git/config",
+            ".git",
         ] {
             assert!(check_relative(bad).is_err(), "{bad:?} accepted");
         }
-        for ok in ["README.md", "src/main.rs", ".github/workflows/ci.yml", "a/b/c.d.e", "console.log"] {
+        for ok in [
+            "README.md",
+            "src/main.rs",
+            ".github/workflows/ci.yml",
+            "a/b/c.d.e",
+            "console.log",
+        ] {
             check_relative(ok).unwrap();
         }
     }
@@ -169,10 +193,28 @@ mod tests {
         std::fs::create_dir_all(root.join("real")).unwrap();
         std::os::unix::fs::symlink(dir.path(), root.join("link")).unwrap();
         std::os::unix::fs::symlink("/etc/hostname", root.join("file-link")).unwrap();
-        assert!(resolve_for_write(&root, "link/escape.txt").unwrap_err().reason.contains("symlink"));
-        assert!(resolve_for_write(&root, "file-link").unwrap_err().reason.contains("symlink"));
-        assert!(resolve_for_write(&root, "real").unwrap_err().reason.contains("directory"));
-        assert_eq!(resolve_for_write(&root, "real/new.txt").unwrap(), root.join("real/new.txt"));
+        assert!(
+            resolve_for_write(&root, "link/escape.txt")
+                .unwrap_err()
+                .reason
+                .contains("symlink")
+        );
+        assert!(
+            resolve_for_write(&root, "file-link")
+                .unwrap_err()
+                .reason
+                .contains("symlink")
+        );
+        assert!(
+            resolve_for_write(&root, "real")
+                .unwrap_err()
+                .reason
+                .contains("directory")
+        );
+        assert_eq!(
+            resolve_for_write(&root, "real/new.txt").unwrap(),
+            root.join("real/new.txt")
+        );
         assert_eq!(
             case_collisions(["a/README.md", "a/readme.md", "b.txt"]),
             vec![("a/README.md".to_owned(), "a/readme.md".to_owned())]
@@ -186,8 +228,15 @@ mod tests {
         let p = dir.path().join("sub/run.sh");
         atomic_write(&p, b"#!/bin/sh\n", Some(0o755)).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"#!/bin/sh\n");
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o755);
-        assert_eq!(std::fs::read_dir(dir.path().join("sub")).unwrap().count(), 1, "temp file left");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("sub")).unwrap().count(),
+            1,
+            "temp file left"
+        );
     }
 
     const CHILD: &str = "JARVIS_ATOMIC_WRITE_CHILD";
@@ -195,7 +244,9 @@ mod tests {
     /// Child half of the kill test: rewrites one file forever, each version one repeated byte.
     #[test]
     fn atomic_write_child() {
-        let Ok(path) = std::env::var(CHILD) else { return };
+        let Ok(path) = std::env::var(CHILD) else {
+            return;
+        };
         let path = PathBuf::from(path);
         for i in 0u64.. {
             let byte = b'a' + (i % 26) as u8;
@@ -226,7 +277,10 @@ mod tests {
             child.wait().unwrap();
             let content = std::fs::read(&path).unwrap();
             assert_eq!(content.len(), 4 * 1024 * 1024, "torn file after kill");
-            assert!(content.iter().all(|b| *b == content[0]), "mixed content after kill");
+            assert!(
+                content.iter().all(|b| *b == content[0]),
+                "mixed content after kill"
+            );
         }
     }
 }

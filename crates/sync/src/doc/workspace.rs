@@ -27,7 +27,8 @@ pub struct FileEntry {
     pub kind: EntryKind,
     /// File document id, for text entries.
     pub doc: Option<String>,
-    /// BLAKE3 hex, for blob entries.
+    /// BLAKE3 hex: the content of a blob entry; on a text tombstone, the content that was
+    /// deleted (a device whose copy differs edited it concurrently, and its edit wins).
     pub hash: Option<String>,
     pub size: u64,
     pub mode: u32,

@@ -1,0 +1,509 @@
+//! `FileMirror`: a folder kept identical to a workspace's documents, both ways.
+//!
+//! Disk → documents: the initial import walks the folder (`.gitignore`, `.jarvisignore` and the
+//! defaults `.git`, `node_modules`, `target` apply); afterwards a `notify` watcher reports
+//! changes, which are coalesced briefly and imported as a text diff applied to the file's Y.Text
+//! (so concurrent edits on another device merge character by character).
+//! Documents → disk: remote changes to the index or a file document are written with
+//! [`atomic_write`] after the path passed [`resolve_for_write`]; what we wrote is remembered by
+//! hash so the watcher's echo is ignored. Before overwriting a file, a local edit the watcher has
+//! not delivered yet is imported first, so it merges instead of being lost.
+//!
+//! Deletions are tombstones in the index; an edit beats a delete (a file edited on one device
+//! while deleted on another comes back with the edit).
+//!
+//! Scope today: text files (UTF-8, up to 2 MiB). Binary and larger files are skipped with a
+//! logged reason until content-addressed blobs land.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use yrs::Doc;
+
+use crate::client::{REMOTE_ORIGIN, SyncClient};
+use crate::doc::{DocName, EntryKind, FileEntry, FileText, WorkspaceIndex};
+use crate::paths::{atomic_write, check_relative, is_temp_name, resolve_for_write};
+
+/// Largest file kept as text.
+pub const MAX_TEXT_BYTES: u64 = 2 * 1024 * 1024;
+const DEFAULT_IGNORES: &[&str] = &[".git", "node_modules", "target"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("folder {0} is not accessible: {1}")]
+    Folder(PathBuf, std::io::Error),
+    #[error("invalid workspace id: {0}")]
+    Workspace(#[from] crate::doc::DocError),
+    #[error("sync: {0}")]
+    Client(#[from] crate::client::ClientError),
+    #[error("watching the folder: {0}")]
+    Watch(#[from] notify::Error),
+}
+
+/// Progress of the initial import: (files done, files total).
+pub type Progress = Box<dyn Fn(usize, usize) + Send + Sync>;
+
+enum Work {
+    Disk(Vec<PathBuf>),
+    Remote,
+}
+
+struct Inner {
+    root: PathBuf,
+    workspace: String,
+    client: Arc<SyncClient>,
+    index: WorkspaceIndex,
+    /// Relative path → BLAKE3 of the content last imported or written: the sync point.
+    known: Mutex<HashMap<String, blake3::Hash>>,
+    /// File document id → its open document (observed for remote changes).
+    docs: Mutex<HashMap<String, FileText>>,
+    ignore: ignore::gitignore::Gitignore,
+    work: mpsc::UnboundedSender<Work>,
+}
+
+/// A running mirror; dropping it stops watching.
+pub struct FileMirror {
+    inner: Arc<Inner>,
+    task: tokio::task::JoinHandle<()>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl Drop for FileMirror {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn mode_of(meta: &std::fs::Metadata) -> u32 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.permissions().mode() & 0o777
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        0o644
+    }
+}
+
+impl FileMirror {
+    /// Imports `root` into workspace `workspace` (documents `ws/<workspace>/…` through
+    /// `client`), writes what the workspace has that the folder lacks, and keeps both in sync.
+    pub async fn start(
+        root: &Path,
+        workspace: &str,
+        client: Arc<SyncClient>,
+        progress: Option<Progress>,
+    ) -> Result<FileMirror, MirrorError> {
+        let root = root
+            .canonicalize()
+            .map_err(|e| MirrorError::Folder(root.to_path_buf(), e))?;
+        let index_name = DocName::workspace_index(workspace)?.to_string();
+        let index_doc = client.open(&index_name).await?;
+        // Offline is fine: the mirror works locally and syncs when the hub is back.
+        let _ = client
+            .wait_synced(&index_name, Duration::from_secs(10))
+            .await;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut builder = ignore::gitignore::GitignoreBuilder::new(&root);
+        for f in [".gitignore", ".jarvisignore"] {
+            let p = root.join(f);
+            if p.exists()
+                && let Some(e) = builder.add(&p)
+            {
+                tracing::warn!(file = %p.display(), error = %e, "ignoring a malformed ignore file");
+            }
+        }
+        let ignore = builder
+            .build()
+            .unwrap_or_else(|_| ignore::gitignore::Gitignore::empty());
+        let inner = Arc::new(Inner {
+            root: root.clone(),
+            workspace: workspace.to_owned(),
+            client,
+            index: WorkspaceIndex::new(index_doc.clone()),
+            known: Mutex::default(),
+            docs: Mutex::default(),
+            ignore,
+            work: tx.clone(),
+        });
+        observe_remote(&index_doc, "jarvis-mirror/index", tx.clone())?;
+        inner.import(progress.as_deref()).await;
+        inner.to_disk().await;
+        let watch_tx = tx.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+                Ok(ev) => {
+                    let _ = watch_tx.send(Work::Disk(ev.paths));
+                }
+                Err(e) => tracing::warn!(error = %e, "file watcher error"),
+            })?;
+        notify::Watcher::watch(&mut watcher, &root, notify::RecursiveMode::Recursive)?;
+        let task = tokio::spawn(Inner::run(inner.clone(), rx));
+        Ok(FileMirror {
+            inner,
+            task,
+            _watcher: watcher,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The workspace index this mirror keeps.
+    pub fn index(&self) -> &WorkspaceIndex {
+        &self.inner.index
+    }
+
+    /// Imports the whole folder now (what the watcher would do, without waiting for it).
+    pub async fn rescan(&self) {
+        self.inner.import(None).await;
+    }
+}
+
+fn observe_remote(
+    doc: &Doc,
+    key: &str,
+    tx: mpsc::UnboundedSender<Work>,
+) -> Result<(), MirrorError> {
+    // The callback runs inside the commit: it may not read the document, only signal.
+    let _ = doc.observe_update_v1(key, move |txn, _| {
+        if txn
+            .origin()
+            .is_some_and(|o| o.as_ref() == REMOTE_ORIGIN.as_bytes())
+        {
+            let _ = tx.send(Work::Remote);
+        }
+    });
+    Ok(())
+}
+
+impl Inner {
+    async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Work>) {
+        while let Some(first) = rx.recv().await {
+            // Coalesce a burst (an editor's save is several events) into one pass.
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            let mut paths: HashSet<PathBuf> = HashSet::new();
+            let mut remote = false;
+            let mut take = |w: Work| match w {
+                Work::Disk(p) => paths.extend(p),
+                Work::Remote => remote = true,
+            };
+            take(first);
+            while let Ok(w) = rx.try_recv() {
+                take(w);
+            }
+            for p in paths {
+                if let Some(rel) = self.relative(&p) {
+                    self.disk_to_doc(&rel).await;
+                }
+            }
+            if remote {
+                self.to_disk().await;
+            }
+        }
+    }
+
+    /// The workspace path of an absolute path, or None when outside, ignored or ours.
+    fn relative(&self, abs: &Path) -> Option<String> {
+        let rel = abs.strip_prefix(&self.root).ok()?;
+        let rel_str = rel.to_str()?.replace('\\', "/");
+        if rel_str.is_empty() || check_relative(&rel_str).is_err() {
+            return None;
+        }
+        if rel
+            .components()
+            .any(|c| DEFAULT_IGNORES.contains(&c.as_os_str().to_string_lossy().as_ref()))
+        {
+            return None;
+        }
+        let name = rel.file_name()?.to_string_lossy();
+        if is_temp_name(&name) {
+            return None;
+        }
+        if self
+            .ignore
+            .matched_path_or_any_parents(rel, abs.is_dir())
+            .is_ignore()
+        {
+            return None;
+        }
+        Some(rel_str)
+    }
+
+    async fn import(&self, progress: Option<&(dyn Fn(usize, usize) + Send + Sync)>) {
+        let mut files = Vec::new();
+        let walker = ignore::WalkBuilder::new(&self.root)
+            .hidden(false)
+            .git_ignore(true)
+            .git_exclude(false)
+            .git_global(false)
+            .require_git(false)
+            .add_custom_ignore_filename(".jarvisignore")
+            .filter_entry(|e| !DEFAULT_IGNORES.contains(&e.file_name().to_string_lossy().as_ref()))
+            .build();
+        for entry in walker.flatten() {
+            if entry.file_type().is_some_and(|t| t.is_file())
+                && let Some(rel) = self.relative(entry.path())
+            {
+                files.push(rel);
+            }
+        }
+        let total = files.len();
+        for (i, rel) in files.iter().enumerate() {
+            self.disk_to_doc(rel).await;
+            if let Some(p) = progress {
+                p(i + 1, total);
+            }
+        }
+        // Files the index lists as live that are gone from disk were deleted while we were
+        // not watching.
+        let on_disk: HashSet<&String> = files.iter().collect();
+        for (path, entry) in self.index.list() {
+            let known = self
+                .known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&path);
+            if !on_disk.contains(&path) && known && entry.kind == EntryKind::Text {
+                self.disk_to_doc(&path).await;
+            }
+        }
+    }
+
+    async fn file_text(&self, doc_id: &str) -> Option<FileText> {
+        if let Some(f) = self
+            .docs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(doc_id)
+        {
+            return Some(f.clone());
+        }
+        let name = DocName::workspace_file(&self.workspace, doc_id)
+            .ok()?
+            .to_string();
+        let doc = match self.client.open(&name).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(doc = %name, error = %e, "cannot open a file document");
+                return None;
+            }
+        };
+        let _ = observe_remote(&doc, "jarvis-mirror/file", self.work.clone());
+        // A document just opened is empty until the hub's copy arrives; writing it out now
+        // would flash an empty file. Offline there is nothing to wait for.
+        if matches!(
+            *self.client.connection().borrow(),
+            crate::client::ConnectionStatus::Connected
+        ) {
+            let _ = self.client.wait_synced(&name, Duration::from_secs(5)).await;
+        }
+        let f = FileText::new(doc);
+        self.docs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(doc_id.to_owned(), f.clone());
+        Some(f)
+    }
+
+    fn set_known(&self, rel: &str, hash: Option<blake3::Hash>) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        match hash {
+            Some(h) => known.insert(rel.to_owned(), h),
+            None => known.remove(rel),
+        };
+    }
+
+    fn known(&self, rel: &str) -> Option<blake3::Hash> {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(rel)
+            .copied()
+    }
+
+    /// Brings one path's disk state into the documents.
+    async fn disk_to_doc(&self, rel: &str) {
+        let abs = self.root.join(rel);
+        let entry = match self.index.get(rel) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(path = rel, error = %e, "malformed index entry replaced");
+                None
+            }
+        };
+        let meta = match std::fs::symlink_metadata(&abs) {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => return, // directories and symlinks are not synced
+            Err(_) => {
+                // Gone from disk: a deletion, if we had it.
+                if let Some(mut e) = entry.filter(|e| !e.deleted)
+                    && let Some(last) = self.known(rel)
+                {
+                    // The tombstone remembers the content that was deleted: a device whose
+                    // copy differs edited it concurrently, and its edit wins.
+                    e.deleted = true;
+                    e.hash = Some(last.to_hex().to_string());
+                    e.modified_ms = now_ms();
+                    let _ = self.index.upsert(rel, &e);
+                    self.set_known(rel, None);
+                }
+                return;
+            }
+        };
+        if meta.len() > MAX_TEXT_BYTES {
+            tracing::info!(
+                path = rel,
+                size = meta.len(),
+                "skipping a large file (blobs are not synced yet)"
+            );
+            return;
+        }
+        let bytes = match std::fs::read(&abs) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(path = rel, error = %e, "cannot read");
+                return;
+            }
+        };
+        let hash = blake3::hash(&bytes);
+        if self.known(rel) == Some(hash) {
+            // Our own write, or nothing new since the last sync point. (Even when the entry
+            // was deleted elsewhere meanwhile: unchanged content must not revive it.)
+            return;
+        }
+        let Ok(text) = String::from_utf8(bytes) else {
+            tracing::info!(
+                path = rel,
+                "skipping a binary file (blobs are not synced yet)"
+            );
+            return;
+        };
+        let doc_id = match &entry {
+            Some(FileEntry {
+                kind: EntryKind::Text,
+                doc: Some(d),
+                ..
+            }) => d.clone(),
+            _ => format!("{:016x}", rand::random::<u64>()),
+        };
+        let Some(file) = self.file_text(&doc_id).await else {
+            return;
+        };
+        file.apply_text_diff(&text);
+        let new_entry = FileEntry {
+            kind: EntryKind::Text,
+            doc: Some(doc_id),
+            hash: None,
+            size: meta.len(),
+            mode: mode_of(&meta),
+            modified_ms: now_ms(),
+            deleted: false,
+        };
+        let changed = entry.as_ref().is_none_or(|e| {
+            e.deleted
+                || e.size != new_entry.size
+                || e.mode != new_entry.mode
+                || e.doc != new_entry.doc
+        });
+        if changed && let Err(e) = self.index.upsert(rel, &new_entry) {
+            tracing::warn!(path = rel, error = %e, "cannot index");
+        }
+        self.set_known(rel, Some(hash));
+    }
+
+    /// Writes every live index entry whose document differs from the disk, and removes files
+    /// deleted elsewhere (unless edited here since: an edit beats a delete).
+    async fn to_disk(&self) {
+        for (path, entry) in self.index.list_all() {
+            if entry.kind != EntryKind::Text {
+                continue;
+            }
+            let target = match resolve_for_write(&self.root, &path) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "refusing an index entry");
+                    continue;
+                }
+            };
+            if self.relative(&target).is_none() {
+                continue; // ignored here
+            }
+            let disk = std::fs::read(&target).ok();
+            let disk_hash = disk.as_deref().map(blake3::hash);
+            let edited_here = disk_hash.is_some() && disk_hash != self.known(&path);
+            let mut entry = entry;
+            if entry.deleted {
+                if edited_here {
+                    // An edit beats a delete: bring the file back with this device's content.
+                    self.disk_to_doc(&path).await;
+                    continue;
+                }
+                let edited_elsewhere = match (entry.hash.as_deref(), entry.doc.as_deref()) {
+                    (Some(tomb), Some(doc_id)) => match self.file_text(doc_id).await {
+                        Some(f) => blake3::hash(f.text().as_bytes()).to_hex().as_str() != tomb,
+                        None => false,
+                    },
+                    _ => false,
+                };
+                if !edited_elsewhere {
+                    if disk.is_some()
+                        && let Err(e) = std::fs::remove_file(&target)
+                    {
+                        tracing::warn!(path, error = %e, "cannot delete");
+                    }
+                    self.set_known(&path, None);
+                    continue;
+                }
+                // The content changed after the deleting device last saw it: revive.
+                entry.deleted = false;
+                entry.hash = None;
+                entry.modified_ms = now_ms();
+                if let Err(e) = self.index.upsert(&path, &entry) {
+                    tracing::warn!(path, error = %e, "cannot revive");
+                    continue;
+                }
+            }
+            if disk.is_none() && self.known(&path).is_some() {
+                // Deleted here and the watcher has not said so yet: record the deletion
+                // instead of resurrecting the file.
+                self.disk_to_doc(&path).await;
+                continue;
+            }
+            if edited_here {
+                // Merge the local edit first, then write the merged text.
+                self.disk_to_doc(&path).await;
+            }
+            let Some(doc_id) = entry.doc.as_deref() else {
+                continue;
+            };
+            let Some(file) = self.file_text(doc_id).await else {
+                continue;
+            };
+            let text = file.text();
+            let hash = blake3::hash(text.as_bytes());
+            if disk_hash == Some(hash) && self.known(&path) == Some(hash) {
+                continue;
+            }
+            if disk_hash != Some(hash)
+                && let Err(e) = atomic_write(&target, text.as_bytes(), Some(entry.mode))
+            {
+                tracing::warn!(path, error = %e, "cannot write");
+                continue;
+            }
+            self.set_known(&path, Some(hash));
+        }
+    }
+}

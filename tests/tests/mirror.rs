@@ -1,0 +1,183 @@
+//! Two folders mirroring one workspace through a real `jarvis-cloud` hub.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jarvis_e2e::{CloudAgent, create_token, eventually};
+use jarvis_sync::client::{ClientConfig, SyncClient};
+use jarvis_sync::doc::{EntryKind, FileEntry, WorkspaceIndex};
+use jarvis_sync::mirror::FileMirror;
+use jarvis_sync::store::SqliteStore;
+
+const T: Duration = Duration::from_secs(20);
+
+fn client(agent: &CloudAgent, token: &str, db: &Path) -> Arc<SyncClient> {
+    let mut config = ClientConfig::new(agent.sync_url(), token);
+    config.min_backoff = Duration::from_millis(20);
+    config.max_backoff = Duration::from_millis(200);
+    Arc::new(SyncClient::start(
+        config,
+        Arc::new(SqliteStore::open(db).unwrap()),
+    ))
+}
+
+fn read(p: &Path) -> Option<String> {
+    std::fs::read_to_string(p).ok()
+}
+
+async fn until_file(path: &Path, want: &str) {
+    let p = path.to_owned();
+    let w = want.to_owned();
+    eventually(&format!("{} == {want:?}", path.display()), T, move || {
+        read(&p).as_deref() == Some(w.as_str())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; found {:?}", read(path)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_mirrors_sync_merge_and_resist_hostile_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let token = create_token(&data, &["ws/w1/*"], false).unwrap();
+    let agent = CloudAgent::start(&data, 0).unwrap();
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir_all(a_dir.join("src")).unwrap();
+    std::fs::create_dir_all(a_dir.join("target")).unwrap();
+    std::fs::create_dir_all(&b_dir).unwrap();
+    std::fs::write(
+        a_dir.join("README.md"),
+        "# Project\n\nline two\nline three\n",
+    )
+    .unwrap();
+    std::fs::write(a_dir.join("src/lib.rs"), "pub fn f() {}\n").unwrap();
+    std::fs::write(a_dir.join("target/build.log"), "ignored by default\n").unwrap();
+    std::fs::write(a_dir.join(".gitignore"), "secret.env\n").unwrap();
+    std::fs::write(a_dir.join("secret.env"), "KEY=ignored\n").unwrap();
+
+    let ca = client(&agent, &token, &tmp.path().join("a.db"));
+    let cb = client(&agent, &token, &tmp.path().join("b.db"));
+    let progress = Arc::new(std::sync::Mutex::new((0, 0)));
+    let seen = progress.clone();
+    let ma = FileMirror::start(
+        &a_dir,
+        "w1",
+        ca.clone(),
+        Some(Box::new(move |d, t| *seen.lock().unwrap() = (d, t))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        *progress.lock().unwrap(),
+        (3, 3),
+        "README.md, src/lib.rs, .gitignore"
+    );
+    ca.flush_all(T).await.unwrap();
+    let _mb = FileMirror::start(&b_dir, "w1", cb.clone(), None)
+        .await
+        .unwrap();
+
+    // B receives A's files, and nothing ignored.
+    until_file(
+        &b_dir.join("README.md"),
+        "# Project\n\nline two\nline three\n",
+    )
+    .await;
+    until_file(&b_dir.join("src/lib.rs"), "pub fn f() {}\n").await;
+    assert!(!b_dir.join("target").exists() && !b_dir.join("secret.env").exists());
+
+    // Edits both ways, a new file, a deletion.
+    std::fs::write(a_dir.join("src/lib.rs"), "pub fn f() -> u8 { 1 }\n").unwrap();
+    until_file(&b_dir.join("src/lib.rs"), "pub fn f() -> u8 { 1 }\n").await;
+    std::fs::write(b_dir.join("notes.txt"), "from b\n").unwrap();
+    until_file(&a_dir.join("notes.txt"), "from b\n").await;
+    std::fs::remove_file(b_dir.join("notes.txt")).unwrap();
+    let gone = a_dir.join("notes.txt");
+    eventually("deletion reaches a", T, move || !gone.exists())
+        .await
+        .unwrap();
+
+    // The same file edited on both sides while B is offline: both edits survive.
+    cb.set_online(false);
+    std::fs::write(
+        a_dir.join("README.md"),
+        "# Project (edited on a)\n\nline two\nline three\n",
+    )
+    .unwrap();
+    std::fs::write(
+        b_dir.join("README.md"),
+        "# Project\n\nline two\nline three, edited offline on b\n",
+    )
+    .unwrap();
+    // Delete on A while B edits the same file offline: the edit wins.
+    std::fs::remove_file(a_dir.join("src/lib.rs")).unwrap();
+    let b_edit = "pub fn f() -> u8 { 2 } // b\n";
+    std::fs::write(b_dir.join("src/lib.rs"), b_edit).unwrap();
+    ma.rescan().await;
+    ca.flush_all(T).await.unwrap();
+    // Let B's watcher import its offline edits before it reconnects.
+    let idx = _mb.index().clone();
+    eventually("b indexed its offline edit", T, move || {
+        idx.get("src/lib.rs")
+            .unwrap()
+            .is_some_and(|e| e.size == b_edit.len() as u64)
+    })
+    .await
+    .unwrap();
+    cb.set_online(true);
+    let merged = "# Project (edited on a)\n\nline two\nline three, edited offline on b\n";
+    until_file(&a_dir.join("README.md"), merged).await;
+    until_file(&b_dir.join("README.md"), merged).await;
+    until_file(&a_dir.join("src/lib.rs"), "pub fn f() -> u8 { 2 } // b\n").await;
+    until_file(&b_dir.join("src/lib.rs"), "pub fn f() -> u8 { 2 } // b\n").await;
+
+    // A hostile peer writes entries that point outside the folder.
+    std::os::unix::fs::symlink(tmp.path(), b_dir.join("link")).unwrap();
+    let hostile_client = client(&agent, &token, &tmp.path().join("h.db"));
+    let hostile = WorkspaceIndex::new(hostile_client.open("ws/w1/index").await.unwrap());
+    hostile_client.wait_synced("ws/w1/index", T).await.unwrap();
+    let evil = FileEntry {
+        kind: EntryKind::Text,
+        doc: Some("evil".into()),
+        hash: None,
+        size: 5,
+        mode: 0o644,
+        modified_ms: 1,
+        deleted: false,
+    };
+    {
+        // Raw writes: the typed API refuses these paths, a hostile peer need not use it.
+        use yrs::{Any, Map, Transact};
+        let files = hostile.doc().get_or_insert_map("files");
+        let mut txn = hostile.doc().transact_mut();
+        let value = Any::from(std::collections::HashMap::from([
+            ("kind".to_owned(), Any::from("text")),
+            ("doc".to_owned(), Any::from("evil")),
+            ("size".to_owned(), Any::from(5i64)),
+        ]));
+        for p in [
+            "../escape.txt",
+            "/tmp/jarvis-abs-escape.txt",
+            "link/pwned.txt",
+            ".git/config",
+        ] {
+            files.insert(&mut txn, p, value.clone());
+        }
+    }
+    hostile.upsert("after-attack.txt", &evil).unwrap();
+    let evil_doc =
+        jarvis_sync::doc::FileText::new(hostile_client.open("ws/w1/file/evil").await.unwrap());
+    evil_doc.replace_all("pwned");
+    hostile_client.flush_all(T).await.unwrap();
+    // The legitimate entry arrives; the hostile ones never touch the disk.
+    until_file(&b_dir.join("after-attack.txt"), "pwned").await;
+    assert!(!tmp.path().join("escape.txt").exists());
+    assert!(!Path::new("/tmp/jarvis-abs-escape.txt").exists());
+    assert!(!tmp.path().join("pwned.txt").exists());
+    assert!(!b_dir.join(".git").exists());
+    // And the mirror keeps working.
+    std::fs::write(b_dir.join("README.md"), "still syncing\n").unwrap();
+    until_file(&a_dir.join("README.md"), "still syncing\n").await;
+}
