@@ -61,6 +61,23 @@ enum Command {
         #[arg(long)]
         budget_usd: Option<f64>,
     },
+    /// Remember a hub and this device's token for it.
+    Login {
+        /// e.g. http://127.0.0.1:8080 or https://jarvis.example.com
+        hub: String,
+        /// The device token (from `jarvis-cloud token create`); read from JARVIS_TOKEN if unset.
+        #[arg(long, env = "JARVIS_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Mirror a folder as a workspace through the hub, until interrupted.
+    Sync {
+        dir: PathBuf,
+        /// Workspace id shared by every device that mirrors it (default: the folder's name).
+        #[arg(long)]
+        workspace: Option<String>,
+    },
+    /// Show the hub this device uses and whether it answers.
+    Status,
     /// Answer a pending approval of a session (then `jarvis run --session` continues it).
     Approve {
         session: String,
@@ -105,6 +122,15 @@ fn main() -> Result<()> {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&home.join("device.db")).context("opening the device store")?);
     match cli.command {
+        Command::Login { hub, token } => login(&home, &hub, &token),
+        Command::Sync { dir, workspace } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(sync(&home, store, &dir, workspace))
+        }
+        Command::Status => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(status(&home, &store))
+        }
         Command::Approve {
             session,
             approval,
@@ -196,6 +222,192 @@ fn main() -> Result<()> {
                 other => bail!("the session stopped: {}", outcome_name(&other)),
             }
         }
+    }
+}
+
+/// What `jarvis login` stores: the hub and this device's token, in a file readable only by
+/// the user (no OS keychain support in the CLI yet; the desktop app uses the keychain).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Login {
+    hub: String,
+    token: String,
+}
+
+fn login_path(home: &std::path::Path) -> PathBuf {
+    home.join("login.json")
+}
+
+fn login(home: &std::path::Path, hub: &str, token: &str) -> Result<()> {
+    let hub = hub.trim_end_matches('/');
+    anyhow::ensure!(
+        hub.starts_with("http://") || hub.starts_with("https://"),
+        "the hub address must start with http:// or https://"
+    );
+    anyhow::ensure!(!token.trim().is_empty(), "the token is empty");
+    let path = login_path(home);
+    let json = serde_json::to_vec_pretty(&Login {
+        hub: hub.to_owned(),
+        token: token.trim().to_owned(),
+    })?;
+    jarvis_sync::paths::atomic_write(&path, &json, Some(0o600))
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "logged in to {hub}; the token is stored in {} (file mode 0600, not the OS keychain)",
+        path.display()
+    );
+    Ok(())
+}
+
+fn read_login(home: &std::path::Path) -> Result<Login> {
+    let path = login_path(home);
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "not logged in ({} missing): run `jarvis login <hub> --token …`",
+            path.display()
+        )
+    })?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is malformed", path.display()))
+}
+
+fn ws_url(hub: &str) -> String {
+    let base = hub
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1);
+    format!("{base}/sync")
+}
+
+async fn sync(
+    home: &std::path::Path,
+    store: Arc<dyn Store>,
+    dir: &std::path::Path,
+    workspace: Option<String>,
+) -> Result<()> {
+    let login = read_login(home)?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("folder {} is not accessible", dir.display()))?;
+    let workspace = workspace.unwrap_or_else(|| {
+        dir.file_name()
+            .map(|n| {
+                n.to_string_lossy()
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                            c
+                        } else {
+                            '-'
+                        }
+                    })
+                    .take(64)
+                    .collect()
+            })
+            .unwrap_or_else(|| "workspace".into())
+    });
+    let client = Arc::new(jarvis_sync::client::SyncClient::start(
+        jarvis_sync::client::ClientConfig::new(ws_url(&login.hub), login.token),
+        store,
+    ));
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("importing {pos}/{len} files {wide_bar} {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let b2 = bar.clone();
+    let mirror = jarvis_sync::mirror::FileMirror::start(
+        &dir,
+        &workspace,
+        client.clone(),
+        Some(Box::new(move |done, total| {
+            b2.set_length(total as u64);
+            b2.set_position(done as u64);
+        })),
+    )
+    .await
+    .with_context(|| format!("mirroring {}", dir.display()))?;
+    bar.finish_and_clear();
+    println!(
+        "syncing {} as workspace {workspace} with {} (Ctrl-C to stop)",
+        dir.display(),
+        login.hub
+    );
+    let line = indicatif::ProgressBar::new_spinner();
+    let mut conn = client.connection();
+    loop {
+        let files = mirror.index().list().len();
+        let state = match &*conn.borrow() {
+            jarvis_sync::client::ConnectionStatus::Connected => "connected".to_owned(),
+            jarvis_sync::client::ConnectionStatus::Connecting => "connecting".to_owned(),
+            jarvis_sync::client::ConnectionStatus::Offline { reason } => {
+                format!("offline ({reason})")
+            }
+        };
+        let pending = client
+            .document_status(&format!("ws/{workspace}/index"))
+            .map_or(0, |s| s.pending());
+        line.set_message(format!(
+            "{state} · {files} files · {pending} index edits not yet acknowledged"
+        ));
+        line.tick();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = conn.changed() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+    }
+    line.finish_and_clear();
+    client
+        .flush_all(std::time::Duration::from_secs(10))
+        .await
+        .context("some changes were not acknowledged by the hub before stopping; they are kept locally and sent next time")?;
+    drop(mirror);
+    println!("stopped; everything is acknowledged by the hub");
+    Ok(())
+}
+
+async fn status(home: &std::path::Path, store: &Arc<dyn Store>) -> Result<()> {
+    let docs = store.list_docs()?.len();
+    println!(
+        "device store: {} ({docs} documents)",
+        home.join("device.db").display()
+    );
+    match read_login(home) {
+        Ok(login) => {
+            let health = reqwest_free_health(&login.hub).await;
+            println!("hub: {} ({health})", login.hub);
+        }
+        Err(e) => println!("hub: none ({e})"),
+    }
+    Ok(())
+}
+
+/// GET /healthz over a plain TCP connection (http only; https hubs report "not checked").
+async fn reqwest_free_health(hub: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(rest) = hub.strip_prefix("http://") else {
+        return "not checked over https".into();
+    };
+    let host = rest.split('/').next().unwrap_or(rest);
+    let addr = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:80")
+    };
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await?;
+        s.write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
+        Ok(Ok(r)) if r.starts_with("HTTP/1.1 200") => "reachable".into(),
+        Ok(Ok(r)) => format!("answered {}", r.lines().next().unwrap_or("")),
+        Ok(Err(e)) => format!("unreachable: {e}"),
+        Err(_) => "unreachable: timed out".into(),
     }
 }
 

@@ -110,10 +110,14 @@ impl FileMirror {
             .map_err(|e| MirrorError::Folder(root.to_path_buf(), e))?;
         let index_name = DocName::workspace_index(workspace)?.to_string();
         let index_doc = client.open(&index_name).await?;
-        // Offline is fine: the mirror works locally and syncs when the hub is back.
-        let _ = client
+        // Offline is fine: the mirror works locally and syncs when the hub is back. A hub that
+        // refuses the workspace is not: say so instead of mirroring into a void.
+        if let Err(e @ crate::client::ClientError::Denied { .. }) = client
             .wait_synced(&index_name, Duration::from_secs(10))
-            .await;
+            .await
+        {
+            return Err(e.into());
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let mut builder = ignore::gitignore::GitignoreBuilder::new(&root);
         for f in [".gitignore", ".jarvisignore"] {

@@ -1,0 +1,118 @@
+//! `jarvis login`, `jarvis status` and two `jarvis sync` processes mirroring one workspace.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use jarvis_e2e::{CloudAgent, binary, create_token, eventually};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn jarvis(home: &std::path::Path) -> Command {
+    let mut c = Command::new(binary("jarvis"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("JARVIS_HOME", home);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_status_and_two_syncing_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let token = create_token(&data, &["ws/notes/*"], false).unwrap();
+    let agent = CloudAgent::start(&data, 0).unwrap();
+    let hub = format!("http://127.0.0.1:{}", agent.port);
+    let (h1, h2) = (tmp.path().join("home1"), tmp.path().join("home2"));
+    let (d1, d2) = (tmp.path().join("notes"), tmp.path().join("other/notes"));
+    std::fs::create_dir_all(&d1).unwrap();
+    std::fs::create_dir_all(&d2).unwrap();
+    std::fs::write(d1.join("todo.md"), "- buy milk\n").unwrap();
+
+    for home in [&h1, &h2] {
+        let out = jarvis(home)
+            .args(["login", &hub, "--token", &token])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("mode 0600"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(home.join("login.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let bad = jarvis(&h1)
+        .args(["login", "ftp://x", "--token", "t"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let status = jarvis(&h1).arg("status").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("reachable"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+
+    let _s1 = Killed(
+        jarvis(&h1)
+            .arg("sync")
+            .arg(&d1)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let _s2 = Killed(
+        jarvis(&h2)
+            .arg("sync")
+            .arg(&d2)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t = d2.join("todo.md");
+    eventually(
+        "device 2 gets todo.md",
+        Duration::from_secs(30),
+        move || std::fs::read_to_string(&t).ok().as_deref() == Some("- buy milk\n"),
+    )
+    .await
+    .unwrap();
+    std::fs::write(d2.join("todo.md"), "- buy milk\n- call mum\n").unwrap();
+    let t = d1.join("todo.md");
+    eventually(
+        "device 1 gets the edit",
+        Duration::from_secs(30),
+        move || std::fs::read_to_string(&t).ok().as_deref() == Some("- buy milk\n- call mum\n"),
+    )
+    .await
+    .unwrap();
+    // A token without access to the workspace is refused clearly.
+    let h3 = tmp.path().join("home3");
+    let other = create_token(&data, &["ws/elsewhere/*"], false).unwrap();
+    jarvis(&h3)
+        .args(["login", &hub, "--token", &other])
+        .output()
+        .unwrap();
+    let denied = jarvis(&h3).arg("sync").arg(&d1).output().unwrap();
+    assert!(!denied.status.success());
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        err.contains("access denied") && err.contains("no access to ws/notes/index"),
+        "{err}"
+    );
+}
