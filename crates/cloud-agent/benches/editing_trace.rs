@@ -175,15 +175,17 @@ async fn fresh_peer_sync(dir: &std::path::Path, snapshot: &[u8]) -> (Duration, D
     };
     let start_hub = || {
         let store = SqliteStore::open(&db).unwrap();
-        let hub = Hub::new(
-            Arc::new(store),
-            Arc::new(TokenStore::open(&db).unwrap()),
-            HubConfig::default(),
-        );
+        let tokens = Arc::new(TokenStore::open(&db).unwrap());
+        let hub = Hub::new(Arc::new(store), tokens.clone(), HubConfig::default());
         AppState {
             hub,
             shutdown: CancellationToken::new(),
             sockets: TaskTracker::new(),
+            blobs: Arc::new(jarvis_cloud::blobs::BlobService {
+                root: dir.join("blobs"),
+                authorizer: tokens,
+                max_bytes: 1 << 30,
+            }),
         }
     };
     let serve = |state: AppState| async move {

@@ -3,4 +3,5 @@
 //! sockets, processes and configuration.
 
 pub mod auth;
+pub mod blobs;
 pub mod server;

@@ -28,14 +28,17 @@ pub struct AppState {
     pub hub: Hub,
     pub shutdown: CancellationToken,
     pub sockets: TaskTracker,
+    pub blobs: Arc<crate::blobs::BlobService>,
 }
 
 pub fn app(state: AppState) -> Router {
+    let blobs = crate::blobs::router(state.blobs.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/sync", get(sync_socket))
         .with_state(state)
+        .merge(blobs)
 }
 
 async fn healthz() -> &'static str {
@@ -223,6 +226,9 @@ pub struct ServeArgs {
     /// Largest sync frame accepted, in bytes.
     #[arg(long, env = "JARVIS_MAX_FRAME_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_frame_bytes: usize,
+    /// Largest blob (binary or large file) accepted, in bytes.
+    #[arg(long, env = "JARVIS_MAX_BLOB_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub max_blob_bytes: u64,
 }
 
 pub fn database_path(data_dir: &std::path::Path) -> PathBuf {
@@ -243,11 +249,17 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
     }
     let mut config = HubConfig::default();
     config.limits.max_frame_bytes = args.max_frame_bytes;
-    let hub = Hub::new(Arc::new(store), Arc::new(tokens), config);
+    let tokens = Arc::new(tokens);
+    let hub = Hub::new(Arc::new(store), tokens.clone(), config);
     let state = AppState {
         hub: hub.clone(),
         shutdown: shutdown.clone(),
         sockets: TaskTracker::new(),
+        blobs: Arc::new(crate::blobs::BlobService {
+            root: args.data_dir.join("blobs"),
+            authorizer: tokens,
+            max_bytes: args.max_blob_bytes,
+        }),
     };
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()

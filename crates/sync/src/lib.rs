@@ -5,6 +5,7 @@
 //! sockets and windows and call into it.
 
 pub mod awareness;
+pub mod blob;
 pub mod client;
 pub mod doc;
 pub mod hub;

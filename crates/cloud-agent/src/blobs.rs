@@ -1,0 +1,198 @@
+//! `PUT /blobs/<hash>` and `GET /blobs/<hash>`: content-addressed file contents for a workspace,
+//! named by the `X-Jarvis-Workspace` header and authorised by the bearer token's access to that
+//! workspace's index document (read for GET, read-write for PUT). Bodies are streamed to and from
+//! disk, never held whole; an upload whose bytes do not hash to its name is refused and dropped.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use jarvis_sync::blob::{BlobError, BlobStore};
+use jarvis_sync::hub::{Access, Authorizer};
+use serde_json::json;
+
+pub struct BlobService {
+    pub root: std::path::PathBuf,
+    pub authorizer: Arc<dyn Authorizer>,
+    pub max_bytes: u64,
+}
+
+/// An error the client can act on: an HTTP status and `{code, message}`.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"code": self.code, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
+    api_error(status, code, message).into_response()
+}
+
+impl BlobService {
+    /// The workspace's store, after checking the caller may `need` it.
+    fn authorize(&self, headers: &HeaderMap, need: Access) -> Result<BlobStore, ApiError> {
+        let ws = headers
+            .get("x-jarvis-workspace")
+            .and_then(|v| v.to_str().ok())
+            .filter(|w| jarvis_sync::doc::DocName::workspace_index(w).is_ok())
+            .ok_or_else(|| {
+                api_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_workspace",
+                    "X-Jarvis-Workspace must name a workspace",
+                )
+            })?;
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                api_error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing bearer token",
+                )
+            })?;
+        match self.authorizer.authorize(token, &format!("ws/{ws}/index")) {
+            Ok(Access::ReadOnly) if need == Access::ReadWrite => Err(api_error(
+                StatusCode::FORBIDDEN,
+                "read_only",
+                "this token is read-only",
+            )),
+            Ok(_) => {
+                let mut store = BlobStore::new(self.root.join(ws));
+                store.max_bytes = self.max_bytes;
+                Ok(store)
+            }
+            Err(reason) => Err(api_error(StatusCode::FORBIDDEN, "forbidden", reason)),
+        }
+    }
+}
+
+pub async fn put_blob(
+    State(svc): State<Arc<BlobService>>,
+    Path(hash): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let store = match svc.authorize(&headers, Access::ReadWrite) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    if store.contains(&hash) {
+        return (
+            StatusCode::OK,
+            Json(json!({"hash": hash, "stored": "already"})),
+        )
+            .into_response();
+    }
+    let mut writer = match store.writer(&hash) {
+        Ok(w) => w,
+        Err(BlobError::InvalidHash(h)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_hash",
+                format!("{h:?} is not a BLAKE3 hex hash"),
+            );
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+    };
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "body", e.to_string()),
+        };
+        match writer.write(&chunk) {
+            Ok(()) => {}
+            Err(BlobError::TooLarge(max)) => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("blobs are limited to {max} bytes"),
+                );
+            }
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+        }
+    }
+    match tokio::task::spawn_blocking(move || writer.finish()).await {
+        Ok(Ok(size)) => (
+            StatusCode::CREATED,
+            Json(json!({"hash": hash, "size": size})),
+        )
+            .into_response(),
+        Ok(Err(BlobError::Mismatch { expected, actual })) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "hash_mismatch",
+            format!("the body hashes to {actual}, not {expected}; nothing was stored"),
+        ),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+    }
+}
+
+pub async fn get_blob(
+    State(svc): State<Arc<BlobService>>,
+    Path(hash): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let store = match svc.authorize(&headers, Access::ReadOnly) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let path = match store.path(&hash) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_hash", e.to_string()),
+    };
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(_) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no blob {hash}"),
+            );
+        }
+    };
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub fn router(svc: Arc<BlobService>) -> axum::Router {
+    axum::Router::new()
+        .route("/blobs/{hash}", axum::routing::put(put_blob).get(get_blob))
+        // Bodies are streamed to disk with their own limit; axum's 2 MB default would refuse
+        // every large file.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(svc)
+}
