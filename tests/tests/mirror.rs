@@ -133,6 +133,58 @@ async fn two_mirrors_sync_merge_and_resist_hostile_entries() {
     until_file(&a_dir.join("src/lib.rs"), "pub fn f() -> u8 { 2 } // b\n").await;
     until_file(&b_dir.join("src/lib.rs"), "pub fn f() -> u8 { 2 } // b\n").await;
 
+    // Binary files travel as blobs; concurrent changes keep both versions.
+    let png_a: Vec<u8> = [b"\x89PNG\r\n\x1a\n\0a".as_slice(), &[0u8; 64]].concat();
+    std::fs::write(a_dir.join("logo.png"), &png_a).unwrap();
+    let p = b_dir.join("logo.png");
+    let want = png_a.clone();
+    eventually("binary reaches b", T, move || {
+        std::fs::read(&p).ok() == Some(want.clone())
+    })
+    .await
+    .unwrap();
+    cb.set_online(false);
+    let (v_a, v_b) = (
+        b"\x89PNG version A \0".to_vec(),
+        b"\x89PNG version B \0\xff".to_vec(),
+    );
+    std::fs::write(a_dir.join("logo.png"), &v_a).unwrap();
+    std::fs::write(b_dir.join("logo.png"), &v_b).unwrap();
+    ma.rescan().await;
+    ca.flush_all(T).await.unwrap();
+    let idx = _mb.index().clone();
+    let vb_hash = blake3::hash(&v_b).to_hex().to_string();
+    eventually("b indexed its offline binary", T, move || {
+        idx.get("logo.png").unwrap().and_then(|e| e.hash) == Some(vb_hash.clone())
+    })
+    .await
+    .unwrap();
+    cb.set_online(true);
+    let (ad, bd) = (a_dir.clone(), b_dir.clone());
+    let (va, vb) = (v_a.clone(), v_b.clone());
+    eventually("both versions kept on both devices", T, move || {
+        [&ad, &bd].iter().all(|d| {
+            let main = std::fs::read(d.join("logo.png")).ok();
+            let copies: Vec<Vec<u8>> = std::fs::read_dir(d)
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("logo (conflict ")
+                })
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .collect();
+            match main {
+                Some(m) if m == va => copies == vec![vb.clone()],
+                Some(m) if m == vb => copies == vec![va.clone()],
+                _ => false,
+            }
+        })
+    })
+    .await
+    .unwrap();
+
     // A hostile peer writes entries that point outside the folder.
     std::os::unix::fs::symlink(tmp.path(), b_dir.join("link")).unwrap();
     let hostile_client = client(&agent, &token, &tmp.path().join("h.db"));
@@ -142,6 +194,7 @@ async fn two_mirrors_sync_merge_and_resist_hostile_entries() {
         kind: EntryKind::Text,
         doc: Some("evil".into()),
         hash: None,
+        base: None,
         size: 5,
         mode: 0o644,
         modified_ms: 1,

@@ -228,6 +228,18 @@ impl SyncClient {
             .map(|e| e.status.borrow().clone())
     }
 
+    /// The hub's HTTP base (`http(s)://host:port`), derived from the sync URL.
+    pub fn http_base(&self) -> String {
+        let url = self.shared.config.url.trim_end_matches('/');
+        let url = url.strip_suffix("/sync").unwrap_or(url);
+        url.replacen("wss://", "https://", 1)
+            .replacen("ws://", "http://", 1)
+    }
+
+    pub fn token(&self) -> &str {
+        &self.shared.config.token
+    }
+
     pub fn connection(&self) -> watch::Receiver<ConnectionStatus> {
         self.shared.status.subscribe()
     }

@@ -12,8 +12,10 @@
 //! Deletions are tombstones in the index; an edit beats a delete (a file edited on one device
 //! while deleted on another comes back with the edit).
 //!
-//! Scope today: text files (UTF-8, up to 2 MiB). Binary and larger files are skipped with a
-//! logged reason until content-addressed blobs land.
+//! Text files (UTF-8, up to 2 MiB) are Y.Text documents. Binary and larger files are
+//! content-addressed blobs uploaded to the hub (`PUT /blobs/<hash>`) and fetched by hash; when
+//! two devices change one blob concurrently, both versions are kept: the one the index settles on
+//! at the path, the other as `name (conflict <device> <date>).ext`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -62,6 +64,9 @@ struct Inner {
     docs: Mutex<HashMap<String, FileText>>,
     ignore: ignore::gitignore::Gitignore,
     work: mpsc::UnboundedSender<Work>,
+    http: reqwest::Client,
+    /// Names conflict copies.
+    device: String,
 }
 
 /// A running mirror; dropping it stops watching.
@@ -140,6 +145,8 @@ impl FileMirror {
             docs: Mutex::default(),
             ignore,
             work: tx.clone(),
+            http: reqwest::Client::new(),
+            device: device_name(),
         });
         observe_remote(&index_doc, "jarvis-mirror/index", tx.clone())?;
         inner.import(progress.as_deref()).await;
@@ -174,6 +181,50 @@ impl FileMirror {
     pub async fn rescan(&self) {
         self.inner.import(None).await;
     }
+}
+
+fn device_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(32)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "device".into())
+}
+
+/// `YYYY-MM-DD` for a Unix time in milliseconds (UTC).
+fn date(ms: u64) -> String {
+    let days = (ms / 86_400_000) as i64;
+    // Civil from days (Howard Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// `dir/name (conflict <device> <date>).ext`
+fn conflict_name(path: &str, device: &str, ms: u64) -> String {
+    let (dir, file) = match path.rsplit_once('/') {
+        Some((d, f)) => (format!("{d}/"), f),
+        None => (String::new(), path),
+    };
+    let (stem, ext) = match file.rsplit_once('.') {
+        Some((s, e)) if !s.is_empty() => (s, format!(".{e}")),
+        _ => (file, String::new()),
+    };
+    format!("{dir}{stem} (conflict {device} {}){ext}", date(ms))
 }
 
 fn observe_remote(
@@ -274,13 +325,13 @@ impl Inner {
         // Files the index lists as live that are gone from disk were deleted while we were
         // not watching.
         let on_disk: HashSet<&String> = files.iter().collect();
-        for (path, entry) in self.index.list() {
+        for (path, _) in self.index.list() {
             let known = self
                 .known
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains_key(&path);
-            if !on_disk.contains(&path) && known && entry.kind == EntryKind::Text {
+            if !on_disk.contains(&path) && known {
                 self.disk_to_doc(&path).await;
             }
         }
@@ -367,14 +418,6 @@ impl Inner {
                 return;
             }
         };
-        if meta.len() > MAX_TEXT_BYTES {
-            tracing::info!(
-                path = rel,
-                size = meta.len(),
-                "skipping a large file (blobs are not synced yet)"
-            );
-            return;
-        }
         let bytes = match std::fs::read(&abs) {
             Ok(b) => b,
             Err(e) => {
@@ -388,12 +431,18 @@ impl Inner {
             // was deleted elsewhere meanwhile: unchanged content must not revive it.)
             return;
         }
-        let Ok(text) = String::from_utf8(bytes) else {
-            tracing::info!(
-                path = rel,
-                "skipping a binary file (blobs are not synced yet)"
-            );
-            return;
+        let text = if meta.len() <= MAX_TEXT_BYTES {
+            String::from_utf8(bytes).map_err(|e| e.into_bytes())
+        } else {
+            Err(bytes)
+        };
+        let text = match text {
+            Ok(t) => t,
+            Err(bytes) => {
+                self.blob_to_doc(rel, entry.as_ref(), &bytes, hash, &meta)
+                    .await;
+                return;
+            }
         };
         let doc_id = match &entry {
             Some(FileEntry {
@@ -411,6 +460,7 @@ impl Inner {
             kind: EntryKind::Text,
             doc: Some(doc_id),
             hash: None,
+            base: None,
             size: meta.len(),
             mode: mode_of(&meta),
             modified_ms: now_ms(),
@@ -428,13 +478,136 @@ impl Inner {
         self.set_known(rel, Some(hash));
     }
 
+    fn blob_request(&self, method: reqwest::Method, hash: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}/blobs/{hash}", self.client.http_base()))
+            .bearer_auth(self.client.token())
+            .header("x-jarvis-workspace", &self.workspace)
+    }
+
+    /// Uploads a binary or large file and points the index at it.
+    async fn blob_to_doc(
+        &self,
+        rel: &str,
+        entry: Option<&FileEntry>,
+        bytes: &[u8],
+        hash: blake3::Hash,
+        meta: &std::fs::Metadata,
+    ) {
+        let hex = hash.to_hex().to_string();
+        let sent = self
+            .blob_request(reqwest::Method::PUT, &hex)
+            .body(bytes.to_vec())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                tracing::warn!(path = rel, %status, body, "blob upload refused; will retry on the next change");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(path = rel, error = %e, "blob upload failed; will retry on the next change");
+                return;
+            }
+        }
+        let new_entry = FileEntry {
+            kind: EntryKind::Blob,
+            doc: None,
+            hash: Some(hex),
+            base: self.known(rel).map(|h| h.to_hex().to_string()),
+            size: meta.len(),
+            mode: mode_of(meta),
+            modified_ms: now_ms(),
+            deleted: false,
+        };
+        let _ = entry;
+        if let Err(e) = self.index.upsert(rel, &new_entry) {
+            tracing::warn!(path = rel, error = %e, "cannot index");
+            return;
+        }
+        self.set_known(rel, Some(hash));
+    }
+
+    async fn fetch_blob(&self, hex: &str) -> Option<Vec<u8>> {
+        let r = match self.blob_request(reqwest::Method::GET, hex).send().await {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) => {
+                tracing::warn!(hash = hex, status = %r.status(), "blob download refused");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(hash = hex, error = %e, "blob download failed");
+                return None;
+            }
+        };
+        let bytes = r.bytes().await.ok()?;
+        // Never trust the transport: the bytes must be what the name says.
+        if blake3::hash(&bytes).to_hex().as_str() != hex {
+            tracing::warn!(
+                hash = hex,
+                "downloaded blob does not match its hash; discarded"
+            );
+            return None;
+        }
+        Some(bytes.to_vec())
+    }
+
+    /// Brings one blob entry to disk, keeping a concurrent local version as a conflict copy.
+    async fn blob_to_disk(&self, path: &str, target: &Path, entry: &FileEntry) {
+        let Some(hex) = entry.hash.as_deref() else {
+            return;
+        };
+        let disk = std::fs::read(target).ok();
+        let disk_hash = disk.as_deref().map(blake3::hash);
+        if disk_hash.is_some_and(|h| h.to_hex().as_str() == hex) {
+            self.set_known(path, disk_hash);
+            return;
+        }
+        let known = self.known(path);
+        let unsynced_here = disk_hash.is_some() && disk_hash != known;
+        // The version on disk was synced from here, but the new entry was not made on top of
+        // it: two devices changed the file concurrently.
+        let concurrent = disk_hash.is_some()
+            && disk_hash == known
+            && entry.base.as_deref() != known.map(|k| k.to_hex().to_string()).as_deref();
+        if let Some(local) = disk.as_ref().filter(|_| unsynced_here || concurrent) {
+            let copy = conflict_name(path, &self.device, now_ms());
+            match resolve_for_write(&self.root, &copy) {
+                Ok(copy_path) => {
+                    if let Err(e) = atomic_write(&copy_path, local, Some(entry.mode)) {
+                        tracing::warn!(path, error = %e, "cannot keep the conflict copy; leaving the file as is");
+                        return;
+                    }
+                    tracing::info!(
+                        path,
+                        copy,
+                        "concurrent change: kept this device's version as a copy"
+                    );
+                    Box::pin(self.disk_to_doc(&copy)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot name a conflict copy; leaving the file as is");
+                    return;
+                }
+            }
+        }
+        let Some(bytes) = self.fetch_blob(hex).await else {
+            return;
+        };
+        if let Err(e) = atomic_write(target, &bytes, Some(entry.mode)) {
+            tracing::warn!(path, error = %e, "cannot write");
+            return;
+        }
+        self.set_known(path, Some(blake3::hash(&bytes)));
+    }
+
     /// Writes every live index entry whose document differs from the disk, and removes files
     /// deleted elsewhere (unless edited here since: an edit beats a delete).
     async fn to_disk(&self) {
         for (path, entry) in self.index.list_all() {
-            if entry.kind != EntryKind::Text {
-                continue;
-            }
             let target = match resolve_for_write(&self.root, &path) {
                 Ok(t) => t,
                 Err(e) => {
@@ -444,6 +617,10 @@ impl Inner {
             };
             if self.relative(&target).is_none() {
                 continue; // ignored here
+            }
+            if entry.kind == EntryKind::Blob && !entry.deleted {
+                self.blob_to_disk(&path, &target, &entry).await;
+                continue;
             }
             let disk = std::fs::read(&target).ok();
             let disk_hash = disk.as_deref().map(blake3::hash);
@@ -509,5 +686,31 @@ impl Inner {
             }
             self.set_known(&path, Some(hash));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_names() {
+        // 2026-11-24 00:00 UTC
+        let ms = 1_795_478_400_000;
+        assert_eq!(date(ms), "2026-11-24");
+        assert_eq!(
+            conflict_name("img/logo.png", "laptop", ms),
+            "img/logo (conflict laptop 2026-11-24).png"
+        );
+        assert_eq!(
+            conflict_name("Makefile", "pc", ms),
+            "Makefile (conflict pc 2026-11-24)"
+        );
+        assert_eq!(
+            conflict_name(".env", "pc", ms),
+            ".env (conflict pc 2026-11-24)"
+        );
+        check_relative(&conflict_name("a/b.tar.gz", "x", ms))
+            .expect("conflict names are valid paths");
     }
 }

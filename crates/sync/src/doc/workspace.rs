@@ -30,6 +30,10 @@ pub struct FileEntry {
     /// BLAKE3 hex: the content of a blob entry; on a text tombstone, the content that was
     /// deleted (a device whose copy differs edited it concurrently, and its edit wins).
     pub hash: Option<String>,
+    /// For blob entries: the hash this version replaced on the device that wrote it, so a
+    /// device holding a different version can tell a concurrent change (keep both) from a later
+    /// one (take it).
+    pub base: Option<String>,
     pub size: u64,
     pub mode: u32,
     pub modified_ms: u64,
@@ -91,6 +95,9 @@ fn to_any(e: &FileEntry) -> Any {
     if let Some(h) = &e.hash {
         m.insert("hash".to_owned(), Any::from(h.as_str()));
     }
+    if let Some(b) = &e.base {
+        m.insert("base".to_owned(), Any::from(b.as_str()));
+    }
     Any::from(m)
 }
 
@@ -112,6 +119,7 @@ fn from_any(path: &str, value: &Out) -> Result<FileEntry, DocError> {
         kind,
         doc: string("doc"),
         hash: string("hash"),
+        base: string("base"),
         size: m.get("size").and_then(any_u64).unwrap_or(0),
         mode: m
             .get("mode")
@@ -210,6 +218,7 @@ mod tests {
             kind: EntryKind::Text,
             doc: Some(doc.into()),
             hash: None,
+            base: None,
             size: 3,
             mode: 0o644,
             modified_ms: 1,
