@@ -143,6 +143,17 @@ async fn two_mirrors_sync_merge_and_resist_hostile_entries() {
     })
     .await
     .unwrap();
+    // A large file (over the 2 MiB text limit) is streamed as a blob.
+    let large: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+    std::fs::write(a_dir.join("data.csv"), &large).unwrap();
+    let p = b_dir.join("data.csv");
+    eventually("large file reaches b", T, move || {
+        std::fs::read(&p).ok() == Some(large.clone())
+    })
+    .await
+    .unwrap();
     cb.set_online(false);
     let (v_a, v_b) = (
         b"\x89PNG version A \0".to_vec(),

@@ -227,6 +227,19 @@ fn conflict_name(path: &str, device: &str, ms: u64) -> String {
     format!("{dir}{stem} (conflict {device} {}){ext}", date(ms))
 }
 
+enum BlobSource<'a> {
+    Bytes(&'a [u8]),
+    File(&'a Path),
+}
+
+/// BLAKE3 of a file, read in chunks.
+fn hash_file(path: &Path) -> std::io::Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    let mut f = std::fs::File::open(path)?;
+    std::io::copy(&mut f, &mut hasher)?;
+    Ok(hasher.finalize())
+}
+
 fn observe_remote(
     doc: &Doc,
     key: &str,
@@ -418,6 +431,21 @@ impl Inner {
                 return;
             }
         };
+        if meta.len() > MAX_TEXT_BYTES {
+            // Large files are hashed and uploaded as streams, never held in memory whole.
+            let hash = match hash_file(&abs) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(path = rel, error = %e, "cannot read");
+                    return;
+                }
+            };
+            if self.known(rel) != Some(hash) {
+                self.blob_to_doc(rel, BlobSource::File(&abs), hash, &meta)
+                    .await;
+            }
+            return;
+        }
         let bytes = match std::fs::read(&abs) {
             Ok(b) => b,
             Err(e) => {
@@ -431,15 +459,10 @@ impl Inner {
             // was deleted elsewhere meanwhile: unchanged content must not revive it.)
             return;
         }
-        let text = if meta.len() <= MAX_TEXT_BYTES {
-            String::from_utf8(bytes).map_err(|e| e.into_bytes())
-        } else {
-            Err(bytes)
-        };
-        let text = match text {
+        let text = match String::from_utf8(bytes) {
             Ok(t) => t,
-            Err(bytes) => {
-                self.blob_to_doc(rel, entry.as_ref(), &bytes, hash, &meta)
+            Err(e) => {
+                self.blob_to_doc(rel, BlobSource::Bytes(e.as_bytes()), hash, &meta)
                     .await;
                 return;
             }
@@ -489,15 +512,24 @@ impl Inner {
     async fn blob_to_doc(
         &self,
         rel: &str,
-        entry: Option<&FileEntry>,
-        bytes: &[u8],
+        source: BlobSource<'_>,
         hash: blake3::Hash,
         meta: &std::fs::Metadata,
     ) {
         let hex = hash.to_hex().to_string();
+        let body = match source {
+            BlobSource::Bytes(b) => reqwest::Body::from(b.to_vec()),
+            BlobSource::File(p) => match tokio::fs::File::open(p).await {
+                Ok(f) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f)),
+                Err(e) => {
+                    tracing::warn!(path = rel, error = %e, "cannot read");
+                    return;
+                }
+            },
+        };
         let sent = self
             .blob_request(reqwest::Method::PUT, &hex)
-            .body(bytes.to_vec())
+            .body(body)
             .send()
             .await;
         match sent {
@@ -523,7 +555,6 @@ impl Inner {
             modified_ms: now_ms(),
             deleted: false,
         };
-        let _ = entry;
         if let Err(e) = self.index.upsert(rel, &new_entry) {
             tracing::warn!(path = rel, error = %e, "cannot index");
             return;
@@ -531,7 +562,11 @@ impl Inner {
         self.set_known(rel, Some(hash));
     }
 
-    async fn fetch_blob(&self, hex: &str) -> Option<Vec<u8>> {
+    /// Streams a blob to a temporary file beside `target`, checks its hash, and renames it
+    /// into place: a wrong or truncated download never replaces the file.
+    async fn download_to(&self, hex: &str, target: &Path, mode: u32) -> Option<blake3::Hash> {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
         let r = match self.blob_request(reqwest::Method::GET, hex).send().await {
             Ok(r) if r.status().is_success() => r,
             Ok(r) => {
@@ -543,16 +578,48 @@ impl Inner {
                 return None;
             }
         };
-        let bytes = r.bytes().await.ok()?;
-        // Never trust the transport: the bytes must be what the name says.
-        if blake3::hash(&bytes).to_hex().as_str() != hex {
-            tracing::warn!(
-                hash = hex,
-                "downloaded blob does not match its hash; discarded"
-            );
+        let dir = target.parent()?;
+        if let Err(e) = tokio::fs::create_dir_all(dir).await {
+            tracing::warn!(error = %e, "cannot create the folder for a blob");
             return None;
         }
-        Some(bytes.to_vec())
+        let name = target.file_name()?.to_string_lossy().into_owned();
+        let tmp = dir.join(format!(".{name}.jarvis-tmp-{:08x}", rand::random::<u32>()));
+        let result: std::io::Result<blake3::Hash> = async {
+            let mut f = tokio::fs::File::create(&tmp).await?;
+            let mut hasher = blake3::Hasher::new();
+            let mut body = r.bytes_stream();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(std::io::Error::other)?;
+                hasher.update(&chunk);
+                f.write_all(&chunk).await?;
+            }
+            let hash = hasher.finalize();
+            // Never trust the transport: the bytes must be what the name says.
+            if hash.to_hex().as_str() != hex {
+                return Err(std::io::Error::other(
+                    "downloaded blob does not match its hash",
+                ));
+            }
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+                    .await?;
+            }
+            f.sync_all().await?;
+            tokio::fs::rename(&tmp, target).await?;
+            Ok(hash)
+        }
+        .await;
+        match result {
+            Ok(h) => Some(h),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                tracing::warn!(hash = hex, error = %e, "blob download discarded");
+                None
+            }
+        }
     }
 
     /// Brings one blob entry to disk, keeping a concurrent local version as a conflict copy.
@@ -560,8 +627,7 @@ impl Inner {
         let Some(hex) = entry.hash.as_deref() else {
             return;
         };
-        let disk = std::fs::read(target).ok();
-        let disk_hash = disk.as_deref().map(blake3::hash);
+        let disk_hash = hash_file(target).ok();
         if disk_hash.is_some_and(|h| h.to_hex().as_str() == hex) {
             self.set_known(path, disk_hash);
             return;
@@ -573,11 +639,12 @@ impl Inner {
         let concurrent = disk_hash.is_some()
             && disk_hash == known
             && entry.base.as_deref() != known.map(|k| k.to_hex().to_string()).as_deref();
-        if let Some(local) = disk.as_ref().filter(|_| unsynced_here || concurrent) {
+        if unsynced_here || concurrent {
             let copy = conflict_name(path, &self.device, now_ms());
             match resolve_for_write(&self.root, &copy) {
                 Ok(copy_path) => {
-                    if let Err(e) = atomic_write(&copy_path, local, Some(entry.mode)) {
+                    // A rename keeps this device's bytes without reading them into memory.
+                    if let Err(e) = std::fs::rename(target, &copy_path) {
                         tracing::warn!(path, error = %e, "cannot keep the conflict copy; leaving the file as is");
                         return;
                     }
@@ -594,14 +661,9 @@ impl Inner {
                 }
             }
         }
-        let Some(bytes) = self.fetch_blob(hex).await else {
-            return;
-        };
-        if let Err(e) = atomic_write(target, &bytes, Some(entry.mode)) {
-            tracing::warn!(path, error = %e, "cannot write");
-            return;
+        if let Some(hash) = self.download_to(hex, target, entry.mode).await {
+            self.set_known(path, Some(hash));
         }
-        self.set_known(path, Some(blake3::hash(&bytes)));
     }
 
     /// Writes every live index entry whose document differs from the disk, and removes files
