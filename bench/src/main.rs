@@ -26,7 +26,11 @@ use yrs::{Doc, ReadTxn, StateVector, Text, Transact};
 #[command(about = "Relay benchmark: jarvis-cloud against Node Hocuspocus")]
 enum Cli {
     Relay(RelayArgs),
+    /// File mirror: import, first download, edit propagation, against rsync.
+    Mirror(mirror::MirrorArgs),
 }
+
+mod mirror;
 
 #[derive(Parser, Clone)]
 struct RelayArgs {
@@ -472,7 +476,13 @@ fn machine() -> String {
 }
 
 fn main() -> Result<()> {
-    let Cli::Relay(mut args) = Cli::parse();
+    let mut args = match Cli::parse() {
+        Cli::Relay(a) => a,
+        Cli::Mirror(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            return rt.block_on(mirror::run(a));
+        }
+    };
     if args.quick {
         args.docs = vec![10];
         args.warmup = 1.0;

@@ -50,7 +50,8 @@ pub type Progress = Box<dyn Fn(usize, usize) + Send + Sync>;
 
 enum Work {
     Disk(Vec<PathBuf>),
-    Remote,
+    /// A remote change: to the index (None) or to one file document.
+    Remote(Option<String>),
 }
 
 struct Inner {
@@ -60,6 +61,8 @@ struct Inner {
     index: WorkspaceIndex,
     /// Relative path → BLAKE3 of the content last imported or written: the sync point.
     known: Mutex<HashMap<String, blake3::Hash>>,
+    /// Index entries as the last doc → disk pass saw them.
+    seen: Mutex<HashMap<String, FileEntry>>,
     /// File document id → its open document (observed for remote changes).
     docs: Mutex<HashMap<String, FileText>>,
     ignore: ignore::gitignore::Gitignore,
@@ -142,15 +145,16 @@ impl FileMirror {
             client,
             index: WorkspaceIndex::new(index_doc.clone()),
             known: Mutex::default(),
+            seen: Mutex::default(),
             docs: Mutex::default(),
             ignore,
             work: tx.clone(),
             http: reqwest::Client::new(),
             device: device_name(),
         });
-        observe_remote(&index_doc, "jarvis-mirror/index", tx.clone())?;
+        observe_remote(&index_doc, "jarvis-mirror/index", None, tx.clone())?;
         inner.import(progress.as_deref()).await;
-        inner.to_disk().await;
+        inner.to_disk(&HashSet::new()).await;
         let watch_tx = tx.clone();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
@@ -243,15 +247,18 @@ fn hash_file(path: &Path) -> std::io::Result<blake3::Hash> {
 fn observe_remote(
     doc: &Doc,
     key: &str,
+    file_doc: Option<String>,
     tx: mpsc::UnboundedSender<Work>,
 ) -> Result<(), MirrorError> {
     // The callback runs inside the commit: it may not read the document, only signal.
-    let _ = doc.observe_update_v1(key, move |txn, _| {
-        if txn
-            .origin()
-            .is_some_and(|o| o.as_ref() == REMOTE_ORIGIN.as_bytes())
+    let _ = doc.observe_update_v1(key, move |txn, e| {
+        // An empty update (the hub's answer when it has nothing new) changes nothing.
+        if e.update.len() > 2
+            && txn
+                .origin()
+                .is_some_and(|o| o.as_ref() == REMOTE_ORIGIN.as_bytes())
         {
-            let _ = tx.send(Work::Remote);
+            let _ = tx.send(Work::Remote(file_doc.clone()));
         }
     });
     Ok(())
@@ -264,9 +271,14 @@ impl Inner {
             tokio::time::sleep(Duration::from_millis(25)).await;
             let mut paths: HashSet<PathBuf> = HashSet::new();
             let mut remote = false;
+            let mut dirty: HashSet<String> = HashSet::new();
             let mut take = |w: Work| match w {
                 Work::Disk(p) => paths.extend(p),
-                Work::Remote => remote = true,
+                Work::Remote(None) => remote = true,
+                Work::Remote(Some(doc)) => {
+                    remote = true;
+                    dirty.insert(doc);
+                }
             };
             take(first);
             while let Ok(w) = rx.try_recv() {
@@ -278,7 +290,7 @@ impl Inner {
                 }
             }
             if remote {
-                self.to_disk().await;
+                self.to_disk(&dirty).await;
             }
         }
     }
@@ -369,7 +381,12 @@ impl Inner {
                 return None;
             }
         };
-        let _ = observe_remote(&doc, "jarvis-mirror/file", self.work.clone());
+        let _ = observe_remote(
+            &doc,
+            "jarvis-mirror/file",
+            Some(doc_id.to_owned()),
+            self.work.clone(),
+        );
         // A document just opened is empty until the hub's copy arrives; writing it out now
         // would flash an empty file. Offline there is nothing to wait for.
         if matches!(
@@ -661,15 +678,40 @@ impl Inner {
                 }
             }
         }
-        if let Some(hash) = self.download_to(hex, target, entry.mode).await {
-            self.set_known(path, Some(hash));
+        match self.download_to(hex, target, entry.mode).await {
+            Some(hash) => self.set_known(path, Some(hash)),
+            // Try again on the next pass instead of forgetting the entry.
+            None => self.forget_seen(path),
         }
+    }
+
+    fn forget_seen(&self, path: &str) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(path);
     }
 
     /// Writes every live index entry whose document differs from the disk, and removes files
     /// deleted elsewhere (unless edited here since: an edit beats a delete).
-    async fn to_disk(&self) {
+    ///
+    /// Entries unchanged since the last pass whose document has no new remote change are
+    /// skipped, so a pass costs what changed, not the size of the workspace.
+    async fn to_disk(&self, dirty: &HashSet<String>) {
         for (path, entry) in self.index.list_all() {
+            let unchanged = self
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&path)
+                .is_some_and(|e| *e == entry);
+            if unchanged && entry.doc.as_ref().is_none_or(|d| !dirty.contains(d)) {
+                continue;
+            }
+            self.seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(path.clone(), entry.clone());
             let target = match resolve_for_write(&self.root, &path) {
                 Ok(t) => t,
                 Err(e) => {
@@ -744,6 +786,7 @@ impl Inner {
                 && let Err(e) = atomic_write(&target, text.as_bytes(), Some(entry.mode))
             {
                 tracing::warn!(path, error = %e, "cannot write");
+                self.forget_seen(&path);
                 continue;
             }
             self.set_known(&path, Some(hash));

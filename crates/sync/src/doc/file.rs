@@ -158,19 +158,45 @@ impl FileText {
                 }
                 i += 1;
             }
-            let chars = TextDiff::configure()
-                .timeout(Duration::from_millis(50))
-                .diff_chars(deleted.as_str(), inserted.as_str());
-            for c in chars.iter_all_changes() {
-                let len = c.value().len() as u32;
-                match c.tag() {
+            // Character diffs report one change per character; apply each run of same-kind
+            // changes as one edit (one Y.Text item, one position lookup), or a pasted page
+            // would become thousands of items.
+            let mut runs: Vec<(ChangeTag, String)> = Vec::new();
+            if deleted.is_empty() || inserted.is_empty() {
+                let tag = if deleted.is_empty() {
+                    ChangeTag::Insert
+                } else {
+                    ChangeTag::Delete
+                };
+                runs.push((
+                    tag,
+                    if deleted.is_empty() {
+                        inserted.clone()
+                    } else {
+                        deleted.clone()
+                    },
+                ));
+            } else {
+                let chars = TextDiff::configure()
+                    .timeout(Duration::from_millis(50))
+                    .diff_chars(deleted.as_str(), inserted.as_str());
+                for c in chars.iter_all_changes() {
+                    match runs.last_mut() {
+                        Some((tag, buf)) if *tag == c.tag() => buf.push_str(c.value()),
+                        _ => runs.push((c.tag(), c.value().to_owned())),
+                    }
+                }
+            }
+            for (tag, value) in runs {
+                let len = value.len() as u32;
+                match tag {
                     ChangeTag::Equal => pos += len,
                     ChangeTag::Delete => {
                         self.text.remove_range(&mut txn, pos, len);
                         ops += 1;
                     }
                     ChangeTag::Insert => {
-                        self.text.insert(&mut txn, pos, c.value());
+                        self.text.insert(&mut txn, pos, &value);
                         pos += len;
                         ops += 1;
                     }
@@ -259,5 +285,9 @@ mod tests {
         }
         let f = FileText::new(Doc::new());
         assert_eq!(f.apply_text_diff(""), 0);
+        // A whole new text is one edit, not one per character.
+        let page = "lorem ipsum\n".repeat(1000);
+        assert_eq!(f.apply_text_diff(&page), 1);
+        assert_eq!(f.text(), page);
     }
 }
