@@ -479,7 +479,9 @@ fn main() -> Result<()> {
     let mut args = match Cli::parse() {
         Cli::Relay(a) => a,
         Cli::Mirror(a) => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             return rt.block_on(mirror::run(a));
         }
     };

@@ -50,7 +50,9 @@ pub type Progress = Box<dyn Fn(usize, usize) + Send + Sync>;
 
 enum Work {
     Disk(Vec<PathBuf>),
-    /// A remote change: to the index (None) or to one file document.
+    /// Remote changes to these index paths.
+    RemotePaths(Vec<String>),
+    /// A remote change to one file document.
     Remote(Option<String>),
 }
 
@@ -63,6 +65,8 @@ struct Inner {
     known: Mutex<HashMap<String, blake3::Hash>>,
     /// Index entries as the last doc → disk pass saw them.
     seen: Mutex<HashMap<String, FileEntry>>,
+    /// File document id → its path, for passes that only touch changed documents.
+    doc_paths: Mutex<HashMap<String, String>>,
     /// File document id → its open document (observed for remote changes).
     docs: Mutex<HashMap<String, FileText>>,
     ignore: ignore::gitignore::Gitignore,
@@ -146,18 +150,32 @@ impl FileMirror {
             index: WorkspaceIndex::new(index_doc.clone()),
             known: Mutex::default(),
             seen: Mutex::default(),
+            doc_paths: Mutex::default(),
             docs: Mutex::default(),
             ignore,
             work: tx.clone(),
             http: reqwest::Client::new(),
             device: device_name(),
         });
-        observe_remote(&index_doc, "jarvis-mirror/index", None, tx.clone())?;
+        let paths_tx = tx.clone();
+        inner
+            .index
+            .observe_paths("jarvis-mirror/index", move |txn, paths| {
+                if txn
+                    .origin()
+                    .is_some_and(|o| o.as_ref() == REMOTE_ORIGIN.as_bytes())
+                {
+                    let _ = paths_tx.send(Work::RemotePaths(paths));
+                }
+            });
         inner.import(progress.as_deref()).await;
         inner.to_disk(&HashSet::new()).await;
         let watch_tx = tx.clone();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+                // Reads (ours included) raise access events; reacting to them would make every
+                // read trigger another read.
+                Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
                 Ok(ev) => {
                     let _ = watch_tx.send(Work::Disk(ev.paths));
                 }
@@ -268,15 +286,16 @@ impl Inner {
     async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Work>) {
         while let Some(first) = rx.recv().await {
             // Coalesce a burst (an editor's save is several events) into one pass.
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
             let mut paths: HashSet<PathBuf> = HashSet::new();
-            let mut remote = false;
+            let mut index_changed = false;
             let mut dirty: HashSet<String> = HashSet::new();
+            let mut changed_paths: HashSet<String> = HashSet::new();
             let mut take = |w: Work| match w {
                 Work::Disk(p) => paths.extend(p),
-                Work::Remote(None) => remote = true,
+                Work::RemotePaths(p) => changed_paths.extend(p),
+                Work::Remote(None) => index_changed = true,
                 Work::Remote(Some(doc)) => {
-                    remote = true;
                     dirty.insert(doc);
                 }
             };
@@ -289,8 +308,19 @@ impl Inner {
                     self.disk_to_doc(&rel).await;
                 }
             }
-            if remote {
+            if index_changed {
                 self.to_disk(&dirty).await;
+            } else {
+                // Only what changed: the index paths named by the change, and the files whose
+                // documents changed.
+                for path in changed_paths {
+                    if let Ok(Some(entry)) = self.index.get(&path) {
+                        self.entry_to_disk(path, entry, &dirty).await;
+                    }
+                }
+                if !dirty.is_empty() {
+                    self.docs_to_disk(&dirty).await;
+                }
             }
         }
     }
@@ -699,98 +729,125 @@ impl Inner {
     /// skipped, so a pass costs what changed, not the size of the workspace.
     async fn to_disk(&self, dirty: &HashSet<String>) {
         for (path, entry) in self.index.list_all() {
-            let unchanged = self
-                .seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&path)
-                .is_some_and(|e| *e == entry);
-            if unchanged && entry.doc.as_ref().is_none_or(|d| !dirty.contains(d)) {
-                continue;
-            }
-            self.seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(path.clone(), entry.clone());
-            let target = match resolve_for_write(&self.root, &path) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(error = %e, "refusing an index entry");
-                    continue;
-                }
-            };
-            if self.relative(&target).is_none() {
-                continue; // ignored here
-            }
-            if entry.kind == EntryKind::Blob && !entry.deleted {
-                self.blob_to_disk(&path, &target, &entry).await;
-                continue;
-            }
-            let disk = std::fs::read(&target).ok();
-            let disk_hash = disk.as_deref().map(blake3::hash);
-            let edited_here = disk_hash.is_some() && disk_hash != self.known(&path);
-            let mut entry = entry;
-            if entry.deleted {
-                if edited_here {
-                    // An edit beats a delete: bring the file back with this device's content.
-                    self.disk_to_doc(&path).await;
-                    continue;
-                }
-                let edited_elsewhere = match (entry.hash.as_deref(), entry.doc.as_deref()) {
-                    (Some(tomb), Some(doc_id)) => match self.file_text(doc_id).await {
-                        Some(f) => blake3::hash(f.text().as_bytes()).to_hex().as_str() != tomb,
-                        None => false,
-                    },
-                    _ => false,
-                };
-                if !edited_elsewhere {
-                    if disk.is_some()
-                        && let Err(e) = std::fs::remove_file(&target)
-                    {
-                        tracing::warn!(path, error = %e, "cannot delete");
-                    }
-                    self.set_known(&path, None);
-                    continue;
-                }
-                // The content changed after the deleting device last saw it: revive.
-                entry.deleted = false;
-                entry.hash = None;
-                entry.modified_ms = now_ms();
-                if let Err(e) = self.index.upsert(&path, &entry) {
-                    tracing::warn!(path, error = %e, "cannot revive");
-                    continue;
-                }
-            }
-            if disk.is_none() && self.known(&path).is_some() {
-                // Deleted here and the watcher has not said so yet: record the deletion
-                // instead of resurrecting the file.
-                self.disk_to_doc(&path).await;
-                continue;
-            }
-            if edited_here {
-                // Merge the local edit first, then write the merged text.
-                self.disk_to_doc(&path).await;
-            }
-            let Some(doc_id) = entry.doc.as_deref() else {
-                continue;
-            };
-            let Some(file) = self.file_text(doc_id).await else {
-                continue;
-            };
-            let text = file.text();
-            let hash = blake3::hash(text.as_bytes());
-            if disk_hash == Some(hash) && self.known(&path) == Some(hash) {
-                continue;
-            }
-            if disk_hash != Some(hash)
-                && let Err(e) = atomic_write(&target, text.as_bytes(), Some(entry.mode))
-            {
-                tracing::warn!(path, error = %e, "cannot write");
-                self.forget_seen(&path);
-                continue;
-            }
-            self.set_known(&path, Some(hash));
+            self.entry_to_disk(path, entry, dirty).await;
         }
+    }
+
+    /// Only the files whose documents changed remotely, when the index itself did not: a
+    /// one-line edit must not cost a walk over every entry of a large workspace.
+    async fn docs_to_disk(&self, dirty: &HashSet<String>) {
+        let paths: Vec<String> = {
+            let by_doc = self.doc_paths.lock().unwrap_or_else(|p| p.into_inner());
+            dirty
+                .iter()
+                .filter_map(|d| by_doc.get(d).cloned())
+                .collect()
+        };
+        for path in paths {
+            if let Ok(Some(entry)) = self.index.get(&path) {
+                self.entry_to_disk(path, entry, dirty).await;
+            }
+        }
+    }
+
+    async fn entry_to_disk(&self, path: String, entry: FileEntry, dirty: &HashSet<String>) {
+        if let Some(d) = &entry.doc {
+            self.doc_paths
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(d.clone(), path.clone());
+        }
+        let unchanged = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&path)
+            .is_some_and(|e| *e == entry);
+        if unchanged && entry.doc.as_ref().is_none_or(|d| !dirty.contains(d)) {
+            return;
+        }
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.clone(), entry.clone());
+        let target = match resolve_for_write(&self.root, &path) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "refusing an index entry");
+                return;
+            }
+        };
+        if self.relative(&target).is_none() {
+            return; // ignored here
+        }
+        if entry.kind == EntryKind::Blob && !entry.deleted {
+            self.blob_to_disk(&path, &target, &entry).await;
+            return;
+        }
+        let disk = std::fs::read(&target).ok();
+        let disk_hash = disk.as_deref().map(blake3::hash);
+        let edited_here = disk_hash.is_some() && disk_hash != self.known(&path);
+        let mut entry = entry;
+        if entry.deleted {
+            if edited_here {
+                // An edit beats a delete: bring the file back with this device's content.
+                self.disk_to_doc(&path).await;
+                return;
+            }
+            let edited_elsewhere = match (entry.hash.as_deref(), entry.doc.as_deref()) {
+                (Some(tomb), Some(doc_id)) => match self.file_text(doc_id).await {
+                    Some(f) => blake3::hash(f.text().as_bytes()).to_hex().as_str() != tomb,
+                    None => false,
+                },
+                _ => false,
+            };
+            if !edited_elsewhere {
+                if disk.is_some()
+                    && let Err(e) = std::fs::remove_file(&target)
+                {
+                    tracing::warn!(path, error = %e, "cannot delete");
+                }
+                self.set_known(&path, None);
+                return;
+            }
+            // The content changed after the deleting device last saw it: revive.
+            entry.deleted = false;
+            entry.hash = None;
+            entry.modified_ms = now_ms();
+            if let Err(e) = self.index.upsert(&path, &entry) {
+                tracing::warn!(path, error = %e, "cannot revive");
+                return;
+            }
+        }
+        if disk.is_none() && self.known(&path).is_some() {
+            // Deleted here and the watcher has not said so yet: record the deletion
+            // instead of resurrecting the file.
+            self.disk_to_doc(&path).await;
+            return;
+        }
+        if edited_here {
+            // Merge the local edit first, then write the merged text.
+            self.disk_to_doc(&path).await;
+        }
+        let Some(doc_id) = entry.doc.as_deref() else {
+            return;
+        };
+        let Some(file) = self.file_text(doc_id).await else {
+            return;
+        };
+        let text = file.text();
+        let hash = blake3::hash(text.as_bytes());
+        if disk_hash == Some(hash) && self.known(&path) == Some(hash) {
+            return;
+        }
+        if disk_hash != Some(hash)
+            && let Err(e) = atomic_write(&target, text.as_bytes(), Some(entry.mode))
+        {
+            tracing::warn!(path, error = %e, "cannot write");
+            self.forget_seen(&path);
+            return;
+        }
+        self.set_known(&path, Some(hash));
     }
 }
 

@@ -145,6 +145,19 @@ impl WorkspaceIndex {
         &self.doc
     }
 
+    /// Calls `f` after each transaction that changes entries, with the transaction (for its
+    /// origin) and the changed paths. Runs inside the commit: `f` must not read the document.
+    pub fn observe_paths<F>(&self, key: &str, f: F)
+    where
+        F: Fn(&yrs::TransactionMut, Vec<String>) + Send + Sync + 'static,
+    {
+        use yrs::Observable;
+        self.files.observe(key, move |txn, e| {
+            let paths = e.keys(txn).keys().map(|k| k.to_string()).collect();
+            f(txn, paths);
+        });
+    }
+
     pub fn upsert(&self, path: &str, entry: &FileEntry) -> Result<(), DocError> {
         check_path(path)?;
         let mut txn = self.doc.transact_mut();
