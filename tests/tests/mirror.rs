@@ -196,6 +196,31 @@ async fn two_mirrors_sync_merge_and_resist_hostile_entries() {
     .await
     .unwrap();
 
+    // A binary deleted on A while B changes it offline: B's version survives on both.
+    cb.set_online(false);
+    std::fs::remove_file(a_dir.join("logo.png")).unwrap();
+    let v_c = b"\x89PNG version C, edited while deleted \0".to_vec();
+    std::fs::write(b_dir.join("logo.png"), &v_c).unwrap();
+    ma.rescan().await;
+    ca.flush_all(T).await.unwrap();
+    let idx = _mb.index().clone();
+    let vc_hash = blake3::hash(&v_c).to_hex().to_string();
+    eventually("b indexed its offline binary edit", T, move || {
+        idx.get("logo.png").unwrap().and_then(|e| e.hash) == Some(vc_hash.clone())
+    })
+    .await
+    .unwrap();
+    cb.set_online(true);
+    for d in [&a_dir, &b_dir] {
+        let p = d.join("logo.png");
+        let want = v_c.clone();
+        eventually("the edited binary beats the delete", T, move || {
+            std::fs::read(&p).ok() == Some(want.clone())
+        })
+        .await
+        .unwrap();
+    }
+
     // A hostile peer writes entries that point outside the folder.
     std::os::unix::fs::symlink(tmp.path(), b_dir.join("link")).unwrap();
     let hostile_client = client(&agent, &token, &tmp.path().join("h.db"));

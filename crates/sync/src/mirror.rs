@@ -794,7 +794,18 @@ impl Inner {
                 self.disk_to_doc(&path).await;
                 return;
             }
+            // For a blob, this device's synced version is what it would revive; it is already
+            // uploaded, so reviving is pointing the entry back at it.
+            let kept_blob = match (entry.kind, entry.hash.as_deref(), self.known(&path)) {
+                (EntryKind::Blob, Some(tomb), Some(k))
+                    if disk_hash == Some(k) && k.to_hex().as_str() != tomb =>
+                {
+                    Some(k.to_hex().to_string())
+                }
+                _ => None,
+            };
             let edited_elsewhere = match (entry.hash.as_deref(), entry.doc.as_deref()) {
+                _ if kept_blob.is_some() => true,
                 (Some(tomb), Some(doc_id)) => match self.file_text(doc_id).await {
                     Some(f) => blake3::hash(f.text().as_bytes()).to_hex().as_str() != tomb,
                     None => false,
@@ -812,7 +823,8 @@ impl Inner {
             }
             // The content changed after the deleting device last saw it: revive.
             entry.deleted = false;
-            entry.hash = None;
+            entry.base = entry.hash.take();
+            entry.hash = kept_blob;
             entry.modified_ms = now_ms();
             if let Err(e) = self.index.upsert(&path, &entry) {
                 tracing::warn!(path, error = %e, "cannot revive");
