@@ -70,7 +70,9 @@ async fn blobs_are_verified_authorised_and_streamed() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    assert_eq!(put(&hash, &ro, big.clone()).await.unwrap().status(), 403);
+    // Refusals are tested with small bodies: the hub answers before reading the body, and a
+    // client still streaming a large one may see the connection close before the answer.
+    assert_eq!(put(&hash, &ro, vec![0; 16]).await.unwrap().status(), 403);
     assert_eq!(
         put("..%2F..%2Fetc", &rw, vec![1]).await.unwrap().status(),
         400

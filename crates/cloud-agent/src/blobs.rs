@@ -102,6 +102,17 @@ pub async fn put_blob(
         Err(r) => return r.into_response(),
     };
     if store.contains(&hash) {
+        // Read the body to its end anyway: answering before it is consumed closes the
+        // connection under a client that is still sending, which it sees as a broken pipe
+        // instead of this answer.
+        let mut stream = body.into_data_stream();
+        let mut seen = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len() as u64;
+            if seen > svc.max_bytes {
+                break;
+            }
+        }
         return (
             StatusCode::OK,
             Json(json!({"hash": hash, "stored": "already"})),
