@@ -97,6 +97,10 @@ pub enum Outcome {
     BudgetExhausted,
     RequestLimit,
     Failed(String),
+    /// Stopped at a safe point because the session is being handed to another runner.
+    Yielded,
+    /// The lease was lost: stopped at once, nothing more written.
+    LeaseLost,
 }
 
 /// Events for a caller that prints the session as it happens (`jarvis run`).
@@ -127,6 +131,11 @@ pub struct Runner<'a> {
     pub permissions: Permissions,
     pub config: RunnerConfig,
     events: Option<tokio::sync::mpsc::UnboundedSender<RunEvent>>,
+    /// Cancelled when a handoff wants the session: stop at the next safe point (between tool
+    /// calls; a streaming reply is cut and kept).
+    stop: CancellationToken,
+    /// Cancelled when the lease is lost: stop at once and write nothing more.
+    fence: CancellationToken,
 }
 
 enum Settled {
@@ -134,6 +143,15 @@ enum Settled {
     Done,
     Pending(String),
     Interrupted,
+    Yielded,
+}
+
+/// How one streamed reply ended.
+enum Streamed {
+    Complete,
+    Interrupted,
+    Cut,
+    Fenced,
 }
 
 fn new_id(prefix: &str) -> String {
@@ -166,7 +184,25 @@ impl<'a> Runner<'a> {
             permissions,
             config,
             events: None,
+            stop: CancellationToken::new(),
+            fence: CancellationToken::new(),
         }
+    }
+
+    /// See the `stop` field: a handoff's request to yield at a safe point.
+    pub fn with_stop(mut self, stop: CancellationToken) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// See the `fence` field: cancelled when this runner's lease is gone.
+    pub fn with_fence(mut self, fence: CancellationToken) -> Self {
+        self.fence = fence;
+        self
+    }
+
+    fn fenced(&self) -> bool {
+        self.fence.is_cancelled()
     }
 
     pub fn with_events(mut self, tx: tokio::sync::mpsc::UnboundedSender<RunEvent>) -> Self {
@@ -201,14 +237,22 @@ impl<'a> Runner<'a> {
     /// Runs until the model ends its turn or something stops it. Call again after an approval
     /// is answered (see [`Runner::drive`]) or after a new user message.
     pub async fn run(&mut self, cancel: &CancellationToken) -> Outcome {
+        if self.fenced() {
+            return Outcome::LeaseLost;
+        }
         self.session.set_status(&SessionStatus::Running);
         let outcome = self.run_inner(cancel).await;
+        if self.fenced() {
+            return Outcome::LeaseLost;
+        }
         let status = match &outcome {
             Outcome::EndTurn => SessionStatus::Done,
             Outcome::Interrupted => SessionStatus::Interrupted,
             Outcome::ApprovalPending { .. } => SessionStatus::WaitingApproval,
             Outcome::BudgetExhausted | Outcome::RequestLimit => SessionStatus::Idle,
             Outcome::Failed(_) => SessionStatus::Failed,
+            Outcome::Yielded => SessionStatus::Idle,
+            Outcome::LeaseLost => return outcome,
         };
         self.session.set_status(&status);
         outcome
@@ -217,15 +261,36 @@ impl<'a> Runner<'a> {
     async fn run_inner(&mut self, cancel: &CancellationToken) -> Outcome {
         let mut requests = 0;
         loop {
+            if self.fenced() {
+                return Outcome::LeaseLost;
+            }
             if cancel.is_cancelled() {
                 return Outcome::Interrupted;
+            }
+            if self.stop.is_cancelled() {
+                return Outcome::Yielded;
             }
             match self.settle_tools(cancel).await {
                 Settled::Done => {}
                 Settled::Pending(id) => return Outcome::ApprovalPending { approval_id: id },
                 Settled::Interrupted => return Outcome::Interrupted,
+                Settled::Yielded => return Outcome::Yielded,
             }
-            let messages = self.session.messages();
+            if self.stop.is_cancelled() {
+                return Outcome::Yielded;
+            }
+            // A reply cut by a handoff is kept for the reader but not sent to the model (it is
+            // asked again) unless it got as far as complete tool calls.
+            let cut = self.session.cut_messages();
+            let messages: Vec<Message> = self
+                .session
+                .messages()
+                .into_iter()
+                .filter(|m| {
+                    !cut.contains(&m.id)
+                        || m.blocks.iter().any(|b| matches!(b, Block::ToolUse { .. }))
+                })
+                .collect();
             match messages.iter().rev().find(|m| m.role != Role::System) {
                 Some(m) if m.role == Role::User => {}
                 // Nothing to answer: the model had the last word.
@@ -246,8 +311,11 @@ impl<'a> Runner<'a> {
             requests += 1;
             let request = build_request(&self.config, &messages);
             match self.stream_reply(&request, cancel).await {
-                Ok(true) => continue,
-                Ok(false) => return Outcome::Interrupted,
+                Ok(Streamed::Complete) => continue,
+                Ok(Streamed::Interrupted) => return Outcome::Interrupted,
+                Ok(Streamed::Cut) => return Outcome::Yielded,
+                Ok(Streamed::Fenced) => return Outcome::LeaseLost,
+                Err(_) if self.fenced() => return Outcome::LeaseLost,
                 Err(reason) => {
                     self.note(&format!("The model request failed: {reason}"));
                     return Outcome::Failed(reason);
@@ -258,6 +326,9 @@ impl<'a> Runner<'a> {
 
     /// A system note in the transcript (errors, budget stops); never sent to the model.
     fn note(&self, text: &str) {
+        if self.fenced() {
+            return;
+        }
         let _ = self.session.append_message(&Message {
             id: new_id("s-"),
             role: Role::System,
@@ -274,11 +345,16 @@ impl<'a> Runner<'a> {
         &mut self,
         request: &MessagesRequest,
         cancel: &CancellationToken,
-    ) -> Result<bool, String> {
-        let mut stream = match self.provider.stream(request, cancel.clone()).await {
-            Ok(s) => s,
-            Err(crate::anthropic::ProviderError::Cancelled) => return Ok(false),
-            Err(e) => return Err(e.to_string()),
+    ) -> Result<Streamed, String> {
+        let mut stream = tokio::select! {
+            biased;
+            _ = self.fence.cancelled() => return Ok(Streamed::Fenced),
+            _ = self.stop.cancelled() => return Ok(Streamed::Cut),
+            s = self.provider.stream(request, cancel.clone()) => match s {
+                Ok(s) => s,
+                Err(crate::anthropic::ProviderError::Cancelled) => return Ok(Streamed::Interrupted),
+                Err(e) => return Err(e.to_string()),
+            },
         };
         let msg_id = new_id("a-");
         self.session
@@ -295,15 +371,25 @@ impl<'a> Runner<'a> {
         // waiter registration and removal each time.
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
+        let fenced = self.fence.clone();
+        let fenced = fenced.cancelled();
+        tokio::pin!(fenced);
+        let stopped = self.stop.clone();
+        let stopped = stopped.cancelled();
+        tokio::pin!(stopped);
         let result = loop {
             let next = tokio::select! {
                 biased;
-                _ = &mut cancelled => break Ok(false),
+                _ = &mut fenced => return Ok(Streamed::Fenced),
+                _ = &mut cancelled => break Ok(Streamed::Interrupted),
+                _ = &mut stopped => break Ok(Streamed::Cut),
                 n = stream.next() => n,
             };
             let event = match next {
                 Some(Ok(e)) => e,
-                Some(Err(crate::anthropic::ProviderError::Cancelled)) => break Ok(false),
+                Some(Err(crate::anthropic::ProviderError::Cancelled)) => {
+                    break Ok(Streamed::Interrupted);
+                }
                 Some(Err(e)) => break Err(e.to_string()),
                 None => break Err("the stream ended before message_stop".to_owned()),
             };
@@ -415,17 +501,25 @@ impl<'a> Runner<'a> {
                         .max(u.cache_creation_input_tokens);
                     state.stop_reason = delta.stop_reason;
                 }
-                StreamEvent::MessageStop => break Ok(true),
+                StreamEvent::MessageStop => break Ok(Streamed::Complete),
                 StreamEvent::Error { error } => {
                     break Err(format!("{}: {}", error.kind, error.message));
                 }
                 StreamEvent::Ping | StreamEvent::Unknown => {}
             }
         };
+        if self.fenced() {
+            return Ok(Streamed::Fenced);
+        }
         // Whatever happened, the text streamed so far stays in the transcript.
         self.flush(&mut state)?;
         self.record_usage(&msg_id, &state.usage);
-        if let Ok(true) = result {
+        if let Ok(Streamed::Cut) = result {
+            self.session
+                .mark_cut(&msg_id)
+                .map_err(|e| e.to_string())?;
+        }
+        if let Ok(Streamed::Complete) = result {
             tracing::debug!(stop_reason = ?state.stop_reason, "reply complete");
         }
         result
@@ -509,8 +603,11 @@ impl<'a> Runner<'a> {
             if done.contains(id) {
                 continue;
             }
-            if cancel.is_cancelled() {
+            if cancel.is_cancelled() || self.fenced() {
                 return Settled::Interrupted;
+            }
+            if self.stop.is_cancelled() {
+                return Settled::Yielded;
             }
             let input: Value = match serde_json::from_str(input) {
                 Ok(v) => v,
@@ -552,6 +649,9 @@ impl<'a> Runner<'a> {
                 Verdict::Allow => {
                     let _ = self.session.set_tool_status(id, "running");
                     let out = self.tools.run(name, &input, cancel).await;
+                    if self.fenced() {
+                        return Settled::Interrupted;
+                    }
                     if cancel.is_cancelled() && out.is_error {
                         // Interrupted mid-tool: record it, so a restart does not re-run it.
                         self.result(&assistant.id, id, &out.content, true);
@@ -596,6 +696,9 @@ impl<'a> Runner<'a> {
 
     /// Appends a tool result to the results message that follows `assistant_id`.
     fn result(&self, assistant_id: &str, tool_use_id: &str, content: &str, is_error: bool) {
+        if self.fenced() {
+            return;
+        }
         self.emit(RunEvent::ToolResult {
             id: tool_use_id.to_owned(),
             content: content.to_owned(),
@@ -626,16 +729,62 @@ impl<'a> Runner<'a> {
     /// Runs, and whenever an approval is pending waits for any replica of the document to
     /// answer it, then goes on. Returns on anything but a pending approval.
     pub async fn drive(&mut self, cancel: &CancellationToken) -> Outcome {
-        loop {
-            match self.run(cancel).await {
-                Outcome::ApprovalPending { approval_id } => {
-                    if !self.wait_for_answer(&approval_id, cancel).await {
-                        return Outcome::Interrupted;
+        // Any replica may ask for an interrupt through the document; so may the caller, and a
+        // lost lease stops everything.
+        let local = cancel.child_token();
+        let watcher = {
+            let session = self.session.clone();
+            let base = session.interrupt_count();
+            let local = local.clone();
+            let fence = self.fence.clone();
+            let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+            let n = notify.clone();
+            let key = new_id("runner-interrupt-");
+            let observed = session
+                .doc()
+                .observe_update_v1(key.as_str(), move |_, _| n.notify_one())
+                .is_ok();
+            tokio::spawn(async move {
+                loop {
+                    if session.interrupt_count() > base {
+                        local.cancel();
+                    }
+                    if local.is_cancelled() {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = notify.notified() => {}
+                        _ = fence.cancelled() => local.cancel(),
+                        _ = local.cancelled() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     }
                 }
-                other => return other,
+                if observed {
+                    let _ = session.doc().unobserve_update_v1(key.as_str());
+                }
+            })
+        };
+        let outcome = loop {
+            match self.run(&local).await {
+                Outcome::ApprovalPending { approval_id } => {
+                    if !self.wait_for_answer(&approval_id, &local).await {
+                        break if self.fenced() {
+                            Outcome::LeaseLost
+                        } else if self.stop.is_cancelled() {
+                            Outcome::Yielded
+                        } else {
+                            self.session.set_status(&SessionStatus::Interrupted);
+                            Outcome::Interrupted
+                        };
+                    }
+                }
+                other => break other,
             }
-        }
+        };
+        // Stops the watcher (the child token never affects the caller's).
+        local.cancel();
+        let _ = watcher.await;
+        outcome
     }
 
     async fn wait_for_answer(&self, approval_id: &str, cancel: &CancellationToken) -> bool {
@@ -660,6 +809,8 @@ impl<'a> Runner<'a> {
             tokio::select! {
                 _ = notify.notified() => {}
                 _ = cancel.cancelled() => break false,
+                _ = self.stop.cancelled() => break false,
+                _ = self.fence.cancelled() => break false,
                 // Belt and braces: a missed notification costs at most this long.
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }

@@ -201,6 +201,8 @@ struct WriteJob {
     doc: Arc<HubDoc>,
     update: Option<Vec<u8>>,
     ack: Option<(Peer, String)>,
+    /// For server-side edits: told once the update is committed (or failed).
+    done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
 
 struct Inner {
@@ -211,6 +213,9 @@ struct Inner {
     writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
     next_conn: AtomicU64,
     metrics: Arc<HubMetrics>,
+    /// Per connection, the (token, document) pairs it was granted, so a revocation or a
+    /// membership change can be applied to sockets already open (see [`Hub::revalidate`]).
+    grants: Mutex<HashMap<ConnId, (Peer, Vec<(String, String)>)>>,
 }
 
 /// The hub; cheap to clone.
@@ -237,6 +242,7 @@ impl Hub {
             writer: Mutex::new(Some(tx)),
             next_conn: AtomicU64::new(1),
             metrics: Arc::new(HubMetrics::default()),
+            grants: Mutex::new(HashMap::new()),
         });
         let for_writer = inner.clone();
         let handle = std::thread::Builder::new()
@@ -318,6 +324,107 @@ impl Hub {
         };
         self.inner.release(&doc);
         Ok(state)
+    }
+
+    /// Reads a document in place (loading it if needed) without copying it.
+    pub async fn read<R>(&self, name: &str, f: impl FnOnce(&Doc) -> R) -> Result<R, HubError> {
+        let doc = self.inner.acquire(name).await?;
+        let out = {
+            let inner = lock(&doc.inner);
+            f(&inner.doc)
+        };
+        self.inner.release(&doc);
+        Ok(out)
+    }
+
+    /// The hub's state vector of a document.
+    pub async fn state_vector(&self, name: &str) -> Result<StateVector, HubError> {
+        self.read(name, |d| d.transact().state_vector()).await
+    }
+
+    /// A server-side edit: `f` changes the document (in its own transactions), the change is
+    /// relayed to every subscriber and this returns once it is committed. Used by the HTTP API
+    /// and the lease authority, which are not sync peers. `f` must not block.
+    pub async fn edit<R>(&self, name: &str, f: impl FnOnce(&Doc) -> R) -> Result<R, HubError> {
+        let doc = self.inner.acquire(name).await?;
+        let (out, update, targets) = {
+            let mut inner = lock(&doc.inner);
+            let before = inner.doc.transact().state_vector();
+            let out = f(&inner.doc);
+            let update = inner.doc.transact().encode_diff_v1(&before);
+            // An empty update encodes as two zero bytes: nothing to relay or store.
+            let changed = inner.doc.transact().state_vector() != before;
+            let targets: Vec<((ConnId, String), Peer)> = if changed {
+                inner
+                    .subscribers
+                    .iter()
+                    .map(|(k, p)| (k.clone(), p.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if changed {
+                inner.pending_writes += 1;
+            }
+            (out, changed.then_some(update), targets)
+        };
+        let Some(update) = update else {
+            self.inner.release(&doc);
+            return Ok(out);
+        };
+        relay_update(&self.inner.metrics, targets, &update);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = WriteJob {
+            doc: doc.clone(),
+            update: Some(update),
+            ack: None,
+            done: Some(tx),
+        };
+        let queued = self.inner.enqueue(job).await;
+        if queued.is_err() {
+            lock(&doc.inner).pending_writes -= 1;
+        }
+        self.inner.release(&doc);
+        queued?;
+        match rx.await {
+            Ok(Ok(())) => Ok(out),
+            Ok(Err(reason)) => Err(HubError::Load {
+                doc: name.to_owned(),
+                reason: format!("commit failed: {reason}"),
+            }),
+            Err(_) => Err(HubError::ShuttingDown),
+        }
+    }
+
+    /// Asks the authorizer again about every document every open connection was granted; a
+    /// connection holding a grant that no longer holds (token revoked, membership removed) is
+    /// closed at once with 4401. Call after any change that can take access away.
+    pub fn revalidate(&self) -> usize {
+        let grants: Vec<(Peer, Vec<(String, String)>)> =
+            lock(&self.inner.grants).values().cloned().collect();
+        let mut closed = 0;
+        for (peer, pairs) in grants {
+            let denied = pairs
+                .iter()
+                .find_map(|(token, doc)| self.inner.authorizer.authorize(token, doc).err());
+            if let Some(reason) = denied {
+                tracing::info!(conn = peer.id, %reason, "closing a connection whose access was withdrawn");
+                // Queued behind what is already in flight, so the close carries its reason; a
+                // full queue cannot take it, and then the connection is cut.
+                if peer
+                    .outbox
+                    .try_send(Outbound::Close(CloseReason::new(
+                        close_code::UNAUTHORIZED,
+                        format!("access withdrawn: {reason}"),
+                    )))
+                    .is_err()
+                {
+                    peer.kill.cancel();
+                }
+                closed += 1;
+            }
+        }
+        closed
     }
 }
 
@@ -463,7 +570,10 @@ fn writer_loop(hub: Arc<Inner>, mut rx: mpsc::Receiver<WriteJob>) {
 
 fn finish_batch(hub: &Arc<Inner>, batch: &mut Vec<WriteJob>) {
     let mut to_compact: Vec<Arc<HubDoc>> = Vec::new();
-    for job in batch.iter() {
+    for job in batch.iter_mut() {
+        if let Some(done) = job.done.take() {
+            let _ = done.send(Ok(()));
+        }
         if let Some((peer, address)) = &job.ack {
             let mut frame = Vec::with_capacity(address.len() + 4);
             protocol::encode_doc_message(&mut frame, address, &Message::SyncStatus(true));
@@ -513,7 +623,10 @@ fn finish_batch(hub: &Arc<Inner>, batch: &mut Vec<WriteJob>) {
 /// batch is closed so its client reconnects and re-sends.
 fn fail_batch(hub: &Arc<Inner>, batch: &mut Vec<WriteJob>, error: &StoreError) {
     let mut docs = lock(&hub.docs);
-    for job in batch.drain(..) {
+    for mut job in batch.drain(..) {
+        if let Some(done) = job.done.take() {
+            let _ = done.send(Err(error.to_string()));
+        }
         if let Some((peer, _)) = &job.ack {
             let _ = peer.outbox.try_send(Outbound::Close(CloseReason::new(
                 close_code::INTERNAL_ERROR,
@@ -687,6 +800,11 @@ impl HubConnection {
         lock(&doc.inner)
             .subscribers
             .insert((self.peer.id, address.clone()), self.peer.clone());
+        lock(&self.hub.grants)
+            .entry(self.peer.id)
+            .or_insert_with(|| (self.peer.clone(), Vec::new()))
+            .1
+            .push((token.to_owned(), name.clone()));
         let scope = match access {
             Access::ReadWrite => "read-write",
             Access::ReadOnly => "readonly",
@@ -878,6 +996,7 @@ impl HubConnection {
             doc: doc.clone(),
             update: adds_something.then_some(bytes),
             ack: Some(ack),
+            done: None,
         };
         if self.hub.enqueue(job).await.is_err() {
             lock(&doc.inner).pending_writes -= 1;
@@ -924,6 +1043,7 @@ impl Drop for HubConnection {
         for a in addresses {
             self.leave(&a);
         }
+        lock(&self.hub.grants).remove(&self.peer.id);
         self.hub
             .metrics
             .connections_open

@@ -13,6 +13,7 @@ mod workspace;
 pub use file::FileText;
 pub use names::DocName;
 pub use session::{
+    HandoffRequest,
     Block, BlockRef, Decision, Message, NewMessage, Role, Runner, SessionDoc, SessionMeta,
     SessionStatus, Usage,
 };

@@ -68,6 +68,14 @@ pub struct Runner {
     pub expires_ms: u64,
 }
 
+/// A request to move the session to another runner (`to` is a device id, or `cloud`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffRequest {
+    pub to: String,
+    pub by: String,
+    pub requested_ms: u64,
+}
+
 /// Token counts and cost; cost in millionths of a US dollar, so sums are exact.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -318,6 +326,83 @@ impl SessionDoc {
             None => Any::Null,
         };
         self.set("runner", value);
+    }
+
+    /// A pending request to move the session's runner, mirrored from the hub's lease table
+    /// so the current runner sees it at once and stops at a safe point.
+    pub fn set_handoff(&self, request: Option<&HandoffRequest>) {
+        let value = match request {
+            Some(r) => Any::from(HashMap::from([
+                ("to".to_owned(), Any::from(r.to.as_str())),
+                ("by".to_owned(), Any::from(r.by.as_str())),
+                ("requested".to_owned(), Any::from(r.requested_ms as i64)),
+            ])),
+            None => Any::Null,
+        };
+        self.set("handoff", value);
+    }
+
+    pub fn handoff(&self) -> Option<HandoffRequest> {
+        let txn = self.doc.transact();
+        match self.meta.get(&txn, "handoff") {
+            Some(Out::Any(Any::Map(r))) => match (r.get("to"), r.get("by"), r.get("requested")) {
+                (Some(Any::String(to)), Some(Any::String(by)), Some(at)) => Some(HandoffRequest {
+                    to: to.to_string(),
+                    by: by.to_string(),
+                    requested_ms: read::any_u64(at).unwrap_or(0),
+                }),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Asks whoever runs the session to stop now (any replica may ask). Returns the request's
+    /// number; a runner stops when the number changes from the one it started with.
+    pub fn request_interrupt(&self, by: &str) -> u64 {
+        let next = self.interrupt_count() + 1;
+        self.set(
+            "interrupt",
+            Any::from(HashMap::from([
+                ("n".to_owned(), Any::from(next as i64)),
+                ("by".to_owned(), Any::from(by)),
+            ])),
+        );
+        next
+    }
+
+    /// How many interrupts have been requested (0 if none ever was).
+    pub fn interrupt_count(&self) -> u64 {
+        let txn = self.doc.transact();
+        match self.meta.get(&txn, "interrupt") {
+            Some(Out::Any(Any::Map(r))) => r.get("n").and_then(read::any_u64).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Marks a reply that was cut short by a handoff: kept for the reader, and a runner that
+    /// continues the session asks the model again instead of taking it as the last word.
+    pub fn mark_cut(&self, message_id: &str) -> Result<(), DocError> {
+        let mut txn = self.doc.transact_mut();
+        let (_, m) = self
+            .find(&txn, message_id)
+            .ok_or_else(|| DocError::UnknownMessage(message_id.to_owned()))?;
+        m.insert(&mut txn, "cut", true);
+        Ok(())
+    }
+
+    /// Ids of the messages marked with [`mark_cut`](Self::mark_cut).
+    pub fn cut_messages(&self) -> std::collections::HashSet<String> {
+        let txn = self.doc.transact();
+        self.messages
+            .iter(&txn)
+            .filter_map(|m| match m {
+                Out::YMap(m) if read::bool(&m, &txn, "cut") == Some(true) => {
+                    read::string(&m, &txn, "id")
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Adds one turn's usage to the session totals. Only the session's runner writes usage, so
