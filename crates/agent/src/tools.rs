@@ -105,12 +105,108 @@ pub struct Todo {
     pub status: String,
 }
 
+/// How bash commands are contained. Every mode runs the command in its own process group,
+/// killed whole on timeout or interrupt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sandbox {
+    /// The user's own machine: no further limits (the desktop and the CLI).
+    None,
+    /// Resource limits set by the shell before the command runs (`ulimit`): CPU seconds,
+    /// address space, file size, open files, processes.
+    Limits(Limits),
+    /// Bubblewrap: a read-only view of the system, the workspace read-write, private /tmp,
+    /// no other writable path, new namespaces; plus the same limits.
+    Bubblewrap(Limits),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub cpu_seconds: u64,
+    pub memory_bytes: u64,
+    pub file_bytes: u64,
+    pub open_files: u64,
+    pub processes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            cpu_seconds: 600,
+            memory_bytes: 4 << 30,
+            file_bytes: 1 << 30,
+            open_files: 1024,
+            processes: 512,
+        }
+    }
+}
+
+impl Sandbox {
+    /// The strongest containment this machine offers: bubblewrap when `bwrap` exists and can
+    /// create its namespaces here (containers often forbid it), else resource limits.
+    pub fn detect(limits: Limits) -> Sandbox {
+        let works = std::process::Command::new("bwrap")
+            .args([
+                "--ro-bind",
+                "/",
+                "/",
+                "--dev",
+                "/dev",
+                "--unshare-all",
+                "--die-with-parent",
+                "true",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if works {
+            Sandbox::Bubblewrap(limits)
+        } else {
+            Sandbox::Limits(limits)
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Sandbox::None => "none (own process group only)".into(),
+            Sandbox::Limits(l) => format!(
+                "resource limits in a separate process group (cpu {}s, memory {} MiB,                  files {} MiB, {} open files, {} processes); bubblewrap unavailable",
+                l.cpu_seconds,
+                l.memory_bytes >> 20,
+                l.file_bytes >> 20,
+                l.open_files,
+                l.processes
+            ),
+            Sandbox::Bubblewrap(_) => {
+                "bubblewrap (read-only system, workspace writable, private /tmp, no network                  namespace sharing) plus resource limits"
+                    .into()
+            }
+        }
+    }
+}
+
+fn ulimit_prefix(l: &Limits) -> String {
+    // `sh` is dash on Debian: -v in KiB, -f in 512-byte blocks. A limit the shell cannot set
+    // (-u is not in every sh) is skipped rather than failing the command.
+    format!(
+        "ulimit -t {} ; ulimit -v {} ; ulimit -f {} ; ulimit -n {} ; (ulimit -u {}) 2>/dev/null && ulimit -u {} ; ",
+        l.cpu_seconds,
+        l.memory_bytes / 1024,
+        l.file_bytes / 512,
+        l.open_files,
+        l.processes,
+        l.processes
+    )
+}
+
 /// The tool set of one session, bound to one workspace root.
 #[derive(Clone)]
 pub struct ToolBox {
     root: PathBuf,
     pub bash_timeout: Duration,
     pub output_cap: usize,
+    pub sandbox: Sandbox,
     todos: Arc<Mutex<Vec<Todo>>>,
 }
 
@@ -120,6 +216,7 @@ impl ToolBox {
             root: root.into(),
             bash_timeout: Duration::from_secs(120),
             output_cap: 30_000,
+            sandbox: Sandbox::None,
             todos: Arc::default(),
         }
     }
@@ -421,10 +518,29 @@ impl ToolBox {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> ToolOutput {
-        let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c")
-            .arg(command)
-            .current_dir(&self.root)
+        let mut cmd = match &self.sandbox {
+            Sandbox::None => {
+                let mut c = tokio::process::Command::new("sh");
+                c.arg("-c").arg(command);
+                c
+            }
+            Sandbox::Limits(l) => {
+                let mut c = tokio::process::Command::new("sh");
+                c.arg("-c").arg(format!("{}{command}", ulimit_prefix(l)));
+                c
+            }
+            Sandbox::Bubblewrap(l) => {
+                let root = self.root.to_string_lossy().into_owned();
+                let mut c = tokio::process::Command::new("bwrap");
+                c.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"])
+                    .args(["--tmpfs", "/tmp", "--bind", &root, &root, "--chdir", &root])
+                    .args(["--unshare-pid", "--unshare-ipc", "--unshare-uts"])
+                    .args(["--die-with-parent", "--new-session", "sh", "-c"])
+                    .arg(format!("{}{command}", ulimit_prefix(l)));
+                c
+            }
+        };
+        cmd.current_dir(&self.root)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -628,6 +744,26 @@ mod tests {
         .await;
         assert!(!todo.is_error);
         assert_eq!(t.todos()[0].content, "ship");
+    }
+
+    #[tokio::test]
+    async fn limits_sandbox_caps_file_size() {
+        let (_d, mut t) = setup();
+        t.sandbox = Sandbox::Limits(Limits {
+            file_bytes: 64 * 1024,
+            ..Limits::default()
+        });
+        let out = run(
+            &t,
+            "bash",
+            json!({"command": "head -c 300000 /dev/zero > big; echo done"}),
+        )
+        .await;
+        let size = std::fs::metadata(t.root().join("big")).unwrap().len();
+        assert!(size <= 64 * 1024, "file grew to {size} bytes: {}", out.content);
+        let ok = run(&t, "bash", json!({"command": "echo fine"})).await;
+        assert!(!ok.is_error && ok.content.contains("fine"), "{}", ok.content);
+        assert!(!Sandbox::detect(Limits::default()).describe().is_empty());
     }
 
     #[tokio::test]

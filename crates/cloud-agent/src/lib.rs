@@ -2,6 +2,8 @@
 //! `jarvis-cloud` command line. The sync logic itself lives in `jarvis_sync`; this crate owns
 //! sockets, processes and configuration.
 
-pub mod auth;
+pub mod api;
+pub mod control;
+pub mod runner;
 pub mod blobs;
 pub mod server;

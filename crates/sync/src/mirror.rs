@@ -54,6 +54,12 @@ enum Work {
     RemotePaths(Vec<String>),
     /// A remote change to one file document.
     Remote(Option<String>),
+    /// Answered once everything queued before it is on disk (and, if `full`, after a pass
+    /// over the whole index).
+    Barrier {
+        full: bool,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 struct Inner {
@@ -203,6 +209,16 @@ impl FileMirror {
     pub async fn rescan(&self) {
         self.inner.import(None).await;
     }
+
+    /// Waits until every change queued so far (from disk or from the documents) is applied;
+    /// with `full`, also makes one pass over the whole index so the folder matches the
+    /// documents as they are now. A handoff calls this before the new runner starts.
+    pub async fn settle(&self, full: bool) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.inner.work.send(Work::Barrier { full, done: tx }).is_ok() {
+            let _ = rx.await;
+        }
+    }
 }
 
 fn device_name() -> String {
@@ -291,7 +307,13 @@ impl Inner {
             let mut index_changed = false;
             let mut dirty: HashSet<String> = HashSet::new();
             let mut changed_paths: HashSet<String> = HashSet::new();
+            let mut barriers = Vec::new();
+            let mut full = false;
             let mut take = |w: Work| match w {
+                Work::Barrier { full: f, done } => {
+                    full |= f;
+                    barriers.push(done);
+                }
                 Work::Disk(p) => paths.extend(p),
                 Work::RemotePaths(p) => changed_paths.extend(p),
                 Work::Remote(None) => index_changed = true,
@@ -308,7 +330,7 @@ impl Inner {
                     self.disk_to_doc(&rel).await;
                 }
             }
-            if index_changed {
+            if index_changed || full {
                 self.to_disk(&dirty).await;
             } else {
                 // Only what changed: the index paths named by the change, and the files whose
@@ -321,6 +343,9 @@ impl Inner {
                 if !dirty.is_empty() {
                     self.docs_to_disk(&dirty).await;
                 }
+            }
+            for done in barriers {
+                let _ = done.send(());
             }
         }
     }

@@ -1,0 +1,1396 @@
+//! The control plane: users, devices, tokens, device pairing, workspaces and their members,
+//! the session registry, leases (which device runs each session) and the audit log. One SQLite
+//! database (the hub's file, its own connection); every decision that takes access away is
+//! followed by [`jarvis_sync::hub::Hub::revalidate`] at the call site, so open sockets lose it
+//! at once too.
+//!
+//! Never: store or log a token in clear; the clear token is returned once, at creation.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use jarvis_sync::hub::{Access, Authorizer};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The device id of the cloud runner inside this server.
+pub const CLOUD_DEVICE: &str = "cloud";
+/// The user every first-start and legacy token belongs to.
+pub const ADMIN_USER: &str = "u-admin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Pending(String),
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+}
+
+impl ControlError {
+    /// The machine-readable code the API sends with the message.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ControlError::Unauthorized(_) => "unauthorized",
+            ControlError::Forbidden(_) => "forbidden",
+            ControlError::NotFound(_) => "not_found",
+            ControlError::Conflict(_) => "conflict",
+            ControlError::Invalid(_) => "invalid_request",
+            ControlError::Pending(_) => "authorization_pending",
+            ControlError::Db(_) => "internal",
+        }
+    }
+}
+
+type Result<T, E = ControlError> = std::result::Result<T, E>;
+
+/// Who is calling: resolved from a bearer token on every request and every document auth.
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    pub token_id: i64,
+    pub user: String,
+    pub user_name: String,
+    pub admin: bool,
+    /// The device the token was issued to (pairing); admin-made tokens have none.
+    pub device: Option<String>,
+    pub read_only: bool,
+    #[serde(skip)]
+    pub scopes: Vec<String>,
+}
+
+impl Identity {
+    /// The device id leases are held under: the paired device, or one per token.
+    pub fn device_id(&self) -> String {
+        self.device
+            .clone()
+            .unwrap_or_else(|| format!("t-{}", self.token_id))
+    }
+
+    fn scope_allows(&self, document: &str) -> bool {
+        self.scopes.iter().any(|s| scope_matches(s, document))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub label: String,
+    pub user: String,
+    pub device: Option<String>,
+    pub scopes: Vec<String>,
+    pub read_only: bool,
+    pub revoked: bool,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub admin: bool,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    pub id: String,
+    pub user: String,
+    pub name: String,
+    pub created_ms: i64,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Workspace {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub role: String,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRow {
+    pub id: String,
+    pub workspace: String,
+    pub owner: String,
+    pub title: String,
+    pub created_ms: i64,
+}
+
+pub use jarvis_sync::handoff::ExpectedDoc;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub session: String,
+    pub device: Option<String>,
+    pub epoch: u64,
+    pub expires_ms: u64,
+    /// A handoff waiting for the holder to yield.
+    pub pending_to: Option<String>,
+    pub pending_by: Option<String>,
+    /// What the holder had when it handed the session over.
+    pub expect: Vec<ExpectedDoc>,
+}
+
+impl Lease {
+    pub fn live(&self, now: u64) -> bool {
+        self.device.is_some() && self.expires_ms > now
+    }
+}
+
+/// What a handoff request led to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum HandoffState {
+    /// The target holds the lease now.
+    Granted { lease: Lease },
+    /// The holder was asked to yield; the lease moves when it does (or when it expires).
+    Pending { lease: Lease },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Pairing {
+    /// Shown to the person (`ABCD-2345`), typed or confirmed where they are signed in.
+    pub code: String,
+    /// Kept by the device to collect its token; a secret.
+    pub device_code: String,
+    pub expires_in: u64,
+    pub interval: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub ts_ms: i64,
+    pub user: Option<String>,
+    pub device: Option<String>,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+/// A token's scope: an exact document name, or a prefix ending in `*` (`session/*`, `*`).
+pub fn scope_matches(scope: &str, document: &str) -> bool {
+    match scope.strip_suffix('*') {
+        Some(prefix) => document.starts_with(prefix),
+        None => scope == document,
+    }
+}
+
+fn hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn random_hex(bytes: usize) -> String {
+    let v: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+    hex::encode(v)
+}
+
+/// Ids users pick for workspaces and sessions: what document names accept.
+pub fn valid_id(id: &str) -> bool {
+    jarvis_sync::doc::DocName::session(id).is_ok()
+}
+
+const PAIRING_TTL_MS: u64 = 10 * 60 * 1000;
+/// Unambiguous letters and digits for codes read off one screen and typed on another.
+const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+
+pub struct Control {
+    conn: Mutex<Connection>,
+    /// Held in memory only: the cloud runner's own sync token, valid until the process ends.
+    system_token_hash: String,
+}
+
+impl Control {
+    /// Opens (and migrates) the control tables; returns the store and the in-process system
+    /// token for the cloud runner's own connection.
+    pub fn open(path: &Path) -> anyhow::Result<(Self, String)> {
+        use anyhow::Context;
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening control database {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS tokens (
+                id INTEGER PRIMARY KEY,
+                hash TEXT NOT NULL UNIQUE,
+                label TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                read_only INTEGER NOT NULL,
+                revoked INTEGER NOT NULL DEFAULT 0,
+                created_ms INTEGER NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS users (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                admin INTEGER NOT NULL,
+                created_ms INTEGER NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS devices (
+                id TEXT PRIMARY KEY,
+                user_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                created_ms INTEGER NOT NULL,
+                revoked INTEGER NOT NULL DEFAULT 0
+            );
+            CREATE TABLE IF NOT EXISTS pairings (
+                code TEXT PRIMARY KEY,
+                device_code_hash TEXT NOT NULL UNIQUE,
+                name TEXT NOT NULL,
+                expires_ms INTEGER NOT NULL,
+                approved_user TEXT,
+                issued INTEGER NOT NULL DEFAULT 0
+            );
+            CREATE TABLE IF NOT EXISTS workspaces (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                owner TEXT NOT NULL,
+                created_ms INTEGER NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS members (
+                workspace TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                role TEXT NOT NULL,
+                PRIMARY KEY (workspace, user_id)
+            );
+            CREATE TABLE IF NOT EXISTS sessions (
+                id TEXT PRIMARY KEY,
+                workspace TEXT NOT NULL,
+                owner TEXT NOT NULL,
+                title TEXT NOT NULL,
+                created_ms INTEGER NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS sessions_by_workspace ON sessions (workspace);
+            CREATE TABLE IF NOT EXISTS leases (
+                session TEXT PRIMARY KEY,
+                device TEXT,
+                epoch INTEGER NOT NULL,
+                expires_ms INTEGER NOT NULL,
+                pending_to TEXT,
+                pending_by TEXT,
+                expect TEXT NOT NULL DEFAULT '[]'
+            );
+            CREATE TABLE IF NOT EXISTS audit (
+                id INTEGER PRIMARY KEY,
+                ts_ms INTEGER NOT NULL,
+                user_id TEXT,
+                device_id TEXT,
+                action TEXT NOT NULL,
+                target TEXT NOT NULL,
+                detail TEXT NOT NULL
+            );",
+        )
+        .context("creating the control tables")?;
+        // Tokens made before users existed belong to the admin.
+        let cols: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('tokens')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if !cols.iter().any(|c| c == "user_id") {
+            conn.execute_batch(
+                "ALTER TABLE tokens ADD COLUMN user_id TEXT;
+                 ALTER TABLE tokens ADD COLUMN device_id TEXT;",
+            )?;
+        }
+        conn.execute(
+            "INSERT OR IGNORE INTO users (id, name, admin, created_ms) VALUES (?1, 'admin', 1, ?2)",
+            params![ADMIN_USER, now_ms() as i64],
+        )?;
+        conn.execute(
+            "UPDATE tokens SET user_id = ?1 WHERE user_id IS NULL",
+            params![ADMIN_USER],
+        )?;
+        let system = format!("jt_sys_{}", random_hex(24));
+        Ok((
+            Control {
+                conn: Mutex::new(conn),
+                system_token_hash: hash(&system),
+            },
+            system,
+        ))
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---- audit ------------------------------------------------------------------------------
+
+    pub fn audit(&self, who: Option<&Identity>, action: &str, target: &str, detail: &str) {
+        let r = self.conn().execute(
+            "INSERT INTO audit (ts_ms, user_id, device_id, action, target, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                now_ms() as i64,
+                who.map(|i| i.user.clone()),
+                who.map(|i| i.device_id()),
+                action,
+                target,
+                detail
+            ],
+        );
+        if let Err(e) = r {
+            tracing::error!(error = %e, action, target, "writing the audit log failed");
+        }
+    }
+
+    pub fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, ts_ms, user_id, device_id, action, target, detail FROM audit
+             ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit], |r| {
+            Ok(AuditEntry {
+                id: r.get(0)?,
+                ts_ms: r.get(1)?,
+                user: r.get(2)?,
+                device: r.get(3)?,
+                action: r.get(4)?,
+                target: r.get(5)?,
+                detail: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // ---- users and tokens -------------------------------------------------------------------
+
+    pub fn token_count(&self) -> Result<i64> {
+        Ok(self
+            .conn()
+            .query_row("SELECT count(*) FROM tokens", [], |r| r.get(0))?)
+    }
+
+    pub fn create_user(&self, name: &str, admin: bool) -> Result<User> {
+        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+            return Err(ControlError::Invalid(
+                "a user name is 1 to 64 printable characters".into(),
+            ));
+        }
+        let user = User {
+            id: format!("u-{}", random_hex(8)),
+            name: name.to_owned(),
+            admin,
+            created_ms: now_ms() as i64,
+        };
+        let r = self.conn().execute(
+            "INSERT INTO users (id, name, admin, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![user.id, user.name, user.admin, user.created_ms],
+        );
+        match r {
+            Ok(_) => Ok(user),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(ControlError::Conflict(format!("a user named {name:?} exists")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn user_by_name(&self, name: &str) -> Result<Option<User>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id, name, admin, created_ms FROM users WHERE name = ?1 OR id = ?1",
+                params![name],
+                |r| {
+                    Ok(User {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        admin: r.get(2)?,
+                        created_ms: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn users(&self) -> Result<Vec<User>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT id, name, admin, created_ms FROM users ORDER BY created_ms")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(User {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                admin: r.get(2)?,
+                created_ms: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Creates a token for a user (and optionally a device); returns it in clear, once.
+    pub fn create_token(
+        &self,
+        user: &str,
+        device: Option<&str>,
+        label: &str,
+        scopes: &[String],
+        read_only: bool,
+    ) -> Result<String> {
+        if scopes.is_empty() {
+            return Err(ControlError::Invalid(
+                "a token needs at least one scope".into(),
+            ));
+        }
+        for s in scopes {
+            if s.is_empty() || s.contains('\n') || s[..s.len() - 1].contains('*') {
+                return Err(ControlError::Invalid(format!(
+                    "invalid scope {s:?}: use an exact document name or a prefix ending in '*'"
+                )));
+            }
+        }
+        let token = format!("jt_{}", random_hex(24));
+        self.conn().execute(
+            "INSERT INTO tokens (hash, label, scopes, read_only, created_ms, user_id, device_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                hash(&token),
+                label,
+                scopes.join("\n"),
+                read_only,
+                now_ms() as i64,
+                user,
+                device
+            ],
+        )?;
+        Ok(token)
+    }
+
+    pub fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, label, user_id, device_id, scopes, read_only, revoked, created_ms
+             FROM tokens WHERE ?1 IS NULL OR user_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![user], |r| {
+            Ok(TokenInfo {
+                id: r.get(0)?,
+                label: r.get(1)?,
+                user: r.get(2)?,
+                device: r.get(3)?,
+                scopes: r.get::<_, String>(4)?.lines().map(str::to_owned).collect(),
+                read_only: r.get(5)?,
+                revoked: r.get(6)?,
+                created_ms: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Revokes a token; `owner` limits it to that user's tokens (None: admin).
+    pub fn revoke_token(&self, id: i64, owner: Option<&str>) -> Result<()> {
+        let n = self.conn().execute(
+            "UPDATE tokens SET revoked = 1 WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2)",
+            params![id, owner],
+        )?;
+        if n == 0 {
+            return Err(ControlError::NotFound(format!("no token with id {id}")));
+        }
+        Ok(())
+    }
+
+    /// Resolves a bearer token. The in-memory system token is the cloud runner itself.
+    pub fn identify(&self, token: &str) -> Result<Identity> {
+        if token.is_empty() {
+            return Err(ControlError::Unauthorized("missing token".into()));
+        }
+        let h = hash(token);
+        if h == self.system_token_hash {
+            return Ok(Identity {
+                token_id: 0,
+                user: ADMIN_USER.into(),
+                user_name: "system".into(),
+                admin: true,
+                device: Some(CLOUD_DEVICE.into()),
+                read_only: false,
+                scopes: vec!["*".into()],
+            });
+        }
+        let row = self
+            .conn()
+            .prepare_cached(
+                "SELECT t.id, t.user_id, u.name, u.admin, t.device_id, t.read_only, t.revoked,
+                        t.scopes, d.revoked
+                 FROM tokens t JOIN users u ON u.id = t.user_id
+                 LEFT JOIN devices d ON d.id = t.device_id
+                 WHERE t.hash = ?1",
+            )?
+            .query_row(params![h], |r| {
+                Ok((
+                    Identity {
+                        token_id: r.get(0)?,
+                        user: r.get(1)?,
+                        user_name: r.get(2)?,
+                        admin: r.get(3)?,
+                        device: r.get(4)?,
+                        read_only: r.get(5)?,
+                        scopes: r.get::<_, String>(7)?.lines().map(str::to_owned).collect(),
+                    },
+                    r.get::<_, bool>(6)?,
+                    r.get::<_, Option<bool>>(8)?,
+                ))
+            })
+            .optional()?;
+        match row {
+            None => Err(ControlError::Unauthorized("unknown token".into())),
+            Some((_, true, _)) => Err(ControlError::Unauthorized("token revoked".into())),
+            Some((_, _, Some(true))) => Err(ControlError::Unauthorized("device revoked".into())),
+            Some((id, _, _)) => Ok(id),
+        }
+    }
+
+    // ---- pairing and devices ----------------------------------------------------------------
+
+    /// A device asks to be paired: it shows `code` to its person and polls with `device_code`.
+    pub fn start_pairing(&self, name: &str) -> Result<Pairing> {
+        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+            return Err(ControlError::Invalid(
+                "a device name is 1 to 64 printable characters".into(),
+            ));
+        }
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM pairings WHERE expires_ms < ?1",
+            params![now_ms() as i64],
+        )?;
+        let pending: i64 = conn.query_row("SELECT count(*) FROM pairings", [], |r| r.get(0))?;
+        if pending > 1000 {
+            return Err(ControlError::Conflict(
+                "too many pairings in progress; try again later".into(),
+            ));
+        }
+        let code: String = (0..8)
+            .map(|i| {
+                let c = CODE_ALPHABET[rand::random::<usize>() % CODE_ALPHABET.len()] as char;
+                if i == 4 { format!("-{c}") } else { c.to_string() }
+            })
+            .collect();
+        let device_code = format!("jd_{}", random_hex(24));
+        conn.execute(
+            "INSERT INTO pairings (code, device_code_hash, name, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                code,
+                hash(&device_code),
+                name,
+                (now_ms() + PAIRING_TTL_MS) as i64
+            ],
+        )?;
+        Ok(Pairing {
+            code,
+            device_code,
+            expires_in: PAIRING_TTL_MS / 1000,
+            interval: 1,
+        })
+    }
+
+    /// A signed-in person approves a code: the device becomes theirs.
+    pub fn approve_pairing(&self, who: &Identity, code: &str) -> Result<String> {
+        let code = code.trim().to_ascii_uppercase();
+        let code = if code.len() == 8 && !code.contains('-') {
+            format!("{}-{}", &code[..4], &code[4..])
+        } else {
+            code
+        };
+        let conn = self.conn();
+        let row: Option<(String, i64, Option<String>)> = conn
+            .query_row(
+                "SELECT name, expires_ms, approved_user FROM pairings WHERE code = ?1",
+                params![code],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        match row {
+            None => Err(ControlError::NotFound("no such pairing code".into())),
+            Some((_, exp, _)) if exp < now_ms() as i64 => {
+                Err(ControlError::NotFound("the pairing code has expired".into()))
+            }
+            Some((_, _, Some(_))) => Err(ControlError::Conflict(
+                "this code was already approved".into(),
+            )),
+            Some((name, _, None)) => {
+                conn.execute(
+                    "UPDATE pairings SET approved_user = ?1 WHERE code = ?2",
+                    params![who.user, code],
+                )?;
+                Ok(name)
+            }
+        }
+    }
+
+    /// The device polls; once approved it gets its device id and token, exactly once.
+    pub fn poll_pairing(&self, device_code: &str) -> Result<(Device, String)> {
+        let h = hash(device_code);
+        let row: Option<(String, String, i64, Option<String>, bool)> = self
+            .conn()
+            .query_row(
+                "SELECT code, name, expires_ms, approved_user, issued FROM pairings
+                 WHERE device_code_hash = ?1",
+                params![h],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        let (code, name, user) = match row {
+            None => return Err(ControlError::NotFound("unknown device code".into())),
+            Some((_, _, _, _, true)) => {
+                return Err(ControlError::Conflict(
+                    "this pairing was already completed".into(),
+                ));
+            }
+            Some((_, _, exp, None, _)) if exp < now_ms() as i64 => {
+                return Err(ControlError::NotFound("the pairing has expired".into()));
+            }
+            Some((_, _, _, None, _)) => {
+                return Err(ControlError::Pending(
+                    "waiting for the code to be approved".into(),
+                ));
+            }
+            Some((code, name, _, Some(user), false)) => (code, name, user),
+        };
+        let device = Device {
+            id: format!("d-{}", random_hex(8)),
+            user: user.clone(),
+            name: name.clone(),
+            created_ms: now_ms() as i64,
+            revoked: false,
+        };
+        {
+            let conn = self.conn();
+            // Marked issued first: a racing second poll finds it so and gets nothing.
+            let n = conn.execute(
+                "UPDATE pairings SET issued = 1 WHERE code = ?1 AND issued = 0",
+                params![code],
+            )?;
+            if n == 0 {
+                return Err(ControlError::Conflict(
+                    "this pairing was already completed".into(),
+                ));
+            }
+            conn.execute(
+                "INSERT INTO devices (id, user_id, name, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![device.id, device.user, device.name, device.created_ms],
+            )?;
+        }
+        let token = self.create_token(
+            &user,
+            Some(&device.id),
+            &format!("device {name}"),
+            &["*".into()],
+            false,
+        )?;
+        Ok((device, token))
+    }
+
+    pub fn devices(&self, user: Option<&str>) -> Result<Vec<Device>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, user_id, name, created_ms, revoked FROM devices
+             WHERE ?1 IS NULL OR user_id = ?1 ORDER BY created_ms",
+        )?;
+        let rows = stmt.query_map(params![user], |r| {
+            Ok(Device {
+                id: r.get(0)?,
+                user: r.get(1)?,
+                name: r.get(2)?,
+                created_ms: r.get(3)?,
+                revoked: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Revokes a device and every token issued to it.
+    pub fn revoke_device(&self, id: &str, owner: Option<&str>) -> Result<()> {
+        let conn = self.conn();
+        let n = conn.execute(
+            "UPDATE devices SET revoked = 1 WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2)",
+            params![id, owner],
+        )?;
+        if n == 0 {
+            return Err(ControlError::NotFound(format!("no device {id}")));
+        }
+        conn.execute(
+            "UPDATE tokens SET revoked = 1 WHERE device_id = ?1",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    // ---- workspaces and membership ----------------------------------------------------------
+
+    fn role(&self, workspace: &str, user: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT role FROM members WHERE workspace = ?1 AND user_id = ?2")?
+            .query_row(params![workspace, user], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn workspace_exists(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT 1 FROM workspaces WHERE id = ?1")?
+            .query_row(params![id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Checks that `who` may use a workspace (an admin may use any that exists).
+    pub fn check_workspace(&self, who: &Identity, workspace: &str) -> Result<()> {
+        if !self.workspace_exists(workspace)? {
+            return Err(ControlError::NotFound(format!(
+                "no workspace {workspace:?}"
+            )));
+        }
+        if who.admin || self.role(workspace, &who.user)?.is_some() {
+            return Ok(());
+        }
+        // The same answer as for a workspace that does not exist: ids are not disclosed.
+        Err(ControlError::NotFound(format!(
+            "no workspace {workspace:?}"
+        )))
+    }
+
+    /// Creates a workspace owned by `who`, or returns it if it exists and `who` may use it.
+    pub fn ensure_workspace(&self, who: &Identity, id: &str, name: &str) -> Result<Workspace> {
+        if !valid_id(id) {
+            return Err(ControlError::Invalid(format!(
+                "invalid workspace id {id:?}: letters, digits, '-', '_', '.', up to 128"
+            )));
+        }
+        if who.read_only {
+            return Err(ControlError::Forbidden("read-only token".into()));
+        }
+        {
+            let conn = self.conn();
+            let created = conn.execute(
+                "INSERT OR IGNORE INTO workspaces (id, name, owner, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![id, if name.is_empty() { id } else { name }, who.user, now_ms() as i64],
+            )?;
+            if created > 0 {
+                conn.execute(
+                    "INSERT INTO members (workspace, user_id, role) VALUES (?1, ?2, 'owner')",
+                    params![id, who.user],
+                )?;
+            }
+        }
+        self.check_workspace(who, id).map_err(|_| {
+            ControlError::Conflict(format!("workspace id {id:?} is taken"))
+        })?;
+        self.workspace(who, id)
+    }
+
+    pub fn workspace(&self, who: &Identity, id: &str) -> Result<Workspace> {
+        self.check_workspace(who, id)?;
+        self.workspaces(who)?
+            .into_iter()
+            .find(|w| w.id == id)
+            .ok_or_else(|| ControlError::NotFound(format!("no workspace {id:?}")))
+    }
+
+    pub fn workspaces(&self, who: &Identity) -> Result<Vec<Workspace>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT w.id, w.name, w.owner, coalesce(m.role, 'admin'), w.created_ms
+             FROM workspaces w LEFT JOIN members m ON m.workspace = w.id AND m.user_id = ?1
+             WHERE m.user_id IS NOT NULL OR ?2 ORDER BY w.created_ms",
+        )?;
+        let rows = stmt.query_map(params![who.user, who.admin], |r| {
+            Ok(Workspace {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                owner: r.get(2)?,
+                role: r.get(3)?,
+                created_ms: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Adds (or removes, with `role` None) a member; only the owner or an admin may.
+    pub fn set_member(
+        &self,
+        who: &Identity,
+        workspace: &str,
+        user: &str,
+        role: Option<&str>,
+    ) -> Result<()> {
+        self.check_workspace(who, workspace)?;
+        if !who.admin && self.role(workspace, &who.user)?.as_deref() != Some("owner") {
+            return Err(ControlError::Forbidden(
+                "only the workspace's owner can change its members".into(),
+            ));
+        }
+        let target = self
+            .user_by_name(user)?
+            .ok_or_else(|| ControlError::NotFound(format!("no user {user:?}")))?;
+        let conn = self.conn();
+        match role {
+            Some(r) if ["owner", "member"].contains(&r) => {
+                conn.execute(
+                    "INSERT INTO members (workspace, user_id, role) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (workspace, user_id) DO UPDATE SET role = excluded.role",
+                    params![workspace, target.id, r],
+                )?;
+            }
+            Some(r) => {
+                return Err(ControlError::Invalid(format!(
+                    "role {r:?}: use owner or member"
+                )));
+            }
+            None => {
+                conn.execute(
+                    "DELETE FROM members WHERE workspace = ?1 AND user_id = ?2",
+                    params![workspace, target.id],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- sessions ---------------------------------------------------------------------------
+
+    pub fn session(&self, id: &str) -> Result<Option<SessionRow>> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT id, workspace, owner, title, created_ms FROM sessions WHERE id = ?1",
+            )?
+            .query_row(params![id], |r| {
+                Ok(SessionRow {
+                    id: r.get(0)?,
+                    workspace: r.get(1)?,
+                    owner: r.get(2)?,
+                    title: r.get(3)?,
+                    created_ms: r.get(4)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// The session, if `who` may see it; otherwise `NotFound` (ids are not disclosed).
+    pub fn check_session(&self, who: &Identity, id: &str) -> Result<SessionRow> {
+        let row = self
+            .session(id)?
+            .ok_or_else(|| ControlError::NotFound(format!("no session {id:?}")))?;
+        self.check_workspace(who, &row.workspace)
+            .map_err(|_| ControlError::NotFound(format!("no session {id:?}")))?;
+        Ok(row)
+    }
+
+    /// Registers a session in a workspace (idempotent for the same workspace).
+    pub fn register_session(
+        &self,
+        who: &Identity,
+        id: &str,
+        workspace: &str,
+        title: &str,
+    ) -> Result<SessionRow> {
+        if !valid_id(id) {
+            return Err(ControlError::Invalid(format!("invalid session id {id:?}")));
+        }
+        if who.read_only {
+            return Err(ControlError::Forbidden("read-only token".into()));
+        }
+        self.check_workspace(who, workspace)?;
+        let created = self.conn().execute(
+            "INSERT OR IGNORE INTO sessions (id, workspace, owner, title, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, workspace, who.user, title, now_ms() as i64],
+        )?;
+        let row = self.check_session(who, id).map_err(|_| {
+            ControlError::Conflict(format!("session id {id:?} is taken"))
+        })?;
+        if created == 0 && row.workspace != workspace {
+            return Err(ControlError::Conflict(format!(
+                "session {id:?} belongs to another workspace"
+            )));
+        }
+        Ok(row)
+    }
+
+    pub fn sessions(&self, who: &Identity, workspace: Option<&str>) -> Result<Vec<SessionRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT s.id, s.workspace, s.owner, s.title, s.created_ms FROM sessions s
+             WHERE (?1 IS NULL OR s.workspace = ?1)
+               AND (?3 OR EXISTS (SELECT 1 FROM members m
+                                  WHERE m.workspace = s.workspace AND m.user_id = ?2))
+             ORDER BY s.created_ms DESC",
+        )?;
+        let rows = stmt.query_map(params![workspace, who.user, who.admin], |r| {
+            Ok(SessionRow {
+                id: r.get(0)?,
+                workspace: r.get(1)?,
+                owner: r.get(2)?,
+                title: r.get(3)?,
+                created_ms: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // ---- leases -----------------------------------------------------------------------------
+
+    fn read_lease(conn: &Connection, session: &str) -> Result<Lease> {
+        let row = conn
+            .prepare_cached(
+                "SELECT device, epoch, expires_ms, pending_to, pending_by, expect FROM leases
+                 WHERE session = ?1",
+            )?
+            .query_row(params![session], |r| {
+                Ok(Lease {
+                    session: session.to_owned(),
+                    device: r.get(0)?,
+                    epoch: r.get::<_, i64>(1)? as u64,
+                    expires_ms: r.get::<_, i64>(2)? as u64,
+                    pending_to: r.get(3)?,
+                    pending_by: r.get(4)?,
+                    expect: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
+                })
+            })
+            .optional()?;
+        Ok(row.unwrap_or(Lease {
+            session: session.to_owned(),
+            device: None,
+            epoch: 0,
+            expires_ms: 0,
+            pending_to: None,
+            pending_by: None,
+            expect: Vec::new(),
+        }))
+    }
+
+    fn write_lease(conn: &Connection, l: &Lease) -> Result<()> {
+        conn.execute(
+            "INSERT INTO leases (session, device, epoch, expires_ms, pending_to, pending_by, expect)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (session) DO UPDATE SET device = excluded.device, epoch = excluded.epoch,
+               expires_ms = excluded.expires_ms, pending_to = excluded.pending_to,
+               pending_by = excluded.pending_by, expect = excluded.expect",
+            params![
+                l.session,
+                l.device,
+                l.epoch as i64,
+                l.expires_ms as i64,
+                l.pending_to,
+                l.pending_by,
+                serde_json::to_string(&l.expect).unwrap_or_else(|_| "[]".into())
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Runs `f` on the lease in one immediate transaction: lease changes are serialised, so
+    /// two devices racing for a session see one winner.
+    fn with_lease<T>(
+        &self,
+        session: &str,
+        f: impl FnOnce(&mut Lease) -> Result<(T, bool)>,
+    ) -> Result<T> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut lease = Self::read_lease(&tx, session)?;
+        let (out, changed) = f(&mut lease)?;
+        if changed {
+            Self::write_lease(&tx, &lease)?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    pub fn lease(&self, session: &str) -> Result<Lease> {
+        Self::read_lease(&self.conn(), session)
+    }
+
+    /// Takes a free (or expired) lease, or renews one this device holds.
+    pub fn acquire(&self, session: &str, device: &str, ttl_ms: u64) -> Result<Lease> {
+        let now = now_ms();
+        self.with_lease(session, |l| {
+            let mine = l.device.as_deref() == Some(device);
+            if l.live(now) && !mine {
+                return Err(ControlError::Conflict(format!(
+                    "session {session} is running on {} (epoch {}); hand it off first",
+                    l.device.as_deref().unwrap_or("?"),
+                    l.epoch
+                )));
+            }
+            if let Some(to) = &l.pending_to
+                && to != device
+            {
+                return Err(ControlError::Conflict(format!(
+                    "session {session} is being handed to {to}"
+                )));
+            }
+            if !mine || !l.live(now) {
+                l.epoch += 1;
+                l.expect.clear();
+            }
+            l.device = Some(device.to_owned());
+            l.expires_ms = now + ttl_ms;
+            if l.pending_to.as_deref() == Some(device) {
+                l.pending_to = None;
+                l.pending_by = None;
+            }
+            Ok((l.clone(), true))
+        })
+    }
+
+    /// Extends a lease the device holds at `epoch`; anything else means it is lost.
+    pub fn renew(&self, session: &str, device: &str, epoch: u64, ttl_ms: u64) -> Result<Lease> {
+        let now = now_ms();
+        self.with_lease(session, |l| {
+            if l.device.as_deref() != Some(device) || l.epoch != epoch {
+                return Err(ControlError::Conflict(format!(
+                    "lease lost: session {session} is now held by {} at epoch {}",
+                    l.device.as_deref().unwrap_or("nobody"),
+                    l.epoch
+                )));
+            }
+            l.expires_ms = now + ttl_ms;
+            Ok((l.clone(), true))
+        })
+    }
+
+    /// Asks for the session to move to `to`. A free or expired lease moves at once (with
+    /// `expect` as the state to reach); a live holder is asked to yield.
+    pub fn request_handoff(
+        &self,
+        session: &str,
+        to: &str,
+        by: &str,
+        expect: Vec<ExpectedDoc>,
+        ttl_ms: u64,
+    ) -> Result<HandoffState> {
+        let now = now_ms();
+        self.with_lease(session, |l| {
+            if l.live(now) && l.device.as_deref() == Some(to) {
+                return Ok((HandoffState::Granted { lease: l.clone() }, false));
+            }
+            if let Some(p) = &l.pending_to {
+                if p == to {
+                    return Ok((HandoffState::Pending { lease: l.clone() }, false));
+                }
+                if l.live(now) {
+                    return Err(ControlError::Conflict(format!(
+                        "session {session} is already being handed to {p}"
+                    )));
+                }
+            }
+            if l.live(now) {
+                l.pending_to = Some(to.to_owned());
+                l.pending_by = Some(by.to_owned());
+                return Ok((HandoffState::Pending { lease: l.clone() }, true));
+            }
+            l.device = Some(to.to_owned());
+            l.epoch += 1;
+            l.expires_ms = now + ttl_ms;
+            l.pending_to = None;
+            l.pending_by = None;
+            l.expect = expect;
+            Ok((HandoffState::Granted { lease: l.clone() }, true))
+        })
+    }
+
+    /// The holder gives the session up at a safe point, with the state it leaves behind.
+    /// The lease moves to the pending target, if any; otherwise it becomes free.
+    pub fn release(
+        &self,
+        session: &str,
+        device: &str,
+        epoch: u64,
+        expect: Vec<ExpectedDoc>,
+        ttl_ms: u64,
+    ) -> Result<Lease> {
+        let now = now_ms();
+        self.with_lease(session, |l| {
+            if l.device.as_deref() != Some(device) || l.epoch != epoch {
+                return Err(ControlError::Conflict(format!(
+                    "lease lost: session {session} is held by {} at epoch {}",
+                    l.device.as_deref().unwrap_or("nobody"),
+                    l.epoch
+                )));
+            }
+            l.epoch += 1;
+            l.expect = expect;
+            match l.pending_to.take() {
+                Some(to) => {
+                    l.device = Some(to);
+                    l.expires_ms = now + ttl_ms;
+                }
+                None => {
+                    l.device = None;
+                    l.expires_ms = 0;
+                }
+            }
+            l.pending_by = None;
+            Ok((l.clone(), true))
+        })
+    }
+
+    /// Pending handoffs whose holder let its lease expire: they complete now (the holder is
+    /// gone; what it did not flush is not in the hub and cannot be waited for).
+    pub fn complete_expired_handoffs(&self, ttl_ms: u64) -> Result<Vec<Lease>> {
+        let now = now_ms();
+        let stuck: Vec<String> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare(
+                "SELECT session FROM leases WHERE pending_to IS NOT NULL AND expires_ms <= ?1",
+            )?;
+            stmt.query_map(params![now as i64], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut moved = Vec::new();
+        for s in stuck {
+            let l = self.with_lease(&s, |l| {
+                if l.live(now) {
+                    return Ok((None, false));
+                }
+                let Some(to) = l.pending_to.take() else {
+                    return Ok((None, false));
+                };
+                l.device = Some(to);
+                l.epoch += 1;
+                l.expires_ms = now + ttl_ms;
+                l.pending_by = None;
+                l.expect.clear();
+                Ok((Some(l.clone()), true))
+            })?;
+            moved.extend(l);
+        }
+        Ok(moved)
+    }
+
+    /// Sessions whose lease this device holds (the cloud resumes these after a restart).
+    pub fn leases_of(&self, device: &str) -> Result<Vec<Lease>> {
+        let sessions: Vec<String> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare("SELECT session FROM leases WHERE device = ?1")?;
+            stmt.query_map(params![device], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let conn = self.conn();
+        sessions
+            .iter()
+            .map(|s| Self::read_lease(&conn, s))
+            .collect()
+    }
+
+    /// Document-level access, shared by the sync socket and the HTTP API.
+    pub fn document_access(&self, who: &Identity, document: &str) -> Result<Access> {
+        if !who.scope_allows(document) {
+            return Err(ControlError::Forbidden(format!(
+                "token has no access to {document}"
+            )));
+        }
+        let access = if who.read_only {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        };
+        // An admin may open any document its scopes allow, registered or not (tools, tests,
+        // the cloud runner itself).
+        if who.admin {
+            return Ok(access);
+        }
+        let name = jarvis_sync::doc::DocName::parse(document)
+            .map_err(|e| ControlError::Invalid(e.to_string()))?;
+        if let Some(s) = name.session_id() {
+            self.check_session(who, s)?;
+        } else if let Some(w) = name.workspace() {
+            self.check_workspace(who, w)?;
+        } else {
+            return Err(ControlError::Forbidden(format!(
+                "no access to {document}"
+            )));
+        }
+        Ok(access)
+    }
+}
+
+impl Authorizer for Control {
+    fn authorize(&self, token: &str, document: &str) -> Result<Access, String> {
+        let who = self.identify(token).map_err(|e| e.to_string())?;
+        self.document_access(&who, document).map_err(|e| match e {
+            ControlError::Db(e) => {
+                tracing::error!(error = %e, "access check failed");
+                "access check unavailable".to_owned()
+            }
+            other => other.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Control) {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = Control::open(&dir.path().join("c.db")).unwrap();
+        (dir, c)
+    }
+
+    #[test]
+    fn tokens_are_hashed_scoped_and_revocable() {
+        let (_d, c) = open();
+        let rw = c
+            .create_token(ADMIN_USER, None, "a", &["session/*".into()], false)
+            .unwrap();
+        let ro = c
+            .create_token(ADMIN_USER, None, "b", &["ws/w1/*".into()], true)
+            .unwrap();
+        let admin = c.identify(&rw).unwrap();
+        c.ensure_workspace(&admin, "w1", "").unwrap();
+        let who = c.identify(&ro).unwrap();
+        assert!(who.read_only);
+        c.register_session(&admin, "s1", "w1", "t").unwrap();
+        assert_eq!(c.authorize(&rw, "session/s1"), Ok(Access::ReadWrite));
+        assert!(c.authorize(&rw, "ws/w1/index").is_err());
+        assert_eq!(c.authorize(&ro, "ws/w1/index"), Ok(Access::ReadOnly));
+        assert!(c.authorize("", "session/s1").is_err());
+        assert!(c.authorize("jt_nope", "session/s1").is_err());
+        c.revoke_token(admin.token_id, None).unwrap();
+        assert_eq!(
+            c.authorize(&rw, "session/s1"),
+            Err("token revoked".to_owned())
+        );
+        let raw: String = c
+            .conn()
+            .query_row("SELECT group_concat(hash) FROM tokens", [], |r| r.get(0))
+            .unwrap();
+        assert!(!raw.contains(&rw[3..]));
+    }
+
+    #[test]
+    fn membership_isolates_users() {
+        let (_d, c) = open();
+        let a = c.create_user("alice", false).unwrap();
+        let b = c.create_user("bob", false).unwrap();
+        let ta = c.create_token(&a.id, None, "a", &["*".into()], false).unwrap();
+        let tb = c.create_token(&b.id, None, "b", &["*".into()], false).unwrap();
+        let (ia, ib) = (c.identify(&ta).unwrap(), c.identify(&tb).unwrap());
+        c.ensure_workspace(&ia, "wa", "A").unwrap();
+        c.register_session(&ia, "sa", "wa", "t").unwrap();
+        assert!(c.authorize(&ta, "ws/wa/index").is_ok());
+        assert!(c.authorize(&ta, "session/sa").is_ok());
+        assert!(c.authorize(&tb, "ws/wa/index").is_err());
+        assert!(c.authorize(&tb, "ws/wa/file/f1").is_err());
+        assert!(c.authorize(&tb, "session/sa").is_err());
+        assert!(c.sessions(&ib, None).unwrap().is_empty());
+        assert!(c.workspaces(&ib).unwrap().is_empty());
+        // Taking an existing id is refused without saying whose it is.
+        assert!(matches!(
+            c.ensure_workspace(&ib, "wa", ""),
+            Err(ControlError::Conflict(_))
+        ));
+        assert!(matches!(
+            c.register_session(&ib, "sa", "wa", ""),
+            Err(ControlError::NotFound(_))
+        ));
+        c.set_member(&ia, "wa", "bob", Some("member")).unwrap();
+        assert!(c.authorize(&tb, "session/sa").is_ok());
+        assert!(c.set_member(&ib, "wa", "bob", None).is_err());
+        c.set_member(&ia, "wa", "bob", None).unwrap();
+        assert!(c.authorize(&tb, "session/sa").is_err());
+    }
+
+    #[test]
+    fn pairing_issues_one_device_token() {
+        let (_d, c) = open();
+        let a = c.create_user("alice", false).unwrap();
+        let ta = c.create_token(&a.id, None, "a", &["*".into()], false).unwrap();
+        let ia = c.identify(&ta).unwrap();
+        let p = c.start_pairing("laptop").unwrap();
+        assert!(matches!(
+            c.poll_pairing(&p.device_code),
+            Err(ControlError::Pending(_))
+        ));
+        assert!(c.approve_pairing(&ia, "NOPE-NOPE").is_err());
+        c.approve_pairing(&ia, &p.code.to_lowercase().replace('-', ""))
+            .unwrap();
+        let (device, token) = c.poll_pairing(&p.device_code).unwrap();
+        assert!(c.poll_pairing(&p.device_code).is_err());
+        let who = c.identify(&token).unwrap();
+        assert_eq!(who.user, a.id);
+        assert_eq!(who.device.as_deref(), Some(device.id.as_str()));
+        c.revoke_device(&device.id, Some(&a.id)).unwrap();
+        assert!(c.identify(&token).is_err());
+    }
+
+    #[test]
+    fn leases_have_one_holder_and_move_by_handoff() {
+        let (_d, c) = open();
+        let l = c.acquire("s", "d1", 60_000).unwrap();
+        assert_eq!((l.device.as_deref(), l.epoch), (Some("d1"), 1));
+        assert!(c.acquire("s", "d2", 60_000).is_err());
+        // Renewal keeps the epoch; a stale epoch is a lost lease.
+        assert_eq!(c.acquire("s", "d1", 60_000).unwrap().epoch, 1);
+        assert!(c.renew("s", "d1", 0, 60_000).is_err());
+        // Handoff to the cloud: pending until the holder yields.
+        let st = c
+            .request_handoff("s", CLOUD_DEVICE, "d1", vec![], 60_000)
+            .unwrap();
+        assert!(matches!(st, HandoffState::Pending { .. }));
+        assert!(c.request_handoff("s", "d2", "d2", vec![], 60_000).is_err());
+        let expect = vec![ExpectedDoc {
+            doc: "session/s".into(),
+            sv: "AA==".into(),
+        }];
+        let l = c.release("s", "d1", 1, expect.clone(), 60_000).unwrap();
+        assert_eq!(l.device.as_deref(), Some(CLOUD_DEVICE));
+        assert_eq!(l.epoch, 2);
+        assert_eq!(l.expect, expect);
+        assert!(c.renew("s", "d1", 1, 60_000).is_err());
+        assert_eq!(c.leases_of(CLOUD_DEVICE).unwrap().len(), 1);
+        // Release without a pending target frees the session.
+        let l = c.release("s", CLOUD_DEVICE, 2, vec![], 60_000).unwrap();
+        assert_eq!(l.device, None);
+        let st = c.request_handoff("s", "d2", "d2", vec![], 60_000).unwrap();
+        assert!(matches!(st, HandoffState::Granted { .. }));
+    }
+
+    #[test]
+    fn expired_holder_loses_a_pending_handoff() {
+        let (_d, c) = open();
+        c.acquire("s", "d1", 1).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        // Expired: the handoff is granted directly.
+        let st = c
+            .request_handoff("s", CLOUD_DEVICE, "x", vec![], 60_000)
+            .unwrap();
+        assert!(matches!(st, HandoffState::Granted { .. }));
+        c.acquire("t", "d1", 30).unwrap();
+        let st = c
+            .request_handoff("t", CLOUD_DEVICE, "x", vec![], 60_000)
+            .unwrap();
+        assert!(matches!(st, HandoffState::Pending { .. }));
+        assert!(c.complete_expired_handoffs(60_000).unwrap().is_empty());
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        let moved = c.complete_expired_handoffs(60_000).unwrap();
+        assert_eq!(moved[0].device.as_deref(), Some(CLOUD_DEVICE));
+    }
+}
