@@ -1,6 +1,10 @@
 //! `jarvis`: the headless face of a device. `jarvis run` runs an agent session in a folder,
-//! printing streamed text or one JSON event per line; sessions persist in the device's local
-//! store, so `--session` continues one and `jarvis approve` answers a pending approval.
+//! printing streamed text or one JSON event per line. Logged in to a hub (`jarvis login`), the
+//! session and its folder sync through the cloud agent, the session runs here under a lease,
+//! and `jarvis handoff` moves it to the cloud and back; without a login (or with `--local`)
+//! sessions live in the device's own store only.
+
+mod connected;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -60,14 +64,59 @@ enum Command {
         /// Stop before a request once the session has cost this many US dollars.
         #[arg(long)]
         budget_usd: Option<f64>,
+        /// Workspace id (logged in; default: the folder's name, or the session's workspace).
+        #[arg(long)]
+        workspace: Option<String>,
+        /// Keep the session on this device only, even when logged in to a hub.
+        #[arg(long)]
+        local: bool,
     },
-    /// Remember a hub and this device's token for it.
+    /// Remember a hub and this device's token for it. Without a token, pairs this device by a
+    /// code that you approve where you are signed in.
     Login {
         /// e.g. http://127.0.0.1:8080 or https://jarvis.example.com
         hub: String,
-        /// The device token (from `jarvis-cloud token create`); read from JARVIS_TOKEN if unset.
+        /// A token (from `jarvis-cloud token create` or `user add`); read from JARVIS_TOKEN.
         #[arg(long, env = "JARVIS_TOKEN", hide_env_values = true)]
-        token: String,
+        token: Option<String>,
+        /// This device's name, shown when pairing.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Continue in cloud / Continue here: move a session's runner.
+    Handoff {
+        session: String,
+        /// cloud, here, or a device id.
+        #[arg(long)]
+        to: String,
+        /// The folder to mirror the session's workspace into (needed for --to here; with
+        /// --to cloud, syncs this folder first).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        output_format: OutputFormat,
+        #[arg(long, env = "ANTHROPIC_MODEL", default_value = "claude-sonnet-4-5")]
+        model: String,
+        /// Permission mode for the part run here (default: the session's own).
+        #[arg(long)]
+        permission_mode: Option<String>,
+    },
+    /// Follow a session live, wherever it runs.
+    Attach {
+        session: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output_format: OutputFormat,
+        /// Return once the session has run and come to rest (done, failed, interrupted).
+        #[arg(long)]
+        until_done: bool,
+        /// Answer every approval that comes up: allow, deny or always_allow.
+        #[arg(long)]
+        approve: Option<String>,
+    },
+    /// List the sessions of every device and the cloud.
+    Sessions {
+        #[arg(long)]
+        json: bool,
     },
     /// Mirror a folder as a workspace through the hub, until interrupted.
     Sync {
@@ -122,7 +171,96 @@ fn main() -> Result<()> {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&home.join("device.db")).context("opening the device store")?);
     match cli.command {
-        Command::Login { hub, token } => login(&home, &hub, &token),
+        Command::Login { hub, token, name } => {
+            let hub = hub.trim_end_matches('/').to_owned();
+            match token {
+                Some(t) => login(&home, &hub, &t),
+                None => {
+                    let name = name.unwrap_or_else(|| {
+                        std::fs::read_to_string("/etc/hostname")
+                            .map(|h| h.trim().to_owned())
+                            .unwrap_or_else(|_| "device".into())
+                    });
+                    let runtime = tokio::runtime::Runtime::new()?;
+                    let (token, device) = runtime.block_on(connected::pair(&hub, &name))?;
+                    login(&home, &hub, &token)?;
+                    println!("paired as device {device}");
+                    Ok(())
+                }
+            }
+        }
+        Command::Handoff {
+            session,
+            to,
+            dir,
+            output_format,
+            model,
+            permission_mode,
+        } => {
+            let login = read_login(&home)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(handoff_cmd(
+                login,
+                store,
+                &session,
+                &to,
+                dir,
+                output_format,
+                model,
+                permission_mode,
+            ))
+        }
+        Command::Attach {
+            session,
+            output_format,
+            until_done,
+            approve,
+        } => {
+            let login = read_login(&home)?;
+            let approve = match approve.as_deref() {
+                None => None,
+                Some(d) => Some(
+                    Decision::parse(d)
+                        .with_context(|| format!("--approve {d:?}: allow, deny or always_allow"))?,
+                ),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let device = connected::Device::connect(&login.hub, &login.token, store).await?;
+                connected::attach(
+                    &device,
+                    &session,
+                    matches!(output_format, OutputFormat::StreamJson),
+                    until_done,
+                    approve,
+                )
+                .await
+            })
+        }
+        Command::Sessions { json: as_json } => {
+            let login = read_login(&home)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let api = connected::Api::new(&login.hub, &login.token);
+                let v = api.get("/api/sessions").await?;
+                if as_json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    return Ok(());
+                }
+                println!("{:<18} {:<18} {:<16} {:<8} TITLE", "SESSION", "STATUS", "WORKSPACE", "WHERE");
+                for s in v["sessions"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<18} {:<18} {:<16} {:<8} {}",
+                        s["id"].as_str().unwrap_or(""),
+                        s["status"].as_str().unwrap_or(""),
+                        s["workspace"].as_str().unwrap_or(""),
+                        s["where"].as_str().unwrap_or(""),
+                        s["title"].as_str().unwrap_or("")
+                    );
+                }
+                Ok(())
+            })
+        }
         Command::Sync { dir, workspace } => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(sync(&home, store, &dir, workspace))
@@ -137,12 +275,31 @@ fn main() -> Result<()> {
             deny,
             always,
         } => {
-            let doc = session_doc(&store, &session)?;
             let decision = match (deny, always) {
                 (true, _) => Decision::Deny,
                 (_, true) => Decision::AlwaysAllow,
                 _ => Decision::Allow,
             };
+            // A session the hub knows is answered there, so every device sees it at once.
+            if let Ok(login) = read_login(&home) {
+                let runtime = tokio::runtime::Runtime::new()?;
+                let api = connected::Api::new(&login.hub, &login.token);
+                let remote = runtime.block_on(api.post(
+                    &format!("/api/sessions/{session}/approvals/{approval}"),
+                    json!({"decision": decision.as_str()}),
+                ));
+                match remote {
+                    Ok(_) => {
+                        println!("{} {approval}", decision.as_str());
+                        return Ok(());
+                    }
+                    Err(e) => match e.downcast_ref::<connected::ApiError>() {
+                        Some(a) if a.code == "not_found" => {}
+                        _ => return Err(e),
+                    },
+                }
+            }
+            let doc = session_doc(&store, &session)?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
@@ -160,7 +317,33 @@ fn main() -> Result<()> {
             deny,
             model,
             budget_usd,
+            workspace,
+            local,
         } => {
+            if !local && let Ok(login) = read_login(&home) {
+                let env: HashMap<String, String> = std::env::vars().collect();
+                let provider =
+                    ProviderConfig::from_env(&env, |p| std::fs::read_to_string(p))?.build()?;
+                let runtime = tokio::runtime::Runtime::new()?;
+                return runtime.block_on(connected_run(
+                    login,
+                    store,
+                    provider.as_ref(),
+                    connected::RunOptions {
+                        prompt,
+                        dir,
+                        workspace,
+                        session,
+                        model,
+                        permission_mode: Some(permission_mode),
+                        allow,
+                        deny,
+                        budget_usd,
+                    },
+                    None,
+                    output_format,
+                ));
+            }
             let mode = Mode::parse(&permission_mode)
                 .with_context(|| format!("unknown permission mode {permission_mode:?}"))?;
             let mut permissions = Permissions::new(mode);
@@ -270,10 +453,167 @@ fn read_login(home: &std::path::Path) -> Result<Login> {
 }
 
 fn ws_url(hub: &str) -> String {
-    let base = hub
-        .replacen("https://", "wss://", 1)
-        .replacen("http://", "ws://", 1);
-    format!("{base}/sync")
+    connected::ws_url(hub)
+}
+
+/// Prints run events as text or JSON lines; returns the printer task.
+fn printer(
+    format: OutputFormat,
+    session: String,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<RunEvent>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<RunEvent>();
+    let task = tokio::spawn(async move {
+        use std::io::Write;
+        while let Some(e) = rx.recv().await {
+            let mut out = std::io::stdout().lock();
+            if let Some(line) = event_line(&e, format, &session) {
+                let _ = writeln!(out, "{line}");
+            } else if let (RunEvent::Text(t), OutputFormat::Text) = (&e, format) {
+                let _ = write!(out, "{t}");
+            }
+            let _ = out.flush();
+        }
+    });
+    (tx, task)
+}
+
+fn event_line(e: &RunEvent, format: OutputFormat, session: &str) -> Option<String> {
+    Some(match (e, format) {
+        (RunEvent::Text(_), OutputFormat::Text) => return None,
+        (RunEvent::ToolUse { name, input, .. }, OutputFormat::Text) => format!("\n[{name}] {input}"),
+        (RunEvent::ToolResult { is_error: true, content, .. }, OutputFormat::Text) => {
+            format!("[error] {}", content.lines().next().unwrap_or(""))
+        }
+        (RunEvent::ToolResult { .. }, OutputFormat::Text) => return None,
+        (RunEvent::ApprovalNeeded { id, tool, summary }, OutputFormat::Text) => {
+            format!("\n[approval needed {id}] {tool}: {summary}")
+        }
+        (RunEvent::Text(t), OutputFormat::StreamJson) => {
+            json!({"type": "text", "session": session, "text": t}).to_string()
+        }
+        (RunEvent::ToolUse { id, name, input }, OutputFormat::StreamJson) => json!({
+            "type": "tool_use", "session": session, "id": id, "name": name,
+            "input": serde_json::from_str::<serde_json::Value>(input).unwrap_or(serde_json::Value::Null)
+        })
+        .to_string(),
+        (RunEvent::ToolResult { id, content, is_error }, OutputFormat::StreamJson) => json!({
+            "type": "tool_result", "session": session, "id": id, "content": content, "is_error": is_error
+        })
+        .to_string(),
+        (RunEvent::ApprovalNeeded { id, tool, summary }, OutputFormat::StreamJson) => json!({
+            "type": "approval_needed", "session": session, "id": id, "tool": tool, "summary": summary
+        })
+        .to_string(),
+    })
+}
+
+/// `jarvis run` when logged in: the session runs here under a lease, synced through the hub.
+async fn connected_run(
+    login: Login,
+    store: Arc<dyn Store>,
+    provider: &dyn jarvis_agent::anthropic::Provider,
+    opts: connected::RunOptions,
+    granted: Option<connected::Lease>,
+    format: OutputFormat,
+) -> Result<()> {
+    let device = connected::Device::connect(&login.hub, &login.token, store).await?;
+    let session = opts
+        .session
+        .clone()
+        .unwrap_or_else(|| format!("{:016x}", connected::rand_u64()));
+    let opts = connected::RunOptions {
+        session: Some(session.clone()),
+        ..opts
+    };
+    let (tx, task) = printer(format, session.clone());
+    let cancel = CancellationToken::new();
+    let ctrl_c = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            ctrl_c.cancel();
+        }
+    });
+    let report = connected::run_here(&device, provider, opts, granted, Some(tx), cancel).await;
+    let _ = task.await;
+    let report = report?;
+    let doc = device.session(&report.session).await?;
+    let usage = doc.meta().usage;
+    let name = outcome_name(&report.outcome);
+    match format {
+        OutputFormat::StreamJson => println!(
+            "{}",
+            json!({"type": "result", "session": report.session, "outcome": name,
+                   "handed_to": report.handed_to, "usage": usage,
+                   "cost_usd": usage.cost_micros as f64 / 1e6})
+        ),
+        OutputFormat::Text => {
+            println!();
+            match &report.handed_to {
+                Some(to) => eprintln!("session {}: continued on {to}", report.session),
+                None => eprintln!("session {}: {name}", report.session),
+            }
+        }
+    }
+    match report.outcome {
+        Outcome::EndTurn | Outcome::Yielded => Ok(()),
+        Outcome::Failed(reason) => bail!("the session failed: {reason}"),
+        other => bail!("the session stopped: {}", outcome_name(&other)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handoff_cmd(
+    login: Login,
+    store: Arc<dyn Store>,
+    session: &str,
+    to: &str,
+    dir: Option<PathBuf>,
+    format: OutputFormat,
+ model: String,
+    permission_mode: Option<String>,
+) -> Result<()> {
+    if to == "here" && dir.is_none() {
+        bail!("--to here needs --dir <folder>: where this device keeps the workspace");
+    }
+    let device = connected::Device::connect(&login.hub, &login.token, store.clone()).await?;
+    let granted = connected::request_handoff(&device, session, to, dir.as_deref()).await?;
+    let Some(lease) = granted else {
+        bail!("the handoff is still pending: the current runner has not yielded yet");
+    };
+    if to != "here" {
+        println!(
+            "session {session} now runs on {}",
+            lease.device.as_deref().unwrap_or("?")
+        );
+        return Ok(());
+    }
+    eprintln!("session {session} is on this device now (epoch {})", lease.epoch);
+    drop(device);
+    // Continue here: run whatever the session was in the middle of, in the folder.
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let provider = ProviderConfig::from_env(&env, |p| std::fs::read_to_string(p))?.build()?;
+    connected_run(
+        login,
+        store,
+        provider.as_ref(),
+        connected::RunOptions {
+            prompt: String::new(),
+            dir: dir.unwrap_or_default(),
+            workspace: None,
+            session: Some(session.to_owned()),
+            model,
+            permission_mode,
+            allow: vec![],
+            deny: vec![],
+            budget_usd: None,
+        },
+        Some(lease),
+        format,
+    )
+    .await
 }
 
 async fn sync(
@@ -427,6 +767,8 @@ fn outcome_name(o: &Outcome) -> &'static str {
         Outcome::BudgetExhausted => "budget_exhausted",
         Outcome::RequestLimit => "request_limit",
         Outcome::Failed(_) => "failed",
+        Outcome::Yielded => "handed_off",
+        Outcome::LeaseLost => "lease_lost",
     }
 }
 

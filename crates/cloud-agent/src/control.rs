@@ -584,7 +584,7 @@ impl Control {
         }
         let code: String = (0..8)
             .map(|i| {
-                let c = CODE_ALPHABET[rand::random::<usize>() % CODE_ALPHABET.len()] as char;
+                let c = CODE_ALPHABET[rand::random::<u32>() as usize % CODE_ALPHABET.len()] as char;
                 if i == 4 { format!("-{c}") } else { c.to_string() }
             })
             .collect();

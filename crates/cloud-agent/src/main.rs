@@ -1,6 +1,6 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use jarvis_cloud::auth::TokenStore;
+use jarvis_cloud::control::{ADMIN_USER, Control};
 use jarvis_cloud::server::{ServeArgs, database_path, serve};
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +21,28 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; prints its first token once, on the last line.
+    Add {
+        #[arg(long, env = "JARVIS_DATA_DIR", default_value = "./jarvis-data")]
+        data_dir: std::path::PathBuf,
+        name: String,
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List users.
+    List {
+        #[arg(long, env = "JARVIS_DATA_DIR", default_value = "./jarvis-data")]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -36,6 +58,9 @@ enum TokenCommand {
         read_only: bool,
         #[arg(long, default_value = "device")]
         label: String,
+        /// The user (name or id) the token acts for; default the admin.
+        #[arg(long)]
+        user: Option<String>,
     },
     /// List tokens (never their values).
     List {
@@ -50,10 +75,10 @@ enum TokenCommand {
     },
 }
 
-fn tokens(data_dir: &std::path::Path) -> Result<TokenStore> {
+fn control(data_dir: &std::path::Path) -> Result<Control> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    TokenStore::open(&database_path(data_dir))
+    Ok(Control::open(&database_path(data_dir))?.0)
 }
 
 fn main() -> Result<()> {
@@ -89,20 +114,52 @@ fn main() -> Result<()> {
                 scopes,
                 read_only,
                 label,
+                user,
             } => {
-                let token = tokens(&data_dir)?.create(&label, &scopes, read_only)?;
+                let c = control(&data_dir)?;
+                let user = match user {
+                    Some(u) => {
+                        c.user_by_name(&u)?
+                            .with_context(|| format!("no user {u:?}"))?
+                            .id
+                    }
+                    None => ADMIN_USER.to_owned(),
+                };
+                let token = c.create_token(&user, None, &label, &scopes, read_only)?;
                 println!("{token}");
                 Ok(())
             }
             TokenCommand::List { data_dir } => {
-                for t in tokens(&data_dir)?.list()? {
+                for t in control(&data_dir)?.tokens(None)? {
                     println!("{}", serde_json::to_string(&t)?);
                 }
                 Ok(())
             }
             TokenCommand::Revoke { data_dir, id } => {
-                anyhow::ensure!(tokens(&data_dir)?.revoke(id)?, "no token with id {id}");
+                // A running server notices on the next check; open sockets are closed by the
+                // API's revoke (DELETE /api/tokens/{id}), which also revalidates them.
+                control(&data_dir)?.revoke_token(id, None)?;
                 println!("revoked token {id}");
+                Ok(())
+            }
+        },
+        Command::User { command } => match command {
+            UserCommand::Add {
+                data_dir,
+                name,
+                admin,
+            } => {
+                let c = control(&data_dir)?;
+                let user = c.create_user(&name, admin)?;
+                let token = c.create_token(&user.id, None, "first token", &["*".into()], false)?;
+                println!("created user {} ({})", user.name, user.id);
+                println!("{token}");
+                Ok(())
+            }
+            UserCommand::List { data_dir } => {
+                for u in control(&data_dir)?.users()? {
+                    println!("{}", serde_json::to_string(&u)?);
+                }
                 Ok(())
             }
         },

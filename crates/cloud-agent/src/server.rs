@@ -21,7 +21,7 @@ use jarvis_sync::store::SqliteStore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::TokenStore;
+use crate::control::Control;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -29,16 +29,19 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     pub sockets: TaskTracker,
     pub blobs: Arc<crate::blobs::BlobService>,
+    pub api: crate::api::Api,
 }
 
 pub fn app(state: AppState) -> Router {
     let blobs = crate::blobs::router(state.blobs.clone());
+    let api = crate::api::router(state.api.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/sync", get(sync_socket))
         .with_state(state)
         .merge(blobs)
+        .merge(api)
 }
 
 async fn healthz() -> &'static str {
@@ -229,6 +232,24 @@ pub struct ServeArgs {
     /// Largest blob (binary or large file) accepted, in bytes.
     #[arg(long, env = "JARVIS_MAX_BLOB_BYTES", default_value_t = 1024 * 1024 * 1024)]
     pub max_blob_bytes: u64,
+    /// Sessions the cloud runner runs at once; more wait in a queue.
+    #[arg(long, env = "JARVIS_MAX_CONCURRENT", default_value_t = 4)]
+    pub max_concurrent: usize,
+    /// How long a runner's lease lasts without renewal, in milliseconds.
+    #[arg(long, env = "JARVIS_LEASE_TTL_MS", default_value_t = 30_000)]
+    pub lease_ttl_ms: u64,
+    /// API requests a token may make in a burst, and per second after it.
+    #[arg(long, env = "JARVIS_RATE_BURST", default_value_t = 120)]
+    pub rate_burst: u32,
+    #[arg(long, env = "JARVIS_RATE_PER_SECOND", default_value_t = 20.0)]
+    pub rate_per_second: f64,
+    /// Model for cloud sessions that name none.
+    #[arg(long, env = "ANTHROPIC_MODEL", default_value = "claude-sonnet-4-5")]
+    pub model: String,
+    /// Bash containment for cloud sessions: auto (bubblewrap when it works here, else
+    /// resource limits), bwrap, limits.
+    #[arg(long, env = "JARVIS_SANDBOX", default_value = "auto")]
+    pub sandbox: String,
 }
 
 pub fn database_path(data_dir: &std::path::Path) -> PathBuf {
@@ -242,25 +263,21 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let db = database_path(&args.data_dir);
     let store = SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
-    let tokens = TokenStore::open(&db)?;
-    if tokens.count()? == 0 {
-        let token = tokens.create("admin (first start)", &["*".to_owned()], false)?;
+    let (control, system_token) = Control::open(&db)?;
+    if control.token_count()? == 0 {
+        let token = control.create_token(
+            crate::control::ADMIN_USER,
+            None,
+            "admin (first start)",
+            &["*".to_owned()],
+            false,
+        )?;
         println!("first start: admin token (shown once, keep it safe): {token}");
     }
     let mut config = HubConfig::default();
     config.limits.max_frame_bytes = args.max_frame_bytes;
-    let tokens = Arc::new(tokens);
-    let hub = Hub::new(Arc::new(store), tokens.clone(), config);
-    let state = AppState {
-        hub: hub.clone(),
-        shutdown: shutdown.clone(),
-        sockets: TaskTracker::new(),
-        blobs: Arc::new(crate::blobs::BlobService {
-            root: args.data_dir.join("blobs"),
-            authorizer: tokens,
-            max_bytes: args.max_blob_bytes,
-        }),
-    };
+    let control = Arc::new(control);
+    let hub = Hub::new(Arc::new(store), control.clone(), config);
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("invalid listen address {}:{}", args.host, args.port))?;
@@ -268,6 +285,64 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr()?;
+    let sandbox = match args.sandbox.as_str() {
+        "auto" => jarvis_agent::tools::Sandbox::detect(Default::default()),
+        "bwrap" => jarvis_agent::tools::Sandbox::Bubblewrap(Default::default()),
+        "limits" => jarvis_agent::tools::Sandbox::Limits(Default::default()),
+        other => anyhow::bail!("unknown sandbox {other:?}: use auto, bwrap or limits"),
+    };
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let provider = jarvis_agent::providers::ProviderConfig::from_env(&env, |p| {
+        std::fs::read_to_string(p)
+    })
+    .and_then(|c| c.build())
+    .map(Arc::from)
+    .map_err(|e| e.to_string());
+    // The cloud runner is a device like any other: it reaches this hub over loopback.
+    let loopback = if local.ip().is_unspecified() {
+        if local.is_ipv4() {
+            SocketAddr::from(([127, 0, 0, 1], local.port()))
+        } else {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, local.port()))
+        }
+    } else {
+        local
+    };
+    let cloud = crate::runner::Cloud::start(
+        control.clone(),
+        hub.clone(),
+        crate::runner::CloudConfig {
+            data_dir: args.data_dir.clone(),
+            lease_ttl_ms: args.lease_ttl_ms.max(100),
+            max_concurrent: args.max_concurrent,
+            default_model: args.model.clone(),
+            sandbox,
+            reach_timeout: std::time::Duration::from_secs(60),
+        },
+        format!("ws://{loopback}/sync"),
+        system_token,
+        provider,
+        shutdown.clone(),
+    )?;
+    let state = AppState {
+        hub: hub.clone(),
+        shutdown: shutdown.clone(),
+        sockets: TaskTracker::new(),
+        blobs: Arc::new(crate::blobs::BlobService {
+            root: args.data_dir.join("blobs"),
+            authorizer: control.clone(),
+            max_bytes: args.max_blob_bytes,
+        }),
+        api: crate::api::Api {
+            control: control.clone(),
+            cloud,
+            hub: hub.clone(),
+            limiter: Arc::new(crate::api::RateLimiter::new(
+                args.rate_burst,
+                args.rate_per_second,
+            )),
+        },
+    };
     // Tests and scripts read this line to find the port.
     println!("listening on {local}");
     tracing::info!(%local, data_dir = %args.data_dir.display(), "jarvis-cloud serving");

@@ -328,6 +328,17 @@ impl SessionDoc {
         self.set("runner", value);
     }
 
+    /// A free-form string setting in `meta` (permission mode, rules): settings travel with
+    /// the session so every runner applies the same ones.
+    pub fn set_setting(&self, key: &str, value: &str) {
+        self.set(&format!("setting.{key}"), value.into());
+    }
+
+    pub fn setting(&self, key: &str) -> Option<String> {
+        let txn = self.doc.transact();
+        read::string(&self.meta, &txn, &format!("setting.{key}"))
+    }
+
     /// A pending request to move the session's runner, mirrored from the hub's lease table
     /// so the current runner sees it at once and stops at a safe point.
     pub fn set_handoff(&self, request: Option<&HandoffRequest>) {

@@ -1,0 +1,867 @@
+//! The HTTP API under `/api` (JSON; described by `/openapi.json`). Each handler is a few lines
+//! over the control plane ([`crate::control`]), the cloud runner ([`crate::runner`]) or a
+//! server-side document edit through the hub. Every error is `{code, message}` with a fitting
+//! status; every request is authenticated by a bearer token and rate-limited per token.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use jarvis_agent::permissions::{Mode, Rule};
+use jarvis_agent::runner::Runner as AgentRunner;
+use jarvis_sync::doc::{Decision, SessionDoc, Usage};
+use jarvis_sync::handoff::ExpectedDoc;
+use jarvis_sync::hub::Hub;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::control::{CLOUD_DEVICE, Control, ControlError, HandoffState, Identity, now_ms};
+use crate::runner::Cloud;
+
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+#[derive(Clone)]
+pub struct Api {
+    pub control: Arc<Control>,
+    pub cloud: Arc<Cloud>,
+    pub hub: Hub,
+    pub limiter: Arc<RateLimiter>,
+}
+
+/// `{code, message}` with a status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            Json(json!({"code": self.code, "message": self.message})),
+        )
+            .into_response();
+        if let Some(s) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        r
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let status = match &e {
+            ControlError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ControlError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::Conflict(_) => StatusCode::CONFLICT,
+            ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ControlError::Pending(_) => StatusCode::PRECONDITION_REQUIRED,
+            ControlError::Db(err) => {
+                tracing::error!(error = %err, "control database error");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<jarvis_sync::hub::HubError> for ApiError {
+    fn from(e: jarvis_sync::hub::HubError) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+    }
+}
+
+type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+
+/// A token bucket per token: `burst` requests at once, refilled at `per_second`.
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<i64, (f64, Instant)>>,
+    pub burst: f64,
+    pub per_second: f64,
+}
+
+impl RateLimiter {
+    pub fn new(burst: u32, per_second: f64) -> Self {
+        RateLimiter {
+            buckets: Mutex::new(HashMap::new()),
+            burst: f64::from(burst),
+            per_second,
+        }
+    }
+
+    /// Ok, or the seconds to wait.
+    pub fn check(&self, key: i64) -> Result<(), u64> {
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (tokens, at) = b.entry(key).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second)
+            .min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / self.per_second).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+/// The caller, from `Authorization: Bearer <token>`, after the rate limit.
+pub struct Caller(pub Identity);
+
+impl FromRequestParts<Api> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing bearer token (Authorization: Bearer jt_…)",
+                )
+            })?;
+        let who = api.control.identify(token.trim())?;
+        if let Err(wait) = api.limiter.check(who.token_id) {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many requests with this token; retry in {wait} s"),
+            );
+            e.retry_after = Some(wait);
+            return Err(e);
+        }
+        Ok(Caller(who))
+    }
+}
+
+/// A JSON body whose parse errors are `{code, message}` too.
+pub struct Body<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(ApiError::new(
+                e.status(),
+                "invalid_request",
+                e.body_text(),
+            )),
+        }
+    }
+}
+
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/api/pair/start", post(pair_start))
+        .route("/api/pair/poll", post(pair_poll))
+        .route("/api/pair/approve", post(pair_approve))
+        .route("/api/me", get(me))
+        .route("/api/users", get(list_users).post(create_user))
+        .route("/api/tokens", get(list_tokens))
+        .route("/api/tokens/{id}", delete(revoke_token))
+        .route("/api/devices", get(list_devices))
+        .route("/api/devices/{id}", delete(revoke_device))
+        .route("/api/workspaces", get(list_workspaces).post(create_workspace))
+        .route("/api/workspaces/{id}", get(get_workspace))
+        .route(
+            "/api/workspaces/{id}/members/{user}",
+            put(set_member).delete(remove_member),
+        )
+        .route("/api/sessions", get(list_sessions).post(create_session))
+        .route("/api/sessions/{id}", get(get_session))
+        .route("/api/sessions/{id}/messages", post(send_message))
+        .route("/api/sessions/{id}/interrupt", post(interrupt))
+        .route("/api/sessions/{id}/approvals/{approval}", post(answer))
+        .route("/api/sessions/{id}/handoff", post(handoff))
+        .route("/api/sessions/{id}/lease", get(get_lease).post(lease_op))
+        .route("/api/usage", get(usage))
+        .route("/api/audit", get(audit))
+        // Requests are small JSON; a handoff's expected state for a large workspace is the
+        // biggest (about 40 bytes per file).
+        .layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024))
+        .with_state(api)
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+fn require_admin(who: &Identity) -> Result<(), ApiError> {
+    if who.admin {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this needs an admin token",
+        ))
+    }
+}
+
+// ---- pairing ------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct PairStart {
+    name: String,
+}
+
+async fn pair_start(State(api): State<Api>, Body(b): Body<PairStart>) -> ApiResult {
+    // Unauthenticated: one shared bucket keeps it from filling the table.
+    api.limiter.check(-1).map_err(|wait| {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many pairing requests",
+        );
+        e.retry_after = Some(wait);
+        e
+    })?;
+    let p = api.control.start_pairing(&b.name)?;
+    api.control
+        .audit(None, "pair.start", &p.code, &format!("device name {:?}", b.name));
+    Ok(Json(json!(p)))
+}
+
+#[derive(Deserialize)]
+struct PairPoll {
+    device_code: String,
+}
+
+async fn pair_poll(State(api): State<Api>, Body(b): Body<PairPoll>) -> ApiResult {
+    api.limiter.check(-2).map_err(|wait| {
+        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down");
+        e.retry_after = Some(wait);
+        e
+    })?;
+    let (device, token) = api.control.poll_pairing(&b.device_code)?;
+    api.control
+        .audit(None, "pair.complete", &device.id, &device.name);
+    Ok(Json(json!({"device": device, "token": token})))
+}
+
+#[derive(Deserialize)]
+struct PairApprove {
+    code: String,
+}
+
+async fn pair_approve(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Body(b): Body<PairApprove>,
+) -> ApiResult {
+    if who.read_only {
+        return Err(ControlError::Forbidden("read-only token".into()).into());
+    }
+    let name = api.control.approve_pairing(&who, &b.code)?;
+    api.control.audit(Some(&who), "pair.approve", &b.code, &name);
+    Ok(Json(json!({"approved": true, "device_name": name})))
+}
+
+// ---- users, tokens, devices ---------------------------------------------------------------
+
+async fn me(Caller(who): Caller) -> ApiResult {
+    Ok(Json(json!({
+        "user": who.user, "name": who.user_name, "admin": who.admin,
+        "device": who.device_id(), "read_only": who.read_only,
+    })))
+}
+
+async fn list_users(State(api): State<Api>, Caller(who): Caller) -> ApiResult {
+    require_admin(&who)?;
+    Ok(Json(json!({"users": api.control.users()?})))
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    name: String,
+    #[serde(default)]
+    admin: bool,
+}
+
+async fn create_user(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Body(b): Body<NewUser>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    require_admin(&who)?;
+    let user = api.control.create_user(&b.name, b.admin)?;
+    let token = api
+        .control
+        .create_token(&user.id, None, "first token", &["*".into()], false)?;
+    api.control
+        .audit(Some(&who), "user.create", &user.id, &user.name);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"user": user, "token": token})),
+    ))
+}
+
+async fn list_tokens(State(api): State<Api>, Caller(who): Caller) -> ApiResult {
+    let scope = (!who.admin).then_some(who.user.as_str());
+    Ok(Json(json!({"tokens": api.control.tokens(scope)?})))
+}
+
+async fn revoke_token(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Path(id): Path<i64>,
+) -> ApiResult {
+    let scope = (!who.admin).then_some(who.user.as_str());
+    api.control.revoke_token(id, scope)?;
+    let closed = api.hub.revalidate();
+    api.control
+        .audit(Some(&who), "token.revoke", &id.to_string(), "");
+    Ok(Json(json!({"revoked": id, "sockets_closed": closed})))
+}
+
+async fn list_devices(State(api): State<Api>, Caller(who): Caller) -> ApiResult {
+    let scope = (!who.admin).then_some(who.user.as_str());
+    Ok(Json(json!({"devices": api.control.devices(scope)?})))
+}
+
+async fn revoke_device(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let scope = (!who.admin).then_some(who.user.as_str());
+    api.control.revoke_device(&id, scope)?;
+    let closed = api.hub.revalidate();
+    api.control.audit(Some(&who), "device.revoke", &id, "");
+    Ok(Json(json!({"revoked": id, "sockets_closed": closed})))
+}
+
+// ---- workspaces ---------------------------------------------------------------------------
+
+async fn list_workspaces(State(api): State<Api>, Caller(who): Caller) -> ApiResult {
+    Ok(Json(json!({"workspaces": api.control.workspaces(&who)?})))
+}
+
+#[derive(Deserialize)]
+struct NewWorkspace {
+    id: String,
+    #[serde(default)]
+    name: String,
+}
+
+async fn create_workspace(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Body(b): Body<NewWorkspace>,
+) -> ApiResult {
+    let w = api.control.ensure_workspace(&who, &b.id, &b.name)?;
+    api.control
+        .audit(Some(&who), "workspace.ensure", &w.id, &w.name);
+    Ok(Json(json!(w)))
+}
+
+async fn get_workspace(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let w = api.control.workspace(&who, &id)?;
+    let files = api
+        .hub
+        .read(&format!("ws/{id}/index"), |doc| {
+            jarvis_sync::doc::WorkspaceIndex::new(doc.clone())
+                .list()
+                .into_iter()
+                .map(|(path, e)| json!({"path": path, "kind": e.kind, "size": e.size, "modified_ms": e.modified_ms}))
+                .collect::<Vec<_>>()
+        })
+        .await?;
+    Ok(Json(json!({"workspace": w, "files": files})))
+}
+
+#[derive(Deserialize)]
+struct Member {
+    role: String,
+}
+
+async fn set_member(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Path((id, user)): Path<(String, String)>,
+    Body(b): Body<Member>,
+) -> ApiResult {
+    api.control.set_member(&who, &id, &user, Some(&b.role))?;
+    api.control
+        .audit(Some(&who), "workspace.member", &id, &format!("{user} as {}", b.role));
+    Ok(Json(json!({"workspace": id, "user": user, "role": b.role})))
+}
+
+async fn remove_member(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Path((id, user)): Path<(String, String)>,
+) -> ApiResult {
+    api.control.set_member(&who, &id, &user, None)?;
+    let closed = api.hub.revalidate();
+    api.control
+        .audit(Some(&who), "workspace.member.remove", &id, &user);
+    Ok(Json(json!({"workspace": id, "removed": user, "sockets_closed": closed})))
+}
+
+// ---- sessions -----------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct SessionFilter {
+    workspace: Option<String>,
+}
+
+fn session_summary(
+    row: &crate::control::SessionRow,
+    meta: &jarvis_sync::doc::SessionMeta,
+    pending: usize,
+    lease: &crate::control::Lease,
+) -> Value {
+    let now = now_ms();
+    let runner = lease.device.clone().filter(|_| lease.live(now));
+    json!({
+        "id": row.id,
+        "workspace": row.workspace,
+        "owner": row.owner,
+        "title": if meta.title.is_empty() { &row.title } else { &meta.title },
+        "model": meta.model,
+        "status": meta.status.as_str(),
+        "pending_approvals": pending,
+        "runner": runner,
+        "where": match runner.as_deref() { Some(CLOUD_DEVICE) => "cloud", Some(_) => "device", None => "nowhere" },
+        "lease_epoch": lease.epoch,
+        "handoff_to": lease.pending_to,
+        "usage": meta.usage,
+        "created_ms": row.created_ms,
+    })
+}
+
+async fn list_sessions(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Query(f): Query<SessionFilter>,
+) -> ApiResult {
+    let rows = api.control.sessions(&who, f.workspace.as_deref())?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (meta, pending) = api
+            .hub
+            .read(&format!("session/{}", row.id), |doc| {
+                let s = SessionDoc::new(doc.clone());
+                (s.meta(), s.pending_approvals().len())
+            })
+            .await?;
+        let lease = api.control.lease(&row.id)?;
+        out.push(session_summary(&row, &meta, pending, &lease));
+    }
+    Ok(Json(json!({"sessions": out})))
+}
+
+#[derive(Deserialize)]
+struct NewSession {
+    id: Option<String>,
+    workspace: String,
+    #[serde(default)]
+    title: String,
+    model: Option<String>,
+    /// A first user message.
+    message: Option<String>,
+    permission_mode: Option<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    budget_usd: Option<f64>,
+    /// Where it runs: "cloud" hands it to the cloud runner at once.
+    run: Option<String>,
+}
+
+async fn create_session(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Body(b): Body<NewSession>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if let Some(m) = &b.permission_mode
+        && Mode::parse(m).is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("unknown permission mode {m:?}: ask, accept-edits, plan or allow-all"),
+        ));
+    }
+    for r in b.allow.iter().chain(&b.deny) {
+        Rule::parse(r).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+        })?;
+    }
+    if let Some(run) = &b.run
+        && run != "cloud"
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "run must be \"cloud\" (devices start their own runs)",
+        ));
+    }
+    let id = b
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+    let title = if b.title.is_empty() {
+        b.message
+            .as_deref()
+            .unwrap_or("New session")
+            .chars()
+            .take(80)
+            .collect()
+    } else {
+        b.title.clone()
+    };
+    let row = api
+        .control
+        .register_session(&who, &id, &b.workspace, &title)?;
+    let author = who.device_id();
+    api.hub
+        .edit(&format!("session/{id}"), |doc| {
+            let s = SessionDoc::new(doc.clone());
+            if s.meta().workspace.is_empty() {
+                s.set_workspace(&b.workspace);
+                s.set_title(&title);
+            }
+            if let Some(m) = &b.model {
+                s.set_model(m);
+            }
+            if let Some(m) = &b.permission_mode {
+                s.set_setting("permission_mode", m);
+            }
+            if !b.allow.is_empty() {
+                s.set_setting("allow", &b.allow.join("\n"));
+            }
+            if !b.deny.is_empty() {
+                s.set_setting("deny", &b.deny.join("\n"));
+            }
+            if let Some(usd) = b.budget_usd {
+                s.set_setting("budget_micros", &((usd * 1e6) as u64).to_string());
+            }
+            if let Some(text) = &b.message {
+                AgentRunner::send_user_message(&s, &author, text);
+            }
+        })
+        .await?;
+    api.control.audit(Some(&who), "session.create", &id, &row.workspace);
+    let mut state = Value::Null;
+    if b.run.is_some() {
+        let s = api
+            .cloud
+            .request_handoff(&who, &id, CLOUD_DEVICE, vec![], Duration::ZERO)
+            .await?;
+        state = json!(s);
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"session": row, "handoff": state})),
+    ))
+}
+
+async fn get_session(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let row = api.control.check_session(&who, &id)?;
+    let (meta, pending, messages, cut) = api
+        .hub
+        .read(&format!("session/{id}"), |doc| {
+            let s = SessionDoc::new(doc.clone());
+            (
+                s.meta(),
+                s.pending_approvals().len(),
+                s.messages(),
+                s.cut_messages(),
+            )
+        })
+        .await?;
+    let lease = api.control.lease(&id)?;
+    let mut summary = session_summary(&row, &meta, pending, &lease);
+    summary["messages"] = json!(messages);
+    summary["cut_messages"] = json!(cut);
+    Ok(Json(summary))
+}
+
+#[derive(Deserialize)]
+struct SendMessage {
+    text: String,
+}
+
+async fn send_message(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Body(b): Body<SendMessage>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    api.control.check_session(&who, &id)?;
+    if who.read_only {
+        return Err(ControlError::Forbidden("read-only token".into()).into());
+    }
+    if b.text.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the message is empty",
+        ));
+    }
+    let author = who.device_id();
+    let message_id = api
+        .hub
+        .edit(&format!("session/{id}"), |doc| {
+            AgentRunner::send_user_message(&SessionDoc::new(doc.clone()), &author, &b.text)
+        })
+        .await?;
+    api.control.audit(Some(&who), "session.message", &id, "");
+    // Nobody runs it: the cloud takes it (a device that holds the lease picks the message up
+    // from the document itself).
+    let lease = api.control.lease(&id)?;
+    let mut runs_on = lease.device.clone().filter(|_| lease.live(now_ms()));
+    if runs_on.is_none() {
+        if let HandoffState::Granted { lease } = api
+            .cloud
+            .request_handoff(&who, &id, CLOUD_DEVICE, vec![], Duration::ZERO)
+            .await?
+        {
+            runs_on = lease.device;
+        }
+    } else if runs_on.as_deref() == Some(CLOUD_DEVICE) {
+        api.cloud.kick(&id);
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"message": message_id, "runner": runs_on})),
+    ))
+}
+
+async fn interrupt(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    api.control.check_session(&who, &id)?;
+    if who.read_only {
+        return Err(ControlError::Forbidden("read-only token".into()).into());
+    }
+    let by = who.device_id();
+    let n = api
+        .hub
+        .edit(&format!("session/{id}"), |doc| {
+            SessionDoc::new(doc.clone()).request_interrupt(&by)
+        })
+        .await?;
+    api.control.audit(Some(&who), "session.interrupt", &id, "");
+    Ok(Json(json!({"interrupt": n})))
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    decision: String,
+}
+
+async fn answer(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Path((id, approval)): Path<(String, String)>,
+    Body(b): Body<Answer>,
+) -> ApiResult {
+    api.control.check_session(&who, &id)?;
+    if who.read_only {
+        return Err(ControlError::Forbidden("read-only token".into()).into());
+    }
+    let decision = Decision::parse(&b.decision).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "decision must be allow, deny or always_allow",
+        )
+    })?;
+    let by = who.device_id();
+    let result = api
+        .hub
+        .edit(&format!("session/{id}"), |doc| {
+            SessionDoc::new(doc.clone()).answer_approval(&approval, decision, &by, now_ms())
+        })
+        .await?;
+    match result {
+        Ok(()) => {}
+        Err(e @ jarvis_sync::doc::DocError::AlreadyAnswered { .. }) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_answered",
+                e.to_string(),
+            ));
+        }
+        Err(e) => return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())),
+    }
+    api.control
+        .audit(Some(&who), "session.approval", &id, &format!("{approval} {}", decision.as_str()));
+    Ok(Json(json!({"approval": approval, "decision": decision.as_str()})))
+}
+
+#[derive(Deserialize)]
+struct Handoff {
+    /// "cloud", "here" (the calling device) or a device id.
+    to: String,
+    /// The state the caller has (when it takes a free lease with changes of its own).
+    #[serde(default)]
+    expect: Vec<ExpectedDoc>,
+    /// How long to wait for the holder to yield, in milliseconds (default 30 s, max 120 s).
+    wait_ms: Option<u64>,
+}
+
+async fn handoff(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Body(b): Body<Handoff>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let to = match b.to.as_str() {
+        "here" => who.device_id(),
+        "cloud" => CLOUD_DEVICE.to_owned(),
+        other => {
+            // Only to one of the caller's own devices (or any, for an admin).
+            let devices = api
+                .control
+                .devices((!who.admin).then_some(who.user.as_str()))?;
+            if !devices.iter().any(|d| d.id == other && !d.revoked) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("unknown target {other:?}: use cloud, here, or one of your device ids"),
+                ));
+            }
+            other.to_owned()
+        }
+    };
+    let wait = Duration::from_millis(b.wait_ms.unwrap_or(30_000).min(120_000));
+    let state = api
+        .cloud
+        .request_handoff(&who, &id, &to, b.expect, wait)
+        .await?;
+    let status = match state {
+        HandoffState::Granted { .. } => StatusCode::OK,
+        HandoffState::Pending { .. } => StatusCode::ACCEPTED,
+    };
+    Ok((status, Json(json!(state))))
+}
+
+async fn get_lease(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    api.control.check_session(&who, &id)?;
+    Ok(Json(json!(api.control.lease(&id)?)))
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum LeaseOp {
+    Acquire,
+    Renew {
+        epoch: u64,
+    },
+    Release {
+        epoch: u64,
+        #[serde(default)]
+        expect: Vec<ExpectedDoc>,
+    },
+}
+
+async fn lease_op(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Body(op): Body<LeaseOp>,
+) -> ApiResult {
+    let lease = match op {
+        LeaseOp::Acquire => api.cloud.device_acquire(&who, &id).await?,
+        LeaseOp::Renew { epoch } => api.cloud.device_renew(&who, &id, epoch)?,
+        LeaseOp::Release { epoch, expect } => {
+            api.cloud.device_release(&who, &id, epoch, expect).await?
+        }
+    };
+    Ok(Json(json!(lease)))
+}
+
+async fn usage(State(api): State<Api>, Caller(who): Caller) -> ApiResult {
+    let rows = api.control.sessions(&who, None)?;
+    let mut total = Usage::default();
+    let mut by_user: HashMap<String, Usage> = HashMap::new();
+    let mut sessions = Vec::new();
+    for row in rows {
+        let u = api
+            .hub
+            .read(&format!("session/{}", row.id), |doc| {
+                SessionDoc::new(doc.clone()).meta().usage
+            })
+            .await?;
+        for acc in [&mut total, by_user.entry(row.owner.clone()).or_default()] {
+            acc.input_tokens += u.input_tokens;
+            acc.output_tokens += u.output_tokens;
+            acc.cache_read_tokens += u.cache_read_tokens;
+            acc.cache_write_tokens += u.cache_write_tokens;
+            acc.cost_micros += u.cost_micros;
+        }
+        sessions.push(json!({"session": row.id, "owner": row.owner, "usage": u}));
+    }
+    Ok(Json(json!({
+        "total": total,
+        "cost_usd": total.cost_micros as f64 / 1e6,
+        "by_user": by_user,
+        "sessions": sessions,
+    })))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<u32>,
+}
+
+async fn audit(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult {
+    require_admin(&who)?;
+    Ok(Json(
+        json!({"entries": api.control.audit_log(q.limit.unwrap_or(200).min(10_000))?}),
+    ))
+}

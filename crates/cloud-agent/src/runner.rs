@@ -1,0 +1,692 @@
+//! The cloud runner: the always-on device inside the server. It is a sync peer like any other
+//! (its own store, one loopback socket to this hub with an in-memory system token), keeps the
+//! workspaces of the sessions it runs materialised under `<data>/workspaces/<id>` with the file
+//! mirror, and runs each session whose lease it holds with the agent runtime — bash contained by
+//! bubblewrap or resource limits, at most `max_concurrent` sessions at once (the rest queue).
+//!
+//! Handoff, both ways, is coordinated here because this is where the lease authority (the
+//! control plane) and a runner meet: a request moves a free lease at once, or asks the holder
+//! to yield (a device through `meta.handoff` in the session document, this runner through its
+//! stop token); the holder stops at a safe point, flushes, and releases with the state it left;
+//! the new holder waits for that state before it continues.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jarvis_agent::anthropic::Provider;
+use jarvis_agent::permissions::{Mode, Permissions, Rule};
+use jarvis_agent::runner::{Outcome, Runner, RunnerConfig};
+use jarvis_agent::tools::{Sandbox, ToolBox};
+use jarvis_sync::client::{ClientConfig, SyncClient};
+use jarvis_sync::doc::{HandoffRequest, Role, SessionDoc, SessionStatus, WorkspaceIndex};
+use jarvis_sync::handoff::{self, ExpectedDoc};
+use jarvis_sync::hub::Hub;
+use jarvis_sync::mirror::FileMirror;
+use jarvis_sync::store::SqliteStore;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::control::{CLOUD_DEVICE, Control, ControlError, HandoffState, Identity, Lease, now_ms};
+
+#[derive(Debug, Clone)]
+pub struct CloudConfig {
+    pub data_dir: PathBuf,
+    pub lease_ttl_ms: u64,
+    pub max_concurrent: usize,
+    pub default_model: String,
+    pub sandbox: Sandbox,
+    /// How long a new holder waits for the handed-off state to arrive.
+    pub reach_timeout: Duration,
+}
+
+struct Active {
+    epoch: u64,
+    stop: CancellationToken,
+    fence: CancellationToken,
+}
+
+pub struct Cloud {
+    pub control: Arc<Control>,
+    hub: Hub,
+    config: CloudConfig,
+    client: Arc<SyncClient>,
+    provider: Result<Arc<dyn Provider>, String>,
+    mirrors: tokio::sync::Mutex<HashMap<String, Arc<FileMirror>>>,
+    active: Mutex<HashMap<String, Active>>,
+    slots: Arc<Semaphore>,
+    /// Bumped after every lease change, so waiters re-read the lease.
+    lease_changes: watch::Sender<u64>,
+    shutdown: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cloud {
+    /// Starts the cloud device against this server's own hub at `sync_url`.
+    pub fn start(
+        control: Arc<Control>,
+        hub: Hub,
+        config: CloudConfig,
+        sync_url: String,
+        system_token: String,
+        provider: Result<Arc<dyn Provider>, String>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Cloud>> {
+        use anyhow::Context;
+        let store_path = config.data_dir.join("cloud-device.db");
+        let store = SqliteStore::open(&store_path)
+            .with_context(|| format!("opening {}", store_path.display()))?;
+        let client = Arc::new(SyncClient::start(
+            ClientConfig::new(sync_url, system_token),
+            Arc::new(store),
+        ));
+        tracing::info!(sandbox = %config.sandbox.describe(), "cloud runner: bash containment");
+        if let Err(e) = &provider {
+            tracing::warn!(error = %e, "cloud runner has no model provider; sessions handed to the cloud will fail until one is configured");
+        }
+        let cloud = Arc::new(Cloud {
+            control,
+            hub,
+            slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            config,
+            client,
+            provider,
+            mirrors: tokio::sync::Mutex::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
+            lease_changes: watch::channel(0).0,
+            shutdown,
+        });
+        tokio::spawn(cloud.clone().maintain());
+        Ok(cloud)
+    }
+
+    pub fn lease_ttl_ms(&self) -> u64 {
+        self.config.lease_ttl_ms
+    }
+
+    /// Renews the leases this runner holds, completes handoffs whose holder vanished, and
+    /// resumes (at start) every session whose lease it holds.
+    async fn maintain(self: Arc<Self>) {
+        match self.control.leases_of(CLOUD_DEVICE) {
+            Ok(leases) => {
+                for l in leases {
+                    tracing::info!(session = %l.session, epoch = l.epoch, "resuming a session whose lease the cloud holds");
+                    self.kick(&l.session);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "listing the cloud's leases failed"),
+        }
+        let period = Duration::from_millis((self.config.lease_ttl_ms / 3).clamp(50, 10_000));
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            let held: Vec<(String, u64)> = lock(&self.active)
+                .iter()
+                .map(|(s, a)| (s.clone(), a.epoch))
+                .collect();
+            for (session, epoch) in held {
+                if let Err(e) = self.control.renew(
+                    &session,
+                    CLOUD_DEVICE,
+                    epoch,
+                    self.config.lease_ttl_ms,
+                ) {
+                    tracing::warn!(%session, error = %e, "the cloud lost a lease; stopping that session");
+                    if let Some(a) = lock(&self.active).get(&session) {
+                        a.fence.cancel();
+                    }
+                }
+            }
+            match self
+                .control
+                .complete_expired_handoffs(self.config.lease_ttl_ms)
+            {
+                Ok(moved) => {
+                    for l in moved {
+                        self.lease_changed(&l).await;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "completing expired handoffs failed"),
+            }
+        }
+    }
+
+    /// Mirrors a lease into the session document (for display and for the holder to see a
+    /// pending handoff at once), wakes waiters, and starts the session here if it is ours.
+    pub async fn lease_changed(self: &Arc<Self>, lease: &Lease) {
+        let runner = lease.device.as_ref().map(|d| jarvis_sync::doc::Runner {
+            device: d.clone(),
+            epoch: lease.epoch,
+            expires_ms: lease.expires_ms,
+        });
+        let handoff = lease.pending_to.as_ref().map(|to| HandoffRequest {
+            to: to.clone(),
+            by: lease.pending_by.clone().unwrap_or_default(),
+            requested_ms: now_ms(),
+        });
+        let name = format!("session/{}", lease.session);
+        let edited = self
+            .hub
+            .edit(&name, |doc| {
+                let s = SessionDoc::new(doc.clone());
+                s.set_runner(runner.as_ref());
+                if s.handoff() != handoff {
+                    s.set_handoff(handoff.as_ref());
+                }
+            })
+            .await;
+        if let Err(e) = edited {
+            tracing::error!(session = %lease.session, error = %e, "mirroring the lease into the session failed");
+        }
+        self.lease_changes.send_modify(|n| *n += 1);
+        if lease.device.as_deref() == Some(CLOUD_DEVICE) {
+            self.kick(&lease.session);
+        }
+    }
+
+    /// Starts running a session here if this runner holds its lease and is not running it.
+    pub fn kick(self: &Arc<Self>, session: &str) {
+        let lease = match self.control.lease(session) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(%session, error = %e, "reading a lease failed");
+                return;
+            }
+        };
+        if lease.device.as_deref() != Some(CLOUD_DEVICE) {
+            return;
+        }
+        let (stop, fence) = {
+            let mut active = lock(&self.active);
+            if let Some(a) = active.get(session) {
+                if a.epoch == lease.epoch {
+                    return;
+                }
+                // An older epoch's task is still winding down: it is fenced off.
+                a.fence.cancel();
+            }
+            let a = Active {
+                epoch: lease.epoch,
+                stop: CancellationToken::new(),
+                fence: CancellationToken::new(),
+            };
+            let tokens = (a.stop.clone(), a.fence.clone());
+            active.insert(session.to_owned(), a);
+            tokens
+        };
+        let me = self.clone();
+        let session = session.to_owned();
+        tokio::spawn(async move {
+            let epoch = lease.epoch;
+            if let Err(e) = me.host(&session, lease, stop, fence).await {
+                tracing::error!(%session, error = %e, "the cloud runner stopped on an error");
+            }
+            let mut active = lock(&me.active);
+            if active.get(&session).is_some_and(|a| a.epoch == epoch) {
+                active.remove(&session);
+            }
+        });
+    }
+
+    /// The workspace's folder under the data dir, mirrored (started once, kept).
+    async fn mirror(&self, workspace: &str) -> anyhow::Result<Arc<FileMirror>> {
+        use anyhow::Context;
+        let mut mirrors = self.mirrors.lock().await;
+        if let Some(m) = mirrors.get(workspace) {
+            return Ok(m.clone());
+        }
+        let dir = self.config.data_dir.join("workspaces").join(workspace);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let m = Arc::new(
+            FileMirror::start(&dir, workspace, self.client.clone(), None)
+                .await
+                .with_context(|| format!("materialising workspace {workspace}"))?,
+        );
+        mirrors.insert(workspace.to_owned(), m.clone());
+        Ok(m)
+    }
+
+    /// Where a workspace is materialised (tests and the API read files from here).
+    pub fn workspace_dir(&self, workspace: &str) -> PathBuf {
+        self.config.data_dir.join("workspaces").join(workspace)
+    }
+
+    /// Holds one session while the cloud has its lease: materialises the handed-off state,
+    /// runs whenever there is something to answer, and yields when asked.
+    async fn host(
+        self: &Arc<Self>,
+        session: &str,
+        lease: Lease,
+        stop: CancellationToken,
+        fence: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let row = self
+            .control
+            .session(session)?
+            .ok_or_else(|| anyhow::anyhow!("session {session} is not registered"))?;
+        let doc = SessionDoc::new(self.client.open(&format!("session/{session}")).await?);
+        let mirror = self.mirror(&row.workspace).await?;
+        handoff::reach(&self.client, &lease.expect, self.config.reach_timeout).await?;
+        mirror.settle(true).await;
+        tracing::info!(%session, epoch = lease.epoch, "the cloud holds the session");
+        let changed = Arc::new(Notify::new());
+        let n = changed.clone();
+        let key = format!("cloud-host-{session}-{}", lease.epoch);
+        let _ = doc
+            .doc()
+            .observe_update_v1(key.as_str(), move |_, _| n.notify_one());
+        let result = self
+            .host_loop(session, &row.workspace, &doc, &mirror, &stop, &fence, &changed)
+            .await;
+        let _ = doc.doc().unobserve_update_v1(key.as_str());
+        if fence.is_cancelled() || self.shutdown.is_cancelled() {
+            return result;
+        }
+        result?;
+        // Asked to yield: everything this runner wrote reaches the hub before the lease moves.
+        self.release(session, &row.workspace, lease.epoch, &mirror)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn host_loop(
+        self: &Arc<Self>,
+        session: &str,
+        workspace: &str,
+        doc: &SessionDoc,
+        mirror: &Arc<FileMirror>,
+        stop: &CancellationToken,
+        fence: &CancellationToken,
+        changed: &Notify,
+    ) -> anyhow::Result<()> {
+        // After a turn that ended without finishing the task (failed, interrupted, out of
+        // budget), wait for a new message instead of trying again on the same transcript.
+        let mut quiet_at: Option<u32> = None;
+        loop {
+            if stop.is_cancelled() || fence.is_cancelled() || self.shutdown.is_cancelled() {
+                return Ok(());
+            }
+            if quiet_at != Some(doc.len()) && needs_turn(doc) {
+                let slot = tokio::select! {
+                    s = self.slots.clone().acquire_owned() => s?,
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = fence.cancelled() => return Ok(()),
+                };
+                let outcome = self.drive(session, doc, mirror, stop, fence).await;
+                drop(slot);
+                tracing::info!(%session, ?outcome, "cloud turn ended");
+                // Tool writes reach the workspace documents through the mirror's watcher;
+                // settle so a reader (or the next holder) sees them.
+                mirror.rescan().await;
+                if matches!(outcome, Outcome::Yielded | Outcome::LeaseLost) {
+                    return Ok(());
+                }
+                quiet_at = Some(doc.len());
+                continue;
+            }
+            let _ = workspace;
+            tokio::select! {
+                _ = changed.notified() => {}
+                _ = stop.cancelled() => {}
+                _ = fence.cancelled() => {}
+                _ = self.shutdown.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    }
+
+    async fn drive(
+        self: &Arc<Self>,
+        session: &str,
+        doc: &SessionDoc,
+        mirror: &Arc<FileMirror>,
+        stop: &CancellationToken,
+        fence: &CancellationToken,
+    ) -> Outcome {
+        let provider = match &self.provider {
+            Ok(p) => p.clone(),
+            Err(e) => {
+                let _ = doc.append_message(&jarvis_sync::doc::Message {
+                    id: format!("s-{:016x}", rand::random::<u64>()),
+                    role: Role::System,
+                    author: CLOUD_DEVICE.into(),
+                    created_ms: now_ms(),
+                    blocks: vec![jarvis_sync::doc::Block::Text {
+                        text: format!("The cloud agent has no model provider configured: {e}"),
+                    }],
+                });
+                doc.set_status(&SessionStatus::Failed);
+                return Outcome::Failed(e.clone());
+            }
+        };
+        let meta = doc.meta();
+        let model = if meta.model.is_empty() {
+            self.config.default_model.clone()
+        } else {
+            meta.model.clone()
+        };
+        let mode = doc
+            .setting("permission_mode")
+            .and_then(|m| Mode::parse(&m))
+            .unwrap_or(Mode::Ask);
+        let mut permissions = Permissions::new(mode);
+        for (key, list) in [("allow", &mut permissions.allow), ("deny", &mut permissions.deny)] {
+            for r in doc.setting(key).unwrap_or_default().lines() {
+                match Rule::parse(r) {
+                    Ok(rule) => list.push(rule),
+                    Err(e) => tracing::warn!(%session, rule = r, error = %e, "skipping a malformed rule"),
+                }
+            }
+        }
+        let mut tools = ToolBox::new(mirror.root());
+        tools.sandbox = self.config.sandbox.clone();
+        let mut config = RunnerConfig::new(&model, CLOUD_DEVICE);
+        config.budget_micros = doc
+            .setting("budget_micros")
+            .and_then(|b| b.parse().ok());
+        let mut runner = Runner::new(doc.clone(), provider.as_ref(), tools, permissions, config)
+            .with_stop(stop.clone())
+            .with_fence(fence.clone());
+        let cancel = self.shutdown.child_token();
+        runner.drive(&cancel).await
+    }
+
+    /// Flushes what this runner wrote and gives the lease to the pending target.
+    async fn release(
+        self: &Arc<Self>,
+        session: &str,
+        workspace: &str,
+        epoch: u64,
+        mirror: &Arc<FileMirror>,
+    ) -> anyhow::Result<()> {
+        mirror.rescan().await;
+        mirror.settle(false).await;
+        self.client.flush_all(Duration::from_secs(30)).await?;
+        let docs = handoff::session_documents(session, workspace, mirror.index());
+        let expect = handoff::snapshot(&self.client, &docs).await?;
+        let lease = self.control.release(
+            session,
+            CLOUD_DEVICE,
+            epoch,
+            expect,
+            self.config.lease_ttl_ms,
+        )?;
+        tracing::info!(%session, to = ?lease.device, epoch = lease.epoch, "the cloud handed the session over");
+        self.control.audit(
+            None,
+            "lease.release",
+            session,
+            &format!("cloud → {}", lease.device.as_deref().unwrap_or("nobody")),
+        );
+        self.lease_changed(&lease).await;
+        Ok(())
+    }
+
+    /// A handoff request from the API: `to` is `cloud`, or a device id.
+    pub async fn request_handoff(
+        self: &Arc<Self>,
+        who: &Identity,
+        session: &str,
+        to: &str,
+        expect: Vec<ExpectedDoc>,
+        wait: Duration,
+    ) -> Result<HandoffState, ControlError> {
+        self.control.check_session(who, session)?;
+        if who.read_only {
+            return Err(ControlError::Forbidden("read-only token".into()));
+        }
+        let state = self.control.request_handoff(
+            session,
+            to,
+            &who.device_id(),
+            expect,
+            self.config.lease_ttl_ms,
+        )?;
+        self.control
+            .audit(Some(who), "session.handoff", session, &format!("to {to}"));
+        let lease = match &state {
+            HandoffState::Granted { lease } | HandoffState::Pending { lease } => lease.clone(),
+        };
+        self.lease_changed(&lease).await;
+        if let HandoffState::Granted { .. } = state {
+            return Ok(state);
+        }
+        if lease.device.as_deref() == Some(CLOUD_DEVICE) {
+            self.yield_session(session).await;
+        }
+        self.wait_for_holder(session, to, wait).await
+    }
+
+    /// Waits until `to` holds the lease (or the wait ends: then the state is still pending).
+    pub async fn wait_for_holder(
+        &self,
+        session: &str,
+        to: &str,
+        wait: Duration,
+    ) -> Result<HandoffState, ControlError> {
+        let mut changes = self.lease_changes.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let lease = self.control.lease(session)?;
+            if lease.device.as_deref() == Some(to) && lease.pending_to.is_none() {
+                return Ok(HandoffState::Granted { lease });
+            }
+            if lease.pending_to.as_deref() != Some(to) {
+                return Err(ControlError::Conflict(format!(
+                    "the handoff to {to} was superseded: the session is held by {}",
+                    lease.device.as_deref().unwrap_or("nobody")
+                )));
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Ok(HandoffState::Pending { lease });
+                }
+            }
+        }
+    }
+
+    /// Asks this runner to give a session up: a running one stops at its next safe point, an
+    /// idle one is released at once.
+    async fn yield_session(self: &Arc<Self>, session: &str) {
+        let running = lock(&self.active)
+            .get(session)
+            .map(|a| a.stop.clone());
+        match running {
+            Some(stop) => stop.cancel(),
+            None => {
+                // Held but not hosted (a restart before the host started): release directly.
+                let Ok(lease) = self.control.lease(session) else {
+                    return;
+                };
+                let Ok(Some(row)) = self.control.session(session) else {
+                    return;
+                };
+                match self.mirror(&row.workspace).await {
+                    Ok(m) => {
+                        if let Err(e) = self.release(session, &row.workspace, lease.epoch, &m).await
+                        {
+                            tracing::error!(%session, error = %e, "releasing an idle session failed");
+                        }
+                    }
+                    Err(e) => tracing::error!(%session, error = %e, "releasing an idle session failed"),
+                }
+            }
+        }
+    }
+
+    /// A device releases its lease (after yielding): the hub must hold the state it reports.
+    pub async fn device_release(
+        self: &Arc<Self>,
+        who: &Identity,
+        session: &str,
+        epoch: u64,
+        expect: Vec<ExpectedDoc>,
+    ) -> Result<Lease, ControlError> {
+        self.control.check_session(who, session)?;
+        for e in &expect {
+            self.control.document_access(who, &e.doc)?;
+            let want = handoff::decode_sv(&e.doc, &e.sv)
+                .map_err(|err| ControlError::Invalid(err.to_string()))?;
+            let have = self
+                .hub
+                .state_vector(&e.doc)
+                .await
+                .map_err(|err| ControlError::Invalid(err.to_string()))?;
+            if !handoff::covers(&have, &want) {
+                return Err(ControlError::Conflict(format!(
+                    "the hub does not yet have your latest changes to {}; flush and retry",
+                    e.doc
+                )));
+            }
+        }
+        let lease = self.control.release(
+            session,
+            &who.device_id(),
+            epoch,
+            expect,
+            self.config.lease_ttl_ms,
+        )?;
+        self.control.audit(
+            Some(who),
+            "lease.release",
+            session,
+            &format!("→ {}", lease.device.as_deref().unwrap_or("nobody")),
+        );
+        self.lease_changed(&lease).await;
+        Ok(lease)
+    }
+
+    /// A device takes (or renews) a free lease for itself.
+    pub async fn device_acquire(
+        self: &Arc<Self>,
+        who: &Identity,
+        session: &str,
+    ) -> Result<Lease, ControlError> {
+        self.control.check_session(who, session)?;
+        if who.read_only {
+            return Err(ControlError::Forbidden("read-only token".into()));
+        }
+        let before = self.control.lease(session)?;
+        let lease = self
+            .control
+            .acquire(session, &who.device_id(), self.config.lease_ttl_ms)?;
+        if before.epoch != lease.epoch || before.device != lease.device {
+            self.control
+                .audit(Some(who), "lease.acquire", session, &format!("epoch {}", lease.epoch));
+            self.lease_changed(&lease).await;
+        }
+        Ok(lease)
+    }
+
+    pub fn device_renew(
+        &self,
+        who: &Identity,
+        session: &str,
+        epoch: u64,
+    ) -> Result<Lease, ControlError> {
+        self.control.check_session(who, session)?;
+        self.control
+            .renew(session, &who.device_id(), epoch, self.config.lease_ttl_ms)
+    }
+
+    /// The workspace index as this runner sees it (for listing files).
+    pub async fn index(&self, workspace: &str) -> anyhow::Result<WorkspaceIndex> {
+        let doc = self
+            .client
+            .open(&format!("ws/{workspace}/index"))
+            .await?;
+        Ok(WorkspaceIndex::new(doc))
+    }
+}
+
+/// Whether the session waits for a model turn: the last word (ignoring system notes) is the
+/// user's, or a reply was cut by a handoff, or tool calls are unsettled.
+fn needs_turn(doc: &SessionDoc) -> bool {
+    let messages = doc.messages();
+    let cut = doc.cut_messages();
+    let Some(last) = messages.iter().rev().find(|m| m.role != Role::System) else {
+        return false;
+    };
+    match last.role {
+        Role::User => true,
+        Role::Assistant => {
+            if cut.contains(&last.id) {
+                return true;
+            }
+            // Unsettled tool calls, including ones waiting for an approval that was answered.
+            let pending_approval = last.blocks.iter().any(|b| {
+                matches!(b, jarvis_sync::doc::Block::Approval { decision: None, .. })
+            });
+            let has_tools = last
+                .blocks
+                .iter()
+                .any(|b| matches!(b, jarvis_sync::doc::Block::ToolUse { .. }));
+            has_tools && !pending_approval
+        }
+        Role::System => false,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use jarvis_sync::doc::{Block, Message};
+
+    fn msg(id: &str, role: Role, blocks: Vec<Block>) -> Message {
+        Message {
+            id: id.into(),
+            role,
+            author: "t".into(),
+            created_ms: 0,
+            blocks,
+        }
+    }
+
+    #[test]
+    fn a_turn_is_needed_after_a_user_message_a_cut_or_open_tools() {
+        let d = SessionDoc::new(yrs::Doc::new());
+        assert!(!needs_turn(&d));
+        d.append_message(&msg("u1", Role::User, vec![Block::Text { text: "hi".into() }]))
+            .unwrap();
+        assert!(needs_turn(&d));
+        d.append_message(&msg("a1", Role::Assistant, vec![Block::Text { text: "yo".into() }]))
+            .unwrap();
+        assert!(!needs_turn(&d));
+        d.mark_cut("a1").unwrap();
+        assert!(needs_turn(&d));
+        d.append_message(&msg(
+            "a2",
+            Role::Assistant,
+            vec![Block::ToolUse {
+                id: "t1".into(),
+                name: "bash".into(),
+                input: "{}".into(),
+                status: "pending".into(),
+            }],
+        ))
+        .unwrap();
+        assert!(needs_turn(&d));
+        d.append_block(
+            "a2",
+            &Block::Approval {
+                id: "ap-t1".into(),
+                tool_use_id: "t1".into(),
+                tool: "bash".into(),
+                summary: "x".into(),
+                decision: None,
+                decided_by: None,
+                decided_at: None,
+            },
+        )
+        .unwrap();
+        assert!(!needs_turn(&d));
+    }
+}
