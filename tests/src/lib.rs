@@ -61,7 +61,13 @@ pub struct CloudAgent {
 impl CloudAgent {
     /// Starts the server on a free port (0) or the given one, and waits until it listens.
     pub fn start(data_dir: &Path, port: u16) -> Result<Self> {
+        Self::start_with_env(data_dir, port, &[])
+    }
+
+    /// As [`start`](Self::start), with extra environment (provider settings, limits).
+    pub fn start_with_env(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Result<Self> {
         let mut child = Command::new(binary("jarvis-cloud"))
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .arg("serve")
             .arg("--host")
             .arg("127.0.0.1")
@@ -177,6 +183,24 @@ pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// Creates a user with `jarvis-cloud user add`; returns its first token.
+pub fn add_user(data_dir: &Path, name: &str) -> Result<String> {
+    let out = Command::new(binary("jarvis-cloud"))
+        .args(["user", "add", "--data-dir"])
+        .arg(data_dir)
+        .arg(name)
+        .output()
+        .context("running jarvis-cloud user add")?;
+    if !out.status.success() {
+        bail!("user add failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8(out.stdout)?
+        .lines()
+        .last()
+        .map(str::to_owned)
+        .context("user add printed nothing")
 }
 
 /// Polls `cond` until it holds or the deadline passes.

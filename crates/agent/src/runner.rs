@@ -93,7 +93,9 @@ impl RunnerConfig {
 pub enum Outcome {
     EndTurn,
     Interrupted,
-    ApprovalPending { approval_id: String },
+    ApprovalPending {
+        approval_id: String,
+    },
     BudgetExhausted,
     RequestLimit,
     Failed(String),
@@ -515,9 +517,7 @@ impl<'a> Runner<'a> {
         self.flush(&mut state)?;
         self.record_usage(&msg_id, &state.usage);
         if let Ok(Streamed::Cut) = result {
-            self.session
-                .mark_cut(&msg_id)
-                .map_err(|e| e.to_string())?;
+            self.session.mark_cut(&msg_id).map_err(|e| e.to_string())?;
         }
         if let Ok(Streamed::Complete) = result {
             tracing::debug!(stop_reason = ?state.stop_reason, "reply complete");

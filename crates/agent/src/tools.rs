@@ -760,9 +760,17 @@ mod tests {
         )
         .await;
         let size = std::fs::metadata(t.root().join("big")).unwrap().len();
-        assert!(size <= 64 * 1024, "file grew to {size} bytes: {}", out.content);
+        assert!(
+            size <= 64 * 1024,
+            "file grew to {size} bytes: {}",
+            out.content
+        );
         let ok = run(&t, "bash", json!({"command": "echo fine"})).await;
-        assert!(!ok.is_error && ok.content.contains("fine"), "{}", ok.content);
+        assert!(
+            !ok.is_error && ok.content.contains("fine"),
+            "{}",
+            ok.content
+        );
         assert!(!Sandbox::detect(Limits::default()).describe().is_empty());
     }
 

@@ -54,7 +54,12 @@ impl Api {
         }
     }
 
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.hub))
@@ -89,7 +94,9 @@ impl Api {
     }
 
     pub async fn lease(&self, session: &str, op: Value) -> Result<Lease> {
-        let v = self.post(&format!("/api/sessions/{session}/lease"), op).await?;
+        let v = self
+            .post(&format!("/api/sessions/{session}/lease"), op)
+            .await?;
         Ok(serde_json::from_value(v)?)
     }
 }
@@ -132,7 +139,10 @@ pub struct Device {
 impl Device {
     pub async fn connect(hub: &str, token: &str, store: Arc<dyn Store>) -> Result<Device> {
         let api = Api::new(hub, token);
-        let me = api.get("/api/me").await.context("asking the hub who we are")?;
+        let me = api
+            .get("/api/me")
+            .await
+            .context("asking the hub who we are")?;
         let id = me["device"]
             .as_str()
             .ok_or_else(|| anyhow!("the hub did not say which device this is"))?
@@ -304,10 +314,14 @@ pub async fn run_here(
         .ok_or_else(|| anyhow!("unknown permission mode {mode_name:?}"))?;
     let mut permissions = Permissions::new(mode);
     for r in &opts.allow {
-        permissions.allow.push(jarvis_agent::permissions::Rule::parse(r)?);
+        permissions
+            .allow
+            .push(jarvis_agent::permissions::Rule::parse(r)?);
     }
     for r in &opts.deny {
-        permissions.deny.push(jarvis_agent::permissions::Rule::parse(r)?);
+        permissions
+            .deny
+            .push(jarvis_agent::permissions::Rule::parse(r)?);
     }
     let mut config = RunnerConfig::new(&opts.model, &device.id);
     config.budget_micros = opts.budget_usd.map(|d| (d * 1e6) as u64);
@@ -470,34 +484,65 @@ pub async fn attach(
                             if text.len() > start && text.is_char_boundary(start) {
                                 let delta = &text[start..];
                                 if json_lines {
-                                    writeln!(out, "{}", json!({"type": "text", "message": m.id, "role": m.role, "author": m.author, "text": delta}))?;
+                                    writeln!(
+                                        out,
+                                        "{}",
+                                        json!({"type": "text", "message": m.id, "role": m.role, "author": m.author, "text": delta})
+                                    )?;
                                 } else {
                                     write!(out, "{delta}")?;
                                 }
                                 printed.insert(key, text.len());
                             }
                         }
-                        Block::ToolUse { id, name, input, .. } if done.is_none() => {
+                        Block::ToolUse {
+                            id, name, input, ..
+                        } if done.is_none() => {
                             if json_lines {
-                                writeln!(out, "{}", json!({"type": "tool_use", "id": id, "name": name, "input": input}))?;
+                                writeln!(
+                                    out,
+                                    "{}",
+                                    json!({"type": "tool_use", "id": id, "name": name, "input": input})
+                                )?;
                             } else {
                                 writeln!(out, "\n[{name}] {input}")?;
                             }
                             printed.insert(key, 0);
                         }
-                        Block::ToolResult { tool_use_id, content, is_error } if done.is_none() => {
+                        Block::ToolResult {
+                            tool_use_id,
+                            content,
+                            is_error,
+                        } if done.is_none() => {
                             if json_lines {
-                                writeln!(out, "{}", json!({"type": "tool_result", "id": tool_use_id, "content": content, "is_error": is_error}))?;
+                                writeln!(
+                                    out,
+                                    "{}",
+                                    json!({"type": "tool_result", "id": tool_use_id, "content": content, "is_error": is_error})
+                                )?;
                             } else if *is_error {
                                 writeln!(out, "[error] {}", content.lines().next().unwrap_or(""))?;
                             }
                             printed.insert(key, 0);
                         }
-                        Block::Approval { id, tool, summary, decision: None, .. } if done.is_none() => {
+                        Block::Approval {
+                            id,
+                            tool,
+                            summary,
+                            decision: None,
+                            ..
+                        } if done.is_none() => {
                             if json_lines {
-                                writeln!(out, "{}", json!({"type": "approval_needed", "id": id, "tool": tool, "summary": summary}))?;
+                                writeln!(
+                                    out,
+                                    "{}",
+                                    json!({"type": "approval_needed", "id": id, "tool": tool, "summary": summary})
+                                )?;
                             } else {
-                                writeln!(out, "\n[approval needed {id}] {tool}: {summary}  (jarvis approve {session} {id})")?;
+                                writeln!(
+                                    out,
+                                    "\n[approval needed {id}] {tool}: {summary}  (jarvis approve {session} {id})"
+                                )?;
                             }
                             printed.insert(key, 0);
                         }
@@ -510,9 +555,21 @@ pub async fn attach(
             if status != last_status {
                 let runner = meta.runner.map(|r| r.device).unwrap_or_default();
                 if json_lines {
-                    writeln!(out, "{}", json!({"type": "status", "status": status, "runner": runner}))?;
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({"type": "status", "status": status, "runner": runner})
+                    )?;
                 } else {
-                    writeln!(out, "\n[{status}{}]", if runner.is_empty() { String::new() } else { format!(" on {runner}") })?;
+                    writeln!(
+                        out,
+                        "\n[{status}{}]",
+                        if runner.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" on {runner}")
+                        }
+                    )?;
                 }
                 last_status = status.clone();
             }
@@ -566,7 +623,10 @@ pub async fn pair(hub: &str, name: &str) -> Result<(String, String)> {
     let code = v["code"].as_str().unwrap_or_default();
     let device_code = v["device_code"].as_str().unwrap_or_default().to_owned();
     let expires = v["expires_in"].as_u64().unwrap_or(600);
-    println!("To pair this device, approve code {code} in My Jarvis (Devices → Pair) within {} minutes.", expires / 60);
+    println!(
+        "To pair this device, approve code {code} in My Jarvis (Devices → Pair) within {} minutes.",
+        expires / 60
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(expires);
     loop {
         if tokio::time::Instant::now() >= deadline {

@@ -247,7 +247,10 @@ fn main() -> Result<()> {
                     println!("{}", serde_json::to_string_pretty(&v)?);
                     return Ok(());
                 }
-                println!("{:<18} {:<18} {:<16} {:<8} TITLE", "SESSION", "STATUS", "WORKSPACE", "WHERE");
+                println!(
+                    "{:<18} {:<18} {:<16} {:<8} TITLE",
+                    "SESSION", "STATUS", "WORKSPACE", "WHERE"
+                );
                 for s in v["sessions"].as_array().into_iter().flatten() {
                     println!(
                         "{:<18} {:<18} {:<16} {:<8} {}",
@@ -572,7 +575,7 @@ async fn handoff_cmd(
     to: &str,
     dir: Option<PathBuf>,
     format: OutputFormat,
- model: String,
+    model: String,
     permission_mode: Option<String>,
 ) -> Result<()> {
     if to == "here" && dir.is_none() {
@@ -590,7 +593,10 @@ async fn handoff_cmd(
         );
         return Ok(());
     }
-    eprintln!("session {session} is on this device now (epoch {})", lease.epoch);
+    eprintln!(
+        "session {session} is on this device now (epoch {})",
+        lease.epoch
+    );
     drop(device);
     // Continue here: run whatever the session was in the middle of, in the folder.
     let env: HashMap<String, String> = std::env::vars().collect();

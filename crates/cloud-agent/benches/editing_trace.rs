@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jarvis_cloud::auth::TokenStore;
+use jarvis_cloud::control::{ADMIN_USER, Control};
 use jarvis_cloud::server::{AppState, app};
 use jarvis_sync::client::{ClientConfig, SyncClient};
 use jarvis_sync::doc::FileText;
@@ -170,12 +170,14 @@ fn main() {
 async fn fresh_peer_sync(dir: &std::path::Path, snapshot: &[u8]) -> (Duration, Duration) {
     let db = dir.join("hub.db");
     let token = {
-        let tokens = TokenStore::open(&db).unwrap();
-        tokens.create("bench", &["*".into()], false).unwrap()
+        let (control, _) = Control::open(&db).unwrap();
+        control
+            .create_token(ADMIN_USER, None, "bench", &["*".into()], false)
+            .unwrap()
     };
     let start_hub = || {
         let store = SqliteStore::open(&db).unwrap();
-        let tokens = Arc::new(TokenStore::open(&db).unwrap());
+        let tokens = Arc::new(Control::open(&db).unwrap().0);
         let hub = Hub::new(Arc::new(store), tokens.clone(), HubConfig::default());
         AppState {
             hub,
@@ -186,6 +188,7 @@ async fn fresh_peer_sync(dir: &std::path::Path, snapshot: &[u8]) -> (Duration, D
                 authorizer: tokens,
                 max_bytes: 1 << 30,
             }),
+            api: None,
         }
     };
     let serve = |state: AppState| async move {

@@ -90,7 +90,11 @@ impl From<ControlError> for ApiError {
 
 impl From<jarvis_sync::hub::HubError> for ApiError {
     fn from(e: jarvis_sync::hub::HubError) -> Self {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
     }
 }
 
@@ -117,8 +121,8 @@ impl RateLimiter {
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let (tokens, at) = b.entry(key).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second)
-            .min(self.burst);
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -171,11 +175,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => Err(ApiError::new(
-                e.status(),
-                "invalid_request",
-                e.body_text(),
-            )),
+            Err(e) => Err(ApiError::new(e.status(), "invalid_request", e.body_text())),
         }
     }
 }
@@ -192,7 +192,10 @@ pub fn router(api: Api) -> Router {
         .route("/api/tokens/{id}", delete(revoke_token))
         .route("/api/devices", get(list_devices))
         .route("/api/devices/{id}", delete(revoke_device))
-        .route("/api/workspaces", get(list_workspaces).post(create_workspace))
+        .route(
+            "/api/workspaces",
+            get(list_workspaces).post(create_workspace),
+        )
         .route("/api/workspaces/{id}", get(get_workspace))
         .route(
             "/api/workspaces/{id}/members/{user}",
@@ -248,8 +251,12 @@ async fn pair_start(State(api): State<Api>, Body(b): Body<PairStart>) -> ApiResu
         e
     })?;
     let p = api.control.start_pairing(&b.name)?;
-    api.control
-        .audit(None, "pair.start", &p.code, &format!("device name {:?}", b.name));
+    api.control.audit(
+        None,
+        "pair.start",
+        &p.code,
+        &format!("device name {:?}", b.name),
+    );
     Ok(Json(json!(p)))
 }
 
@@ -284,7 +291,8 @@ async fn pair_approve(
         return Err(ControlError::Forbidden("read-only token".into()).into());
     }
     let name = api.control.approve_pairing(&who, &b.code)?;
-    api.control.audit(Some(&who), "pair.approve", &b.code, &name);
+    api.control
+        .audit(Some(&who), "pair.approve", &b.code, &name);
     Ok(Json(json!({"approved": true, "device_name": name})))
 }
 
@@ -417,8 +425,12 @@ async fn set_member(
     Body(b): Body<Member>,
 ) -> ApiResult {
     api.control.set_member(&who, &id, &user, Some(&b.role))?;
-    api.control
-        .audit(Some(&who), "workspace.member", &id, &format!("{user} as {}", b.role));
+    api.control.audit(
+        Some(&who),
+        "workspace.member",
+        &id,
+        &format!("{user} as {}", b.role),
+    );
     Ok(Json(json!({"workspace": id, "user": user, "role": b.role})))
 }
 
@@ -431,7 +443,9 @@ async fn remove_member(
     let closed = api.hub.revalidate();
     api.control
         .audit(Some(&who), "workspace.member.remove", &id, &user);
-    Ok(Json(json!({"workspace": id, "removed": user, "sockets_closed": closed})))
+    Ok(Json(
+        json!({"workspace": id, "removed": user, "sockets_closed": closed}),
+    ))
 }
 
 // ---- sessions -----------------------------------------------------------------------------
@@ -534,10 +548,9 @@ async fn create_session(
             "run must be \"cloud\" (devices start their own runs)",
         ));
     }
-    let id = b
-        .id
-        .clone()
-        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+    let id =
+        b.id.clone()
+            .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
     let title = if b.title.is_empty() {
         b.message
             .as_deref()
@@ -579,7 +592,8 @@ async fn create_session(
             }
         })
         .await?;
-    api.control.audit(Some(&who), "session.create", &id, &row.workspace);
+    api.control
+        .audit(Some(&who), "session.create", &id, &row.workspace);
     let mut state = Value::Null;
     if b.run.is_some() {
         let s = api
@@ -728,11 +742,23 @@ async fn answer(
                 e.to_string(),
             ));
         }
-        Err(e) => return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())),
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                e.to_string(),
+            ));
+        }
     }
-    api.control
-        .audit(Some(&who), "session.approval", &id, &format!("{approval} {}", decision.as_str()));
-    Ok(Json(json!({"approval": approval, "decision": decision.as_str()})))
+    api.control.audit(
+        Some(&who),
+        "session.approval",
+        &id,
+        &format!("{approval} {}", decision.as_str()),
+    );
+    Ok(Json(
+        json!({"approval": approval, "decision": decision.as_str()}),
+    ))
 }
 
 #[derive(Deserialize)]

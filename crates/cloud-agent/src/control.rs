@@ -402,7 +402,9 @@ impl Control {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                Err(ControlError::Conflict(format!("a user named {name:?} exists")))
+                Err(ControlError::Conflict(format!(
+                    "a user named {name:?} exists"
+                )))
             }
             Err(e) => Err(e.into()),
         }
@@ -585,7 +587,11 @@ impl Control {
         let code: String = (0..8)
             .map(|i| {
                 let c = CODE_ALPHABET[rand::random::<u32>() as usize % CODE_ALPHABET.len()] as char;
-                if i == 4 { format!("-{c}") } else { c.to_string() }
+                if i == 4 {
+                    format!("-{c}")
+                } else {
+                    c.to_string()
+                }
             })
             .collect();
         let device_code = format!("jd_{}", random_hex(24));
@@ -624,9 +630,9 @@ impl Control {
             .optional()?;
         match row {
             None => Err(ControlError::NotFound("no such pairing code".into())),
-            Some((_, exp, _)) if exp < now_ms() as i64 => {
-                Err(ControlError::NotFound("the pairing code has expired".into()))
-            }
+            Some((_, exp, _)) if exp < now_ms() as i64 => Err(ControlError::NotFound(
+                "the pairing code has expired".into(),
+            )),
             Some((_, _, Some(_))) => Err(ControlError::Conflict(
                 "this code was already approved".into(),
             )),
@@ -796,9 +802,8 @@ impl Control {
                 )?;
             }
         }
-        self.check_workspace(who, id).map_err(|_| {
-            ControlError::Conflict(format!("workspace id {id:?} is taken"))
-        })?;
+        self.check_workspace(who, id)
+            .map_err(|_| ControlError::Conflict(format!("workspace id {id:?} is taken")))?;
         self.workspace(who, id)
     }
 
@@ -920,9 +925,9 @@ impl Control {
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id, workspace, who.user, title, now_ms() as i64],
         )?;
-        let row = self.check_session(who, id).map_err(|_| {
-            ControlError::Conflict(format!("session id {id:?} is taken"))
-        })?;
+        let row = self
+            .check_session(who, id)
+            .map_err(|_| ControlError::Conflict(format!("session id {id:?} is taken")))?;
         if created == 0 && row.workspace != workspace {
             return Err(ControlError::Conflict(format!(
                 "session {id:?} belongs to another workspace"
@@ -1222,9 +1227,7 @@ impl Control {
         } else if let Some(w) = name.workspace() {
             self.check_workspace(who, w)?;
         } else {
-            return Err(ControlError::Forbidden(format!(
-                "no access to {document}"
-            )));
+            return Err(ControlError::Forbidden(format!("no access to {document}")));
         }
         Ok(access)
     }
@@ -1290,8 +1293,12 @@ mod tests {
         let (_d, c) = open();
         let a = c.create_user("alice", false).unwrap();
         let b = c.create_user("bob", false).unwrap();
-        let ta = c.create_token(&a.id, None, "a", &["*".into()], false).unwrap();
-        let tb = c.create_token(&b.id, None, "b", &["*".into()], false).unwrap();
+        let ta = c
+            .create_token(&a.id, None, "a", &["*".into()], false)
+            .unwrap();
+        let tb = c
+            .create_token(&b.id, None, "b", &["*".into()], false)
+            .unwrap();
         let (ia, ib) = (c.identify(&ta).unwrap(), c.identify(&tb).unwrap());
         c.ensure_workspace(&ia, "wa", "A").unwrap();
         c.register_session(&ia, "sa", "wa", "t").unwrap();
@@ -1322,7 +1329,9 @@ mod tests {
     fn pairing_issues_one_device_token() {
         let (_d, c) = open();
         let a = c.create_user("alice", false).unwrap();
-        let ta = c.create_token(&a.id, None, "a", &["*".into()], false).unwrap();
+        let ta = c
+            .create_token(&a.id, None, "a", &["*".into()], false)
+            .unwrap();
         let ia = c.identify(&ta).unwrap();
         let p = c.start_pairing("laptop").unwrap();
         assert!(matches!(

@@ -3,7 +3,7 @@
 //! sockets, processes and configuration.
 
 pub mod api;
+pub mod blobs;
 pub mod control;
 pub mod runner;
-pub mod blobs;
 pub mod server;

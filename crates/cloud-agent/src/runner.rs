@@ -131,12 +131,10 @@ impl Cloud {
                 .map(|(s, a)| (s.clone(), a.epoch))
                 .collect();
             for (session, epoch) in held {
-                if let Err(e) = self.control.renew(
-                    &session,
-                    CLOUD_DEVICE,
-                    epoch,
-                    self.config.lease_ttl_ms,
-                ) {
+                if let Err(e) =
+                    self.control
+                        .renew(&session, CLOUD_DEVICE, epoch, self.config.lease_ttl_ms)
+                {
                     tracing::warn!(%session, error = %e, "the cloud lost a lease; stopping that session");
                     if let Some(a) = lock(&self.active).get(&session) {
                         a.fence.cancel();
@@ -274,6 +272,23 @@ impl Cloud {
         let mirror = self.mirror(&row.workspace).await?;
         handoff::reach(&self.client, &lease.expect, self.config.reach_timeout).await?;
         mirror.settle(true).await;
+        // "running" with nobody running it: the previous runner died mid-reply (this process,
+        // killed, or a device that vanished). A reply it was streaming is kept but asked again.
+        if doc.meta().status == SessionStatus::Running
+            && let Some(last) = doc
+                .messages()
+                .into_iter()
+                .rev()
+                .find(|m| m.role != Role::System)
+            && last.role == Role::Assistant
+            && !last
+                .blocks
+                .iter()
+                .any(|b| matches!(b, jarvis_sync::doc::Block::ToolUse { .. }))
+        {
+            tracing::info!(%session, message = %last.id, "resuming after an interrupted reply");
+            doc.mark_cut(&last.id)?;
+        }
         tracing::info!(%session, epoch = lease.epoch, "the cloud holds the session");
         let changed = Arc::new(Notify::new());
         let n = changed.clone();
@@ -282,7 +297,15 @@ impl Cloud {
             .doc()
             .observe_update_v1(key.as_str(), move |_, _| n.notify_one());
         let result = self
-            .host_loop(session, &row.workspace, &doc, &mirror, &stop, &fence, &changed)
+            .host_loop(
+                session,
+                &row.workspace,
+                &doc,
+                &mirror,
+                &stop,
+                &fence,
+                &changed,
+            )
             .await;
         let _ = doc.doc().unobserve_update_v1(key.as_str());
         if fence.is_cancelled() || self.shutdown.is_cancelled() {
@@ -376,20 +399,23 @@ impl Cloud {
             .and_then(|m| Mode::parse(&m))
             .unwrap_or(Mode::Ask);
         let mut permissions = Permissions::new(mode);
-        for (key, list) in [("allow", &mut permissions.allow), ("deny", &mut permissions.deny)] {
+        for (key, list) in [
+            ("allow", &mut permissions.allow),
+            ("deny", &mut permissions.deny),
+        ] {
             for r in doc.setting(key).unwrap_or_default().lines() {
                 match Rule::parse(r) {
                     Ok(rule) => list.push(rule),
-                    Err(e) => tracing::warn!(%session, rule = r, error = %e, "skipping a malformed rule"),
+                    Err(e) => {
+                        tracing::warn!(%session, rule = r, error = %e, "skipping a malformed rule")
+                    }
                 }
             }
         }
         let mut tools = ToolBox::new(mirror.root());
         tools.sandbox = self.config.sandbox.clone();
         let mut config = RunnerConfig::new(&model, CLOUD_DEVICE);
-        config.budget_micros = doc
-            .setting("budget_micros")
-            .and_then(|b| b.parse().ok());
+        config.budget_micros = doc.setting("budget_micros").and_then(|b| b.parse().ok());
         let mut runner = Runner::new(doc.clone(), provider.as_ref(), tools, permissions, config)
             .with_stop(stop.clone())
             .with_fence(fence.clone());
@@ -495,9 +521,7 @@ impl Cloud {
     /// Asks this runner to give a session up: a running one stops at its next safe point, an
     /// idle one is released at once.
     async fn yield_session(self: &Arc<Self>, session: &str) {
-        let running = lock(&self.active)
-            .get(session)
-            .map(|a| a.stop.clone());
+        let running = lock(&self.active).get(session).map(|a| a.stop.clone());
         match running {
             Some(stop) => stop.cancel(),
             None => {
@@ -515,7 +539,9 @@ impl Cloud {
                             tracing::error!(%session, error = %e, "releasing an idle session failed");
                         }
                     }
-                    Err(e) => tracing::error!(%session, error = %e, "releasing an idle session failed"),
+                    Err(e) => {
+                        tracing::error!(%session, error = %e, "releasing an idle session failed")
+                    }
                 }
             }
         }
@@ -578,8 +604,12 @@ impl Cloud {
             .control
             .acquire(session, &who.device_id(), self.config.lease_ttl_ms)?;
         if before.epoch != lease.epoch || before.device != lease.device {
-            self.control
-                .audit(Some(who), "lease.acquire", session, &format!("epoch {}", lease.epoch));
+            self.control.audit(
+                Some(who),
+                "lease.acquire",
+                session,
+                &format!("epoch {}", lease.epoch),
+            );
             self.lease_changed(&lease).await;
         }
         Ok(lease)
@@ -598,10 +628,7 @@ impl Cloud {
 
     /// The workspace index as this runner sees it (for listing files).
     pub async fn index(&self, workspace: &str) -> anyhow::Result<WorkspaceIndex> {
-        let doc = self
-            .client
-            .open(&format!("ws/{workspace}/index"))
-            .await?;
+        let doc = self.client.open(&format!("ws/{workspace}/index")).await?;
         Ok(WorkspaceIndex::new(doc))
     }
 }
@@ -621,9 +648,10 @@ fn needs_turn(doc: &SessionDoc) -> bool {
                 return true;
             }
             // Unsettled tool calls, including ones waiting for an approval that was answered.
-            let pending_approval = last.blocks.iter().any(|b| {
-                matches!(b, jarvis_sync::doc::Block::Approval { decision: None, .. })
-            });
+            let pending_approval = last
+                .blocks
+                .iter()
+                .any(|b| matches!(b, jarvis_sync::doc::Block::Approval { decision: None, .. }));
             let has_tools = last
                 .blocks
                 .iter()
@@ -654,11 +682,19 @@ mod tests {
     fn a_turn_is_needed_after_a_user_message_a_cut_or_open_tools() {
         let d = SessionDoc::new(yrs::Doc::new());
         assert!(!needs_turn(&d));
-        d.append_message(&msg("u1", Role::User, vec![Block::Text { text: "hi".into() }]))
-            .unwrap();
+        d.append_message(&msg(
+            "u1",
+            Role::User,
+            vec![Block::Text { text: "hi".into() }],
+        ))
+        .unwrap();
         assert!(needs_turn(&d));
-        d.append_message(&msg("a1", Role::Assistant, vec![Block::Text { text: "yo".into() }]))
-            .unwrap();
+        d.append_message(&msg(
+            "a1",
+            Role::Assistant,
+            vec![Block::Text { text: "yo".into() }],
+        ))
+        .unwrap();
         assert!(!needs_turn(&d));
         d.mark_cut("a1").unwrap();
         assert!(needs_turn(&d));

@@ -29,19 +29,23 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     pub sockets: TaskTracker,
     pub blobs: Arc<crate::blobs::BlobService>,
-    pub api: crate::api::Api,
+    /// The HTTP API and the cloud runner; None serves the hub alone (benchmarks).
+    pub api: Option<crate::api::Api>,
 }
 
 pub fn app(state: AppState) -> Router {
     let blobs = crate::blobs::router(state.blobs.clone());
-    let api = crate::api::router(state.api.clone());
-    Router::new()
+    let api = state.api.clone().map(crate::api::router);
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/sync", get(sync_socket))
         .with_state(state)
-        .merge(blobs)
-        .merge(api)
+        .merge(blobs);
+    match api {
+        Some(api) => router.merge(api),
+        None => router,
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -292,12 +296,11 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
         other => anyhow::bail!("unknown sandbox {other:?}: use auto, bwrap or limits"),
     };
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-    let provider = jarvis_agent::providers::ProviderConfig::from_env(&env, |p| {
-        std::fs::read_to_string(p)
-    })
-    .and_then(|c| c.build())
-    .map(Arc::from)
-    .map_err(|e| e.to_string());
+    let provider =
+        jarvis_agent::providers::ProviderConfig::from_env(&env, |p| std::fs::read_to_string(p))
+            .and_then(|c| c.build())
+            .map(Arc::from)
+            .map_err(|e| e.to_string());
     // The cloud runner is a device like any other: it reaches this hub over loopback.
     let loopback = if local.ip().is_unspecified() {
         if local.is_ipv4() {
@@ -333,7 +336,7 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
             authorizer: control.clone(),
             max_bytes: args.max_blob_bytes,
         }),
-        api: crate::api::Api {
+        api: Some(crate::api::Api {
             control: control.clone(),
             cloud,
             hub: hub.clone(),
@@ -341,7 +344,7 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
                 args.rate_burst,
                 args.rate_per_second,
             )),
-        },
+        }),
     };
     // Tests and scripts read this line to find the port.
     println!("listening on {local}");

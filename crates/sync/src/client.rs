@@ -236,6 +236,11 @@ impl SyncClient {
             .replacen("ws://", "http://", 1)
     }
 
+    /// The device's local store (documents, and small metadata such as a mirror's sync state).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.shared.store.clone()
+    }
+
     pub fn token(&self) -> &str {
         &self.shared.config.token
     }

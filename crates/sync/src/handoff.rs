@@ -44,7 +44,8 @@ pub fn decode_sv(doc: &str, hex_sv: &str) -> Result<StateVector, HandoffError> {
 
 /// True when `have` includes everything `want` describes.
 pub fn covers(have: &StateVector, want: &StateVector) -> bool {
-    want.iter().all(|(client, clock)| have.get(client) >= *clock)
+    want.iter()
+        .all(|(client, clock)| have.get(client) >= *clock)
 }
 
 /// The documents a session's runner depends on: the session, the workspace index, and every

@@ -156,6 +156,9 @@ pub enum HubError {
 
 type ConnId = u64;
 
+/// A connection's send side and the (token, document) pairs it was granted.
+type Grants = (Peer, Vec<(String, String)>);
+
 /// The send side of a connection, held by subscriptions and pending acknowledgements.
 #[derive(Clone)]
 struct Peer {
@@ -215,7 +218,7 @@ struct Inner {
     metrics: Arc<HubMetrics>,
     /// Per connection, the (token, document) pairs it was granted, so a revocation or a
     /// membership change can be applied to sockets already open (see [`Hub::revalidate`]).
-    grants: Mutex<HashMap<ConnId, (Peer, Vec<(String, String)>)>>,
+    grants: Mutex<HashMap<ConnId, Grants>>,
 }
 
 /// The hub; cheap to clone.
@@ -400,8 +403,7 @@ impl Hub {
     /// connection holding a grant that no longer holds (token revoked, membership removed) is
     /// closed at once with 4401. Call after any change that can take access away.
     pub fn revalidate(&self) -> usize {
-        let grants: Vec<(Peer, Vec<(String, String)>)> =
-            lock(&self.inner.grants).values().cloned().collect();
+        let grants: Vec<Grants> = lock(&self.inner.grants).values().cloned().collect();
         let mut closed = 0;
         for (peer, pairs) in grants {
             let denied = pairs

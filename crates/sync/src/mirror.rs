@@ -69,6 +69,10 @@ struct Inner {
     index: WorkspaceIndex,
     /// Relative path → BLAKE3 of the content last imported or written: the sync point.
     known: Mutex<HashMap<String, blake3::Hash>>,
+    /// `known` changed since it was last saved to the device store.
+    known_dirty: std::sync::atomic::AtomicBool,
+    /// Store metadata key of `known`: per workspace and folder.
+    known_key: String,
     /// Index entries as the last doc → disk pass saw them.
     seen: Mutex<HashMap<String, FileEntry>>,
     /// File document id → its path, for passes that only touch changed documents.
@@ -149,12 +153,22 @@ impl FileMirror {
         let ignore = builder
             .build()
             .unwrap_or_else(|_| ignore::gitignore::Gitignore::empty());
+        // What this folder held at its last sync point survives restarts: without it, a
+        // restarted mirror would take a stale file for a local edit and undo remote changes
+        // made while it was stopped.
+        let client_store = client.store();
+        let known_key = format!(
+            "mirror-known:{workspace}:{}",
+            blake3::hash(root.to_string_lossy().as_bytes()).to_hex()
+        );
         let inner = Arc::new(Inner {
             root: root.clone(),
             workspace: workspace.to_owned(),
             client,
             index: WorkspaceIndex::new(index_doc.clone()),
-            known: Mutex::default(),
+            known: Mutex::new(load_known(&client_store, &known_key)),
+            known_dirty: std::sync::atomic::AtomicBool::new(false),
+            known_key,
             seen: Mutex::default(),
             doc_paths: Mutex::default(),
             docs: Mutex::default(),
@@ -176,6 +190,7 @@ impl FileMirror {
             });
         inner.import(progress.as_deref()).await;
         inner.to_disk(&HashSet::new()).await;
+        inner.save_known().await;
         let watch_tx = tx.clone();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
@@ -215,10 +230,25 @@ impl FileMirror {
     /// documents as they are now. A handoff calls this before the new runner starts.
     pub async fn settle(&self, full: bool) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.inner.work.send(Work::Barrier { full, done: tx }).is_ok() {
+        if self
+            .inner
+            .work
+            .send(Work::Barrier { full, done: tx })
+            .is_ok()
+        {
             let _ = rx.await;
         }
     }
+}
+
+fn load_known(store: &Arc<dyn crate::store::Store>, key: &str) -> HashMap<String, blake3::Hash> {
+    let Ok(Some(bytes)) = store.get_meta(key) else {
+        return HashMap::new();
+    };
+    let map: HashMap<String, String> = serde_json::from_slice(&bytes).unwrap_or_default();
+    map.into_iter()
+        .filter_map(|(k, v)| blake3::Hash::from_hex(v).ok().map(|h| (k, h)))
+        .collect()
 }
 
 fn device_name() -> String {
@@ -344,6 +374,7 @@ impl Inner {
                     self.docs_to_disk(&dirty).await;
                 }
             }
+            self.save_known().await;
             for done in barriers {
                 let _ = done.send(());
             }
@@ -415,6 +446,7 @@ impl Inner {
                 self.disk_to_doc(&path).await;
             }
         }
+        self.save_known().await;
     }
 
     async fn file_text(&self, doc_id: &str) -> Option<FileText> {
@@ -460,10 +492,45 @@ impl Inner {
 
     fn set_known(&self, rel: &str, hash: Option<blake3::Hash>) {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        match hash {
-            Some(h) => known.insert(rel.to_owned(), h),
-            None => known.remove(rel),
+        let changed = match hash {
+            Some(h) => known.insert(rel.to_owned(), h) != Some(h),
+            None => known.remove(rel).is_some(),
         };
+        if changed {
+            self.known_dirty
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Saves `known` to the device store if it changed (once per pass, not per file).
+    async fn save_known(&self) {
+        if !self
+            .known_dirty
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let map: HashMap<String, String> = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_hex().to_string()))
+            .collect();
+        let store = self.client.store();
+        let key = self.known_key.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            let bytes = serde_json::to_vec(&map).unwrap_or_default();
+            store.put_meta(&key, &bytes)
+        })
+        .await;
+        if !matches!(saved, Ok(Ok(()))) {
+            tracing::warn!(
+                "saving the mirror's sync state failed; it is retried after the next change"
+            );
+            self.known_dirty
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     fn known(&self, rel: &str) -> Option<blake3::Hash> {

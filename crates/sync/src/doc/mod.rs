@@ -13,9 +13,8 @@ mod workspace;
 pub use file::FileText;
 pub use names::DocName;
 pub use session::{
-    HandoffRequest,
-    Block, BlockRef, Decision, Message, NewMessage, Role, Runner, SessionDoc, SessionMeta,
-    SessionStatus, Usage,
+    Block, BlockRef, Decision, HandoffRequest, Message, NewMessage, Role, Runner, SessionDoc,
+    SessionMeta, SessionStatus, Usage,
 };
 pub use workspace::{EntryKind, FileEntry, WorkspaceIndex, check_path};
 
