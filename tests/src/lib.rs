@@ -23,8 +23,18 @@ pub fn binary(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// `jarvis-cloud token create`, returning the token.
+/// `jarvis-cloud token create` for the admin, returning the token.
 pub fn create_token(data_dir: &Path, scopes: &[&str], read_only: bool) -> Result<String> {
+    create_user_token(data_dir, None, scopes, read_only)
+}
+
+/// `jarvis-cloud token create`, for `user` (name or id) or the admin; returns the token.
+pub fn create_user_token(
+    data_dir: &Path,
+    user: Option<&str>,
+    scopes: &[&str],
+    read_only: bool,
+) -> Result<String> {
     let mut cmd = Command::new(binary("jarvis-cloud"));
     cmd.arg("token")
         .arg("create")
@@ -35,6 +45,9 @@ pub fn create_token(data_dir: &Path, scopes: &[&str], read_only: bool) -> Result
     }
     if read_only {
         cmd.arg("--read-only");
+    }
+    if let Some(u) = user {
+        cmd.arg("--user").arg(u).arg("--label").arg("second");
     }
     let out = cmd.output().context("running jarvis-cloud token create")?;
     if !out.status.success() {
