@@ -28,8 +28,11 @@ enum Cli {
     Relay(RelayArgs),
     /// File mirror: import, first download, edit propagation, against rsync.
     Mirror(mirror::MirrorArgs),
+    /// Continue in cloud: request to the cloud's first streamed token, 1,000-file workspace.
+    Handoff(handoff::HandoffArgs),
 }
 
+mod handoff;
 mod mirror;
 
 #[derive(Parser, Clone)]
@@ -483,6 +486,12 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?;
             return rt.block_on(mirror::run(a));
+        }
+        Cli::Handoff(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            return rt.block_on(handoff::run(a));
         }
     };
     if args.quick {

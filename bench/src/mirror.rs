@@ -39,7 +39,7 @@ fn rss_peak_mb() -> f64 {
 }
 
 /// 90% small text files, 9% medium text, 1% binary, sizes scaled to the requested total.
-fn generate(root: &Path, files: usize, megabytes: usize) -> Result<u64> {
+pub fn generate(root: &Path, files: usize, megabytes: usize) -> Result<u64> {
     let total = megabytes as u64 * 1024 * 1024;
     let (small, medium, binary) = (
         files * 90 / 100,

@@ -4,7 +4,7 @@
 //! and `jarvis handoff` moves it to the cloud and back; without a login (or with `--local`)
 //! sessions live in the device's own store only.
 
-mod connected;
+use jarvis_cli::connected;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -1,0 +1,264 @@
+//! `jarvis-bench handoff`: Continue in cloud latency, from the device asking for the handoff to
+//! the first token of the cloud's reply arriving back in the device's copy of the session.
+//!
+//! One real `jarvis-cloud` (release build) talks to a fake Anthropic server speaking real SSE on
+//! loopback. The device is this process, running the CLI's own connected-mode code
+//! (`jarvis_cli::connected::run_here`): it mirrors a generated workspace of `--files` files,
+//! takes the session's lease and streams a long reply; mid-stream it asks for the handoff exactly
+//! as `jarvis handoff <s> --to cloud` does. The clock stops when the cloud runner's first text
+//! delta is in the device's session document, which is later than "first token in the cloud"
+//! by one relay hop: the figure is an upper bound.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
+use jarvis_cli::connected::{Device, RunOptions, request_handoff, run_here};
+use jarvis_sync::doc::{Role, SessionDoc};
+use jarvis_sync::store::SqliteStore;
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Parser, Clone)]
+pub struct HandoffArgs {
+    #[arg(long, default_value = "target/release/jarvis-cloud")]
+    pub jarvis_bin: PathBuf,
+    /// Files in the workspace, all in sync before each handoff.
+    #[arg(long, default_value_t = 1000)]
+    pub files: usize,
+    /// Total size of the workspace in MB.
+    #[arg(long, default_value_t = 10)]
+    pub megabytes: usize,
+    /// Measured handoffs (one warm-up handoff runs first and is not counted).
+    #[arg(long, default_value_t = 100)]
+    pub handoffs: usize,
+    /// Files the device edits just before each handoff (they must reach the cloud first).
+    #[arg(long, default_value_t = 1)]
+    pub edits: usize,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Waits until `cond` holds for the session document, re-checking on every update.
+async fn until(doc: &SessionDoc, timeout: Duration, cond: impl Fn(&SessionDoc) -> bool) -> Result<()> {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let n = changed.clone();
+    let key = "jarvis-bench-until";
+    doc.doc()
+        .observe_update_v1(key, move |_, _| n.notify_one())
+        .map_err(|e| anyhow::anyhow!("observing the session: {e}"))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let result = loop {
+        if cond(doc) {
+            break Ok(());
+        }
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = tokio::time::sleep_until(deadline) => break Err(anyhow::anyhow!("timed out after {timeout:?}")),
+        }
+    };
+    let _ = doc.doc().unobserve_update_v1(key);
+    result
+}
+
+fn assistant_text_contains(doc: &SessionDoc, marker: &str) -> bool {
+    doc.messages().iter().any(|m| {
+        m.role == Role::Assistant
+            && m.blocks.iter().any(|b| match b {
+                jarvis_sync::doc::Block::Text { text } => text.contains(marker),
+                _ => false,
+            })
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub async fn run(args: HandoffArgs) -> Result<()> {
+    if !args.jarvis_bin.exists() {
+        bail!(
+            "{} not found: cargo build --release -p jarvis-cloud",
+            args.jarvis_bin.display()
+        );
+    }
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("hub");
+    let dir = tmp.path().join("workspace");
+    std::fs::create_dir_all(&dir)?;
+    let bytes = crate::mirror::generate(&dir, args.files, args.megabytes)?;
+    eprintln!("workspace: {} files, {:.1} MB", args.files, bytes as f64 / 1e6);
+
+    let fake = FakeServer::start(Vec::new()).await?;
+    let out = Command::new(&args.jarvis_bin)
+        .args(["user", "add", "bench", "--data-dir"])
+        .arg(&data)
+        .output()
+        .context("jarvis-cloud user add")?;
+    if !out.status.success() {
+        bail!("user add failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let token = String::from_utf8(out.stdout)?
+        .lines()
+        .last()
+        .context("no token")?
+        .to_owned();
+    let mut child = Command::new(&args.jarvis_bin)
+        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .env("ANTHROPIC_BASE_URL", fake.url())
+        .env("ANTHROPIC_API_KEY", "bench")
+        .env("JARVIS_SANDBOX", "limits")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let port = crate::wait_listening(&mut child)?;
+    let _cloud = crate::Server {
+        child,
+        port,
+        token: token.clone(),
+        _data: None,
+    };
+    let hub = format!("http://127.0.0.1:{port}");
+
+    let env: HashMap<String, String> = [
+        ("ANTHROPIC_BASE_URL".to_owned(), fake.url()),
+        ("ANTHROPIC_API_KEY".to_owned(), "bench".to_owned()),
+    ]
+    .into();
+    let provider = jarvis_agent::providers::ProviderConfig::from_env(&env, |p| {
+        std::fs::read_to_string(p)
+    })
+    .and_then(|c| c.build())
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = Arc::new(SqliteStore::open(&tmp.path().join("device.db"))?);
+    let device = Device::connect(&hub, &token, store).await?;
+
+    let mut total = Vec::new();
+    let mut release = Vec::new();
+    for i in 0..=args.handoffs {
+        let session = format!("h{i}");
+        // The device's reply streams for seconds; the handoff always cuts it.
+        let device_marker = format!("DEVICE-{i}");
+        let device_text = format!("{device_marker} ") + &"working through the files ".repeat(60);
+        fake.push(
+            FakeResponse::sse(&reply(&device_text, &[], (10, 5, 0, 0)), &[64])
+                .with_delay(Duration::from_millis(20)),
+        );
+        let cloud_marker = format!("CLOUD-{i}");
+        fake.push(FakeResponse::sse(
+            &reply(&format!("{cloud_marker} finished."), &[], (10, 5, 0, 0)),
+            &[4096],
+        ));
+        for e in 0..args.edits {
+            let p = dir.join(format!("edited-{e}.txt"));
+            let mut s = std::fs::read_to_string(&p).unwrap_or_default();
+            s.push_str(&format!("edit before handoff {i}\n"));
+            std::fs::write(&p, s)?;
+        }
+        let cancel = CancellationToken::new();
+        let opts = RunOptions {
+            prompt: "Work through the files.".into(),
+            dir: dir.clone(),
+            workspace: Some("bench".into()),
+            session: Some(session.clone()),
+            model: "fake-model".into(),
+            permission_mode: Some("allow-all".into()),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            budget_usd: None,
+        };
+        let runner = run_here(&device, provider.as_ref(), opts, None, None, cancel.clone());
+        let measure = async {
+            // Wait for the session to exist, then for the device to be streaming.
+            let doc = loop {
+                match device.session(&session).await {
+                    Ok(d) => break d,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            };
+            until(&doc, Duration::from_secs(120), |d| {
+                assistant_text_contains(d, &device_marker)
+            })
+            .await
+            .context("the device never started streaming")?;
+            let t0 = Instant::now();
+            let granted = request_handoff(&device, &session, "cloud", None).await?;
+            let t_granted = t0.elapsed();
+            until(&doc, Duration::from_secs(60), |d| {
+                assistant_text_contains(d, &cloud_marker)
+            })
+            .await
+            .context("the cloud's first token never arrived")?;
+            let t_first = t0.elapsed();
+            until(&doc, Duration::from_secs(60), |d| d.meta().status.as_str() == "done")
+                .await
+                .context("the cloud did not finish")?;
+            anyhow::Ok((t_granted, t_first, granted.is_some()))
+        };
+        let (report, measured) = tokio::join!(runner, measure);
+        let report = report?;
+        let (granted, first, _) = measured?;
+        if report.handed_to.as_deref() != Some("cloud") {
+            bail!("handoff {i}: the device handed to {:?}", report.handed_to);
+        }
+        if i == 0 {
+            eprintln!(
+                "warm-up: lease moved in {:.0} ms, first cloud token after {:.0} ms",
+                granted.as_secs_f64() * 1e3,
+                first.as_secs_f64() * 1e3
+            );
+            continue;
+        }
+        release.push(granted.as_secs_f64() * 1e3);
+        total.push(first.as_secs_f64() * 1e3);
+        if i % 10 == 0 {
+            eprintln!("{i}/{} handoffs", args.handoffs);
+        }
+    }
+    // Every file edit reached the cloud's materialised copy.
+    let cloud_copy = data.join("workspaces").join("bench");
+    for e in 0..args.edits {
+        let name = format!("edited-{e}.txt");
+        let mine = std::fs::read(dir.join(&name))?;
+        let theirs = std::fs::read(cloud_copy.join(&name)).unwrap_or_default();
+        if mine != theirs {
+            bail!("{name} differs in the cloud's workspace");
+        }
+    }
+    for v in [&mut total, &mut release] {
+        v.sort_by(f64::total_cmp);
+    }
+    let mut out = format!(
+        "Machine: {}. Command: `{}`.\n\n",
+        crate::machine(),
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    out.push_str("| files | MB | handoffs | lease moved p50 ms | p99 ms | first cloud token p50 ms | p99 ms | max ms |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|\n");
+    out.push_str(&format!(
+        "| {} | {:.1} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+        args.files,
+        bytes as f64 / 1e6,
+        total.len(),
+        percentile(&release, 0.5),
+        percentile(&release, 0.99),
+        percentile(&total, 0.5),
+        percentile(&total, 0.99),
+        total.last().copied().unwrap_or(f64::NAN),
+    ));
+    println!("{out}");
+    if let Some(path) = &args.out {
+        std::fs::write(path, &out)?;
+    }
+    Ok(())
+}
