@@ -7,3 +7,4 @@ pub mod blobs;
 pub mod control;
 pub mod runner;
 pub mod server;
+pub mod webui;

@@ -254,6 +254,8 @@ pub struct ServeArgs {
     /// resource limits), bwrap, limits.
     #[arg(long, env = "JARVIS_SANDBOX", default_value = "auto")]
     pub sandbox: String,
+    #[command(flatten)]
+    pub ui: crate::webui::UiArgs,
 }
 
 pub fn database_path(data_dir: &std::path::Path) -> PathBuf {
@@ -357,7 +359,7 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app(state))
+    axum::serve(listener, crate::webui::with_ui(app(state), &args.ui))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
         .context("serving HTTP")?;
