@@ -11,6 +11,7 @@ apt_needs=(
   "npm:npm"
   "pkg-config:pkg-config"
   "openssl:openssl"
+  "python3:python3"
 )
 missing=()
 for entry in "${apt_needs[@]}"; do
@@ -33,6 +34,21 @@ fi
 if [[ ! -d tests/js/node_modules ]] || [[ tests/js/package-lock.json -nt tests/js/node_modules ]]; then
   (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
   touch tests/js/node_modules
+fi
+
+# Python test tools (deployment linters; see scripts/requirements-test.txt) in .venv. Debian's
+# python3 needs python3-venv for this; a pyenv or upstream build has it built in.
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends python3-venv
+fi
+if [[ ! -x .venv/bin/python ]]; then
+  python3 -m venv .venv
+fi
+if [[ ! -f .venv/.installed ]] || [[ scripts/requirements-test.txt -nt .venv/.installed ]]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+  touch .venv/.installed
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

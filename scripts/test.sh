@@ -17,6 +17,9 @@ scripts/install-deps.sh
 section "cargo fmt --check"
 cargo fmt --all --check
 
+section "deployment files"
+scripts/check-deploy.sh
+
 section "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

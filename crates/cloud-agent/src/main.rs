@@ -26,6 +26,16 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Exit 0 when a server on this machine answers GET /healthz with 200 (the container
+    /// HEALTHCHECK: the runtime image carries no curl).
+    Healthcheck {
+        #[arg(long, env = "PORT", default_value_t = 8080)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -143,6 +153,11 @@ fn main() -> Result<()> {
                 Ok(())
             }
         },
+        Command::Healthcheck {
+            port,
+            host,
+            timeout_ms,
+        } => healthcheck(&host, port, std::time::Duration::from_millis(timeout_ms)),
         Command::User { command } => match command {
             UserCommand::Add {
                 data_dir,
@@ -164,6 +179,38 @@ fn main() -> Result<()> {
             }
         },
     }
+}
+
+fn healthcheck(host: &str, port: u16, timeout: std::time::Duration) -> Result<()> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let addr = (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {host}:{port}"))?
+        .next()
+        .with_context(|| format!("{host}:{port} resolves to nothing"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .context("sending the request")?;
+    let mut response = Vec::new();
+    // The answer is a few hundred bytes; a server that sends more is not ours.
+    stream
+        .take(64 * 1024)
+        .read_to_end(&mut response)
+        .context("reading the answer")?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        anyhow::bail!("unhealthy: {status:?}");
+    }
+    println!("healthy");
+    Ok(())
 }
 
 async fn wait_for_signal() {
