@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 use jarvis_e2e::{binary, http_get};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// `ENV` assignments of the Dockerfile's last stage, continuation lines joined.
@@ -132,8 +135,8 @@ async fn image_entrypoint_serves_with_the_dockerfile_environment_and_passes_its_
         }
     });
     let log = erx.recv_timeout(Duration::from_secs(10)).unwrap();
-    let parsed: serde_json::Value = serde_json::from_str(&log)
-        .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {log}"));
+    let parsed: serde_json::Value =
+        serde_json::from_str(&log).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {log}"));
     assert!(parsed.get("level").is_some(), "{log}");
 
     let checked = healthcheck(port);
