@@ -43,7 +43,11 @@ pub struct HandoffArgs {
 }
 
 /// Waits until `cond` holds for the session document, re-checking on every update.
-async fn until(doc: &SessionDoc, timeout: Duration, cond: impl Fn(&SessionDoc) -> bool) -> Result<()> {
+async fn until(
+    doc: &SessionDoc,
+    timeout: Duration,
+    cond: impl Fn(&SessionDoc) -> bool,
+) -> Result<()> {
     let changed = Arc::new(tokio::sync::Notify::new());
     let n = changed.clone();
     let key = "jarvis-bench-until";
@@ -95,7 +99,11 @@ pub async fn run(args: HandoffArgs) -> Result<()> {
     let dir = tmp.path().join("workspace");
     std::fs::create_dir_all(&dir)?;
     let bytes = crate::mirror::generate(&dir, args.files, args.megabytes)?;
-    eprintln!("workspace: {} files, {:.1} MB", args.files, bytes as f64 / 1e6);
+    eprintln!(
+        "workspace: {} files, {:.1} MB",
+        args.files,
+        bytes as f64 / 1e6
+    );
 
     let fake = FakeServer::start(Vec::new()).await?;
     let out = Command::new(&args.jarvis_bin)
@@ -135,11 +143,10 @@ pub async fn run(args: HandoffArgs) -> Result<()> {
         ("ANTHROPIC_API_KEY".to_owned(), "bench".to_owned()),
     ]
     .into();
-    let provider = jarvis_agent::providers::ProviderConfig::from_env(&env, |p| {
-        std::fs::read_to_string(p)
-    })
-    .and_then(|c| c.build())
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let provider =
+        jarvis_agent::providers::ProviderConfig::from_env(&env, |p| std::fs::read_to_string(p))
+            .and_then(|c| c.build())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = Arc::new(SqliteStore::open(&tmp.path().join("device.db"))?);
     let device = Device::connect(&hub, &token, store).await?;
 
@@ -200,9 +207,11 @@ pub async fn run(args: HandoffArgs) -> Result<()> {
             .await
             .context("the cloud's first token never arrived")?;
             let t_first = t0.elapsed();
-            until(&doc, Duration::from_secs(60), |d| d.meta().status.as_str() == "done")
-                .await
-                .context("the cloud did not finish")?;
+            until(&doc, Duration::from_secs(60), |d| {
+                d.meta().status.as_str() == "done"
+            })
+            .await
+            .context("the cloud did not finish")?;
             anyhow::Ok((t_granted, t_first, granted.is_some()))
         };
         let (report, measured) = tokio::join!(runner, measure);
