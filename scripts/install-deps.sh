@@ -51,6 +51,23 @@ if [[ ! -f .venv/.installed ]] || [[ scripts/requirements-test.txt -nt .venv/.in
   touch .venv/.installed
 fi
 
+# The official clients the LLM gateway is tested with: the Claude Code CLI (npm, as locked) and
+# the Anthropic Python SDK (pinned, in a venv next to it).
+if [[ ! -d tests/gateway/node_modules ]] || [[ tests/gateway/package-lock.json -nt tests/gateway/node_modules ]]; then
+  (cd tests/gateway && npm ci --no-audit --no-fund --loglevel=error)
+  touch tests/gateway/node_modules
+fi
+if [[ ! -x tests/gateway/.venv/bin/python ]] || [[ tests/gateway/requirements.txt -nt tests/gateway/.venv ]]; then
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends python3-venv
+  fi
+  python3 -m venv tests/gateway/.venv
+  tests/gateway/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/gateway/requirements.txt
+  touch tests/gateway/.venv
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "cargo-nextest not found; tests will run with cargo test"
 fi

@@ -227,18 +227,13 @@ impl ProviderConfig {
                 access_key_id,
                 secret_access_key,
                 session_token,
-            } => Box::new(BedrockProvider {
-                client: reqwest::Client::new(),
-                base_url: base_url.trim_end_matches('/').to_owned(),
-                region,
-                credentials: aws_credential_types::Credentials::new(
-                    access_key_id,
-                    secret_access_key,
-                    session_token,
-                    None,
-                    "environment",
-                ),
-            }),
+            } => Box::new(BedrockProvider::new(
+                &base_url,
+                &region,
+                access_key_id,
+                secret_access_key,
+                session_token,
+            )),
             ProviderConfig::Vertex {
                 base_url,
                 region,
@@ -340,6 +335,70 @@ pub fn sigv4_headers(
         .collect())
 }
 
+impl BedrockProvider {
+    pub fn new(
+        base_url: &str,
+        region: &str,
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: Option<String>,
+    ) -> Self {
+        BedrockProvider {
+            client: reqwest::Client::new(),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            region: region.to_owned(),
+            credentials: aws_credential_types::Credentials::new(
+                access_key_id,
+                secret_access_key,
+                session_token,
+                None,
+                "environment",
+            ),
+        }
+    }
+
+    /// `…/model/{model}/invoke-with-response-stream` (or `/invoke`), the model id
+    /// percent-encoded as SigV4 expects.
+    pub fn invoke_url(&self, model: &str, stream: bool) -> String {
+        let model: String = model
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        let action = if stream {
+            "invoke-with-response-stream"
+        } else {
+            "invoke"
+        };
+        format!("{}/model/{model}/{action}", self.base_url)
+    }
+
+    /// The SigV4 headers for a POST of `body` to `url` with `headers` (now).
+    pub fn sign(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Vec<(String, String)>, ProviderError> {
+        sigv4_headers(
+            &self.credentials,
+            &self.region,
+            "bedrock",
+            SignedParts {
+                method: "POST",
+                url,
+                headers,
+                body,
+            },
+            SystemTime::now(),
+        )
+    }
+}
+
 impl Provider for BedrockProvider {
     fn stream<'a>(
         &'a self,
@@ -348,36 +407,12 @@ impl Provider for BedrockProvider {
     ) -> BoxFuture<'a, Result<EventStream, ProviderError>> {
         Box::pin(async move {
             let body = platform_body(request, "bedrock-2023-05-31", false)?;
-            let model: String = request
-                .model
-                .bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                        (b as char).to_string()
-                    }
-                    other => format!("%{other:02X}"),
-                })
-                .collect();
-            let url = format!(
-                "{}/model/{model}/invoke-with-response-stream",
-                self.base_url
-            );
+            let url = self.invoke_url(&request.model, true);
             let base = [
                 ("content-type", "application/json"),
                 ("accept", "application/vnd.amazon.eventstream"),
             ];
-            let signed = sigv4_headers(
-                &self.credentials,
-                &self.region,
-                "bedrock",
-                SignedParts {
-                    method: "POST",
-                    url: &url,
-                    headers: &base,
-                    body: &body,
-                },
-                SystemTime::now(),
-            )?;
+            let signed = self.sign(&url, &base, &body)?;
             let mut req = self.client.post(&url).body(body);
             for (k, v) in base {
                 req = req.header(k, v);
@@ -522,6 +557,15 @@ where
 }
 
 fn bedrock_message(m: &EventMessage) -> Result<StreamEvent, ProviderError> {
+    let raw = bedrock_event_json(m)?;
+    serde_json::from_slice(&raw)
+        .map_err(|e| ProviderError::Malformed(format!("bedrock event: {e}")))
+}
+
+/// The Anthropic stream event JSON carried by one Bedrock event-stream message (a `chunk`
+/// event's base64 `bytes`); `exception` messages become errors. The LLM gateway re-frames these
+/// as SSE without parsing them.
+pub fn bedrock_event_json(m: &EventMessage) -> Result<Vec<u8>, ProviderError> {
     let kind = m.headers.get(":message-type").map(String::as_str);
     if kind == Some("exception") || kind == Some("error") {
         let name = m
@@ -541,11 +585,9 @@ fn bedrock_message(m: &EventMessage) -> Result<StreamEvent, ProviderError> {
         .get("bytes")
         .and_then(Value::as_str)
         .ok_or_else(|| ProviderError::Malformed("bedrock chunk without bytes".into()))?;
-    let raw = base64::engine::general_purpose::STANDARD
+    base64::engine::general_purpose::STANDARD
         .decode(b64)
-        .map_err(|e| ProviderError::Malformed(format!("bedrock chunk base64: {e}")))?;
-    serde_json::from_slice(&raw)
-        .map_err(|e| ProviderError::Malformed(format!("bedrock event: {e}")))
+        .map_err(|e| ProviderError::Malformed(format!("bedrock chunk base64: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -563,6 +605,15 @@ pub struct VertexProvider {
 }
 
 impl VertexProvider {
+    /// `https://{region}-aiplatform.googleapis.com/v1/projects/{project}/locations/{region}`
+    /// (or the configured base URL): model paths are appended to it.
+    pub fn location_url(&self) -> String {
+        format!(
+            "{}/v1/projects/{}/locations/{}",
+            self.base_url, self.project, self.region
+        )
+    }
+
     pub fn new(
         base_url: &str,
         region: &str,
@@ -593,7 +644,7 @@ impl VertexProvider {
     }
 
     /// An access token, reused until a minute before it expires.
-    async fn access_token(&self) -> Result<String, ProviderError> {
+    pub async fn access_token(&self) -> Result<String, ProviderError> {
         if let Some((t, exp)) = self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
             && SystemTime::now() + Duration::from_secs(60) < exp
         {
@@ -655,8 +706,9 @@ impl Provider for VertexProvider {
                 _ = cancel.cancelled() => return Err(ProviderError::Cancelled),
             };
             let url = format!(
-                "{}/v1/projects/{}/locations/{}/publishers/anthropic/models/{}:streamRawPredict",
-                self.base_url, self.project, self.region, request.model
+                "{}/publishers/anthropic/models/{}:streamRawPredict",
+                self.location_url(),
+                request.model
             );
             let body = platform_body(request, "vertex-2023-10-16", true)?;
             let req = self

@@ -207,6 +207,20 @@ impl FakeResponse {
     }
 }
 
+/// Answers a request the script has no entry for (clients that send requests of their own
+/// choosing, such as the Claude Code CLI).
+pub type Responder = Arc<dyn Fn(&RecordedRequest) -> FakeResponse + Send + Sync>;
+
+/// How a [`FakeServer`] behaves beyond its script.
+#[derive(Clone, Default)]
+pub struct FakeOptions {
+    /// Keep connections open for further requests (HTTP/1.1 keep-alive) instead of closing
+    /// after each answer; benchmarks use it so connection set-up is not measured.
+    pub keep_alive: bool,
+    /// Used once the script is empty; without it an exhausted script answers 500.
+    pub responder: Option<Responder>,
+}
+
 pub struct FakeServer {
     pub addr: SocketAddr,
     script: Arc<Mutex<VecDeque<FakeResponse>>>,
@@ -222,6 +236,13 @@ impl Drop for FakeServer {
 
 impl FakeServer {
     pub async fn start(script: Vec<FakeResponse>) -> std::io::Result<Self> {
+        Self::start_with(script, FakeOptions::default()).await
+    }
+
+    pub async fn start_with(
+        script: Vec<FakeResponse>,
+        options: FakeOptions,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let script = Arc::new(Mutex::new(VecDeque::from(script)));
@@ -229,9 +250,10 @@ impl FakeServer {
         let (s, r) = (script.clone(), requests.clone());
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                let (s, r) = (s.clone(), r.clone());
+                let _ = sock.set_nodelay(true);
+                let (s, r, o) = (s.clone(), r.clone(), options.clone());
                 tokio::spawn(async move {
-                    let _ = serve(sock, s, r).await;
+                    let _ = serve(sock, s, r, o).await;
                 });
             }
         });
@@ -266,73 +288,88 @@ async fn serve(
     mut sock: tokio::net::TcpStream,
     script: Arc<Mutex<VecDeque<FakeResponse>>>,
     requests: Arc<Mutex<Vec<RecordedRequest>>>,
+    options: FakeOptions,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 8192];
-    let header_end = loop {
-        let n = sock.read(&mut tmp).await?;
-        if n == 0 {
-            return Ok(());
+    loop {
+        let header_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = sock.read(&mut tmp).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
+        let mut lines = head.lines();
+        let first = lines.next().unwrap_or_default();
+        let mut parts = first.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_owned();
+        let path = parts.next().unwrap_or_default().to_owned();
+        let headers: HashMap<String, String> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        while buf.len() < header_end + len {
+            let n = sock.read(&mut tmp).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&tmp[..n]);
         }
-        buf.extend_from_slice(&tmp[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
-    let mut lines = head.lines();
-    let first = lines.next().unwrap_or_default();
-    let mut parts = first.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_owned();
-    let path = parts.next().unwrap_or_default().to_owned();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    while buf.len() < header_end + len {
-        let n = sock.read(&mut tmp).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    }
-    let raw_body = buf[header_end..(header_end + len).min(buf.len())].to_vec();
-    let body = serde_json::from_slice(&raw_body).unwrap_or(Value::Null);
-    requests
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(RecordedRequest {
+        let end = (header_end + len).min(buf.len());
+        let raw_body = buf[header_end..end].to_vec();
+        buf.drain(..end);
+        let body = serde_json::from_slice(&raw_body).unwrap_or(Value::Null);
+        let request = RecordedRequest {
             method,
             path,
             headers,
             body,
             raw_body,
-        });
-    let resp = script
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .pop_front()
-        .unwrap_or_else(|| FakeResponse::raw(500, r#"{"type":"error","error":{"type":"api_error","message":"fake script exhausted"}}"#));
-    let mut head = format!("HTTP/1.1 {} X\r\n", resp.status);
-    for (k, v) in &resp.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
-    sock.write_all(head.as_bytes()).await?;
-    for c in &resp.chunks {
-        if !resp.chunk_delay.is_zero() {
-            tokio::time::sleep(resp.chunk_delay).await;
+        };
+        let scripted = script.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+        let resp = scripted
+            .or_else(|| options.responder.as_ref().map(|f| f(&request)))
+            .unwrap_or_else(|| FakeResponse::raw(500, r#"{"type":"error","error":{"type":"api_error","message":"fake script exhausted"}}"#));
+        requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(request);
+        let mut head = format!("HTTP/1.1 {} X\r\n", resp.status);
+        for (k, v) in &resp.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
         }
-        sock.write_all(format!("{:x}\r\n", c.len()).as_bytes())
-            .await?;
-        sock.write_all(c).await?;
-        sock.write_all(b"\r\n").await?;
+        let close = if options.keep_alive {
+            "keep-alive"
+        } else {
+            "close"
+        };
+        head.push_str(&format!(
+            "transfer-encoding: chunked\r\nconnection: {close}\r\n\r\n"
+        ));
+        sock.write_all(head.as_bytes()).await?;
+        for c in &resp.chunks {
+            if !resp.chunk_delay.is_zero() {
+                tokio::time::sleep(resp.chunk_delay).await;
+            }
+            sock.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+                .await?;
+            sock.write_all(c).await?;
+            sock.write_all(b"\r\n").await?;
+            sock.flush().await?;
+        }
+        sock.write_all(b"0\r\n\r\n").await?;
         sock.flush().await?;
+        if !options.keep_alive {
+            return Ok(());
+        }
     }
-    sock.write_all(b"0\r\n\r\n").await?;
-    sock.flush().await
 }

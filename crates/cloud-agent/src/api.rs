@@ -32,6 +32,7 @@ pub struct Api {
     pub cloud: Arc<Cloud>,
     pub hub: Hub,
     pub limiter: Arc<RateLimiter>,
+    pub gateway: Arc<crate::gateway::Gateway>,
 }
 
 /// `{code, message}` with a status.
@@ -100,14 +101,15 @@ impl From<jarvis_sync::hub::HubError> for ApiError {
 
 type ApiResult<T = Json<Value>> = Result<T, ApiError>;
 
-/// A token bucket per token: `burst` requests at once, refilled at `per_second`.
-pub struct RateLimiter {
-    buckets: Mutex<HashMap<i64, (f64, Instant)>>,
+/// A token bucket per key (a token id here, a user in the gateway): `burst` requests at once,
+/// refilled at `per_second`.
+pub struct RateLimiter<K = i64> {
+    buckets: Mutex<HashMap<K, (f64, Instant)>>,
     pub burst: f64,
     pub per_second: f64,
 }
 
-impl RateLimiter {
+impl<K: std::hash::Hash + Eq> RateLimiter<K> {
     pub fn new(burst: u32, per_second: f64) -> Self {
         RateLimiter {
             buckets: Mutex::new(HashMap::new()),
@@ -117,7 +119,7 @@ impl RateLimiter {
     }
 
     /// Ok, or the seconds to wait.
-    pub fn check(&self, key: i64) -> Result<(), u64> {
+    pub fn check(&self, key: K) -> Result<(), u64> {
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let (tokens, at) = b.entry(key).or_insert((self.burst, now));
@@ -181,6 +183,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
 }
 
 pub fn router(api: Api) -> Router {
+    let gateway = crate::gateway::router(api.gateway.clone());
     Router::new()
         .route("/openapi.json", get(openapi))
         .route("/api/pair/start", post(pair_start))
@@ -214,6 +217,7 @@ pub fn router(api: Api) -> Router {
         // biggest (about 40 bytes per file).
         .layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024))
         .with_state(api)
+        .merge(gateway)
 }
 
 async fn openapi() -> Response {
@@ -868,11 +872,19 @@ async fn usage(State(api): State<Api>, Caller(who): Caller) -> ApiResult {
         }
         sessions.push(json!({"session": row.id, "owner": row.owner, "usage": u}));
     }
+    // Model requests members made through the LLM gateway (/v1/messages): everyone's for an
+    // admin, one's own otherwise.
+    let gateway = api
+        .gateway
+        .usage
+        .by_user((!who.admin).then_some(who.user.as_str()), 0)
+        .map_err(ControlError::Db)?;
     Ok(Json(json!({
         "total": total,
         "cost_usd": total.cost_micros as f64 / 1e6,
         "by_user": by_user,
         "sessions": sessions,
+        "gateway": {"by_user": gateway},
     })))
 }
 

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod blobs;
 pub mod control;
+pub mod gateway;
 pub mod runner;
 pub mod server;
 pub mod webui;

@@ -256,6 +256,8 @@ pub struct ServeArgs {
     pub sandbox: String,
     #[command(flatten)]
     pub ui: crate::webui::UiArgs,
+    #[command(flatten)]
+    pub gateway: crate::gateway::GatewayArgs,
 }
 
 pub fn database_path(data_dir: &std::path::Path) -> PathBuf {
@@ -298,11 +300,20 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
         other => anyhow::bail!("unknown sandbox {other:?}: use auto, bwrap or limits"),
     };
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-    let provider =
+    let provider_config =
         jarvis_agent::providers::ProviderConfig::from_env(&env, |p| std::fs::read_to_string(p))
-            .and_then(|c| c.build())
-            .map(Arc::from)
             .map_err(|e| e.to_string());
+    let provider = provider_config
+        .clone()
+        .and_then(|c| c.build().map_err(|e| e.to_string()))
+        .map(Arc::from);
+    let gateway_usage = crate::gateway::UsageLog::open(&db)?;
+    let gateway = crate::gateway::Gateway::new(
+        control.clone(),
+        provider_config,
+        gateway_usage.clone(),
+        &args.gateway,
+    );
     // The cloud runner is a device like any other: it reaches this hub over loopback.
     let loopback = if local.ip().is_unspecified() {
         if local.is_ipv4() {
@@ -346,6 +357,7 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
                 args.rate_burst,
                 args.rate_per_second,
             )),
+            gateway,
         }),
     };
     // Tests and scripts read this line to find the port.
@@ -366,6 +378,7 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
     sockets.close();
     sockets.wait().await;
     hub.shutdown().await;
+    gateway_usage.close();
     tracing::info!("jarvis-cloud stopped; every queued update is committed");
     Ok(())
 }
