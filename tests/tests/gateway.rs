@@ -436,3 +436,142 @@ async fn claude_code_cli_completes_a_print_request_through_the_gateway() {
     })
     .await;
 }
+
+/// Streams a request through the gateway and returns the body the client received.
+async fn stream_through(agent: &CloudAgent, token: &str) -> (u16, String, String) {
+    let resp = reqwest::Client::new()
+        .post(agent.http_url("/v1/messages"))
+        .header("x-api-key", token)
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "interleaved-thinking-2025-05-14")
+        .json(
+            &json!({"model": "anthropic.claude-sonnet-4-5-v1:0", "max_tokens": 64, "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, ct, resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_upstream_is_signed_and_its_event_stream_reframed_as_sse() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = reply("Hello from Bedrock.", &[], (21, 9, 4, 6));
+    let fake = FakeServer::start(vec![FakeResponse::bedrock(&events, &[5, 11, 2, 97])])
+        .await
+        .unwrap();
+    let agent = CloudAgent::start_with_env(
+        dir.path(),
+        0,
+        &[
+            ("CLAUDE_CODE_USE_BEDROCK", "1"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "not-a-real-secret"),
+            ("ANTHROPIC_BEDROCK_BASE_URL", &fake.url()),
+        ],
+    )
+    .unwrap();
+    let alice = add_user(dir.path(), "alice").unwrap();
+    let (status, ct, body) = stream_through(&agent, &alice).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ct, "text/event-stream");
+    assert_eq!(body, sse_body(&events), "re-framed event for event");
+    let r = &fake.requests()[0];
+    assert_eq!(
+        r.path,
+        "/model/anthropic.claude-sonnet-4-5-v1%3A0/invoke-with-response-stream"
+    );
+    assert!(r.body.get("model").is_none() && r.body.get("stream").is_none());
+    assert_eq!(r.body["anthropic_version"], "bedrock-2023-05-31");
+    assert_eq!(
+        r.body["anthropic_beta"],
+        json!(["interleaved-thinking-2025-05-14"])
+    );
+    assert!(
+        r.headers["authorization"].starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"),
+        "{:?}",
+        r.headers
+    );
+    assert!(!format!("{:?}", r.headers).contains(&alice));
+    let id = user_id(&agent, &alice).await;
+    wait_usage(&agent, &alice, "bedrock usage", |u| {
+        u["gateway"]["by_user"][&id]["cache_read_tokens"] == 6
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vertex_upstream_gets_a_service_account_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    let ok = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl is needed (scripts/install-deps.sh installs it)");
+    assert!(ok.success());
+    let events = reply("Hello from Vertex.", &[], (8, 3, 0, 0));
+    let fake = FakeServer::start(vec![
+        FakeResponse::raw(
+            200,
+            r#"{"access_token":"ya29.fake-token","expires_in":3600,"token_type":"Bearer"}"#,
+        ),
+        FakeResponse::sse(&events, &[7]),
+    ])
+    .await
+    .unwrap();
+    let sa = dir.path().join("sa.json");
+    std::fs::write(
+        &sa,
+        json!({
+            "type": "service_account",
+            "client_email": "jarvis@example-project.iam.gserviceaccount.com",
+            "private_key": std::fs::read_to_string(&key).unwrap(),
+            "token_uri": format!("{}/token", fake.url()),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let agent = CloudAgent::start_with_env(
+        dir.path(),
+        0,
+        &[
+            ("CLAUDE_CODE_USE_VERTEX", "1"),
+            ("CLOUD_ML_REGION", "us-east5"),
+            ("ANTHROPIC_VERTEX_PROJECT_ID", "example-project"),
+            ("GOOGLE_APPLICATION_CREDENTIALS", sa.to_str().unwrap()),
+            ("ANTHROPIC_VERTEX_BASE_URL", &fake.url()),
+        ],
+    )
+    .unwrap();
+    let alice = add_user(dir.path(), "alice").unwrap();
+    let (status, _, body) = stream_through(&agent, &alice).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, sse_body(&events));
+    let reqs = fake.requests();
+    assert_eq!(reqs[0].path, "/token");
+    let r = &reqs[1];
+    assert_eq!(
+        r.path,
+        "/v1/projects/example-project/locations/us-east5/publishers/anthropic/models/anthropic.claude-sonnet-4-5-v1:0:streamRawPredict"
+    );
+    assert_eq!(r.headers["authorization"], "Bearer ya29.fake-token");
+    assert_eq!(r.body["anthropic_version"], "vertex-2023-10-16");
+    assert_eq!(r.body["stream"], true);
+}
