@@ -1,0 +1,88 @@
+import { useMemo, useState } from 'react';
+import { useDoc, useDocVersion } from '../lib/hooks';
+import { readIndex, readMessages, type FileEntry } from '../lib/model';
+import { sessionChanges } from '../lib/session-diff.js';
+
+interface Dir { name: string; path: string; dirs: Map<string, Dir>; files: FileEntry[] }
+
+function buildTree(entries: FileEntry[]): Dir {
+  const root: Dir = { name: '', path: '', dirs: new Map(), files: [] };
+  for (const e of entries) {
+    const parts = e.path.split('/');
+    let d = root;
+    for (let i = 0; i < parts.length - 1; i++) {
+      const p = parts.slice(0, i + 1).join('/');
+      if (!d.dirs.has(parts[i])) d.dirs.set(parts[i], { name: parts[i], path: p, dirs: new Map(), files: [] });
+      d = d.dirs.get(parts[i])!;
+    }
+    d.files.push(e);
+  }
+  return root;
+}
+
+function fileKind(path: string): string {
+  if (/\.(md|mdx|markdown|txt)$/i.test(path)) return 'doc';
+  if (/\.(png|jpe?g|gif|webp|svg)$/i.test(path)) return 'img';
+  return 'code';
+}
+
+function DirView({ dir, depth, collapsed, toggle, selected, changed, onOpen }: {
+  dir: Dir; depth: number; collapsed: Set<string>; toggle: (p: string) => void; selected: string | null; changed: Set<string>; onOpen: (p: string) => void;
+}) {
+  const dirs = [...dir.dirs.values()].sort((a, b) => a.name.localeCompare(b.name));
+  return (
+    <>
+      {dirs.map((d) => (
+        <li key={d.path}>
+          <button className="tree-row dir" style={{ paddingLeft: 10 + depth * 14 }} onClick={() => toggle(d.path)} aria-expanded={!collapsed.has(d.path)}>
+            <span className="caret">{collapsed.has(d.path) ? '▸' : '▾'}</span>{d.name}
+          </button>
+          {!collapsed.has(d.path) && <ul><DirView dir={d} depth={depth + 1} collapsed={collapsed} toggle={toggle} selected={selected} changed={changed} onOpen={onOpen} /></ul>}
+        </li>
+      ))}
+      {dir.files.map((f) => {
+        const name = f.path.split('/').pop()!;
+        return (
+          <li key={f.path}>
+            <button className={`tree-row file ${selected === f.path ? 'selected' : ''}`} style={{ paddingLeft: 10 + depth * 14 + 14 }} onClick={() => onOpen(f.path)} data-testid={`file-${f.path}`} title={f.path}>
+              <span className={`file-icon fi-${fileKind(name)}`} aria-hidden />{name}
+              {changed.has(f.path) && <span className="changed-dot" title="Changed in this session" data-testid="changed-dot" />}
+            </button>
+          </li>
+        );
+      })}
+    </>
+  );
+}
+
+export function FileTree({ workspace, session, selected, onOpen, onShowChanges }: {
+  workspace: string | null; session: string | null; selected: string | null; onOpen: (p: string) => void; onShowChanges: () => void;
+}) {
+  const index = useDoc(workspace ? `ws/${workspace}/index` : null);
+  const iv = useDocVersion(index?.doc);
+  const sess = useDoc(session ? `session/${session}` : null);
+  const sv = useDocVersion(sess?.doc);
+  const [collapsed, setCollapsed] = useState<Set<string>>(new Set());
+  // eslint-disable-next-line react-hooks/exhaustive-deps
+  const entries = useMemo(() => (index ? readIndex(index.doc) : []), [index, iv]);
+  const tree = useMemo(() => buildTree(entries), [entries]);
+  // eslint-disable-next-line react-hooks/exhaustive-deps
+  const changed = useMemo(() => new Set(sess ? sessionChanges(readMessages(sess.doc)).map((c) => c.path) : []), [sess, sv]);
+  const toggle = (p: string) => setCollapsed((s) => { const n = new Set(s); if (n.has(p)) n.delete(p); else n.add(p); return n; });
+
+  return (
+    <div className="files">
+      <div className="panel-head">
+        <h2>Files{workspace ? <span className="muted"> · {workspace}</span> : null}</h2>
+        {changed.size > 0 && <button className="link small" onClick={onShowChanges}>Changes ({changed.size})</button>}
+      </div>
+      {!workspace && <p className="muted small-pad">Open a session to see its workspace.</p>}
+      {index?.denied && <p className="error small-pad">{index.denied}</p>}
+      {workspace && index && !index.synced && entries.length === 0 && <p className="muted small-pad">Loading…</p>}
+      {workspace && index?.synced && entries.length === 0 && <p className="muted small-pad">No files yet.</p>}
+      <ul className="tree" data-testid="file-tree">
+        <DirView dir={tree} depth={0} collapsed={collapsed} toggle={toggle} selected={selected} changed={changed} onOpen={onOpen} />
+      </ul>
+    </div>
+  );
+}

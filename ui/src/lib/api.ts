@@ -1,0 +1,61 @@
+// The HTTP API of jarvis-cloud (same origin). Errors are `{code, message}`.
+export class ApiError extends Error {
+  constructor(public status: number, public code: string, message: string) {
+    super(message);
+  }
+}
+
+export interface Me { user: string; name: string; admin: boolean; device: string; read_only: boolean }
+export interface Usage { input_tokens: number; output_tokens: number; cache_read_tokens: number; cache_write_tokens: number; cost_micros: number }
+export interface SessionSummary {
+  id: string; workspace: string; owner: string; title: string; model: string; status: string;
+  pending_approvals: number; runner: string | null; where: 'cloud' | 'device' | 'nowhere';
+  handoff_to: string | null; usage: Usage; created_ms: number;
+}
+export interface Workspace { id: string; name: string }
+export interface Device { id: string; user: string; name: string; created_ms: number; revoked: boolean }
+export interface Pairing { code: string; device_code: string; expires_in: number; interval: number }
+
+export class Api {
+  constructor(private token: string | null) {}
+
+  async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const headers: Record<string, string> = {};
+    if (this.token) headers.authorization = `Bearer ${this.token}`;
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    const text = await r.text();
+    let v: any = null;
+    try { v = text ? JSON.parse(text) : null; } catch { v = null; }
+    if (!r.ok) throw new ApiError(r.status, v?.code ?? 'http_error', v?.message ?? `${r.status} ${r.statusText}`);
+    return v as T;
+  }
+
+  me() { return this.call<Me>('GET', '/api/me'); }
+  sessions() { return this.call<{ sessions: SessionSummary[] }>('GET', '/api/sessions').then((v) => v.sessions); }
+  workspaces() { return this.call<{ workspaces: Workspace[] }>('GET', '/api/workspaces').then((v) => v.workspaces); }
+  devices() { return this.call<{ devices: Device[] }>('GET', '/api/devices').then((v) => v.devices); }
+  createSession(b: { workspace: string; message: string; permission_mode?: string; run?: 'cloud' }) {
+    return this.call<{ session: { id: string } }>('POST', '/api/sessions', b);
+  }
+  ensureWorkspace(id: string) { return this.call<Workspace>('POST', '/api/workspaces', { id, name: id }); }
+  send(id: string, text: string) { return this.call('POST', `/api/sessions/${id}/messages`, { text }); }
+  interrupt(id: string) { return this.call('POST', `/api/sessions/${id}/interrupt`, {}); }
+  answer(id: string, approval: string, decision: 'allow' | 'deny' | 'always_allow') {
+    return this.call('POST', `/api/sessions/${id}/approvals/${approval}`, { decision });
+  }
+  handoff(id: string, to: string) { return this.call('POST', `/api/sessions/${id}/handoff`, { to, wait_ms: 30000 }); }
+  pairStart(name: string) { return this.call<Pairing>('POST', '/api/pair/start', { name }); }
+  pairPoll(device_code: string) { return this.call<{ device: Device; token: string }>('POST', '/api/pair/poll', { device_code }); }
+  pairApprove(code: string) { return this.call<{ device_name: string }>('POST', '/api/pair/approve', { code }); }
+
+  /** A workspace blob (image, binary) as an object URL. */
+  async blobUrl(workspace: string, hash: string, type: string): Promise<string> {
+    const r = await fetch(`/blobs/${hash}`, {
+      headers: { authorization: `Bearer ${this.token}`, 'x-jarvis-workspace': workspace },
+    });
+    if (!r.ok) throw new ApiError(r.status, 'blob', `could not load the file (${r.status})`);
+    const bytes = await r.arrayBuffer();
+    return URL.createObjectURL(new Blob([bytes], { type }));
+  }
+}

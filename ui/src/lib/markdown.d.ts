@@ -1,0 +1,3 @@
+export function safeUrl(url: string): boolean;
+export function renderMarkdown(source: string): string;
+export function renderMdx(source: string): string;
