@@ -12,6 +12,7 @@ apt_needs=(
   "pkg-config:pkg-config"
   "openssl:openssl"
   "python3:python3"
+  "/usr/bin/chromium:chromium"
 )
 missing=()
 for entry in "${apt_needs[@]}"; do
@@ -35,6 +36,15 @@ if [[ ! -d tests/js/node_modules ]] || [[ tests/js/package-lock.json -nt tests/j
   (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
   touch tests/js/node_modules
 fi
+
+# The web view (ui/) and its browser tests (playwright-core driving Debian's Chromium; never
+# `npx playwright install`), exactly as locked.
+for dir in ui tests/browser; do
+  if [[ ! -d $dir/node_modules ]] || [[ $dir/package-lock.json -nt $dir/node_modules ]]; then
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    touch "$dir/node_modules"
+  fi
+done
 
 # Python test tools (deployment linters; see scripts/requirements-test.txt) in .venv. Debian's
 # python3 needs python3-venv for this; a pyenv or upstream build has it built in.

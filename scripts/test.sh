@@ -37,4 +37,9 @@ fi
 section "js interop tests"
 (cd tests/js && node --test)
 
+section "web view: build, unit tests, browser tests"
+# The browser suite serves ui/dist through jarvis-cloud and drives /usr/bin/chromium headless.
+(cd ui && npm run build && node --test test/)
+(cd tests/browser && node --test --test-concurrency=1)
+
 section "all tests passed"
