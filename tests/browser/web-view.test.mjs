@@ -133,8 +133,11 @@ function spawnCli(home, fakeUrl, args) {
 /** The conversation the fake model holds with each session. */
 let cliRequests = 0;
 function script(_body, last) {
-  if (last.toolResults.length) {
+  if (last.toolResults.some((r) => r.tool_use_id === 'toolu_plan')) {
     return { text: 'Done: plan.md is written. Have a look in the Changes tab.' };
+  }
+  if (last.toolResults.some((r) => r.tool_use_id === 'toolu_tests')) {
+    return { text: 'Noted: a step about tests is in the plan.' };
   }
   if (/write the plan/i.test(last.text)) {
     return {
@@ -143,7 +146,12 @@ function script(_body, last) {
       tools: [{ id: 'toolu_plan', name: 'write', input: { path: 'plan.md', content: '# Plan\n\n1. Read the notes\n2. Write the summary\n' } }],
     };
   }
-  if (/about tests/i.test(last.text)) return { text: 'Noted: a step about tests comes next.' };
+  if (/about tests/i.test(last.text)) {
+    return {
+      text: 'Adding it.',
+      tools: [{ id: 'toolu_tests', name: 'edit', input: { path: 'plan.md', old_string: '2. Write the summary\n', new_string: '2. Write the summary\n3. Run the tests\n' } }],
+    };
+  }
   if (/from the cli/i.test(last.text)) {
     cliRequests += 1;
     // The device's reply streams slowly, so the browser can move the session to the cloud
@@ -280,11 +288,18 @@ test('web view: sign in, start, stream, approve, files and diff, follow-up, a CL
   assert.deepEqual(added.map((s) => s.slice(1)), ['# Plan', '', '1. Read the notes', '2. Write the summary']);
   await a.screenshot({ path: join(SHOTS, 'desktop-2-diff.png') });
 
-  // --- a follow-up message.
+  // --- a follow-up message; its edit is approved with "Always allow".
   await a.getByTestId('composer').fill('Now add a step about tests');
-  await a.getByTestId('send').click();
-  await a.getByText('Noted: a step about tests comes next.').waitFor({ timeout: T });
+  await a.getByTestId('composer').press('Enter');
+  await a.locator('[data-testid=approval][data-decision=""]').waitFor({ timeout: T });
+  await a.getByTestId('always-allow').click();
+  await a.getByText('Noted: a step about tests is in the plan.').waitFor({ timeout: T });
   assert.equal(await a.getByTestId('msg-user').count(), 2);
+  assert.equal(await a.getByTestId('composer').inputValue(), '', 'the composer is cleared after sending');
+  await until('the diff has the edit as a second hunk', async () => (await diff.locator('.hunk').count()) === 2);
+  assert.deepEqual(await diff.locator('.hunk').nth(1).locator('.dl.add').allTextContents(), ['+3. Run the tests']);
+  await a.getByTestId('mode-file').click();
+  await a.locator('[data-testid=markdown] li', { hasText: 'Run the tests' }).waitFor({ timeout: T });
 
   // --- a session started by the headless CLI device appears live, running on that device.
   const cliFolder = join(tmp, 'cli-project');
@@ -346,7 +361,7 @@ test('web view: sign in, start, stream, approve, files and diff, follow-up, a CL
   // --- the phone: one panel at a time, tabs to switch.
   await b.getByTestId('tab-sessions').click();
   await b.getByTestId(`session-${sessionId}`).click();
-  await b.getByText('Noted: a step about tests comes next.').waitFor({ timeout: T });
+  await b.getByText('Noted: a step about tests is in the plan.').waitFor({ timeout: T });
   assert.equal(await b.locator('.panels').count(), 0, 'no three-panel grid on a phone');
   await b.screenshot({ path: join(SHOTS, 'phone-1-chat.png') });
   await b.getByTestId('tab-files').click();

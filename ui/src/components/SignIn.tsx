@@ -15,6 +15,9 @@ export function SignIn({ onSignedIn, notice }: { onSignedIn: (a: Auth) => void; 
   const [token, setToken] = useState('');
   const [busy, setBusy] = useState(false);
   const api = useRef(new Api(null)).current;
+  // Time to interactive, as ui/scripts/measure.mjs reads it: the first screen has rendered and
+  // its handlers are attached.
+  useEffect(() => { performance.mark('jarvis:interactive'); }, []);
 
   useEffect(() => {
     if (!pairing) return;

@@ -70,6 +70,8 @@ export function Workbench() {
   const refresh = useCallback(() => {
     api.sessions().then((s) => { setSessions(s); setListError(null); }).catch((e) => setListError(e.message));
   }, [api]);
+  useEffect(() => { performance.mark('jarvis:interactive'); }, []);
+  useEffect(() => { if (sessions && !performance.getEntriesByName('jarvis:sessions').length) performance.mark('jarvis:sessions'); }, [sessions]);
   usePoll(refresh, 1500, [refresh]);
   usePoll(() => { api.devices().then(setDevices).catch(() => {}); }, 15000, [api]);
 
