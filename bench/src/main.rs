@@ -30,8 +30,11 @@ enum Cli {
     Mirror(mirror::MirrorArgs),
     /// Continue in cloud: request to the cloud's first streamed token, 1,000-file workspace.
     Handoff(handoff::HandoffArgs),
+    /// LLM gateway overhead: first byte and CPU per request, direct against through the gateway.
+    Gateway(gateway::GatewayArgs),
 }
 
+mod gateway;
 mod handoff;
 mod mirror;
 
@@ -492,6 +495,12 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?;
             return rt.block_on(handoff::run(a));
+        }
+        Cli::Gateway(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            return rt.block_on(gateway::run(a));
         }
     };
     if args.quick {
