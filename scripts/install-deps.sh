@@ -12,6 +12,7 @@ apt_needs=(
   "pkg-config:pkg-config"
   "openssl:openssl"
   "python3:python3"
+  "git:git"
   "/usr/bin/chromium:chromium"
 )
 missing=()

@@ -33,6 +33,7 @@ pub struct Api {
     pub hub: Hub,
     pub limiter: Arc<RateLimiter>,
     pub gateway: Arc<crate::gateway::Gateway>,
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 /// `{code, message}` with a status.
@@ -184,6 +185,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
 
 pub fn router(api: Api) -> Router {
     let gateway = crate::gateway::router(api.gateway.clone());
+    let webhooks = crate::webhooks::router(api.clone());
     Router::new()
         .route("/openapi.json", get(openapi))
         .route("/api/pair/start", post(pair_start))
@@ -218,6 +220,7 @@ pub fn router(api: Api) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024))
         .with_state(api)
         .merge(gateway)
+        .merge(webhooks)
 }
 
 async fn openapi() -> Response {
@@ -505,23 +508,25 @@ async fn list_sessions(
     Ok(Json(json!({"sessions": out})))
 }
 
-#[derive(Deserialize)]
-struct NewSession {
-    id: Option<String>,
-    workspace: String,
+/// A new session: the body of `POST /api/sessions`, and what webhooks and background agents
+/// start through [`start_session`].
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NewSession {
+    pub id: Option<String>,
+    pub workspace: String,
     #[serde(default)]
-    title: String,
-    model: Option<String>,
+    pub title: String,
+    pub model: Option<String>,
     /// A first user message.
-    message: Option<String>,
-    permission_mode: Option<String>,
+    pub message: Option<String>,
+    pub permission_mode: Option<String>,
     #[serde(default)]
-    allow: Vec<String>,
+    pub allow: Vec<String>,
     #[serde(default)]
-    deny: Vec<String>,
-    budget_usd: Option<f64>,
+    pub deny: Vec<String>,
+    pub budget_usd: Option<f64>,
     /// Where it runs: "cloud" hands it to the cloud runner at once.
-    run: Option<String>,
+    pub run: Option<String>,
 }
 
 async fn create_session(
@@ -529,6 +534,20 @@ async fn create_session(
     Caller(who): Caller,
     Body(b): Body<NewSession>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let (row, state) = start_session(&api, &who, b).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"session": row, "handoff": state})),
+    ))
+}
+
+/// Creates (or reopens) a session as `who`, with its settings and first message, and hands it
+/// to the cloud runner when `run` is "cloud". Returns the registry row and the handoff state.
+pub async fn start_session(
+    api: &Api,
+    who: &Identity,
+    b: NewSession,
+) -> Result<(crate::control::SessionRow, Value), ApiError> {
     if let Some(m) = &b.permission_mode
         && Mode::parse(m).is_none()
     {
@@ -567,7 +586,7 @@ async fn create_session(
     };
     let row = api
         .control
-        .register_session(&who, &id, &b.workspace, &title)?;
+        .register_session(who, &id, &b.workspace, &title)?;
     let author = who.device_id();
     api.hub
         .edit(&format!("session/{id}"), |doc| {
@@ -597,19 +616,16 @@ async fn create_session(
         })
         .await?;
     api.control
-        .audit(Some(&who), "session.create", &id, &row.workspace);
+        .audit(Some(who), "session.create", &id, &row.workspace);
     let mut state = Value::Null;
     if b.run.is_some() {
         let s = api
             .cloud
-            .request_handoff(&who, &id, CLOUD_DEVICE, vec![], Duration::ZERO)
+            .request_handoff(who, &id, CLOUD_DEVICE, vec![], Duration::ZERO)
             .await?;
         state = json!(s);
     }
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"session": row, "handoff": state})),
-    ))
+    Ok((row, state))
 }
 
 async fn get_session(

@@ -8,4 +8,5 @@ pub mod control;
 pub mod gateway;
 pub mod runner;
 pub mod server;
+pub mod webhooks;
 pub mod webui;

@@ -258,6 +258,8 @@ pub struct ServeArgs {
     pub ui: crate::webui::UiArgs,
     #[command(flatten)]
     pub gateway: crate::gateway::GatewayArgs,
+    #[command(flatten)]
+    pub github: Box<crate::webhooks::GithubArgs>,
 }
 
 pub fn database_path(data_dir: &std::path::Path) -> PathBuf {
@@ -358,8 +360,12 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
                 args.rate_per_second,
             )),
             gateway,
+            webhooks: crate::webhooks::Webhooks::open(&db, &args.data_dir, (*args.github).clone())?,
         }),
     };
+    if let Some(api) = &state.api {
+        crate::webhooks::resume(api);
+    }
     // Tests and scripts read this line to find the port.
     println!("listening on {local}");
     tracing::info!(%local, data_dir = %args.data_dir.display(), "jarvis-cloud serving");

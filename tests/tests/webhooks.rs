@@ -1,0 +1,397 @@
+//! GitHub webhooks end to end: the real `jarvis-cloud` receives GitHub's payload shapes
+//! (tests/fixtures/github), signed as GitHub signs them; a PR review session fetches a local
+//! bare repository, is answered by a fake Anthropic server, and posts its review to a fake
+//! GitHub REST API that records what it got.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jarvis_agent::testing::{FakeOptions, FakeResponse, FakeServer, RecordedRequest, reply};
+use jarvis_e2e::{CloudAgent, create_token};
+use serde_json::{Value, json};
+
+const SECRET: &str = "webhook-secret-for-tests";
+const GH_TOKEN: &str = "ghp_test_token_not_real";
+const REVIEW: &str = "The README change is fine. Risk: src/app.py passes user input to eval().";
+
+fn fixture(name: &str) -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/github")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn sign(body: &[u8], secret: &str) -> String {
+    // HMAC-SHA256 by the openssl CLI: independent of the server's implementation.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("body");
+    std::fs::write(&f, body).unwrap();
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", secret, "-hex"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let s = String::from_utf8(out.stdout).unwrap();
+    format!("sha256={}", s.trim().rsplit(' ').next().unwrap())
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Codertocat")
+        .env("GIT_AUTHOR_EMAIL", "c@example.com")
+        .env("GIT_COMMITTER_NAME", "Codertocat")
+        .env("GIT_COMMITTER_EMAIL", "c@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// `<root>/Codertocat/Hello-World.git` with `master` and the pull requests' heads under
+/// `refs/pull/<n>/head`, as GitHub keeps them. Returns (base sha, head sha).
+fn hello_world(root: &Path) -> (String, String) {
+    let work = root.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "master"]);
+    std::fs::write(work.join("README.md"), "# Hello-World\n").unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "initial"]);
+    let base = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["checkout", "-q", "-b", "changes"]);
+    std::fs::write(
+        work.join("README.md"),
+        "# Hello-World\n\nNew information.\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(work.join("src")).unwrap();
+    std::fs::write(work.join("src/app.py"), "print(eval(input()))\n").unwrap();
+    git(&work, &["add", "."]);
+    git(
+        &work,
+        &[
+            "commit",
+            "-q",
+            "-m",
+            "Update the README with new information.",
+        ],
+    );
+    let head = git(&work, &["rev-parse", "HEAD"]);
+    let bare = root.join("Codertocat/Hello-World.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    git(&bare, &["init", "-q", "--bare"]);
+    let b = bare.to_str().unwrap();
+    git(&work, &["push", "-q", b, "master", "changes"]);
+    git(&work, &["push", "-q", b, "changes:refs/pull/2/head"]);
+    git(&work, &["push", "-q", b, "changes:refs/pull/1/head"]);
+    (base, head)
+}
+
+struct Setup {
+    _dirs: Vec<tempfile::TempDir>,
+    agent: CloudAgent,
+    llm: FakeServer,
+    github: FakeServer,
+    admin: String,
+    base: String,
+    head: String,
+    data: PathBuf,
+}
+
+async fn setup() -> Setup {
+    let data = tempfile::tempdir().unwrap();
+    let repos = tempfile::tempdir().unwrap();
+    let (base, head) = hello_world(repos.path());
+    let llm = FakeServer::start_with(
+        vec![],
+        FakeOptions {
+            keep_alive: false,
+            responder: Some(Arc::new(|_: &RecordedRequest| {
+                FakeResponse::sse(&reply(REVIEW, &[], (900, 60, 0, 0)), &[64])
+            })),
+        },
+    )
+    .await
+    .unwrap();
+    let github = FakeServer::start_with(
+        vec![],
+        FakeOptions {
+            keep_alive: false,
+            responder: Some(Arc::new(|r: &RecordedRequest| {
+                if r.method == "POST" && r.path.ends_with("/reviews") {
+                    FakeResponse::raw(
+                        200,
+                        &json!({"id": 80, "state": "COMMENTED", "body": r.body["body"]})
+                            .to_string(),
+                    )
+                } else {
+                    FakeResponse::raw(404, r#"{"message":"Not Found"}"#)
+                }
+            })),
+        },
+    )
+    .await
+    .unwrap();
+    let clone = format!("file://{}", repos.path().display());
+    let agent = CloudAgent::start_with_env(
+        data.path(),
+        0,
+        &[
+            ("ANTHROPIC_BASE_URL", &llm.url()),
+            ("ANTHROPIC_API_KEY", "test-key"),
+            ("JARVIS_SANDBOX", "limits"),
+            ("JARVIS_GITHUB_WEBHOOK_SECRET", SECRET),
+            ("JARVIS_GITHUB_TOKEN", GH_TOKEN),
+            ("JARVIS_GITHUB_API_URL", &github.url()),
+            ("JARVIS_GITHUB_CLONE_URL", &clone),
+        ],
+    )
+    .unwrap();
+    let admin = create_token(data.path(), &["*"], false).unwrap();
+    let data_path = data.path().to_path_buf();
+    Setup {
+        _dirs: vec![data, repos],
+        agent,
+        llm,
+        github,
+        admin,
+        base,
+        head,
+        data: data_path,
+    }
+}
+
+async fn deliver(
+    agent: &CloudAgent,
+    event: &str,
+    delivery: &str,
+    body: &[u8],
+    signature: Option<String>,
+) -> (u16, Value) {
+    let mut r = reqwest::Client::new()
+        .post(agent.http_url("/webhooks/github"))
+        .header("content-type", "application/json")
+        .header("user-agent", "GitHub-Hookshot/044aadd")
+        .header("x-github-event", event)
+        .header("x-github-delivery", delivery)
+        .header("x-github-hook-id", "292430182")
+        .body(body.to_vec());
+    if let Some(s) = signature {
+        r = r.header("x-hub-signature-256", s);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn reviews(github: &FakeServer) -> Vec<RecordedRequest> {
+    github
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/reviews"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_pull_request_event_is_reviewed_once_and_the_review_posted() {
+    let s = setup().await;
+    let mut payload = fixture("pull_request.opened.json");
+    payload["pull_request"]["head"]["sha"] = json!(s.head);
+    payload["pull_request"]["base"]["sha"] = json!(s.base);
+    let body = serde_json::to_vec(&payload).unwrap();
+    let delivery = "72d3162e-cc78-11e3-81ab-4c9367dc0958";
+
+    // Refused before anything is read or recorded: no signature, a wrong secret, a body that
+    // is not the one signed.
+    for sig in [
+        None,
+        Some(sign(&body, "not-the-secret")),
+        Some(sign(b"{}", SECRET)),
+    ] {
+        let (status, v) = deliver(&s.agent, "pull_request", delivery, &body, sig).await;
+        assert_eq!(status, 401, "{v}");
+        assert_eq!(v["code"], "invalid_signature");
+    }
+
+    let (status, v) = deliver(
+        &s.agent,
+        "pull_request",
+        delivery,
+        &body,
+        Some(sign(&body, SECRET)),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    let session = v["session"].as_str().unwrap().to_owned();
+    // GitHub redelivers (same X-GitHub-Delivery): acknowledged, not run again.
+    let (status, v) = deliver(
+        &s.agent,
+        "pull_request",
+        delivery,
+        &body,
+        Some(sign(&body, SECRET)),
+    )
+    .await;
+    assert_eq!((status, &v["duplicate"]), (200, &json!(true)), "{v}");
+
+    let posted = until("the review posted", Duration::from_secs(60), || {
+        reviews(&s.github).first().cloned()
+    })
+    .await;
+    assert_eq!(posted.path, "/repos/Codertocat/Hello-World/pulls/2/reviews");
+    assert_eq!(
+        posted.headers["authorization"],
+        format!("Bearer {GH_TOKEN}")
+    );
+    assert_eq!(posted.headers["accept"], "application/vnd.github+json");
+    assert_eq!(posted.body["commit_id"], json!(s.head));
+    assert_eq!(posted.body["event"], "COMMENT");
+    assert!(
+        posted.body["body"].as_str().unwrap().contains(REVIEW),
+        "{}",
+        posted.body
+    );
+    // The model was asked about the real diff of the fetched head.
+    let asked = &s.llm.requests()[0].body;
+    let prompt = asked["messages"][0]["content"][0]["text"].as_str().unwrap();
+    assert!(prompt.contains("Review pull request #2"), "{prompt}");
+    assert!(prompt.contains("+print(eval(input()))"), "{prompt}");
+    // The review is an ordinary session, and its workspace holds the PR's head.
+    let sessions: Value = reqwest::Client::new()
+        .get(s.agent.http_url("/api/sessions"))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == json!(session))
+        .unwrap()
+        .clone();
+    assert_eq!(row["workspace"], "gh-Codertocat-Hello-World-2");
+    assert_eq!(row["status"], "done");
+    let app = s
+        .data
+        .join("workspaces/gh-Codertocat-Hello-World-2/src/app.py");
+    assert_eq!(
+        std::fs::read_to_string(app).unwrap(),
+        "print(eval(input()))\n"
+    );
+
+    // Once more for good measure: still one review and one model request.
+    let (status, _) = deliver(
+        &s.agent,
+        "pull_request",
+        delivery,
+        &body,
+        Some(sign(&body, SECRET)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(reviews(&s.github).len(), 1);
+    assert_eq!(s.llm.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mention_in_a_pr_comment_asks_for_a_review_other_events_are_ignored() {
+    let s = setup().await;
+    let ping = json!({"zen": "Keep it logically awesome.", "hook_id": 292430182});
+    let body = serde_json::to_vec(&ping).unwrap();
+    let (status, v) = deliver(&s.agent, "ping", "d-ping", &body, Some(sign(&body, SECRET))).await;
+    assert_eq!((status, &v["pong"]), (200, &json!(true)), "{v}");
+
+    // A comment without the command, and a closed pull request: nothing runs.
+    let mut quiet = fixture("issue_comment.created.json");
+    quiet["comment"]["body"] = json!("You are totally right! I'll get this fixed right away.");
+    let body = serde_json::to_vec(&quiet).unwrap();
+    let (status, v) = deliver(
+        &s.agent,
+        "issue_comment",
+        "d-quiet",
+        &body,
+        Some(sign(&body, SECRET)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(v["ignored"].is_string(), "{v}");
+    let mut closed = fixture("pull_request.synchronize.json");
+    closed["action"] = json!("closed");
+    let body = serde_json::to_vec(&closed).unwrap();
+    let (status, v) = deliver(
+        &s.agent,
+        "pull_request",
+        "d-closed",
+        &body,
+        Some(sign(&body, SECRET)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(v["ignored"].is_string(), "{v}");
+
+    let comment = fixture("issue_comment.created.json");
+    let body = serde_json::to_vec(&comment).unwrap();
+    let (status, v) = deliver(
+        &s.agent,
+        "issue_comment",
+        "d-mention",
+        &body,
+        Some(sign(&body, SECRET)),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    let posted = until("the review posted", Duration::from_secs(60), || {
+        reviews(&s.github).first().cloned()
+    })
+    .await;
+    assert_eq!(posted.path, "/repos/Codertocat/Hello-World/pulls/1/reviews");
+    assert_eq!(posted.body["commit_id"], json!(s.head));
+    let prompt = s.llm.requests()[0].body["messages"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(prompt.contains("comment by Codertocat"), "{prompt}");
+
+    // pull_request synchronize (a new push) reviews again, in the same PR workspace.
+    let mut sync = fixture("pull_request.synchronize.json");
+    sync["number"] = json!(1);
+    sync["pull_request"]["number"] = json!(1);
+    let body = serde_json::to_vec(&sync).unwrap();
+    let (status, v) = deliver(
+        &s.agent,
+        "pull_request",
+        "d-sync",
+        &body,
+        Some(sign(&body, SECRET)),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    until("the second review posted", Duration::from_secs(60), || {
+        (reviews(&s.github).len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(s.llm.requests().len(), 2);
+}
