@@ -2,6 +2,7 @@
 //! `jarvis-cloud` command line. The sync logic itself lives in `jarvis_sync`; this crate owns
 //! sockets, processes and configuration.
 
+pub mod agents;
 pub mod api;
 pub mod blobs;
 pub mod control;
