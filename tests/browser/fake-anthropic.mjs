@@ -18,7 +18,7 @@ function lastUserContent(body) {
 }
 
 /**
- * script(body, lastUser) → { text, tools: [{id, name, input}], deltaMs }
+ * script(body, lastUser) → { thinking, text, tools: [{id, name, input}], deltaMs }
  */
 export async function startFakeAnthropic(script) {
   const requests = [];
@@ -37,11 +37,17 @@ export async function startFakeAnthropic(script) {
     requests.push(body);
     const reply = script(body, lastUserContent(body));
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+    // A client that hangs up (an interrupted run) ends the stream here.
+    let gone = false;
+    res.on('close', () => { gone = true; });
     const send = async (type, data, pause = 0) => {
+      if (gone) throw new Error('client went away');
       res.write(`event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`);
       if (pause) await sleep(pause);
     };
     const gap = reply.deltaMs ?? 30;
+    try { await stream(); } catch { res.destroy(); }
+    async function stream() {
     await send('message_start', {
       message: {
         id: `msg_${requests.length}`, type: 'message', role: 'assistant', model: body.model, content: [],
@@ -50,6 +56,13 @@ export async function startFakeAnthropic(script) {
       },
     });
     let index = 0;
+    if (reply.thinking) {
+      await send('content_block_start', { index, content_block: { type: 'thinking', thinking: '' } });
+      for (const w of reply.thinking.match(/\S+\s*/g) ?? []) await send('content_block_delta', { index, delta: { type: 'thinking_delta', thinking: w } });
+      await send('content_block_delta', { index, delta: { type: 'signature_delta', signature: 'fake-signature' } });
+      await send('content_block_stop', { index });
+      index += 1;
+    }
     if (reply.text) {
       await send('content_block_start', { index, content_block: { type: 'text', text: '' } });
       await send('ping', {});
@@ -73,6 +86,7 @@ export async function startFakeAnthropic(script) {
     });
     await send('message_stop', {});
     res.end();
+    }
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   return {

@@ -141,11 +141,13 @@ function script(_body, last) {
   }
   if (/write the plan/i.test(last.text)) {
     return {
+      thinking: 'The person wants a plan. A short numbered list in plan.md will do.',
       text: "Sure. I'll write a short plan into plan.md so that everyone can follow along, step by step, without any surprises.",
       deltaMs: 60,
       tools: [{ id: 'toolu_plan', name: 'write', input: { path: 'plan.md', content: '# Plan\n\n1. Read the notes\n2. Write the summary\n' } }],
     };
   }
+  if (/long story/i.test(last.text)) return { text: 'Once upon a time, '.repeat(200), deltaMs: 50 };
   if (/about tests/i.test(last.text)) {
     return {
       text: 'Adding it.',
@@ -270,6 +272,13 @@ test('web view: sign in, start, stream, approve, files and diff, follow-up, a CL
     (await a.getByTestId('chat-status').textContent()) === 'Waiting for approval'
     && (await a.getByTestId('chat-where').textContent()) === 'Cloud');
   await a.screenshot({ path: join(SHOTS, 'desktop-1-approval.png') });
+  const thinking = a.locator('details.thinking');
+  assert.equal(await thinking.count(), 1, 'the thinking block is shown');
+  assert.equal(await thinking.evaluate((d) => d.open), false, 'thinking starts collapsed');
+  assert.equal(await thinking.locator('.thinking-text').isVisible(), false);
+  await thinking.locator('summary').click();
+  await thinking.getByText('A short numbered list in plan.md will do.').waitFor({ timeout: T });
+  await thinking.locator('summary').click();
 
   // --- approve; the tool runs in the cloud, the file appears in the tree, live.
   await a.getByTestId('allow').click();
@@ -300,6 +309,18 @@ test('web view: sign in, start, stream, approve, files and diff, follow-up, a CL
   assert.deepEqual(await diff.locator('.hunk').nth(1).locator('.dl.add').allTextContents(), ['+3. Run the tests']);
   await a.getByTestId('mode-file').click();
   await a.locator('[data-testid=markdown] li', { hasText: 'Run the tests' }).waitFor({ timeout: T });
+
+  // --- Stop: a long reply in a second cloud session is interrupted from the browser.
+  await a.getByTestId('new-session').click();
+  await a.getByTestId('ns-workspace').fill('notes');
+  await a.getByTestId('ns-message').fill('Tell me a long story');
+  await a.getByTestId('ns-start').click();
+  await a.waitForURL((u) => !u.pathname.endsWith(sessionId) && /\/s\//.test(u.pathname), { timeout: T });
+  await a.getByText('Once upon a time,').first().waitFor({ timeout: T });
+  await a.getByTestId('interrupt').click();
+  await until('the story session is stopped', async () => (await a.getByTestId('chat-status').textContent()) === 'Stopped');
+  const told = (await a.getByTestId('assistant-text').textContent()).length;
+  assert.ok(told > 0 && told < 'Once upon a time, '.length * 200, `the reply was cut short (${told} characters), its text kept`);
 
   // --- a session started by the headless CLI device appears live, running on that device.
   const cliFolder = join(tmp, 'cli-project');
