@@ -196,7 +196,7 @@ test('web view: sign in, start, stream, approve, files and diff, follow-up, a CL
   await call(cloud.base, alice, 'POST', '/api/workspaces', { id: 'notes', name: 'Notes' });
   const folder = join(tmp, 'notes');
   mkdirSync(join(folder, 'src'), { recursive: true });
-  writeFileSync(join(folder, 'README.md'), '# Team notes\n\nWelcome. This folder holds **our notes**.\n\n- one\n- two\n\n[Site](https://example.com)\n');
+  writeFileSync(join(folder, 'README.md'), '# Team notes\n\nWelcome. This folder holds **our notes**.\n\n- one\n- two\n\n[Site](https://example.com) and [the program](src/main.rs)\n');
   writeFileSync(join(folder, 'hostile.md'), HOSTILE_MD);
   writeFileSync(join(folder, 'hostile.mdx'), HOSTILE_MDX);
   writeFileSync(join(folder, 'src', 'main.rs'), 'fn main() {\n    let greeting = "hello";\n    println!("{greeting}");\n}\n');
@@ -369,8 +369,11 @@ test('web view: sign in, start, stream, approve, files and diff, follow-up, a CL
   await a.getByTestId('file-README.md').click();
   await md.locator('h1', { hasText: 'Team notes' }).waitFor({ timeout: T });
   assert.equal(await md.locator('a[href="https://example.com"][rel~=noopener]').count(), 1);
-  await a.getByTestId('file-src/main.rs').click();
+  // A relative link opens that file of the workspace, inside the app.
+  await md.getByRole('link', { name: 'the program' }).click();
   await a.locator('[data-testid=code] .hljs-keyword').first().waitFor({ timeout: T });
+  assert.match(a.url(), /\/s\/[0-9a-f]+$/, 'the link did not navigate away');
+  assert.equal(await a.locator('[data-testid="file-src/main.rs"].selected').count(), 1);
   await a.getByTestId('file-pixel.png').click();
   await until('the image blob is shown', () => a.getByTestId('image').evaluate((img) => img.complete && img.naturalWidth === 2));
 

@@ -25,6 +25,12 @@ export function App() {
     return () => { live = false; };
   }, [api, auth]);
 
+  useEffect(() => {
+    const on = () => { clearAuth(); setMe(null); setAuth(null); setError('Your sign-in has ended (this browser was signed out or revoked). Please sign in again.'); };
+    addEventListener('jarvis:unauthorized', on);
+    return () => removeEventListener('jarvis:unauthorized', on);
+  }, []);
+
   const signIn = (a: Auth) => { saveAuth(a); setError(null); setAuth(a); };
   const signOut = () => { clearAuth(); setMe(null); setAuth(null); };
 

@@ -76,3 +76,16 @@ test('session changes: writes, edits, reads as the base, failed calls ignored', 
   assert.deepEqual(changeLines(n.changes[0]), [{ sign: '+', text: '# New' }]);
   assert.equal(unnumber('not numbered'), null);
 });
+
+test('relative links inside a workspace file resolve inside the workspace', async () => {
+  const { workspaceLink } = await import('../src/lib/markdown.js');
+  assert.equal(workspaceLink('docs/guide.md', 'intro.md'), 'docs/intro.md');
+  assert.equal(workspaceLink('docs/guide.md', './img/a.png#x'), 'docs/img/a.png');
+  assert.equal(workspaceLink('docs/guide.md', '../README.md'), 'README.md');
+  assert.equal(workspaceLink('docs/guide.md', '/src/main.rs'), 'src/main.rs');
+  assert.equal(workspaceLink('docs/guide.md', '../../etc/passwd'), null);
+  assert.equal(workspaceLink('README.md', 'https://example.com'), null);
+  assert.equal(workspaceLink('README.md', 'javascript:alert(1)'), null);
+  assert.equal(workspaceLink('README.md', '#top'), null);
+  assert.equal(workspaceLink('README.md', 'a%20b.md'), 'a b.md');
+});

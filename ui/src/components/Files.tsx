@@ -26,18 +26,18 @@ function fileKind(path: string): string {
   return 'code';
 }
 
-function DirView({ dir, depth, collapsed, toggle, selected, changed, onOpen }: {
-  dir: Dir; depth: number; collapsed: Set<string>; toggle: (p: string) => void; selected: string | null; changed: Set<string>; onOpen: (p: string) => void;
+function DirView({ dir, depth, isOpen, toggle, selected, changed, onOpen }: {
+  dir: Dir; depth: number; isOpen: (p: string) => boolean; toggle: (p: string) => void; selected: string | null; changed: Set<string>; onOpen: (p: string) => void;
 }) {
   const dirs = [...dir.dirs.values()].sort((a, b) => a.name.localeCompare(b.name));
   return (
     <>
       {dirs.map((d) => (
         <li key={d.path}>
-          <button className="tree-row dir" style={{ paddingLeft: 10 + depth * 14 }} onClick={() => toggle(d.path)} aria-expanded={!collapsed.has(d.path)}>
-            <span className="caret">{collapsed.has(d.path) ? '▸' : '▾'}</span>{d.name}
+          <button className="tree-row dir" style={{ paddingLeft: 10 + depth * 14 }} onClick={() => toggle(d.path)} aria-expanded={isOpen(d.path)}>
+            <span className="caret">{isOpen(d.path) ? '▾' : '▸'}</span>{d.name}
           </button>
-          {!collapsed.has(d.path) && <ul><DirView dir={d} depth={depth + 1} collapsed={collapsed} toggle={toggle} selected={selected} changed={changed} onOpen={onOpen} /></ul>}
+          {isOpen(d.path) && <ul><DirView dir={d} depth={depth + 1} isOpen={isOpen} toggle={toggle} selected={selected} changed={changed} onOpen={onOpen} /></ul>}
         </li>
       ))}
       {dir.files.map((f) => {
@@ -62,13 +62,20 @@ export function FileTree({ workspace, session, selected, onOpen, onShowChanges }
   const iv = useDocVersion(index?.doc);
   const sess = useDoc(session ? `session/${session}` : null);
   const sv = useDocVersion(sess?.doc);
-  const [collapsed, setCollapsed] = useState<Set<string>>(new Set());
+  // Folders start open in a small workspace and closed in a large one; a click flips one.
+  const [flipped, setFlipped] = useState<Set<string>>(new Set());
   // eslint-disable-next-line react-hooks/exhaustive-deps
   const entries = useMemo(() => (index ? readIndex(index.doc) : []), [index, iv]);
   const tree = useMemo(() => buildTree(entries), [entries]);
   // eslint-disable-next-line react-hooks/exhaustive-deps
   const changed = useMemo(() => new Set(sess ? sessionChanges(readMessages(sess.doc)).map((c) => c.path) : []), [sess, sv]);
-  const toggle = (p: string) => setCollapsed((s) => { const n = new Set(s); if (n.has(p)) n.delete(p); else n.add(p); return n; });
+  const toggle = (p: string) => setFlipped((s) => { const n = new Set(s); if (n.has(p)) n.delete(p); else n.add(p); return n; });
+  const openByDefault = entries.length <= 200;
+  // The folders of the selected file and of changed files are always reachable.
+  const isOpen = (p: string) => {
+    const base = openByDefault || !!selected?.startsWith(`${p}/`) || [...changed].some((c) => c.startsWith(`${p}/`));
+    return flipped.has(p) ? !base : base;
+  };
 
   return (
     <div className="files">
@@ -81,7 +88,7 @@ export function FileTree({ workspace, session, selected, onOpen, onShowChanges }
       {workspace && index && !index.synced && entries.length === 0 && <p className="muted small-pad">Loading…</p>}
       {workspace && index?.synced && entries.length === 0 && <p className="muted small-pad">No files yet.</p>}
       <ul className="tree" data-testid="file-tree">
-        <DirView dir={tree} depth={0} collapsed={collapsed} toggle={toggle} selected={selected} changed={changed} onOpen={onOpen} />
+        <DirView dir={tree} depth={0} isOpen={isOpen} toggle={toggle} selected={selected} changed={changed} onOpen={onOpen} />
       </ul>
     </div>
   );

@@ -1,8 +1,21 @@
 import { useMemo } from 'react';
-import { renderMarkdown, renderMdx } from '../lib/markdown.js';
+import { renderMarkdown, renderMdx, workspaceLink } from '../lib/markdown.js';
 
-/** Markdown rendered inert (see lib/markdown.js): no raw HTML, no script URLs, MDX as text. */
-export function Markdown({ source, mdx = false, testId }: { source: string; mdx?: boolean; testId?: string }) {
+/**
+ * Markdown rendered inert (see lib/markdown.js): no raw HTML, no script URLs, MDX as text.
+ * A relative link opens that file of the workspace (`onOpenFile`) instead of leaving the app.
+ */
+export function Markdown({ source, mdx = false, testId, path = null, onOpenFile }: {
+  source: string; mdx?: boolean; testId?: string; path?: string | null; onOpenFile?: (path: string) => void;
+}) {
   const html = useMemo(() => (mdx ? renderMdx(source) : renderMarkdown(source)), [source, mdx]);
-  return <div className="md" data-testid={testId} dangerouslySetInnerHTML={{ __html: html }} />;
+  const onClick = (e: React.MouseEvent) => {
+    const a = (e.target as HTMLElement).closest('a');
+    const href = a?.getAttribute('href');
+    if (!a || !href || href.startsWith('#') || /^(https?:|mailto:)/i.test(href)) return;
+    e.preventDefault();
+    const target = workspaceLink(path, href);
+    if (target && onOpenFile) onOpenFile(target);
+  };
+  return <div className="md" data-testid={testId} onClick={onClick} dangerouslySetInnerHTML={{ __html: html }} />;
 }

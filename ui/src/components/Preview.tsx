@@ -25,7 +25,7 @@ function Code({ text, path }: { text: string; path: string }) {
   );
 }
 
-function TextFile({ workspace, doc, path }: { workspace: string; doc: string; path: string }) {
+function TextFile({ workspace, doc, path, onOpenFile }: { workspace: string; doc: string; path: string; onOpenFile: (p: string) => void }) {
   const entry = useDoc(`ws/${workspace}/file/${doc}`);
   const v = useDocVersion(entry?.doc);
   // eslint-disable-next-line react-hooks/exhaustive-deps
@@ -45,7 +45,7 @@ function TextFile({ workspace, doc, path }: { workspace: string; doc: string; pa
         </div>
       )}
       <div className="preview-body" data-testid="preview-body">
-        {markdown && !source ? <Markdown source={text} mdx={e === 'mdx'} testId="markdown" /> : <Code text={text} path={path} />}
+        {markdown && !source ? <Markdown source={text} mdx={e === 'mdx'} testId="markdown" path={path} onOpenFile={onOpenFile} /> : <Code text={text} path={path} />}
       </div>
     </>
   );
@@ -91,8 +91,9 @@ export function Changes({ files }: { files: FileChanges[] }) {
   );
 }
 
-export function Preview({ workspace, session, path, mode, setMode }: {
+export function Preview({ workspace, session, path, mode, setMode, onOpenFile }: {
   workspace: string | null; session: string | null; path: string | null; mode: 'file' | 'changes'; setMode: (m: 'file' | 'changes') => void;
+  onOpenFile: (p: string) => void;
 }) {
   const index = useDoc(workspace ? `ws/${workspace}/index` : null);
   const iv = useDocVersion(index?.doc);
@@ -118,7 +119,7 @@ export function Preview({ workspace, session, path, mode, setMode }: {
       ) : !entry ? (
         <p className="muted small-pad">{index?.synced ? 'This file is no longer in the workspace.' : 'Loading…'}</p>
       ) : entry.kind === 'text' && entry.doc ? (
-        <TextFile key={entry.doc} workspace={workspace} doc={entry.doc} path={path} />
+        <TextFile key={entry.doc} workspace={workspace} doc={entry.doc} path={path} onOpenFile={onOpenFile} />
       ) : entry.hash ? (
         <BlobFile workspace={workspace} hash={entry.hash} path={path} size={entry.size} />
       ) : <p className="muted small-pad">No content.</p>}

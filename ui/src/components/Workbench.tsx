@@ -100,7 +100,7 @@ export function Workbench() {
     <FileTree workspace={workspace} session={selected} selected={file} onOpen={openFile} onShowChanges={showChanges} />
   );
   const previewPanel = (
-    <Preview workspace={workspace} session={selected} path={file} mode={previewMode} setMode={setPreviewMode} />
+    <Preview workspace={workspace} session={selected} path={file} mode={previewMode} setMode={setPreviewMode} onOpenFile={openFile} />
   );
   const chatPanel = <Chat session={selected} summary={summary} devices={devices} onShowChanges={showChanges} />;
 

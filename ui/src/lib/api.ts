@@ -27,7 +27,11 @@ export class Api {
     const text = await r.text();
     let v: any = null;
     try { v = text ? JSON.parse(text) : null; } catch { v = null; }
-    if (!r.ok) throw new ApiError(r.status, v?.code ?? 'http_error', v?.message ?? `${r.status} ${r.statusText}`);
+    if (!r.ok) {
+      // A revoked token or device: the app signs out and says why.
+      if (r.status === 401 && this.token) dispatchEvent(new CustomEvent('jarvis:unauthorized'));
+      throw new ApiError(r.status, v?.code ?? 'http_error', v?.message ?? `${r.status} ${r.statusText}`);
+    }
     return v as T;
   }
 

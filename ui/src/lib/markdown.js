@@ -46,7 +46,7 @@ md.renderer.rules.image = (tokens, idx) => {
   const t = tokens[idx];
   const src = t.attrGet('src') ?? '';
   const alt = md.utils.escapeHtml(t.content || 'image');
-  return `<span class="md-image">🖼 ${alt} <code>${md.utils.escapeHtml(src)}</code></span>`;
+  return `<span class="md-image">[image: ${alt}] <code>${md.utils.escapeHtml(src)}</code></span>`;
 };
 
 /** HTML for a Markdown source; every tag in the source comes out escaped. */
@@ -57,4 +57,22 @@ export function renderMarkdown(source) {
 /** MDX as Markdown text: nothing is imported, compiled or evaluated. */
 export function renderMdx(source) {
   return renderMarkdown(source);
+}
+
+/**
+ * Where a link inside a workspace file points in that workspace, or null when it is not a
+ * relative link (external, in-page, or leaving the workspace).
+ */
+export function workspaceLink(fromPath, href) {
+  if (!href || /^[a-z][a-z0-9+.-]*:/i.test(href) || href.startsWith('#') || href.startsWith('//')) return null;
+  const clean = href.split('#')[0].split('?')[0];
+  if (!clean) return null;
+  let decoded;
+  try { decoded = decodeURIComponent(clean); } catch { return null; }
+  const parts = decoded.startsWith('/') ? [] : (fromPath ?? '').split('/').slice(0, -1);
+  for (const seg of decoded.split('/')) {
+    if (seg === '' || seg === '.') continue;
+    if (seg === '..') { if (!parts.length) return null; parts.pop(); } else parts.push(seg);
+  }
+  return parts.length ? parts.join('/') : null;
 }
