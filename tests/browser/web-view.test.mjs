@@ -396,6 +396,12 @@ test('web view: sign in, start, stream, approve, files and diff, follow-up, a CL
   const wide = await b.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth);
   assert.ok(wide, 'nothing overflows the phone width');
 
+  // --- revoking the desktop browser (from anywhere) signs it out, with a note, and forgets the token.
+  await call(cloud.base, alice, 'DELETE', `/api/devices/${stored.device}`);
+  await a.getByTestId('pair-start').waitFor({ timeout: T });
+  await a.getByText('Your sign-in has ended').waitFor({ timeout: T });
+  assert.equal(await a.evaluate(() => localStorage.getItem('jarvis.auth.v1')), null);
+
   assert.deepEqual(seen.errors, [], 'no script errors in the pages');
   assert.deepEqual(seen.dialogs, [], 'no dialogs (alert) were opened');
 });
