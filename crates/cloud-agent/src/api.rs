@@ -34,6 +34,7 @@ pub struct Api {
     pub limiter: Arc<RateLimiter>,
     pub gateway: Arc<crate::gateway::Gateway>,
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    pub agents: Arc<crate::schedule::Agents>,
 }
 
 /// `{code, message}` with a status.
@@ -186,6 +187,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
 pub fn router(api: Api) -> Router {
     let gateway = crate::gateway::router(api.gateway.clone());
     let webhooks = crate::webhooks::router(api.clone());
+    let agents = crate::schedule::router(api.clone());
     Router::new()
         .route("/openapi.json", get(openapi))
         .route("/api/pair/start", post(pair_start))
@@ -221,6 +223,7 @@ pub fn router(api: Api) -> Router {
         .with_state(api)
         .merge(gateway)
         .merge(webhooks)
+        .merge(agents)
 }
 
 async fn openapi() -> Response {

@@ -8,6 +8,7 @@ pub mod blobs;
 pub mod control;
 pub mod gateway;
 pub mod runner;
+pub mod schedule;
 pub mod server;
 pub mod webhooks;
 pub mod webui;

@@ -626,6 +626,16 @@ impl Cloud {
             .renew(session, &who.device_id(), epoch, self.config.lease_ttl_ms)
     }
 
+    /// Opens a document on this runner's own sync client (a live replica: remote edits arrive
+    /// as they are committed). The background-agent scheduler watches workspaces through it.
+    pub async fn open_document(&self, name: &str) -> anyhow::Result<yrs::Doc> {
+        let doc = self.client.open(name).await?;
+        self.client
+            .wait_synced(name, self.config.reach_timeout)
+            .await?;
+        Ok(doc)
+    }
+
     /// The workspace index as this runner sees it (for listing files).
     pub async fn index(&self, workspace: &str) -> anyhow::Result<WorkspaceIndex> {
         let doc = self.client.open(&format!("ws/{workspace}/index")).await?;

@@ -260,6 +260,8 @@ pub struct ServeArgs {
     pub gateway: crate::gateway::GatewayArgs,
     #[command(flatten)]
     pub github: Box<crate::webhooks::GithubArgs>,
+    #[command(flatten)]
+    pub agents: Box<crate::schedule::AgentArgs>,
 }
 
 pub fn database_path(data_dir: &std::path::Path) -> PathBuf {
@@ -361,10 +363,12 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
             )),
             gateway,
             webhooks: crate::webhooks::Webhooks::open(&db, &args.data_dir, (*args.github).clone())?,
+            agents: crate::schedule::Agents::open(&db, (*args.agents).clone())?,
         }),
     };
     if let Some(api) = &state.api {
         crate::webhooks::resume(api);
+        crate::schedule::start(api.clone(), shutdown.clone());
     }
     // Tests and scripts read this line to find the port.
     println!("listening on {local}");
