@@ -6,8 +6,6 @@ import { sessionChanges } from '../lib/session-diff.js';
 import { Markdown } from './Markdown';
 import { deviceName, statusOf, whereLabel } from './labels';
 
-/** The desktop shell sets this when it can run sessions on this machine. */
-declare global { interface Window { jarvisDesktop?: { canRun: boolean } } }
 
 const fmtTokens = (n: number) => (n >= 1000 ? `${(n / 1000).toFixed(n >= 10000 ? 0 : 1)}k` : String(n));
 const fmtCost = (micros: number) => `$${(micros / 1e6).toFixed(micros < 10_000 ? 4 : 2)}`;

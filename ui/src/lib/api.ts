@@ -1,4 +1,6 @@
-// The HTTP API of jarvis-cloud (same origin). Errors are `{code, message}`.
+// The HTTP API of jarvis-cloud (same origin, or the desktop's hub). Errors are `{code, message}`.
+import { hubBase } from './hub';
+
 export class ApiError extends Error {
   constructor(public status: number, public code: string, message: string) {
     super(message);
@@ -23,7 +25,7 @@ export class Api {
     const headers: Record<string, string> = {};
     if (this.token) headers.authorization = `Bearer ${this.token}`;
     if (body !== undefined) headers['content-type'] = 'application/json';
-    const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    const r = await fetch(`${hubBase()}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
     const text = await r.text();
     let v: any = null;
     try { v = text ? JSON.parse(text) : null; } catch { v = null; }
@@ -55,7 +57,7 @@ export class Api {
 
   /** A workspace blob (image, binary) as an object URL. */
   async blobUrl(workspace: string, hash: string, type: string): Promise<string> {
-    const r = await fetch(`/blobs/${hash}`, {
+    const r = await fetch(`${hubBase()}/blobs/${hash}`, {
       headers: { authorization: `Bearer ${this.token}`, 'x-jarvis-workspace': workspace },
     });
     if (!r.ok) throw new ApiError(r.status, 'blob', `could not load the file (${r.status})`);

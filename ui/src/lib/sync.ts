@@ -2,6 +2,7 @@
 // open document, each a Y.Doc with the device token sent in the per-document Auth message.
 import * as Y from 'yjs';
 import { HocuspocusProvider, HocuspocusProviderWebsocket } from '@hocuspocus/provider';
+import { syncUrl } from './hub';
 
 export interface OpenDoc { doc: Y.Doc; provider: HocuspocusProvider; refs: number; synced: boolean; denied: string | null }
 
@@ -14,8 +15,7 @@ export class SyncPeer {
   status: 'connecting' | 'connected' | 'disconnected' = 'connecting';
 
   constructor(private token: string) {
-    const proto = location.protocol === 'https:' ? 'wss' : 'ws';
-    this.socket = new HocuspocusProviderWebsocket({ url: `${proto}://${location.host}/sync` });
+    this.socket = new HocuspocusProviderWebsocket({ url: syncUrl() });
     this.socket.on('status', ({ status }: { status: string }) => {
       this.status = status as SyncPeer['status'];
       this.emit();
