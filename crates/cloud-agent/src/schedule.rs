@@ -830,7 +830,8 @@ async fn follow_active(api: &Api) -> Result<(), ControlError> {
         match end {
             Some((status, note)) => {
                 conn.execute(
-                    "UPDATE agent_runs SET status = ?2, cost_micros = ?3, note = ?4 WHERE id = ?1",
+                    "UPDATE agent_runs SET status = ?2, cost_micros = ?3,
+                       note = trim(note || ' ' || ?4) WHERE id = ?1",
                     params![id, status, cost as i64, note],
                 )?;
             }
