@@ -382,6 +382,26 @@ test('web view: sign in, start, stream, approve, files and diff, follow-up, a CL
   writeFileSync(join(folder, 'README.md'), '# Team notes, edited on the laptop\n');
   await md.locator('h1', { hasText: 'edited on the laptop' }).waitFor({ timeout: T });
 
+  // --- the three panels resize by dragging the splitters (and remember it).
+  const leftWidth = () => a.locator('.panel.left').evaluate((el) => el.getBoundingClientRect().width);
+  const chatWidth = () => a.locator('.panel.right').evaluate((el) => el.getBoundingClientRect().width);
+  const [l0, c0] = [await leftWidth(), await chatWidth()];
+  const drag = async (i, dx) => {
+    const box = await a.getByRole('separator').nth(i).boundingBox();
+    await a.mouse.move(box.x + box.width / 2, box.y + 200);
+    await a.mouse.down();
+    await a.mouse.move(box.x + box.width / 2 + dx / 2, box.y + 200);
+    await a.mouse.move(box.x + box.width / 2 + dx, box.y + 200);
+    await a.mouse.up();
+  };
+  await drag(0, 80);
+  await drag(1, -60);
+  await until('the panels took the new widths', async () =>
+    Math.abs((await leftWidth()) - (l0 + 80)) <= 2 && Math.abs((await chatWidth()) - (c0 + 60)) <= 2);
+  await a.reload();
+  await a.locator('.panel.left').waitFor({ timeout: T });
+  assert.ok(Math.abs((await leftWidth()) - (l0 + 80)) <= 2, 'the widths survive a reload');
+
   // --- the phone: one panel at a time, tabs to switch.
   await b.getByTestId('tab-sessions').click();
   await b.getByTestId(`session-${sessionId}`).click();
