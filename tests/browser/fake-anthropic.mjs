@@ -46,46 +46,47 @@ export async function startFakeAnthropic(script) {
       if (pause) await sleep(pause);
     };
     const gap = reply.deltaMs ?? 30;
-    try { await stream(); } catch { res.destroy(); }
-    async function stream() {
-    await send('message_start', {
-      message: {
-        id: `msg_${requests.length}`, type: 'message', role: 'assistant', model: body.model, content: [],
-        stop_reason: null, stop_sequence: null,
-        usage: { input_tokens: 1800 + 400 * requests.length, output_tokens: 1, cache_creation_input_tokens: 0, cache_read_input_tokens: 0 },
-      },
-    });
-    let index = 0;
-    if (reply.thinking) {
-      await send('content_block_start', { index, content_block: { type: 'thinking', thinking: '' } });
-      for (const w of reply.thinking.match(/\S+\s*/g) ?? []) await send('content_block_delta', { index, delta: { type: 'thinking_delta', thinking: w } });
-      await send('content_block_delta', { index, delta: { type: 'signature_delta', signature: 'fake-signature' } });
-      await send('content_block_stop', { index });
-      index += 1;
-    }
-    if (reply.text) {
-      await send('content_block_start', { index, content_block: { type: 'text', text: '' } });
-      await send('ping', {});
-      const words = reply.text.match(/\S+\s*/g) ?? [reply.text];
-      for (const w of words) await send('content_block_delta', { index, delta: { type: 'text_delta', text: w } }, gap);
-      await send('content_block_stop', { index });
-      index += 1;
-    }
-    for (const t of reply.tools ?? []) {
-      await send('content_block_start', { index, content_block: { type: 'tool_use', id: t.id, name: t.name, input: {} } });
-      const json = JSON.stringify(t.input);
-      const cut = Math.floor(json.length / 2);
-      await send('content_block_delta', { index, delta: { type: 'input_json_delta', partial_json: json.slice(0, cut) } }, gap);
-      await send('content_block_delta', { index, delta: { type: 'input_json_delta', partial_json: json.slice(cut) } });
-      await send('content_block_stop', { index });
-      index += 1;
-    }
-    await send('message_delta', {
-      delta: { stop_reason: reply.tools?.length ? 'tool_use' : 'end_turn', stop_sequence: null },
-      usage: { output_tokens: 40 + (reply.text?.length ?? 0) },
-    });
-    await send('message_stop', {});
-    res.end();
+    try {
+      await send('message_start', {
+        message: {
+          id: `msg_${requests.length}`, type: 'message', role: 'assistant', model: body.model, content: [],
+          stop_reason: null, stop_sequence: null,
+          usage: { input_tokens: 1800 + 400 * requests.length, output_tokens: 1, cache_creation_input_tokens: 0, cache_read_input_tokens: 0 },
+        },
+      });
+      let index = 0;
+      if (reply.thinking) {
+        await send('content_block_start', { index, content_block: { type: 'thinking', thinking: '' } });
+        for (const w of reply.thinking.match(/\S+\s*/g) ?? []) await send('content_block_delta', { index, delta: { type: 'thinking_delta', thinking: w } });
+        await send('content_block_delta', { index, delta: { type: 'signature_delta', signature: 'fake-signature' } });
+        await send('content_block_stop', { index });
+        index += 1;
+      }
+      if (reply.text) {
+        await send('content_block_start', { index, content_block: { type: 'text', text: '' } });
+        await send('ping', {});
+        const words = reply.text.match(/\S+\s*/g) ?? [reply.text];
+        for (const w of words) await send('content_block_delta', { index, delta: { type: 'text_delta', text: w } }, gap);
+        await send('content_block_stop', { index });
+        index += 1;
+      }
+      for (const t of reply.tools ?? []) {
+        await send('content_block_start', { index, content_block: { type: 'tool_use', id: t.id, name: t.name, input: {} } });
+        const json = JSON.stringify(t.input);
+        const cut = Math.floor(json.length / 2);
+        await send('content_block_delta', { index, delta: { type: 'input_json_delta', partial_json: json.slice(0, cut) } }, gap);
+        await send('content_block_delta', { index, delta: { type: 'input_json_delta', partial_json: json.slice(cut) } });
+        await send('content_block_stop', { index });
+        index += 1;
+      }
+      await send('message_delta', {
+        delta: { stop_reason: reply.tools?.length ? 'tool_use' : 'end_turn', stop_sequence: null },
+        usage: { output_tokens: 40 + (reply.text?.length ?? 0) },
+      });
+      await send('message_stop', {});
+      res.end();
+    } catch {
+      res.destroy();
     }
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
