@@ -970,7 +970,7 @@ async fn start_queued(
             message: Some(message),
             permission_mode: Some(def.permission_mode.clone()),
             allow: def.tools.clone(),
-            deny: Vec::new(),
+            deny: unlisted_tools(&def.tools),
             budget_usd: Some(budget as f64 / 1e6),
             run: Some("cloud".into()),
         };
@@ -991,6 +991,25 @@ async fn start_queued(
         }
     }
     Ok(())
+}
+
+/// `tools` lists what an agent may use: every tool it does not name at all is denied (deny
+/// beats allow), so `bash(cargo test:*)` allows that command and no other bash, while `write`
+/// is refused outright if unlisted. No list means the permission mode alone decides. `todo`
+/// (the agent's own checklist) is always allowed.
+pub fn unlisted_tools(tools: &[String]) -> Vec<String> {
+    if tools.is_empty() {
+        return Vec::new();
+    }
+    let named: HashSet<&str> = tools
+        .iter()
+        .map(|t| t.split('(').next().unwrap_or(t).trim())
+        .collect();
+    jarvis_agent::tools::ToolBox::definitions()
+        .into_iter()
+        .map(|d| d.name)
+        .filter(|n| n != "todo" && !named.contains(n.as_str()))
+        .collect()
 }
 
 // ---- API ----------------------------------------------------------------------------------
@@ -1299,6 +1318,13 @@ mod tests {
                 late_ms: 2 * hour
             }
         );
+    }
+
+    #[test]
+    fn tools_not_named_are_denied() {
+        let deny = unlisted_tools(&["read".into(), "grep".into(), "bash(cargo test:*)".into()]);
+        assert_eq!(deny, vec!["write", "edit", "glob"]);
+        assert!(unlisted_tools(&[]).is_empty());
     }
 
     #[test]
