@@ -204,8 +204,10 @@ async fn a_cron_agent_runs_at_its_time_once_across_restarts_and_catches_up_by_po
     let agent = start(&data, &env);
     let c = Client::new(&agent, &admin);
     c.until("the scheduler to look after the restart", T, async |c| {
-        c.agent("team", "standup").await["checked_ms"]
-            .as_u64()
+        let (_, v) = c.call("GET", "/api/workspaces/team/agents", None).await;
+        (v["agents"][0]["scheduled"] == true)
+            .then_some(())
+            .and(v["scheduler_ms"].as_u64())
             .filter(|&t| t >= ms("2026-11-25T09:00:30Z"))
     })
     .await;

@@ -243,6 +243,8 @@ pub struct Agents {
     watches: tokio::sync::Mutex<HashMap<String, Arc<Watch>>>,
     pending: Mutex<HashMap<String, Pending>>,
     recovered: std::sync::atomic::AtomicBool,
+    /// The clock's time at the end of the last complete tick.
+    last_tick: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -314,6 +316,7 @@ impl Agents {
             watches: tokio::sync::Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             recovered: std::sync::atomic::AtomicBool::new(false),
+            last_tick: AtomicU64::new(0),
         }))
     }
 
@@ -604,6 +607,10 @@ async fn tick_once(api: &Api) -> Result<(), ControlError> {
                     continue;
                 }
                 let occ = occurrences(&cron, tz, checked, now, 100_000);
+                if occ.is_empty() {
+                    // Nothing due: no write (a tick must not cost an fsync per agent).
+                    continue;
+                }
                 let decision = decide(&occ, now, def.missed, agents.args.agents_catch_up_s * 1000);
                 let mut conn = agents.conn();
                 let tx = conn.transaction()?;
@@ -726,6 +733,7 @@ async fn tick_once(api: &Api) -> Result<(), ControlError> {
     }
     follow_active(api).await?;
     start_queued(api, &defs, now).await?;
+    agents.last_tick.store(now, Ordering::SeqCst);
     Ok(())
 }
 
@@ -1074,7 +1082,11 @@ async fn list_agents(
             Err(e) => json!({"name": name, "error": e.to_string(), "last_run": last}),
         });
     }
-    Ok(Json(json!({"agents": out, "now_ms": api.agents.now_ms()})))
+    Ok(Json(json!({
+        "agents": out,
+        "now_ms": api.agents.now_ms(),
+        "scheduler_ms": api.agents.last_tick.load(Ordering::SeqCst),
+    })))
 }
 
 async fn get_agent(
