@@ -355,6 +355,24 @@ async fn a_synced_edit_fires_a_files_trigger_and_a_webhook_trigger_runs_with_its
     assert_eq!(p.len(), 1, "{p:?}");
     assert!(p[0].contains("Changed files:\nsrc/lib.rs"), "{}", p[0]);
 
+    // An edit that keeps the file's size leaves its index entry alone; the file's own document
+    // changes, and that is watched too.
+    std::fs::write(
+        folder.join("src/lib.rs"),
+        "pub fn f() {}\npub fn h(s: &str) { std::process::Command::new(s); }\n",
+    )
+    .unwrap();
+    mirror.rescan().await;
+    client.flush_all(T).await.unwrap();
+    c.until("a second files-triggered run", T, async |c| {
+        let runs = c.runs("proj", "scan").await;
+        (runs.len() == 2 && runs.iter().all(|r| r["status"] == "done")).then_some(())
+    })
+    .await;
+    let runs = c.runs("proj", "scan").await;
+    assert_eq!(runs[0]["detail"], "src/lib.rs", "{runs:?}");
+    assert_eq!(prompts(&fake).len(), 2);
+
     // A webhook trigger: a run on request, with the payload in its prompt.
     let def = "---\ntrigger: webhook\n---\nWrite release notes for the pushed tag.\n";
     let (s, v) = c
