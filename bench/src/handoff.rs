@@ -51,9 +51,20 @@ async fn until(
     let changed = Arc::new(tokio::sync::Notify::new());
     let n = changed.clone();
     let key = "jarvis-bench-until";
-    doc.doc()
-        .observe_update_v1(key, move |_, _| n.notify_one())
-        .map_err(|e| anyhow::anyhow!("observing the session: {e}"))?;
+    // Subscribing needs the document's write lock, which the streaming runner holds in short
+    // bursts: retry until it is free.
+    let mut tries = 0;
+    loop {
+        let n = n.clone();
+        match doc.doc().observe_update_v1(key, move |_, _| n.notify_one()) {
+            Ok(()) => break,
+            Err(e) if tries >= 1000 => bail!("observing the session: {e}"),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     let result = loop {
         if cond(doc) {
@@ -65,7 +76,14 @@ async fn until(
             _ = tokio::time::sleep_until(deadline) => break Err(anyhow::anyhow!("timed out after {timeout:?}")),
         }
     };
-    let _ = doc.doc().unobserve_update_v1(key);
+    // Unsubscribing races the runner the same way; a subscription left behind only wakes a
+    // waiter that is gone.
+    for _ in 0..1000 {
+        if doc.doc().unobserve_update_v1(key).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     result
 }
 
@@ -187,9 +205,26 @@ pub async fn run(args: HandoffArgs) -> Result<()> {
         let runner = run_here(&device, provider.as_ref(), opts, None, None, cancel.clone());
         let measure = async {
             // Wait for the session to exist, then for the device to be streaming.
+            // Open the document only once the device has registered the session: before
+            // that the hub rightly refuses it.
+            let opened = tokio::time::Instant::now();
+            while device
+                .api
+                .get(&format!("/api/sessions/{session}"))
+                .await
+                .is_err()
+            {
+                if opened.elapsed() > Duration::from_secs(120) {
+                    bail!("session {session} was never registered");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             let doc = loop {
                 match device.session(&session).await {
                     Ok(d) => break d,
+                    Err(e) if opened.elapsed() > Duration::from_secs(120) => {
+                        return Err(e.context("the session never appeared"));
+                    }
                     Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
             };
@@ -214,8 +249,14 @@ pub async fn run(args: HandoffArgs) -> Result<()> {
             .context("the cloud did not finish")?;
             anyhow::Ok((t_granted, t_first, granted.is_some()))
         };
-        let (report, measured) = tokio::join!(runner, measure);
-        let report = report?;
+        tokio::pin!(runner, measure);
+        let (report, measured) = tokio::select! {
+            r = &mut runner => match r {
+                Err(e) => return Err(e.context(format!("handoff {i}: the device's run failed"))),
+                Ok(r) => (r, measure.await),
+            },
+            m = &mut measure => (runner.await?, m),
+        };
         let (granted, first, _) = measured?;
         if report.handed_to.as_deref() != Some("cloud") {
             bail!("handoff {i}: the device handed to {:?}", report.handed_to);

@@ -378,3 +378,40 @@ async fn users_cannot_reach_each_others_sessions_and_revoked_tokens_stop_at_once
     // The first token is unaffected.
     assert_eq!(api.call("GET", "/api/me", &alice, None).await.0, 200);
 }
+
+/// A device that opens a session document before the session is registered is refused; once
+/// the session exists, opening it again authenticates afresh instead of repeating the old
+/// refusal (found by the handoff benchmark, whose observer raced the registration).
+#[tokio::test]
+async fn a_document_refused_before_its_session_exists_opens_once_it_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let alice = add_user(&data, "alice").unwrap();
+    let agent = CloudAgent::start(&data, 0).unwrap();
+    let api = Http {
+        base: format!("http://127.0.0.1:{}", agent.port),
+        http: reqwest::Client::new(),
+    };
+    let c = client(&agent, &alice, tmp.path(), "early");
+    c.open("session/early").await.unwrap();
+    let refused = c.wait_synced("session/early", T).await.unwrap_err();
+    assert!(refused.to_string().contains("denied"), "{refused}");
+
+    let (s, v) = api
+        .call("POST", "/api/workspaces", &alice, Some(json!({"id": "we"})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/sessions",
+            &alice,
+            Some(json!({"id": "early", "workspace": "we", "title": "late registration"})),
+        )
+        .await;
+    assert!(s == 200 || s == 201, "{v}");
+
+    let doc = SessionDoc::new(c.open("session/early").await.unwrap());
+    c.wait_synced("session/early", T).await.unwrap();
+    assert_eq!(doc.meta().title, "late registration");
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use jarvis_sync::doc::{
-    Block, BlockRef, Decision, Message, Role, SessionDoc, SessionStatus, Usage,
+    Block, BlockRef, Decision, Message, Role, SessionDoc, SessionStatus, UpdateSignal, Usage,
 };
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -737,14 +737,8 @@ impl<'a> Runner<'a> {
             let base = session.interrupt_count();
             let local = local.clone();
             let fence = self.fence.clone();
-            let notify = std::sync::Arc::new(tokio::sync::Notify::new());
-            let n = notify.clone();
-            let key = new_id("runner-interrupt-");
-            let observed = session
-                .doc()
-                .observe_update_v1(key.as_str(), move |_, _| n.notify_one())
-                .is_ok();
             tokio::spawn(async move {
+                let notify = UpdateSignal::subscribe(session.doc()).await;
                 loop {
                     if session.interrupt_count() > base {
                         local.cancel();
@@ -753,14 +747,11 @@ impl<'a> Runner<'a> {
                         break;
                     }
                     tokio::select! {
-                        _ = notify.notified() => {}
+                        _ = notify.changed() => {}
                         _ = fence.cancelled() => local.cancel(),
                         _ = local.cancelled() => {}
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     }
-                }
-                if observed {
-                    let _ = session.doc().unobserve_update_v1(key.as_str());
                 }
             })
         };
@@ -788,13 +779,7 @@ impl<'a> Runner<'a> {
     }
 
     async fn wait_for_answer(&self, approval_id: &str, cancel: &CancellationToken) -> bool {
-        let notify = std::sync::Arc::new(tokio::sync::Notify::new());
-        let n = notify.clone();
-        let key = new_id("runner-wait-");
-        let observed = self
-            .session
-            .doc()
-            .observe_update_v1(key.as_str(), move |_, _| n.notify_one());
+        let notify = UpdateSignal::subscribe(self.session.doc()).await;
         let answered = || {
             !self
                 .session
@@ -807,7 +792,7 @@ impl<'a> Runner<'a> {
                 break true;
             }
             tokio::select! {
-                _ = notify.notified() => {}
+                _ = notify.changed() => {}
                 _ = cancel.cancelled() => break false,
                 _ = self.stop.cancelled() => break false,
                 _ = self.fence.cancelled() => break false,
@@ -815,9 +800,6 @@ impl<'a> Runner<'a> {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         };
-        if observed.is_ok() {
-            let _ = self.session.doc().unobserve_update_v1(key.as_str());
-        }
         result
     }
 }

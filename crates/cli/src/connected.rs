@@ -13,7 +13,7 @@ use jarvis_agent::permissions::Permissions;
 use jarvis_agent::runner::{Outcome, RunEvent, Runner, RunnerConfig};
 use jarvis_agent::tools::ToolBox;
 use jarvis_sync::client::{ClientConfig, SyncClient};
-use jarvis_sync::doc::{Block, Decision, SessionDoc};
+use jarvis_sync::doc::{Block, Decision, SessionDoc, UpdateSignal};
 use jarvis_sync::handoff::{self, ExpectedDoc};
 use jarvis_sync::mirror::FileMirror;
 use jarvis_sync::store::Store;
@@ -367,12 +367,7 @@ async fn keep_lease(
     stop: CancellationToken,
     fence: CancellationToken,
 ) {
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let n = changed.clone();
-    let key = format!("jarvis-lease-{session}");
-    let _ = doc
-        .doc()
-        .observe_update_v1(key.as_str(), move |_, _| n.notify_one());
+    let changed = UpdateSignal::subscribe(doc.doc()).await;
     let mut renew_at = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         if let Some(h) = doc.handoff()
@@ -399,7 +394,7 @@ async fn keep_lease(
             renew_at = tokio::time::Instant::now() + Duration::from_secs(5);
         }
         tokio::select! {
-            _ = changed.notified() => {}
+            _ = changed.changed() => {}
             _ = tokio::time::sleep_until(renew_at) => {}
         }
     }
@@ -461,11 +456,7 @@ pub async fn attach(
 ) -> Result<()> {
     use std::io::Write;
     let doc = device.session(session).await?;
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let n = changed.clone();
-    let _ = doc
-        .doc()
-        .observe_update_v1("jarvis-attach", move |_, _| n.notify_one());
+    let changed = UpdateSignal::subscribe(doc.doc()).await;
     // (message id, block index) → characters printed so far.
     let mut printed: std::collections::HashMap<(String, usize), usize> = Default::default();
     let mut last_status = String::new();
@@ -600,7 +591,7 @@ pub async fn attach(
             }
         }
         tokio::select! {
-            _ = changed.notified() => {}
+            _ = changed.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }

@@ -20,12 +20,14 @@ use jarvis_agent::permissions::{Mode, Permissions, Rule};
 use jarvis_agent::runner::{Outcome, Runner, RunnerConfig};
 use jarvis_agent::tools::{Sandbox, ToolBox};
 use jarvis_sync::client::{ClientConfig, SyncClient};
-use jarvis_sync::doc::{HandoffRequest, Role, SessionDoc, SessionStatus, WorkspaceIndex};
+use jarvis_sync::doc::{
+    HandoffRequest, Role, SessionDoc, SessionStatus, UpdateSignal, WorkspaceIndex,
+};
 use jarvis_sync::handoff::{self, ExpectedDoc};
 use jarvis_sync::hub::Hub;
 use jarvis_sync::mirror::FileMirror;
 use jarvis_sync::store::SqliteStore;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::{CLOUD_DEVICE, Control, ControlError, HandoffState, Identity, Lease, now_ms};
@@ -290,12 +292,7 @@ impl Cloud {
             doc.mark_cut(&last.id)?;
         }
         tracing::info!(%session, epoch = lease.epoch, "the cloud holds the session");
-        let changed = Arc::new(Notify::new());
-        let n = changed.clone();
-        let key = format!("cloud-host-{session}-{}", lease.epoch);
-        let _ = doc
-            .doc()
-            .observe_update_v1(key.as_str(), move |_, _| n.notify_one());
+        let changed = UpdateSignal::subscribe(doc.doc()).await;
         let result = self
             .host_loop(
                 session,
@@ -307,7 +304,7 @@ impl Cloud {
                 &changed,
             )
             .await;
-        let _ = doc.doc().unobserve_update_v1(key.as_str());
+        drop(changed);
         if fence.is_cancelled() || self.shutdown.is_cancelled() {
             return result;
         }
@@ -326,7 +323,7 @@ impl Cloud {
         mirror: &Arc<FileMirror>,
         stop: &CancellationToken,
         fence: &CancellationToken,
-        changed: &Notify,
+        changed: &UpdateSignal,
     ) -> anyhow::Result<()> {
         // After a turn that ended without finishing the task (failed, interrupted, out of
         // budget), wait for a new message instead of trying again on the same transcript.
@@ -355,7 +352,7 @@ impl Cloud {
             }
             let _ = workspace;
             tokio::select! {
-                _ = changed.notified() => {}
+                _ = changed.changed() => {}
                 _ = stop.cancelled() => {}
                 _ = fence.cancelled() => {}
                 _ = self.shutdown.cancelled() => {}

@@ -116,6 +116,9 @@ struct DocEntry {
 
 enum Command {
     Open(String),
+    /// Authenticate an open document again: the hub refused it earlier (a session opened
+    /// before it was registered, a membership granted since).
+    Reauth(String),
     Local {
         doc: String,
         update: Vec<u8>,
@@ -171,6 +174,10 @@ impl SyncClient {
             return Err(ClientError::InvalidName(name.to_owned()));
         }
         if let Some(e) = lock(&self.shared.docs).get(name) {
+            if e.status.borrow().denied.is_some() {
+                e.status.send_modify(|s| s.denied = None);
+                let _ = self.shared.commands.send(Command::Reauth(name.to_owned()));
+            }
             return Ok(e.doc.clone());
         }
         let store = self.shared.store.clone();
@@ -465,6 +472,14 @@ async fn connection(
             cmd = commands.recv() => match cmd {
                 None => return None,
                 Some(Command::Open(name)) => open_on_socket(shared, &name, &mut sessions, &mut out),
+                Some(Command::Reauth(name)) => {
+                    // Only a document the hub never accepted on this connection: nothing of it
+                    // is in flight, so starting over loses no acknowledgement.
+                    if sessions.get(&name).is_some_and(|s| !s.ready && s.in_flight.is_empty()) {
+                        sessions.remove(&name);
+                    }
+                    open_on_socket(shared, &name, &mut sessions, &mut out);
+                }
                 Some(Command::Local { doc, update, edit }) => {
                     if let Some(s) = sessions.get_mut(&doc).filter(|s| s.ready) {
                         out.push(Frame::doc(doc, Message::Sync(SyncMessage::Update(update))).encode());

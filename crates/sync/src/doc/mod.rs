@@ -8,6 +8,7 @@
 mod file;
 mod names;
 mod session;
+mod signal;
 mod workspace;
 
 pub use file::FileText;
@@ -16,6 +17,7 @@ pub use session::{
     Block, BlockRef, Decision, HandoffRequest, Message, NewMessage, Role, Runner, SessionDoc,
     SessionMeta, SessionStatus, Usage,
 };
+pub use signal::UpdateSignal;
 pub use workspace::{EntryKind, FileEntry, WorkspaceIndex, check_path};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
