@@ -395,3 +395,82 @@ async fn a_mention_in_a_pr_comment_asks_for_a_review_other_events_are_ignored() 
     .await;
     assert_eq!(s.llm.requests().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repository_is_fetched_over_http_with_the_token_as_a_header_never_in_the_url() {
+    let data = tempfile::tempdir().unwrap();
+    // A Git host that knows no repositories: it records what git asked and answers 404.
+    let host = FakeServer::start_with(
+        vec![],
+        FakeOptions {
+            keep_alive: false,
+            responder: Some(Arc::new(|_: &RecordedRequest| {
+                FakeResponse::raw(404, "Repository not found.")
+            })),
+        },
+    )
+    .await
+    .unwrap();
+    let agent = CloudAgent::start_with_env(
+        data.path(),
+        0,
+        &[
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9"),
+            ("ANTHROPIC_API_KEY", "test-key"),
+            ("JARVIS_GITHUB_WEBHOOK_SECRET", SECRET),
+            ("JARVIS_GITHUB_TOKEN", GH_TOKEN),
+            ("JARVIS_GITHUB_API_URL", "http://127.0.0.1:9"),
+            ("JARVIS_GITHUB_CLONE_URL", &host.url()),
+        ],
+    )
+    .unwrap();
+    let admin = create_token(data.path(), &["*"], false).unwrap();
+    let body = serde_json::to_vec(&fixture("pull_request.opened.json")).unwrap();
+    let (status, v) = deliver(
+        &agent,
+        "pull_request",
+        "d-http",
+        &body,
+        Some(sign(&body, SECRET)),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    let asked = until("git to ask the host", Duration::from_secs(30), || {
+        host.requests().first().cloned()
+    })
+    .await;
+    assert_eq!(
+        asked.path,
+        "/Codertocat/Hello-World.git/info/refs?service=git-upload-pack"
+    );
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            &format!("printf %s 'x-access-token:{GH_TOKEN}' | base64 -w0"),
+        ])
+        .output()
+        .unwrap();
+    let basic = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(asked.headers["authorization"], format!("Basic {basic}"));
+    assert!(!asked.path.contains(GH_TOKEN));
+    // The failed fetch is recorded (audit log), without the token.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let audit = loop {
+        let text = reqwest::Client::new()
+            .get(agent.http_url("/api/audit"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("github.review.failed") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no failure recorded: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(audit.contains("git fetch failed"), "{audit}");
+    assert!(!audit.contains(GH_TOKEN));
+}
