@@ -95,6 +95,26 @@ fn hello_world(root: &Path) -> (String, String) {
     (base, head)
 }
 
+fn env_for(llm: &FakeServer, github: &FakeServer, repos: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("ANTHROPIC_BASE_URL", llm.url()),
+        ("ANTHROPIC_API_KEY", "test-key".into()),
+        ("JARVIS_SANDBOX", "limits".into()),
+        ("JARVIS_GITHUB_WEBHOOK_SECRET", SECRET.into()),
+        ("JARVIS_GITHUB_TOKEN", GH_TOKEN.into()),
+        ("JARVIS_GITHUB_API_URL", github.url()),
+        (
+            "JARVIS_GITHUB_CLONE_URL",
+            format!("file://{}", repos.display()),
+        ),
+    ]
+}
+
+fn start_agent(data: &Path, env: &[(&'static str, String)]) -> CloudAgent {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    CloudAgent::start_with_env(data, 0, &env).unwrap()
+}
+
 struct Setup {
     _dirs: Vec<tempfile::TempDir>,
     agent: CloudAgent,
@@ -104,9 +124,15 @@ struct Setup {
     base: String,
     head: String,
     data: PathBuf,
+    env: Vec<(&'static str, String)>,
 }
 
 async fn setup() -> Setup {
+    setup_with(Duration::ZERO).await
+}
+
+/// As [`setup`], with the model's reply streamed slowly (`delay` between chunks).
+async fn setup_with(delay: Duration) -> Setup {
     let data = tempfile::tempdir().unwrap();
     let repos = tempfile::tempdir().unwrap();
     let (base, head) = hello_world(repos.path());
@@ -114,8 +140,8 @@ async fn setup() -> Setup {
         vec![],
         FakeOptions {
             keep_alive: false,
-            responder: Some(Arc::new(|_: &RecordedRequest| {
-                FakeResponse::sse(&reply(REVIEW, &[], (900, 60, 0, 0)), &[64])
+            responder: Some(Arc::new(move |_: &RecordedRequest| {
+                FakeResponse::sse(&reply(REVIEW, &[], (900, 60, 0, 0)), &[64]).with_delay(delay)
             })),
         },
     )
@@ -140,21 +166,8 @@ async fn setup() -> Setup {
     )
     .await
     .unwrap();
-    let clone = format!("file://{}", repos.path().display());
-    let agent = CloudAgent::start_with_env(
-        data.path(),
-        0,
-        &[
-            ("ANTHROPIC_BASE_URL", &llm.url()),
-            ("ANTHROPIC_API_KEY", "test-key"),
-            ("JARVIS_SANDBOX", "limits"),
-            ("JARVIS_GITHUB_WEBHOOK_SECRET", SECRET),
-            ("JARVIS_GITHUB_TOKEN", GH_TOKEN),
-            ("JARVIS_GITHUB_API_URL", &github.url()),
-            ("JARVIS_GITHUB_CLONE_URL", &clone),
-        ],
-    )
-    .unwrap();
+    let env = env_for(&llm, &github, repos.path());
+    let agent = start_agent(data.path(), &env);
     let admin = create_token(data.path(), &["*"], false).unwrap();
     let data_path = data.path().to_path_buf();
     Setup {
@@ -166,6 +179,7 @@ async fn setup() -> Setup {
         base,
         head,
         data: data_path,
+        env,
     }
 }
 
@@ -473,4 +487,58 @@ async fn the_repository_is_fetched_over_http_with_the_token_as_a_header_never_in
     };
     assert!(audit.contains("git fetch failed"), "{audit}");
     assert!(!audit.contains(GH_TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_cut_by_a_crash_is_finished_and_posted_once_after_the_restart() {
+    // The model takes a few seconds to answer: the server is killed while it streams.
+    let s = setup_with(Duration::from_millis(100)).await;
+    let body = serde_json::to_vec(&fixture("pull_request.opened.json")).unwrap();
+    let (status, v) = deliver(
+        &s.agent,
+        "pull_request",
+        "d-crash",
+        &body,
+        Some(sign(&body, SECRET)),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    until(
+        "the review session to ask the model",
+        Duration::from_secs(30),
+        || (!s.llm.requests().is_empty()).then_some(()),
+    )
+    .await;
+    let Setup {
+        _dirs,
+        agent,
+        llm,
+        github,
+        data,
+        env,
+        ..
+    } = s;
+    agent.kill9().unwrap();
+    assert!(reviews(&github).is_empty(), "posted before the crash");
+    let agent = start_agent(&data, &env);
+    let posted = until(
+        "the review posted after the restart",
+        Duration::from_secs(60),
+        || reviews(&github).first().cloned(),
+    )
+    .await;
+    assert!(posted.body["body"].as_str().unwrap().contains(REVIEW));
+    // A redelivery after the restart is still a duplicate.
+    let (status, v) = deliver(
+        &agent,
+        "pull_request",
+        "d-crash",
+        &body,
+        Some(sign(&body, SECRET)),
+    )
+    .await;
+    assert_eq!((status, &v["duplicate"]), (200, &json!(true)), "{v}");
+    assert_eq!(reviews(&github).len(), 1);
+    // The cut reply was asked again by the resumed session: two model requests in all.
+    assert_eq!(llm.requests().len(), 2);
 }

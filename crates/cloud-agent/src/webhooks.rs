@@ -646,9 +646,8 @@ async fn review(
         run: Some("cloud".into()),
         ..Default::default()
     };
-    crate::api::start_session(api, &who, new)
-        .await
-        .map_err(|e| WebhookError::Session(e.message))?;
+    // Recorded before the session starts, so a restart at any point after this finds the
+    // review (and the session, once it exists) and posts it once.
     hooks.conn().execute(
         "INSERT OR IGNORE INTO github_reviews
            (session, delivery, owner, repo, number, head_sha, started_ms)
@@ -663,6 +662,9 @@ async fn review(
             now_ms() as i64
         ],
     )?;
+    crate::api::start_session(api, &who, new)
+        .await
+        .map_err(|e| WebhookError::Session(e.message))?;
     hooks.set_outcome(delivery, &format!("reviewing in session {session}"));
     finish_review(api, session).await
 }
@@ -695,6 +697,11 @@ async fn finish_review(api: &Api, session: &str) -> Result<(), WebhookError> {
     };
     if posted.is_some() {
         return Ok(());
+    }
+    if api.control.session(session)?.is_none() {
+        return Err(WebhookError::Session(format!(
+            "review session {session} was never started (the server stopped first)"
+        )));
     }
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(hooks.args.github_review_timeout_s);
