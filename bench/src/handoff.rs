@@ -201,6 +201,7 @@ pub async fn run(args: HandoffArgs) -> Result<()> {
             allow: Vec::new(),
             deny: Vec::new(),
             budget_usd: None,
+            mirror: None,
         };
         let runner = run_here(&device, provider.as_ref(), opts, None, None, cancel.clone());
         let measure = async {

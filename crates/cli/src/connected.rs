@@ -211,6 +211,9 @@ pub struct RunOptions {
     pub allow: Vec<String>,
     pub deny: Vec<String>,
     pub budget_usd: Option<f64>,
+    /// A mirror of `dir` the caller keeps running (the desktop keeps one per opened folder);
+    /// None starts one for this run.
+    pub mirror: Option<Arc<FileMirror>>,
 }
 
 /// What `run_here` did, for the caller to print.
@@ -253,7 +256,10 @@ pub async fn run_here(
             }
         }
     };
-    let mirror = device.mirror(&dir, &workspace).await?;
+    let mirror = match opts.mirror.clone() {
+        Some(m) => m,
+        None => Arc::new(device.mirror(&dir, &workspace).await?),
+    };
     let mut body = json!({
         "id": session, "workspace": workspace, "model": opts.model,
         "allow": opts.allow, "deny": opts.deny,
