@@ -246,6 +246,10 @@ test('web view: sign in, start, stream, approve, files and diff, follow-up, a CL
   const devices = await call(cloud.base, alice, 'GET', '/api/devices');
   assert.ok(devices.devices.some((d) => d.id === stored.device && d.name.startsWith('Browser on')), JSON.stringify(devices));
 
+  // --- with no session open, a workspace can be browsed.
+  await a.getByTestId('workspace-picker').selectOption('notes');
+  await a.getByTestId('file-README.md').waitFor({ timeout: T });
+
   // --- start a session in the cloud from the desktop browser.
   await a.getByTestId('new-session').click();
   await a.getByTestId('ns-workspace').fill('notes');

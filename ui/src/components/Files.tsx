@@ -1,5 +1,6 @@
-import { useMemo, useState } from 'react';
-import { useDoc, useDocVersion } from '../lib/hooks';
+import { useEffect, useMemo, useState } from 'react';
+import type { Workspace } from '../lib/api';
+import { useApp, useDoc, useDocVersion } from '../lib/hooks';
 import { readIndex, readMessages, type FileEntry } from '../lib/model';
 import { sessionChanges } from '../lib/session-diff.js';
 
@@ -55,8 +56,25 @@ function DirView({ dir, depth, isOpen, toggle, selected, changed, onOpen }: {
   );
 }
 
-export function FileTree({ workspace, session, selected, onOpen, onShowChanges }: {
+/** Without an open session, the person picks which workspace to browse. */
+function WorkspacePicker({ workspace, onPick }: { workspace: string | null; onPick: (w: string) => void }) {
+  const { api } = useApp();
+  const [list, setList] = useState<Workspace[]>([]);
+  useEffect(() => { api.workspaces().then(setList).catch(() => setList([])); }, [api]);
+  if (!list.length) return <p className="muted small-pad">Open a session to see its workspace.</p>;
+  return (
+    <div className="small-pad">
+      <select aria-label="Workspace" value={workspace ?? ''} onChange={(e) => onPick(e.target.value)} data-testid="workspace-picker">
+        <option value="" disabled>Choose a workspace…</option>
+        {list.map((w) => <option key={w.id} value={w.id}>{w.name || w.id}</option>)}
+      </select>
+    </div>
+  );
+}
+
+export function FileTree({ workspace, session, selected, onOpen, onShowChanges, onPickWorkspace }: {
   workspace: string | null; session: string | null; selected: string | null; onOpen: (p: string) => void; onShowChanges: () => void;
+  onPickWorkspace: (w: string) => void;
 }) {
   const index = useDoc(workspace ? `ws/${workspace}/index` : null);
   const iv = useDocVersion(index?.doc);
@@ -83,7 +101,7 @@ export function FileTree({ workspace, session, selected, onOpen, onShowChanges }
         <h2>Files{workspace ? <span className="muted"> · {workspace}</span> : null}</h2>
         {changed.size > 0 && <button className="link small" onClick={onShowChanges}>Changes ({changed.size})</button>}
       </div>
-      {!workspace && <p className="muted small-pad">Open a session to see its workspace.</p>}
+      {!session && <WorkspacePicker workspace={workspace} onPick={onPickWorkspace} />}
       {index?.denied && <p className="error small-pad">{index.denied}</p>}
       {workspace && index && !index.synced && entries.length === 0 && <p className="muted small-pad">Loading…</p>}
       {workspace && index?.synced && entries.length === 0 && <p className="muted small-pad">No files yet.</p>}

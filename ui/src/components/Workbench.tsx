@@ -97,7 +97,7 @@ export function Workbench() {
     <SessionList sessions={sessions} error={listError} selected={selected} devices={devices} onOpen={open} onNew={() => setDialog('new')} />
   );
   const filesPanel = (
-    <FileTree workspace={workspace} session={selected} selected={file} onOpen={openFile} onShowChanges={showChanges} />
+    <FileTree workspace={workspace} session={selected} selected={file} onOpen={openFile} onShowChanges={showChanges} onPickWorkspace={(w) => { setWorkspace(w); setFile(null); }} />
   );
   const previewPanel = (
     <Preview workspace={workspace} session={selected} path={file} mode={previewMode} setMode={setPreviewMode} onOpenFile={openFile} />
