@@ -5,17 +5,36 @@ import { readMeta } from '../lib/model';
 import { Dialog } from './Dialog';
 import { statusOf, timeAgo, whereLabel } from './labels';
 
+/** One row. A session that is open or at work follows its document live; the rest use the list. */
+function SessionRow({ s, selected, devices, onOpen }: { s: SessionSummary; selected: boolean; devices: Device[]; onOpen: (id: string) => void }) {
+  const { me } = useApp();
+  const active = selected || s.status === 'running' || s.status === 'waiting_approval';
+  const doc = useDoc(active ? `session/${s.id}` : null);
+  const v = useDocVersion(doc?.doc);
+  const status = doc?.synced && v >= 0 ? readMeta(doc.doc).status : s.status;
+  const st = statusOf(status);
+  const where = whereLabel(s.runner, me.device, devices);
+  return (
+    <li>
+      <button className={`session-item ${selected ? 'selected' : ''}`} onClick={() => onOpen(s.id)} data-testid={`session-${s.id}`} data-status={status}>
+        <span className="session-title">{s.title || 'Untitled session'}</span>
+        <span className="session-sub">
+          <span className={`badge tone-${st.tone}`}>{st.label}{s.pending_approvals > 0 && status !== 'waiting_approval' ? ' · approval' : ''}</span>
+          <span className={`where where-${where.kind}`} data-testid="where">{where.label}</span>
+        </span>
+        <span className="session-meta">{s.workspace} · {timeAgo(s.created_ms)}</span>
+      </button>
+    </li>
+  );
+}
+
 export function SessionList({ sessions, error, selected, devices, onOpen, onNew }: {
   sessions: SessionSummary[] | null; error: string | null; selected: string | null; devices: Device[];
   onOpen: (id: string) => void; onNew: () => void;
 }) {
   const { me } = useApp();
+  // New sessions (from any device) arrive with the list, refreshed every 1.5 s.
   const sorted = [...(sessions ?? [])].sort((a, b) => b.created_ms - a.created_ms);
-  // The open session's state comes live from its document (shared with the chat); the others
-  // from the list, refreshed every 1.5 s.
-  const open = useDoc(selected ? `session/${selected}` : null);
-  const v = useDocVersion(open?.doc);
-  const live = open?.synced && v >= 0 ? readMeta(open.doc).status : null;
   return (
     <div className="sessions">
       <div className="panel-head">
@@ -26,22 +45,7 @@ export function SessionList({ sessions, error, selected, devices, onOpen, onNew 
       {sessions === null && !error && <p className="muted small-pad">Loading…</p>}
       {sessions?.length === 0 && <p className="muted small-pad">No sessions yet. Start one with <b>New</b>.</p>}
       <ul className="session-list" data-testid="session-list">
-        {sorted.map((s) => {
-          const st = statusOf(s.id === selected && live ? live : s.status);
-          const where = whereLabel(s.runner, me.device, devices);
-          return (
-            <li key={s.id}>
-              <button className={`session-item ${selected === s.id ? 'selected' : ''}`} onClick={() => onOpen(s.id)} data-testid={`session-${s.id}`} data-status={s.id === selected && live ? live : s.status}>
-                <span className="session-title">{s.title || 'Untitled session'}</span>
-                <span className="session-sub">
-                  <span className={`badge tone-${st.tone}`}>{st.label}{s.pending_approvals > 0 && s.status !== 'waiting_approval' ? ' · approval' : ''}</span>
-                  <span className={`where where-${where.kind}`} data-testid="where">{where.label}</span>
-                </span>
-                <span className="session-meta">{s.workspace} · {timeAgo(s.created_ms)}</span>
-              </button>
-            </li>
-          );
-        })}
+        {sorted.map((s) => <SessionRow key={s.id} s={s} selected={selected === s.id} devices={devices} onOpen={onOpen} />)}
       </ul>
     </div>
   );
