@@ -29,6 +29,20 @@ fn ms(s: &str) -> u64 {
         .unwrap()
 }
 
+fn sign(body: &[u8], secret: &str) -> String {
+    // HMAC-SHA256 by the openssl CLI, independent of the server's implementation.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("body");
+    std::fs::write(&f, body).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", secret, "-hex"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let s = String::from_utf8(out.stdout).unwrap();
+    format!("sha256={}", s.trim().rsplit(' ').next().unwrap())
+}
+
 fn set_clock(path: &Path, at: u64) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, format!("{at}\n")).unwrap();
@@ -291,6 +305,10 @@ async fn a_synced_edit_fires_a_files_trigger_and_a_webhook_trigger_runs_with_its
         ("JARVIS_SANDBOX", "limits".to_owned()),
         ("JARVIS_AGENTS_TICK_MS", "50".to_owned()),
         ("JARVIS_AGENTS_FILE_DEBOUNCE_MS", "300".to_owned()),
+        (
+            "JARVIS_AGENTS_WEBHOOK_SECRET",
+            "agent-hook-secret".to_owned(),
+        ),
     ];
     let agent = start(&data, &env);
     let admin = create_token(&data, &["*"], false).unwrap();
@@ -401,6 +419,39 @@ async fn a_synced_edit_fires_a_files_trigger_and_a_webhook_trigger_runs_with_its
     .await;
     let p = prompts(&fake);
     assert!(p.iter().any(|t| t.contains("refs/tags/v1.2.0")), "{p:?}");
+    // The same agent from a sender without a token: signed like a GitHub webhook, acted on
+    // once per delivery id.
+    let push =
+        serde_json::to_vec(&json!({"ref": "refs/tags/v1.3.0", "after": "ec26c3e5"})).unwrap();
+    let hook = |sig: String, delivery: &str| {
+        reqwest::Client::new()
+            .post(agent.http_url("/webhooks/agents/proj/release-notes"))
+            .header("content-type", "application/json")
+            .header("x-github-event", "push")
+            .header("x-github-delivery", delivery)
+            .header("x-hub-signature-256", sig)
+            .body(push.clone())
+            .send()
+    };
+    let bad = hook(sign(&push, "wrong-secret"), "a-1").await.unwrap();
+    assert_eq!(bad.status(), 401);
+    let ok = hook(sign(&push, "agent-hook-secret"), "a-1").await.unwrap();
+    assert_eq!(ok.status(), 202);
+    let again = hook(sign(&push, "agent-hook-secret"), "a-1").await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await.unwrap()["duplicate"], true);
+    c.until("the signed webhook run to finish", T, async |c| {
+        let runs = c.runs("proj", "release-notes").await;
+        (runs.len() == 2 && runs.iter().all(|r| r["status"] == "done")).then_some(())
+    })
+    .await;
+    let p = prompts(&fake);
+    assert_eq!(
+        p.iter().filter(|t| t.contains("refs/tags/v1.3.0")).count(),
+        1,
+        "{p:?}"
+    );
+
     // An unknown agent and a bad definition are refused.
     let (s, _) = c
         .call(

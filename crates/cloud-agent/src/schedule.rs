@@ -104,7 +104,7 @@ impl Clock for FileClock {
 }
 
 /// Options of the scheduler (part of `jarvis-cloud serve`).
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct AgentArgs {
     /// Background-agent runs active at once; more wait in a queue.
     #[arg(long, env = "JARVIS_AGENTS_MAX_CONCURRENT", default_value_t = 2)]
@@ -132,9 +132,27 @@ pub struct AgentArgs {
     /// Quiet time after a file change before a files-triggered run starts, in milliseconds.
     #[arg(long, env = "JARVIS_AGENTS_FILE_DEBOUNCE_MS", default_value_t = 2000)]
     pub agents_file_debounce_ms: u64,
+    /// Secret for `POST /webhooks/agents/{workspace}/{name}` (X-Hub-Signature-256); without
+    /// it that endpoint answers 404 (the authenticated API can still trigger runs).
+    #[arg(long, env = "JARVIS_AGENTS_WEBHOOK_SECRET", hide_env_values = true)]
+    pub agents_webhook_secret: Option<String>,
     /// Read the scheduler's time from this file (milliseconds since the epoch); for tests.
     #[arg(long, env = "JARVIS_CLOCK_FILE", hide = true)]
     pub clock_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for AgentArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentArgs")
+            .field("max_concurrent", &self.agents_max_concurrent)
+            .field("user_daily_budget_usd", &self.agents_user_daily_budget_usd)
+            .field("catch_up_s", &self.agents_catch_up_s)
+            .field(
+                "webhook_secret",
+                &self.agents_webhook_secret.as_ref().map(|_| "…"),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// Runs on time within this grace are on time, not missed.
@@ -1033,6 +1051,7 @@ pub fn router(api: Api) -> Router {
             "/api/workspaces/{id}/agents/{name}/runs",
             post(trigger_run).get(agent_runs),
         )
+        .route("/webhooks/agents/{id}/{name}", post(signed_trigger))
         .with_state(api)
 }
 
@@ -1199,36 +1218,134 @@ async fn trigger_run(
     if detail.len() > 256 * 1024 {
         return Err(invalid("the payload is larger than 256 KiB"));
     }
-    // Make sure the scheduler knows the definition (it may have been written a moment ago).
-    api.agents.poke();
+    let (run, at) = queue_run(
+        &api,
+        (&id, &name),
+        &w.owner,
+        kind,
+        &detail,
+        &format!("requested by {}", who.user_name),
+    )?;
+    api.control.audit(Some(&who), "agent.trigger", &key, kind);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"run": run, "agent": name, "scheduled_ms": at, "trigger": kind})),
+    ))
+}
+
+/// Queues a run now (the next free millisecond: runs are unique per scheduled time) and wakes
+/// the scheduler; returns the run's id and scheduled time.
+fn queue_run(
+    api: &Api,
+    (workspace, name): (&str, &str),
+    owner: &str,
+    kind: &str,
+    detail: &str,
+    note: &str,
+) -> Result<(i64, u64), ControlError> {
+    let key = format!("{workspace}/{name}");
     let mut at = api.agents.now_ms();
-    let id_row = {
+    let run = {
         let conn = api.agents.conn();
         loop {
             if Agents::insert_run(
-                &conn,
-                &key,
-                &id,
-                &name,
-                at,
-                kind,
-                &detail,
-                "queued",
-                &w.owner,
-                &format!("requested by {}", who.user_name),
-                at,
-            )
-            .map_err(ControlError::Db)?
-            {
+                &conn, &key, workspace, name, at, kind, detail, "queued", owner, note, at,
+            )? {
                 break conn.last_insert_rowid();
             }
             at += 1;
         }
     };
-    api.control.audit(Some(&who), "agent.trigger", &key, kind);
+    // Make sure the scheduler knows the definition (it may have been written a moment ago).
+    api.agents.poke();
+    Ok((run, at))
+}
+
+/// `POST /webhooks/agents/{workspace}/{name}`: a webhook trigger any sender can call (GitHub,
+/// CI), authenticated by `X-Hub-Signature-256` with `--agents-webhook-secret` instead of a
+/// token. A delivery id (`X-GitHub-Delivery` or `X-Delivery-Id`) is acted on once.
+async fn signed_trigger(
+    State(api): State<Api>,
+    UrlPath((id, name)): UrlPath<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let refuse = |status, code, message: &str| ApiError {
+        status,
+        code,
+        message: message.to_owned(),
+        retry_after: None,
+    };
+    let Some(secret) = &api.agents.args.agents_webhook_secret else {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "signed agent webhooks are not configured (set JARVIS_AGENTS_WEBHOOK_SECRET)",
+        ));
+    };
+    let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    if !crate::webhooks::signature_valid(secret.as_bytes(), &body, header("x-hub-signature-256")) {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "invalid_signature",
+            "X-Hub-Signature-256 does not match the payload",
+        ));
+    }
+    // The same answer for a missing workspace or agent: nothing is disclosed to a sender that
+    // only knows the secret.
+    let missing = || ControlError::NotFound(format!("no agent {name:?} in {id:?}"));
+    let w = api
+        .control
+        .workspace(&system_identity(), &id)
+        .map_err(|_| missing())?;
+    let def = agents::load(&api.hub, &id)
+        .await
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .ok_or_else(missing)?
+        .1
+        .map_err(|e| invalid(format!("the definition is invalid: {e}")))?;
+    if !matches!(def.trigger, Trigger::Webhook) {
+        return Err(invalid(format!("agent {name:?} is not webhook-triggered")));
+    }
+    if let Some(delivery) = header("x-github-delivery").or(header("x-delivery-id")) {
+        let first = api
+            .webhooks
+            .first_delivery(delivery, &format!("agent {id}/{name}"), "agent run")
+            .map_err(ControlError::Db)?;
+        if !first {
+            return Ok((
+                StatusCode::OK,
+                Json(json!({"delivery": delivery, "duplicate": true})),
+            ));
+        }
+    }
+    let mut detail = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
+        Err(_) => String::from_utf8_lossy(&body).into_owned(),
+    };
+    if detail.len() > 64 * 1024 {
+        let mut cut = 64 * 1024;
+        while !detail.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        detail.truncate(cut);
+        detail.push_str("\n[payload truncated]");
+    }
+    let event = header("x-github-event").unwrap_or("webhook");
+    let (run, at) = queue_run(
+        &api,
+        (&id, &name),
+        &w.owner,
+        "webhook",
+        &detail,
+        &format!("signed webhook ({event})"),
+    )?;
+    api.control
+        .audit(None, "agent.webhook", &format!("{id}/{name}"), event);
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"run": id_row, "agent": name, "scheduled_ms": at, "trigger": kind})),
+        Json(json!({"run": run, "agent": name, "scheduled_ms": at, "trigger": "webhook"})),
     ))
 }
 

@@ -270,7 +270,12 @@ impl Webhooks {
     }
 
     /// Records a delivery; false when it was recorded before (a redelivery).
-    fn first_delivery(&self, delivery: &str, event: &str, outcome: &str) -> rusqlite::Result<bool> {
+    pub(crate) fn first_delivery(
+        &self,
+        delivery: &str,
+        event: &str,
+        outcome: &str,
+    ) -> rusqlite::Result<bool> {
         let n = self.conn().execute(
             "INSERT OR IGNORE INTO github_deliveries (delivery, event, received_ms, outcome)
              VALUES (?1, ?2, ?3, ?4)",
