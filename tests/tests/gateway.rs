@@ -506,6 +506,32 @@ async fn bedrock_upstream_is_signed_and_its_event_stream_reframed_as_sse() {
         u["gateway"]["by_user"][&id]["cache_read_tokens"] == 6
     })
     .await;
+
+    // Not streaming: InvokeModel, whose JSON is the API's message, passed back as is.
+    let msg = json!({"id": "msg_bdrk", "type": "message", "role": "assistant",
+        "model": "claude-sonnet-4-5", "content": [{"type": "text", "text": "Plain."}],
+        "stop_reason": "end_turn", "usage": {"input_tokens": 5, "output_tokens": 2}});
+    fake.push(FakeResponse::raw(200, &msg.to_string()));
+    let resp = reqwest::Client::new()
+        .post(agent.http_url("/v1/messages"))
+        .header("x-api-key", &alice)
+        .header("anthropic-version", "2023-06-01")
+        .json(
+            &json!({"model": "anthropic.claude-sonnet-4-5-v1:0", "max_tokens": 16,
+                      "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap(), msg);
+    let r = &fake.requests()[1];
+    assert_eq!(r.path, "/model/anthropic.claude-sonnet-4-5-v1%3A0/invoke");
+    assert_eq!(r.headers["accept"], "application/json");
+    wait_usage(&agent, &alice, "both bedrock requests", |u| {
+        u["gateway"]["by_user"][&id]["requests"] == 2
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -574,4 +600,27 @@ async fn vertex_upstream_gets_a_service_account_token() {
     assert_eq!(r.headers["authorization"], "Bearer ya29.fake-token");
     assert_eq!(r.body["anthropic_version"], "vertex-2023-10-16");
     assert_eq!(r.body["stream"], true);
+
+    // count_tokens: Vertex's count-tokens endpoint, the model in the body; the token reused.
+    fake.push(FakeResponse::raw(200, r#"{"input_tokens":9}"#));
+    let resp = reqwest::Client::new()
+        .post(agent.http_url("/v1/messages/count_tokens"))
+        .header("x-api-key", &alice)
+        .header("anthropic-version", "2023-06-01")
+        .json(
+            &json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["input_tokens"], 9);
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 3, "one token exchange for both requests");
+    assert_eq!(
+        reqs[2].path,
+        "/v1/projects/example-project/locations/us-east5/publishers/anthropic/models/count-tokens:rawPredict"
+    );
+    assert_eq!(reqs[2].body["model"], "claude-sonnet-4-5");
+    assert_eq!(reqs[2].body["anthropic_version"], "vertex-2023-10-16");
 }
