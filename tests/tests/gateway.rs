@@ -624,3 +624,41 @@ async fn vertex_upstream_gets_a_service_account_token() {
     assert_eq!(reqs[2].body["model"], "claude-sonnet-4-5");
     assert_eq!(reqs[2].body["anthropic_version"], "vertex-2023-10-16");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_stream_is_charged_what_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_api().await;
+    let agent = start(dir.path(), &fake.url(), &[]);
+    let alice = add_user(dir.path(), "alice").unwrap();
+    // A long reply, one event per write, 50 ms apart: the client leaves after the first.
+    let events = reply(&"word ".repeat(60), &[], (321, 50, 0, 0));
+    let mut slow = FakeResponse::sse(&events, &[1 << 20]);
+    slow.chunks = events
+        .iter()
+        .map(|e| sse_body(std::slice::from_ref(e)).into_bytes())
+        .collect();
+    fake.push(slow.with_delay(Duration::from_millis(50)));
+    let resp = reqwest::Client::new()
+        .post(agent.http_url("/v1/messages"))
+        .header("x-api-key", &alice)
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "m", "max_tokens": 500, "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    drop(stream);
+    let id = user_id(&agent, &alice).await;
+    let u = wait_usage(&agent, &alice, "the cut request recorded", |u| {
+        u["gateway"]["by_user"][&id]["requests"] == 1
+    })
+    .await;
+    // message_start's input side is charged; the final output count never arrived.
+    let mine = &u["gateway"]["by_user"][&id];
+    assert_eq!(mine["input_tokens"], 321);
+    assert_eq!(mine["output_tokens"], 1);
+}
