@@ -170,6 +170,7 @@ const launchArgs = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-ba
 /** Fails the test on any script error in the page, and records dialogs (alert() would be one). */
 function watch(page, sink) {
   page.on('pageerror', (e) => sink.errors.push(String(e)));
+  page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') sink.console.push(`${m.type()}: ${m.text()}`); });
   page.on('dialog', (d) => { sink.dialogs.push(d.message()); d.dismiss().catch(() => {}); });
 }
 
@@ -216,7 +217,7 @@ test('web view: sign in, start, stream, approve, files and diff, follow-up, a CL
   const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
   const a = await desk.newPage();
   const b = await phone.newPage();
-  const seen = { errors: [], dialogs: [] };
+  const seen = { errors: [], dialogs: [], console: [] };
   watch(a, seen);
   watch(b, seen);
 
@@ -419,6 +420,9 @@ test('web view: sign in, start, stream, approve, files and diff, follow-up, a CL
   await b.screenshot({ path: join(SHOTS, 'phone-0-sessions.png') });
   const wide = await b.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth);
   assert.ok(wide, 'nothing overflows the phone width');
+
+  // The pairing poll's "not approved yet" is a 428 by design; Chromium logs every non-2xx load.
+  assert.deepEqual(seen.console.filter((m) => !/status of 428/.test(m)), [], 'no other errors or warnings on the console');
 
   // --- revoking the desktop browser (from anywhere) signs it out, with a note, and forgets the token.
   await call(cloud.base, alice, 'DELETE', `/api/devices/${stored.device}`);
