@@ -62,13 +62,13 @@ function until(what, cond, ms = T) {
   });
 }
 
-async function startCloud(dataDir, fakeUrl) {
-  const child = spawn(CLOUD, ['serve', '--host', '127.0.0.1', '--port', '0', '--data-dir', dataDir, '--ui-dir', UI_DIST], {
+async function startCloud(dataDir, fakeUrl, port = 0) {
+  const child = spawn(CLOUD, ['serve', '--host', '127.0.0.1', '--port', String(port), '--data-dir', dataDir, '--ui-dir', UI_DIST], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, RUST_LOG: 'warn', ANTHROPIC_BASE_URL: fakeUrl, ANTHROPIC_API_KEY: 'test-key', JARVIS_SANDBOX: 'limits' },
   });
   let out = '';
-  const port = await new Promise((ok, fail) => {
+  const bound = await new Promise((ok, fail) => {
     const timer = setTimeout(() => fail(new Error(`jarvis-cloud did not start: ${out}`)), T);
     child.stdout.on('data', (c) => {
       out += c;
@@ -79,7 +79,8 @@ async function startCloud(dataDir, fakeUrl) {
   });
   const admin = out.match(/admin token[^:]*: (jt_\S+)/)?.[1];
   return {
-    base: `http://127.0.0.1:${port}`,
+    base: `http://127.0.0.1:${bound}`,
+    port: bound,
     admin,
     async stop() {
       if (child.exitCode !== null) return;
@@ -147,6 +148,7 @@ function script(_body, last) {
       tools: [{ id: 'toolu_plan', name: 'write', input: { path: 'plan.md', content: '# Plan\n\n1. Read the notes\n2. Write the summary\n' } }],
     };
   }
+  if (/that is all/i.test(last.text)) return { text: 'You are welcome. The plan is ready.' };
   if (/long story/i.test(last.text)) return { text: 'Once upon a time, '.repeat(200), deltaMs: 50 };
   if (/about tests/i.test(last.text)) {
     return {
@@ -188,7 +190,7 @@ test('web view: sign in, start, stream, approve, files and diff, follow-up, a CL
 
   const fake = await startFakeAnthropic(script);
   cleanup.push(() => fake.close());
-  const cloud = await startCloud(join(tmp, 'data'), fake.url);
+  let cloud = await startCloud(join(tmp, 'data'), fake.url);
   cleanup.push(() => cloud.stop());
   assert.ok(cloud.admin, 'the first start prints an admin token');
   const alice = (await call(cloud.base, cloud.admin, 'POST', '/api/users', { name: 'alice' })).token;
@@ -429,6 +431,20 @@ test('web view: sign in, start, stream, approve, files and diff, follow-up, a CL
   await a.getByTestId('pair-start').waitFor({ timeout: T });
   await a.getByText('Your sign-in has ended').waitFor({ timeout: T });
   assert.equal(await a.evaluate(() => localStorage.getItem('jarvis.auth.v1')), null);
+
+  // --- the hub restarts: the phone shows it is offline, reconnects by itself, and the open
+  // session is intact (documents from the hub's disk).
+  await b.getByTestId(`session-${sessionId}`).click();
+  await b.getByText('Noted: a step about tests is in the plan.').waitFor({ timeout: T });
+  const port = cloud.port;
+  await cloud.stop();
+  await b.locator('[data-testid=conn]', { hasText: 'Offline' }).or(b.locator('[data-testid=conn]', { hasText: 'Connecting' })).waitFor({ timeout: T });
+  cloud = await startCloud(join(tmp, 'data'), fake.url, port);
+  await b.locator('[data-testid=conn]', { hasText: 'Live' }).waitFor({ timeout: 30_000 });
+  await b.getByTestId('composer').fill('Thanks, that is all');
+  await b.getByTestId('send').click();
+  await b.getByText('You are welcome. The plan is ready.').waitFor({ timeout: T });
+  assert.equal(await b.getByTestId('msg-user').count(), 3);
 
   assert.deepEqual(seen.errors, [], 'no script errors in the pages');
   assert.deepEqual(seen.dialogs, [], 'no dialogs (alert) were opened');
