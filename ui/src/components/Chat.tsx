@@ -133,7 +133,6 @@ export function Chat({ session, summary, devices, onShowChanges }: {
   const { meta, messages } = useMemo(() => {
     if (!entry) return { meta: null, messages: [] as MessageView[] };
     return { meta: readMeta(entry.doc), messages: readMessages(entry.doc) };
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [entry, version]);
   const { results, approvals, toolIds } = useMemo(() => {
     const results = new Map<string, Extract<BlockView, { type: 'tool_result' }>>();

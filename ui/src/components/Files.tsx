@@ -82,10 +82,8 @@ export function FileTree({ workspace, session, selected, onOpen, onShowChanges, 
   const sv = useDocVersion(sess?.doc);
   // Folders start open in a small workspace and closed in a large one; a click flips one.
   const [flipped, setFlipped] = useState<Set<string>>(new Set());
-  // eslint-disable-next-line react-hooks/exhaustive-deps
   const entries = useMemo(() => (index ? readIndex(index.doc) : []), [index, iv]);
   const tree = useMemo(() => buildTree(entries), [entries]);
-  // eslint-disable-next-line react-hooks/exhaustive-deps
   const changed = useMemo(() => new Set(sess ? sessionChanges(readMessages(sess.doc)).map((c) => c.path) : []), [sess, sv]);
   const toggle = (p: string) => setFlipped((s) => { const n = new Set(s); if (n.has(p)) n.delete(p); else n.add(p); return n; });
   const openByDefault = entries.length <= 200;

@@ -28,7 +28,6 @@ function Code({ text, path }: { text: string; path: string }) {
 function TextFile({ workspace, doc, path, onOpenFile }: { workspace: string; doc: string; path: string; onOpenFile: (p: string) => void }) {
   const entry = useDoc(`ws/${workspace}/file/${doc}`);
   const v = useDocVersion(entry?.doc);
-  // eslint-disable-next-line react-hooks/exhaustive-deps
   const text = useMemo(() => entry?.doc.getText('content').toString() ?? '', [entry, v]);
   const [source, setSource] = useState(false);
   const e = ext(path);
@@ -99,9 +98,7 @@ export function Preview({ workspace, session, path, mode, setMode, onOpenFile }:
   const iv = useDocVersion(index?.doc);
   const sess = useDoc(session ? `session/${session}` : null);
   const sv = useDocVersion(sess?.doc);
-  // eslint-disable-next-line react-hooks/exhaustive-deps
   const entry = useMemo(() => (index && path ? readIndex(index.doc).find((e) => e.path === path) ?? null : null), [index, iv, path]);
-  // eslint-disable-next-line react-hooks/exhaustive-deps
   const changes = useMemo(() => (sess ? sessionChanges(readMessages(sess.doc)) : []), [sess, sv]);
   return (
     <div className="preview">

@@ -61,7 +61,6 @@ export function NewSession({ onClose, onCreated }: { onClose: () => void; onCrea
   const [error, setError] = useState<string | null>(null);
   useEffect(() => {
     api.workspaces().then((w) => { setWorkspaces(w); if (w.length && !workspace) setWorkspace(w[0].id); }).catch((e) => setError(e.message));
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [api]);
   const submit = async (e: React.FormEvent) => {
     e.preventDefault();

@@ -53,6 +53,5 @@ export function usePoll(fn: () => void, ms: number, deps: unknown[]) {
     fn();
     const t = setInterval(() => { if (document.visibilityState !== 'hidden') fn(); }, ms);
     return () => clearInterval(t);
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, deps);
 }
