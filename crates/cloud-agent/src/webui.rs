@@ -76,7 +76,7 @@ pub enum Lookup {
     Refused,
 }
 
-const API_PREFIXES: &[&str] = &["/api/", "/blobs/", "/sync", "/v1/"];
+const API_PREFIXES: &[&str] = &["/api/", "/blobs/", "/sync", "/v1/", "/webhooks/"];
 
 /// Maps a request path (still percent-encoded) to what to serve. Pure: no file system access.
 pub fn lookup(path: &str) -> Lookup {
@@ -286,6 +286,7 @@ mod tests {
             ),
             ("/api/nope", Lookup::NotFound),
             ("/blobs/xyz", Lookup::NotFound),
+            ("/webhooks/nope", Lookup::NotFound),
             ("/../etc/passwd", Lookup::Refused),
             ("/assets/../../etc/passwd", Lookup::Refused),
             ("/%2e%2e/etc/passwd", Lookup::Refused),
