@@ -244,6 +244,8 @@ struct Watch {
     changes: Arc<Mutex<Vec<(String, u64)>>>,
     /// File documents already observed (by doc id).
     files: Mutex<HashSet<String>>,
+    /// Set by the index observer: the index must be listed again for new files to observe.
+    relist: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Loaded {
@@ -526,6 +528,8 @@ async fn watch(api: &Api, workspace: &str) -> anyhow::Result<Arc<Watch>> {
     let agents = &api.agents;
     let mut watches = agents.watches.lock().await;
     if let Some(w) = watches.get(workspace) {
+        // Definitions were re-read: a new agent's globs may cover files not yet observed.
+        w.relist.store(true, Ordering::SeqCst);
         return Ok(w.clone());
     }
     let doc = api
@@ -534,15 +538,18 @@ async fn watch(api: &Api, workspace: &str) -> anyhow::Result<Arc<Watch>> {
         .await?;
     let index = WorkspaceIndex::new(doc);
     let changes: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
-    let (c, clock) = (changes.clone(), agents.clock.clone());
+    let relist = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (c, clock, r) = (changes.clone(), agents.clock.clone(), relist.clone());
     index.observe_paths("jarvis-agents", move |_, paths| {
         let now = clock.now_ms();
         lock(&c).extend(paths.into_iter().map(|p| (p, now)));
+        r.store(true, Ordering::SeqCst);
     });
     let w = Arc::new(Watch {
         index,
         changes,
         files: Mutex::new(HashSet::new()),
+        relist,
     });
     watches.insert(workspace.to_owned(), w.clone());
     Ok(w)
@@ -551,6 +558,10 @@ async fn watch(api: &Api, workspace: &str) -> anyhow::Result<Arc<Watch>> {
 /// Observes the content of every file under a files trigger's globs (same-size edits do not
 /// touch the index entry).
 async fn watch_contents(api: &Api, workspace: &str, w: &Watch, globs: &globset::GlobSet) {
+    // Listing a large index every tick would be the scheduler's main cost; only after a change.
+    if !w.relist.swap(false, Ordering::SeqCst) {
+        return;
+    }
     let wanted: Vec<(String, String)> = w
         .index
         .list()
@@ -601,6 +612,22 @@ async fn tick_once(api: &Api) -> Result<(), ControlError> {
         .into_iter()
         .map(|w| (w.id, w.owner))
         .collect();
+    // File contents under any files agent's globs, per workspace, are observed first.
+    let mut globs_by_ws: HashMap<&str, Vec<String>> = HashMap::new();
+    for (_, workspace, def) in &defs {
+        if let Trigger::Files { paths } = &def.trigger {
+            globs_by_ws
+                .entry(workspace.as_str())
+                .or_default()
+                .extend(paths.iter().cloned());
+        }
+    }
+    for (workspace, paths) in globs_by_ws {
+        let w = agents.watches.lock().await.get(workspace).cloned();
+        if let Some(w) = w {
+            watch_contents(api, workspace, &w, &globset(&paths)).await;
+        }
+    }
     for (key, workspace, def) in &defs {
         let Some(owner) = owners.get(workspace) else {
             continue;
@@ -698,7 +725,6 @@ async fn tick_once(api: &Api) -> Result<(), ControlError> {
                 let globs = globset(paths);
                 let w = agents.watches.lock().await.get(workspace).cloned();
                 let Some(w) = w else { continue };
-                watch_contents(api, workspace, &w, &globs).await;
                 // Taken from the watch here; every other files agent of this workspace gets
                 // the same changes through `requeue_for_siblings`.
                 let seen: Vec<(String, u64)> = std::mem::take(&mut *lock(&w.changes));
