@@ -14,6 +14,20 @@ apt_needs=(
   "python3:python3"
   "git:git"
   "/usr/bin/chromium:chromium"
+  # The desktop app (src-tauri) builds against WebKitGTK; its tests drive the real window under
+  # Xvfb over WebDriver and use a real Secret Service keychain.
+  "/usr/include/webkitgtk-4.1:libwebkit2gtk-4.1-dev"
+  "/usr/include/xdo.h:libxdo-dev"
+  "/usr/include/openssl/ssl.h:libssl-dev"
+  "/usr/include/libayatana-appindicator3-0.1:libayatana-appindicator3-dev"
+  "/usr/include/librsvg-2.0:librsvg2-dev"
+  "/usr/include/dbus-1.0:libdbus-1-dev"
+  "Xvfb:xvfb"
+  "xauth:xauth"
+  "WebKitWebDriver:webkit2gtk-driver"
+  "gnome-keyring-daemon:gnome-keyring"
+  "dbus-run-session:dbus-daemon"
+  "dbus-launch:dbus-x11"
 )
 missing=()
 for entry in "${apt_needs[@]}"; do

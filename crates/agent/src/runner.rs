@@ -787,20 +787,19 @@ impl<'a> Runner<'a> {
                 .iter()
                 .any(|(_, b)| matches!(b, Block::Approval { id, .. } if id == approval_id))
         };
-        let result = loop {
+        loop {
             if answered() {
-                break true;
+                return true;
             }
             tokio::select! {
                 _ = notify.changed() => {}
-                _ = cancel.cancelled() => break false,
-                _ = self.stop.cancelled() => break false,
-                _ = self.fence.cancelled() => break false,
+                _ = cancel.cancelled() => return false,
+                _ = self.stop.cancelled() => return false,
+                _ = self.fence.cancelled() => return false,
                 // Belt and braces: a missed notification costs at most this long.
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-        };
-        result
+        }
     }
 }
 

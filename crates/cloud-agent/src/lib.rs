@@ -10,5 +10,6 @@ pub mod gateway;
 pub mod runner;
 pub mod schedule;
 pub mod server;
+pub mod updates;
 pub mod webhooks;
 pub mod webui;

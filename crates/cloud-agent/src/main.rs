@@ -26,6 +26,11 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Desktop app updates served at /updates/... (signed where the app is built).
+    Update {
+        #[command(subcommand)]
+        command: UpdateCommand,
+    },
     /// Exit 0 when a server on this machine answers GET /healthz with 200 (the container
     /// HEALTHCHECK: the runtime image carries no curl).
     Healthcheck {
@@ -52,6 +57,32 @@ enum UserCommand {
     List {
         #[arg(long, env = "JARVIS_DATA_DIR", default_value = "./jarvis-data")]
         data_dir: std::path::PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum UpdateCommand {
+    /// Publish a release for one platform: the artifact and the `.sig` file `tauri signer
+    /// sign` wrote next to it.
+    Publish {
+        #[arg(long, env = "JARVIS_DATA_DIR", default_value = "./jarvis-data")]
+        data_dir: std::path::PathBuf,
+        #[arg(long)]
+        version: String,
+        /// `<target>-<arch>` as the app asks for it: linux-x86_64, darwin-aarch64,
+        /// windows-x86_64, ...
+        #[arg(long)]
+        platform: String,
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// The signature file (default: <file>.sig).
+        #[arg(long)]
+        signature: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "")]
+        notes: String,
+        /// RFC 3339 date shown by the app.
+        #[arg(long, default_value = "")]
+        pub_date: String,
     },
 }
 
@@ -153,6 +184,35 @@ fn main() -> Result<()> {
                 Ok(())
             }
         },
+        Command::Update {
+            command:
+                UpdateCommand::Publish {
+                    data_dir,
+                    version,
+                    platform,
+                    file,
+                    signature,
+                    notes,
+                    pub_date,
+                },
+        } => {
+            let sig_path = signature.unwrap_or_else(|| {
+                let mut p = file.clone().into_os_string();
+                p.push(".sig");
+                p.into()
+            });
+            let sig = std::fs::read_to_string(&sig_path)
+                .with_context(|| format!("reading the signature {}", sig_path.display()))?;
+            let m = jarvis_cloud::updates::publish(
+                &data_dir, &version, &platform, &file, &sig, &notes, &pub_date,
+            )?;
+            println!(
+                "published {} for {}",
+                m.version,
+                m.platforms.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+            Ok(())
+        }
         Command::Healthcheck {
             port,
             host,

@@ -381,7 +381,8 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, crate::webui::with_ui(app(state), &args.ui))
+    let router = app(state).merge(crate::updates::router(args.data_dir.clone()));
+    axum::serve(listener, crate::webui::with_ui(router, &args.ui))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
         .context("serving HTTP")?;
