@@ -142,13 +142,29 @@ pub fn publish(
     if signature.is_empty() {
         return Err(UpdateError::Invalid("the signature is empty".into()));
     }
-    let name = file
+    // Stored under a name that needs no URL escaping ("My Jarvis_0.2.0_amd64.deb" becomes
+    // "My-Jarvis_0.2.0_amd64.deb").
+    let name: String = file
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .filter(|n| valid_file_name(n))
-        .ok_or_else(|| {
-            UpdateError::Invalid(format!("{} is not a usable file name", file.display()))
-        })?;
+        .map(|n| {
+            n.to_string_lossy()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+') {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !valid_file_name(&name) {
+        return Err(UpdateError::Invalid(format!(
+            "{} is not a usable file name",
+            file.display()
+        )));
+    }
     let files = root(data_dir).join("files");
     std::fs::create_dir_all(&files)
         .map_err(|e| UpdateError::Io(format!("creating {}", files.display()), e))?;
@@ -333,7 +349,7 @@ mod tests {
             get(&app, "/updates/linux/x86_64/0.1.0").await.0,
             StatusCode::NO_CONTENT
         );
-        let artifact = tmp.path().join("my-jarvis_0.2.0_amd64.deb");
+        let artifact = tmp.path().join("My Jarvis_0.2.0_amd64.deb");
         std::fs::write(&artifact, b"package bytes").unwrap();
         publish(
             &data,
@@ -352,7 +368,7 @@ mod tests {
         assert_eq!(v["signature"], "c2lnbmF0dXJl");
         assert_eq!(
             v["url"],
-            "http://hub.example:8080/updates/files/my-jarvis_0.2.0_amd64.deb"
+            "http://hub.example:8080/updates/files/My-Jarvis_0.2.0_amd64.deb"
         );
         // Up to date, or another platform: nothing.
         assert_eq!(
@@ -363,7 +379,7 @@ mod tests {
             get(&app, "/updates/darwin/aarch64/0.1.0").await.0,
             StatusCode::NO_CONTENT
         );
-        let (s, bytes) = get(&app, "/updates/files/my-jarvis_0.2.0_amd64.deb").await;
+        let (s, bytes) = get(&app, "/updates/files/My-Jarvis_0.2.0_amd64.deb").await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(bytes, b"package bytes");
         // Hostile requests.
