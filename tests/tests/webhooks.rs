@@ -366,6 +366,21 @@ async fn a_mention_in_a_pr_comment_asks_for_a_review_other_events_are_ignored() 
     assert_eq!(status, 200);
     assert!(v["ignored"].is_string(), "{v}");
 
+    // The command from someone without a hand in the repository is ignored.
+    let mut stranger = fixture("issue_comment.created.json");
+    stranger["comment"]["author_association"] = json!("NONE");
+    let body = serde_json::to_vec(&stranger).unwrap();
+    let (status, v) = deliver(
+        &s.agent,
+        "issue_comment",
+        "d-stranger",
+        &body,
+        Some(sign(&body, SECRET)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(v["ignored"].as_str().unwrap().contains("NONE"), "{v}");
+
     let comment = fixture("issue_comment.created.json");
     let body = serde_json::to_vec(&comment).unwrap();
     let (status, v) = deliver(

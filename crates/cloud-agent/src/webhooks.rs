@@ -178,6 +178,17 @@ pub fn classify(event: &str, payload: &Value, mention: &str) -> Request {
             if !body.contains(&command) {
                 return Request::Ignore(format!("no {command:?} in the comment"));
             }
+            // Anyone can comment on a public repository; only people with a hand in it may
+            // spend the team's budget on a review.
+            let association = payload["comment"]["author_association"]
+                .as_str()
+                .unwrap_or("NONE");
+            if !matches!(association, "OWNER" | "MEMBER" | "COLLABORATOR") {
+                return Request::Ignore(format!(
+                    "the review command from a commenter who is {association}, not an owner, \
+                     member or collaborator"
+                ));
+            }
             match issue["number"].as_u64() {
                 Some(number) if !owner.is_empty() && !name.is_empty() => {
                     Request::Review(PullRequest {
