@@ -94,7 +94,12 @@ impl From<anyhow::Error> for CoreError {
 /// What the window gets for an error: `{code, message}`.
 impl Serialize for CoreError {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        json!({"code": self.code(), "message": self.to_string()}).serialize(s)
+        let mut v = json!({"code": self.code(), "message": self.to_string()});
+        // The hub's HTTP status too, so the window can tell a 401 from a 404.
+        if let CoreError::Hub { status, .. } = self {
+            v["status"] = json!(status);
+        }
+        v.serialize(s)
     }
 }
 
@@ -476,6 +481,7 @@ impl DesktopCore {
         for (workspace, path) in todo {
             match device.mirror(&path, &workspace).await {
                 Ok(m) => {
+                    tracing::info!(%workspace, files = m.index().list().len(), "folder mirrored");
                     let mut inner = self.inner.lock().await;
                     if let Some(f) = inner.folders.get_mut(&workspace) {
                         f.mirror = Some(Arc::new(m));
@@ -821,6 +827,34 @@ impl DesktopCore {
         self.launch(session, &workspace, "", None, title, Some(lease))
             .await?;
         Ok(json!({"state": "granted", "epoch": epoch}))
+    }
+
+    /// A message from the window. A session that rests (no live runner) and whose folder is
+    /// open here runs the turn on this device, under a lease it takes; anything else (a run
+    /// here picks it up from the document, the cloud or another device runs it) goes through
+    /// the hub, which starts the cloud for a session nobody runs whose folder is not here.
+    pub async fn send_message(self: &Arc<Self>, session: &str, text: &str) -> CoreResult<Value> {
+        if text.trim().is_empty() {
+            return Err(CoreError::Invalid("the message is empty".into()));
+        }
+        let (device, dir, _) = self.session_context(session).await?;
+        let running_here = self.inner.lock().await.runs.contains_key(session);
+        let info = device.api.get(&format!("/api/sessions/{session}")).await?;
+        let resting = info["where"].as_str() == Some("nowhere");
+        if !running_here && resting && dir.is_some() {
+            let workspace = info["workspace"].as_str().unwrap_or_default().to_owned();
+            let title = info["title"].as_str().unwrap_or(session).to_owned();
+            self.launch(session, &workspace, text, None, title, None)
+                .await?;
+            return Ok(json!({"runner": device.id}));
+        }
+        Ok(device
+            .api
+            .post(
+                &format!("/api/sessions/{session}/messages"),
+                json!({"text": text}),
+            )
+            .await?)
     }
 
     /// Stops a run on this device now (a streaming reply keeps what arrived).
