@@ -5,6 +5,7 @@ import { CONTEXT_TOKENS, contextUsed, readMessages, readMeta, type BlockView, ty
 import { sessionChanges } from '../lib/session-diff.js';
 import { Markdown } from './Markdown';
 import { deviceName, statusOf, whereLabel } from './labels';
+import { call, inDesktop } from '../lib/desktop';
 
 
 const fmtTokens = (n: number) => (n >= 1000 ? `${(n / 1000).toFixed(n >= 10000 ? 0 : 1)}k` : String(n));
@@ -164,7 +165,11 @@ export function Chat({ session, summary, devices, onShowChanges }: {
   const nameOf = (id: string) => deviceName(id, me.device, devices);
   const ctx = contextUsed(messages);
   const usage = meta?.usage;
-  const canRunHere = !!window.jarvisDesktop?.canRun;
+  const canRunHere = inDesktop || !!window.jarvisDesktop?.canRun;
+  // In the desktop window the core hands over: it flushes the folder first (to the cloud) or
+  // runs the session in the opened folder (here).
+  const toCloud = () => (inDesktop ? call('continue_in_cloud', { session }) : api.handoff(session, 'cloud'));
+  const toHere = () => (inDesktop ? call('continue_here', { session }) : api.handoff(session, 'here'));
   const active = status === 'running' || status === 'waiting_approval';
 
   const act = async (what: string, fn: () => Promise<unknown>) => {
@@ -176,7 +181,8 @@ export function Chat({ session, summary, devices, onShowChanges }: {
     const text = draft.trim();
     if (!text) return;
     stick.current = true;
-    await act('send', async () => { await api.send(session, text); setDraft(''); });
+    // In the desktop window a resting session whose folder is open here runs the turn here.
+    await act('send', async () => { await (inDesktop ? call('send_message', { session, text }) : api.send(session, text)); setDraft(''); });
   };
 
   return (
@@ -190,10 +196,10 @@ export function Chat({ session, summary, devices, onShowChanges }: {
           {changed > 0 && <button className="link small" onClick={onShowChanges} data-testid="show-changes">{changed} file{changed > 1 ? 's' : ''} changed</button>}
         </div>
         <div className="chat-actions">
-          {where.kind !== 'cloud' && <button className="btn small" disabled={!!busy || me.read_only} onClick={() => act('cloud', () => api.handoff(session, 'cloud'))} data-testid="continue-cloud">Continue in cloud</button>}
+          {where.kind !== 'cloud' && <button className="btn small" disabled={!!busy || me.read_only} onClick={() => act('cloud', toCloud)} data-testid="continue-cloud">Continue in cloud</button>}
           {/* A browser cannot run a session itself; the desktop window (same bundle) can. */}
           {canRunHere && where.kind !== 'here' && (
-            <button className="btn small" disabled={!!busy} onClick={() => act('here', () => api.handoff(session, 'here'))} data-testid="continue-here">Continue here</button>
+            <button className="btn small" disabled={!!busy} onClick={() => act('here', toHere)} data-testid="continue-here">Continue here</button>
           )}
           {active && <button className="btn danger small" disabled={!!busy || me.read_only} onClick={() => act('stop', () => api.interrupt(session))} data-testid="interrupt">Stop</button>}
         </div>

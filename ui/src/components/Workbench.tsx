@@ -6,6 +6,8 @@ import { Chat } from './Chat';
 import { FileTree } from './Files';
 import { Preview } from './Preview';
 import { ApproveDevice } from './ApproveDevice';
+import { DesktopPanel, StatusLine } from './Desktop';
+import { inDesktop } from '../lib/desktop';
 
 type Tab = 'sessions' | 'chat' | 'files' | 'preview';
 const PHONE = '(max-width: 760px)';
@@ -93,6 +95,8 @@ export function Workbench() {
   const openFile = (path: string) => { setFile(path); setPreviewMode('file'); if (phone) setTab('preview'); };
   const showChanges = () => { setPreviewMode('changes'); if (phone) setTab('preview'); };
 
+  // The desktop window's folders and local sessions (components/Desktop.tsx).
+  const desktopPanel = inDesktop ? <DesktopPanel onOpen={(id) => { refresh(); open(id); }} /> : null;
   const sessionsPanel = (
     <SessionList sessions={sessions} error={listError} selected={selected} devices={devices} onOpen={open} onNew={() => setDialog('new')} />
   );
@@ -107,9 +111,11 @@ export function Workbench() {
   const header = (
     <header className="topbar">
       <div className="brand"><span className="brand-dot" />My Jarvis</div>
-      <div className={`conn conn-${status}`} data-testid="conn" title={`Sync: ${status}`}>
-        <span className="conn-dot" />{status === 'connected' ? 'Live' : status === 'connecting' ? 'Connecting…' : 'Offline'}
-      </div>
+      {inDesktop ? <StatusLine /> : (
+        <div className={`conn conn-${status}`} data-testid="conn" title={`Sync: ${status}`}>
+          <span className="conn-dot" />{status === 'connected' ? 'Live' : status === 'connecting' ? 'Connecting…' : 'Offline'}
+        </div>
+      )}
       <div className="spacer" />
       <button className="btn ghost small" onClick={() => setDialog('approve')} data-testid="approve-device-open"><span className="hide-phone">Approve a device</span><span className="show-phone">Approve</span></button>
       <span className="who" title={me.device}>{me.name}</span>
@@ -123,7 +129,7 @@ export function Workbench() {
       {phone ? (
         <>
           <main className="phone-panel">
-            {tab === 'sessions' && sessionsPanel}
+            {tab === 'sessions' && <>{desktopPanel}{sessionsPanel}</>}
             {tab === 'chat' && chatPanel}
             {tab === 'files' && filesPanel}
             {tab === 'preview' && previewPanel}
@@ -139,6 +145,7 @@ export function Workbench() {
       ) : (
         <main className="panels" style={{ gridTemplateColumns: `${widths[0]}px 6px minmax(240px, 1fr) 6px ${widths[1]}px` }}>
           <section className="panel left" aria-label="Sessions and files">
+            {desktopPanel && <div className="left-desktop">{desktopPanel}</div>}
             <div className="left-sessions">{sessionsPanel}</div>
             <div className="left-files">{filesPanel}</div>
           </section>

@@ -1,4 +1,5 @@
 import type { Device } from '../lib/api';
+import { inDesktop } from '../lib/desktop';
 
 export const STATUS: Record<string, { label: string; tone: string }> = {
   running: { label: 'Running', tone: 'run' },
@@ -29,7 +30,7 @@ export function timeAgo(ms: number): string {
 
 /** A device id as a person would say it. */
 export function deviceName(id: string, myDevice: string, devices: Device[]): string {
-  if (id === myDevice) return 'you (this browser)';
+  if (id === myDevice) return inDesktop ? 'you (this computer)' : 'you (this browser)';
   if (id === 'cloud') return 'the cloud';
   const d = devices.find((x) => x.id === id);
   return d ? d.name : 'another device';

@@ -18,10 +18,17 @@ export interface Workspace { id: string; name: string }
 export interface Device { id: string; user: string; name: string; created_ms: number; revoked: boolean }
 export interface Pairing { code: string; device_code: string; expires_in: number; interval: number }
 
+/** Another way to the hub: the desktop window goes through the core (desktop.ts). */
+export interface Transport {
+  call<T>(method: string, path: string, body?: unknown): Promise<T>;
+  blobUrl(workspace: string, hash: string, type: string): Promise<string>;
+}
+
 export class Api {
-  constructor(private token: string | null) {}
+  constructor(private token: string | null, private transport: Transport | null = null) {}
 
   async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    if (this.transport) return this.transport.call<T>(method, path, body);
     const headers: Record<string, string> = {};
     if (this.token) headers.authorization = `Bearer ${this.token}`;
     if (body !== undefined) headers['content-type'] = 'application/json';
@@ -57,6 +64,7 @@ export class Api {
 
   /** A workspace blob (image, binary) as an object URL. */
   async blobUrl(workspace: string, hash: string, type: string): Promise<string> {
+    if (this.transport) return this.transport.blobUrl(workspace, hash, type);
     const r = await fetch(`${hubBase()}/blobs/${hash}`, {
       headers: { authorization: `Bearer ${this.token}`, 'x-jarvis-workspace': workspace },
     });

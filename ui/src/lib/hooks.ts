@@ -1,9 +1,9 @@
 import { useEffect, useState, useSyncExternalStore, createContext, useContext } from 'react';
 import * as Y from 'yjs';
-import type { SyncPeer, OpenDoc } from './sync';
+import type { Peer, OpenDoc } from './sync';
 import type { Api, Me } from './api';
 
-export interface Ctx { api: Api; peer: SyncPeer; me: Me; signOut: () => void }
+export interface Ctx { api: Api; peer: Peer; me: Me; signOut: () => void }
 export const AppCtx = createContext<Ctx | null>(null);
 export function useApp(): Ctx {
   const c = useContext(AppCtx);

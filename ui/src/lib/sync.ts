@@ -4,11 +4,21 @@ import * as Y from 'yjs';
 import { HocuspocusProvider, HocuspocusProviderWebsocket } from '@hocuspocus/provider';
 import { syncUrl } from './hub';
 
-export interface OpenDoc { doc: Y.Doc; provider: HocuspocusProvider; refs: number; synced: boolean; denied: string | null }
+/** `provider` is null in the desktop window, whose documents come from the core (desktop.ts). */
+export interface OpenDoc { doc: Y.Doc; provider: HocuspocusProvider | null; refs: number; synced: boolean; denied: string | null }
+
+/** What the views need of a sync peer: `SyncPeer` here, `DesktopPeer` in the desktop window. */
+export interface Peer {
+  status: 'connecting' | 'connected' | 'disconnected';
+  onChange(l: () => void): () => void;
+  open(name: string): OpenDoc;
+  release(name: string): void;
+  destroy(): void;
+}
 
 type Listener = () => void;
 
-export class SyncPeer {
+export class SyncPeer implements Peer {
   private socket: HocuspocusProviderWebsocket;
   private docs = new Map<string, OpenDoc>();
   private listeners = new Set<Listener>();
@@ -50,12 +60,12 @@ export class SyncPeer {
     if (e.refs > 0) return;
     this.docs.delete(name);
     // Let a quick re-open (React strict re-mounts, tab switches) reuse nothing stale.
-    e.provider.destroy();
+    e.provider?.destroy();
     e.doc.destroy();
   }
 
   destroy() {
-    for (const e of this.docs.values()) { e.provider.destroy(); e.doc.destroy(); }
+    for (const e of this.docs.values()) { e.provider?.destroy(); e.doc.destroy(); }
     this.docs.clear();
     this.socket.destroy();
   }

@@ -1,0 +1,55 @@
+// A small W3C WebDriver client over fetch: just what the desktop suite needs, talking to
+// tauri-driver (which forwards to WebKitWebDriver driving the real app window).
+export class WebDriver {
+  constructor(base) { this.base = base; this.id = null; }
+
+  async req(method, path, body) {
+    const r = await fetch(`${this.base}${path}`, {
+      method,
+      headers: body ? { 'content-type': 'application/json' } : {},
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    const v = await r.json().catch(() => ({}));
+    if (!r.ok || v?.value?.error) {
+      const e = v?.value ?? {};
+      throw new Error(`WebDriver ${method} ${path}: ${r.status} ${e.error ?? ''} ${e.message ?? JSON.stringify(v)}`);
+    }
+    return v.value;
+  }
+
+  async start(application) {
+    const v = await this.req('POST', '/session', {
+      capabilities: { alwaysMatch: { browserName: 'wry', 'tauri:options': { application } } },
+    });
+    this.id = v.sessionId;
+    return v;
+  }
+
+  s(path) { return `/session/${this.id}${path}`; }
+
+  async quit() {
+    if (!this.id) return;
+    const id = this.id;
+    this.id = null;
+    await this.req('DELETE', `/session/${id}`).catch(() => {});
+  }
+
+  /** Runs `script` (a function body) in the window; `arguments` are `args`. */
+  exec(script, ...args) { return this.req('POST', this.s('/execute/sync'), { script, args }); }
+
+  async find(css) {
+    const v = await this.req('POST', this.s('/element'), { using: 'css selector', value: css });
+    return Object.values(v)[0];
+  }
+
+  async click(css) { const e = await this.find(css); await this.req('POST', this.s(`/element/${e}/click`), {}); }
+
+  async type(css, text, { clear = true } = {}) {
+    const e = await this.find(css);
+    if (clear) await this.req('POST', this.s(`/element/${e}/clear`), {});
+    await this.req('POST', this.s(`/element/${e}/value`), { text });
+  }
+
+  /** The page as a PNG. */
+  async screenshot() { return Buffer.from(await this.req('GET', this.s('/screenshot')), 'base64'); }
+}
