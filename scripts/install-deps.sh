@@ -93,6 +93,12 @@ if [[ ! -x tests/gateway/.venv/bin/python ]] || [[ tests/gateway/requirements.tx
   touch tests/gateway/.venv
 fi
 
+# The desktop window's WebDriver suite (tests/desktop): tauri-driver sits between the test and
+# WebKitWebDriver (webkit2gtk-driver above) and starts the app.
+if ! command -v tauri-driver >/dev/null 2>&1; then
+  cargo install tauri-driver --version 2.1.0 --locked
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "cargo-nextest not found; tests will run with cargo test"
 fi

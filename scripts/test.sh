@@ -20,6 +20,10 @@ cargo fmt --all --check
 section "deployment files"
 scripts/check-deploy.sh
 
+section "web view: build"
+# Before any cargo step: the desktop app (src-tauri) embeds ui/dist when it compiles.
+(cd ui && npm run build)
+
 section "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
@@ -37,9 +41,14 @@ fi
 section "js interop tests"
 (cd tests/js && node --test)
 
-section "web view: build, unit tests, browser tests"
+section "web view: unit tests, browser tests"
 # The browser suite serves ui/dist through jarvis-cloud and drives /usr/bin/chromium headless.
-(cd ui && npm run build && node --test test/)
+(cd ui && node --test test/)
 (cd tests/browser && node --test --test-concurrency=1)
+
+section "desktop window: WebDriver end to end"
+# The debug jarvis-desktop built above (with ui/dist inside) under Xvfb, driven by tauri-driver
+# and WebKitWebDriver, its hub token in gnome-keyring in a private D-Bus session.
+tests/desktop/run.sh
 
 section "all tests passed"
