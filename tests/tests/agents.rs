@@ -177,6 +177,12 @@ async fn a_cron_agent_runs_at_its_time_once_across_restarts_and_catches_up_by_po
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["next_run_ms"], json!(ms("2026-11-25T09:00:00Z")));
     assert_eq!(v["path"], ".jarvis/agents/standup.md");
+    let (s, v) = c
+        .call("GET", "/api/workspaces/team/agents/standup", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["text"], def, "the file as written");
+    assert_eq!(v["definition"]["trigger"]["timezone"], "America/New_York");
     c.until("the scheduler to see the agent", T, async |c| {
         c.agent("team", "standup").await["checked_ms"]
             .as_u64()

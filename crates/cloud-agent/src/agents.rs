@@ -405,6 +405,27 @@ pub async fn load(hub: &Hub, workspace: &str) -> Vec<(String, Result<AgentDef, D
     out
 }
 
+/// The text of `.jarvis/agents/<name>.md`, if it exists as a text file.
+pub async fn read_text(hub: &Hub, workspace: &str, name: &str) -> Option<String> {
+    let path = format!("{AGENTS_DIR}{name}.md");
+    let entry = hub
+        .read(&format!("ws/{workspace}/index"), |doc| {
+            WorkspaceIndex::new(doc.clone()).get(&path)
+        })
+        .await
+        .ok()?
+        .ok()??;
+    if entry.deleted || entry.kind != EntryKind::Text {
+        return None;
+    }
+    let doc = entry.doc?;
+    hub.read(&format!("ws/{workspace}/file/{doc}"), |d| {
+        FileText::new(d.clone()).text()
+    })
+    .await
+    .ok()
+}
+
 /// Writes (or replaces) `.jarvis/agents/<name>.md` in a workspace through the hub: the file
 /// document first, then the index entry that points at it, so no device sees an empty file.
 pub async fn write(hub: &Hub, workspace: &str, name: &str, text: &str) -> Result<(), String> {

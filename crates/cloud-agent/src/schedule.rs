@@ -1149,10 +1149,12 @@ async fn get_agent(
     };
     let key = format!("{id}/{name}");
     let runs = api.agents.runs(Some(&key), 50).map_err(ControlError::Db)?;
+    // The file as written, for editing and a PUT back.
+    let text = agents::read_text(&api.hub, &id, &name).await;
     Ok(Json(match def {
-        Ok(def) => json!({"name": name, "definition": def,
+        Ok(def) => json!({"name": name, "definition": def, "text": text,
                           "next_run_ms": next_run(&def, &api.agents), "runs": runs}),
-        Err(e) => json!({"name": name, "error": e.to_string(), "runs": runs}),
+        Err(e) => json!({"name": name, "error": e.to_string(), "text": text, "runs": runs}),
     }))
 }
 
