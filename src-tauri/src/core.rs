@@ -20,7 +20,7 @@ use jarvis_agent::runner::{RunEvent, Runner, RunnerConfig};
 use jarvis_agent::tools::ToolBox;
 use jarvis_cli::connected::{self, Api, Device, RunOptions};
 use jarvis_sync::client::{ClientConfig, ConnectionStatus, SyncClient};
-use jarvis_sync::doc::SessionDoc;
+use jarvis_sync::doc::{Decision, SessionDoc};
 use jarvis_sync::mirror::FileMirror;
 use jarvis_sync::store::SqliteStore;
 use serde::{Deserialize, Serialize};
@@ -172,6 +172,16 @@ struct Settings {
     hub: Option<String>,
     device: Option<String>,
     folders: Vec<(String, PathBuf)>,
+    /// Sessions started while the hub was unreachable, registered with it once it answers.
+    #[serde(default)]
+    unregistered: Vec<Unregistered>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Unregistered {
+    session: String,
+    workspace: String,
+    title: String,
 }
 
 pub struct CoreConfig {
@@ -448,6 +458,7 @@ impl DesktopCore {
                 inner.device = Some(device.clone());
             }
             core.mirror_folders().await;
+            core.register_offline_sessions(&device).await;
             core.emit_status().await;
             let mut poll = tokio::time::interval(Duration::from_secs(2));
             loop {
@@ -455,6 +466,9 @@ impl DesktopCore {
                     _ = epoch.cancelled() => return,
                     changed = connection.changed() => {
                         if changed.is_err() { return; }
+                        if *connection.borrow() == ConnectionStatus::Connected {
+                            core.register_offline_sessions(&device).await;
+                        }
                         core.emit_status().await;
                     }
                     _ = poll.tick() => core.watch_sessions(&device).await,
@@ -488,6 +502,69 @@ impl DesktopCore {
                     }
                 }
                 Err(e) => tracing::warn!(%workspace, error = %e, "cannot mirror the folder"),
+            }
+        }
+    }
+
+    async fn remember_unregistered(
+        &self,
+        session: &str,
+        workspace: &str,
+        title: &str,
+    ) -> CoreResult<()> {
+        let mut inner = self.inner.lock().await;
+        if inner
+            .settings
+            .unregistered
+            .iter()
+            .any(|u| u.session == session)
+        {
+            return Ok(());
+        }
+        inner.settings.unregistered.push(Unregistered {
+            session: session.to_owned(),
+            workspace: workspace.to_owned(),
+            title: title.to_owned(),
+        });
+        save_settings(&self.config.data_dir, &inner.settings)
+    }
+
+    /// Registers with the hub the sessions started while it was unreachable, then opens their
+    /// documents again so the sync client asks for them once more (the hub refused documents
+    /// of sessions it did not know).
+    async fn register_offline_sessions(&self, device: &Device) {
+        let todo = self.inner.lock().await.settings.unregistered.clone();
+        for u in todo {
+            let body = json!({
+                "id": u.session, "workspace": u.workspace, "title": u.title,
+                "model": self.config.model,
+            });
+            if let Err(e) = device
+                .api
+                .post("/api/workspaces", json!({"id": u.workspace}))
+                .await
+            {
+                tracing::warn!(session = %u.session, error = %e, "registering the workspace of an offline session");
+                continue;
+            }
+            match device.api.post("/api/sessions", body).await {
+                Ok(_) => {
+                    tracing::info!(session = %u.session, "offline session registered with the hub");
+                    if let Err(e) = device.client.open(&format!("session/{}", u.session)).await {
+                        tracing::warn!(session = %u.session, error = %e, "reopening an offline session");
+                    }
+                    let mut inner = self.inner.lock().await;
+                    inner
+                        .settings
+                        .unregistered
+                        .retain(|x| x.session != u.session);
+                    if let Err(e) = save_settings(&self.config.data_dir, &inner.settings) {
+                        tracing::warn!(error = %e, "saving settings");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(session = %u.session, error = %e, "registering an offline session")
+                }
             }
         }
     }
@@ -540,7 +617,8 @@ impl DesktopCore {
         let connection = match (&inner.settings.hub, current) {
             (None, _) => "signed_out",
             (Some(_), ConnectionStatus::Connected) if inner.device.is_some() => "online",
-            (Some(_), ConnectionStatus::Connecting) => "connecting",
+            // Once the hub has answered, retries while it is away read as offline (no flicker).
+            (Some(_), ConnectionStatus::Connecting) if inner.device.is_none() => "connecting",
             (Some(_), _) => "offline",
         };
         let mut folders: Vec<FolderInfo> = inner
@@ -697,13 +775,21 @@ impl DesktopCore {
                 .folders
                 .get(workspace)
                 .ok_or_else(|| CoreError::NoFolder(workspace.to_owned()))?;
+            // Under the hub's lease only while it answers: a session started offline runs on
+            // the device's own copy and is registered when the hub is back.
+            let online = *inner.client.connection().borrow() == ConnectionStatus::Connected;
+            let device = inner.device.clone().filter(|_| online || granted.is_some());
             (
                 f.path.clone(),
                 f.mirror.clone(),
-                inner.device.clone(),
+                device,
                 inner.client.clone(),
             )
         };
+        if device.is_none() {
+            self.remember_unregistered(session, workspace, &title)
+                .await?;
+        }
         let cancel = CancellationToken::new();
         self.inner.lock().await.runs.insert(
             session.to_owned(),
@@ -730,6 +816,7 @@ impl DesktopCore {
         let workspace = workspace.to_owned();
         let prompt = prompt.to_owned();
         let model = self.config.model.clone();
+        let me = self.local_id().await;
         tokio::spawn(async move {
             let result: anyhow::Result<String> = match device {
                 Some(device) => connected::run_here(
@@ -765,6 +852,7 @@ impl DesktopCore {
                         &dir,
                         &prompt,
                         &model,
+                        &me,
                         permission_mode.as_deref(),
                         tx,
                         &cancel,
@@ -837,6 +925,9 @@ impl DesktopCore {
         if text.trim().is_empty() {
             return Err(CoreError::Invalid("the message is empty".into()));
         }
+        if !self.online().await {
+            return self.send_offline(session, text).await;
+        }
         let (device, dir, _) = self.session_context(session).await?;
         let running_here = self.inner.lock().await.runs.contains_key(session);
         let info = device.api.get(&format!("/api/sessions/{session}")).await?;
@@ -855,6 +946,93 @@ impl DesktopCore {
                 json!({"text": text}),
             )
             .await?)
+    }
+
+    /// Who this device is in documents written without the hub: its id at the hub once known.
+    async fn local_id(&self) -> String {
+        let inner = self.inner.lock().await;
+        inner
+            .settings
+            .device
+            .clone()
+            .unwrap_or_else(|| "desktop".into())
+    }
+
+    /// Whether the hub answers right now (connected, and this device known to it).
+    async fn online(&self) -> bool {
+        let inner = self.inner.lock().await;
+        inner.device.is_some() && *inner.client.connection().borrow() == ConnectionStatus::Connected
+    }
+
+    /// A message with no hub: into the device's own copy of a session run here, or a new
+    /// local turn of a resting session whose folder is open here.
+    async fn send_offline(self: &Arc<Self>, session: &str, text: &str) -> CoreResult<Value> {
+        let doc = self.session_doc(session).await?;
+        let (running_here, author, has_folder) = {
+            let inner = self.inner.lock().await;
+            let workspace = doc.meta().workspace;
+            (
+                inner.runs.contains_key(session),
+                inner
+                    .settings
+                    .device
+                    .clone()
+                    .unwrap_or_else(|| "desktop".into()),
+                inner.folders.contains_key(&workspace),
+            )
+        };
+        if running_here {
+            let id = Runner::send_user_message(&doc, &author, text);
+            return Ok(json!({"message": id}));
+        }
+        if !has_folder {
+            return Err(CoreError::Offline);
+        }
+        let meta = doc.meta();
+        self.launch(session, &meta.workspace, text, None, meta.title, None)
+            .await?;
+        Ok(json!({"runner": author}))
+    }
+
+    /// An approval from the window. With the hub, the hub records it (and checks who may);
+    /// without, a session running here takes it in the device's own copy, which syncs later.
+    pub async fn answer(&self, session: &str, approval: &str, decision: &str) -> CoreResult<Value> {
+        let Some(d) = Decision::parse(decision) else {
+            return Err(CoreError::Invalid(
+                "decision must be allow, deny or always_allow".into(),
+            ));
+        };
+        if self.online().await {
+            return self
+                .hub_api(
+                    "POST",
+                    &format!("/api/sessions/{session}/approvals/{approval}"),
+                    Some(json!({"decision": decision})),
+                )
+                .await;
+        }
+        let (running_here, by) = {
+            let inner = self.inner.lock().await;
+            (
+                inner.runs.contains_key(session),
+                inner
+                    .settings
+                    .device
+                    .clone()
+                    .unwrap_or_else(|| "desktop".into()),
+            )
+        };
+        if !running_here {
+            return Err(CoreError::Offline);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.session_doc(session)
+            .await?
+            .answer_approval(approval, d, &by, now)
+            .map_err(|e| CoreError::Invalid(e.to_string()))?;
+        Ok(json!({}))
     }
 
     /// Stops a run on this device now (a streaming reply keeps what arrived).
@@ -1087,6 +1265,7 @@ async fn run_offline(
     dir: &Path,
     prompt: &str,
     model: &str,
+    me: &str,
     permission_mode: Option<&str>,
     tx: tokio::sync::mpsc::UnboundedSender<RunEvent>,
     cancel: &CancellationToken,
@@ -1104,14 +1283,14 @@ async fn run_offline(
     let mode = Mode::parse(&mode_name)
         .ok_or_else(|| anyhow::anyhow!("unknown permission mode {mode_name:?}"))?;
     if !prompt.is_empty() {
-        Runner::send_user_message(&doc, "desktop", prompt);
+        Runner::send_user_message(&doc, me, prompt);
     }
     let mut runner = Runner::new(
         doc,
         provider,
         ToolBox::new(dir),
         Permissions::new(mode),
-        RunnerConfig::new(model, "desktop"),
+        RunnerConfig::new(model, me),
     )
     .with_events(tx);
     let outcome = runner.drive(cancel).await;

@@ -98,6 +98,16 @@ async fn send_message(core: Core<'_>, session: String, text: String) -> CoreResu
 }
 
 #[tauri::command]
+async fn answer(
+    core: Core<'_>,
+    session: String,
+    approval: String,
+    decision: String,
+) -> CoreResult<Value> {
+    core.answer(&session, &approval, &decision).await
+}
+
+#[tauri::command]
 async fn stop_session(core: Core<'_>, session: String) -> CoreResult<()> {
     core.stop(&session).await
 }
@@ -279,6 +289,7 @@ pub fn run() {
             continue_in_cloud,
             continue_here,
             send_message,
+            answer,
             stop_session,
             hub_api,
             blob,

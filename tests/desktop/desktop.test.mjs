@@ -94,6 +94,10 @@ function tree(dir) {
 function makeScript(state) {
   return (_body, last) => {
     const results = last.toolResults.map((r) => r.tool_use_id);
+    if (results.includes('toolu_offline')) return { text: 'Offline turn done: offline.txt is written.' };
+    if (/add offline\.txt/i.test(last.text)) {
+      return { text: 'Writing offline.txt with no hub around.', tools: [{ id: 'toolu_offline', name: 'write', input: { path: 'offline.txt', content: 'written offline\n' } }] };
+    }
     if (results.includes('toolu_local')) return { text: 'Local turn done: local.txt is written on this computer.' };
     if (/add local\.txt/i.test(last.text)) {
       return { text: 'Writing local.txt here.', tools: [{ id: 'toolu_local', name: 'write', input: { path: 'local.txt', content: 'written on the desktop\n' } }] };
@@ -146,7 +150,7 @@ test('desktop window: open a folder, run here, approve, Continue in cloud, Conti
       .trim().split('\n').pop().trim();
     assert.match(token, /^jt_/);
     const hubEnv = { ...process.env, RUST_LOG: 'warn', ANTHROPIC_BASE_URL: fake.url, ANTHROPIC_API_KEY: 'test-key', JARVIS_SANDBOX: 'limits' };
-    const hub = start(CLOUD, ['serve', '--host', '127.0.0.1', '--port', '0', '--data-dir', data], hubEnv, logs);
+    let hub = start(CLOUD, ['serve', '--host', '127.0.0.1', '--port', '0', '--data-dir', data], hubEnv, logs);
     cleanups.push(() => hub.stop());
     const port = await until('jarvis-cloud listening', () => Number(hub.output().match(/listening on 127\.0\.0\.1:(\d+)/)?.[1] ?? 0));
     const base = `http://127.0.0.1:${port}`;
@@ -270,6 +274,45 @@ test('desktop window: open a folder, run here, approve, Continue in cloud, Conti
     }, 60_000).catch((e) => {
       throw new Error(`${e.message}\nhere: ${JSON.stringify(tree(folder))}\ncloud: ${JSON.stringify(tree(cloudDir))}`);
     });
+
+    // The hub goes away: the window says so, and a session still runs here, approved in the
+    // window, on the device's own copy.
+    step = 'offline';
+    await hub.stop();
+    await until('the status line offline', async () =>
+      (await q('[data-testid=desktop-status]', 'data-connection')) === 'offline' && /Offline/.test(await text('[data-testid=desktop-status]')));
+    await wd.type('[data-testid=local-prompt]', 'Please add offline.txt');
+    await wd.click('[data-testid=local-start]');
+    await until('the offline write waiting for approval', () => has('[data-testid=tool-card][data-state=waiting] [data-testid=allow]'));
+    const offline = (await wd.exec('return location.pathname')).replace(/^\/s\//, '');
+    assert.match(offline, /^[0-9a-f]{16}$/);
+    await wd.click('[data-testid=tool-card][data-state=waiting] [data-testid=allow]');
+    await until('offline.txt written here', () => existsSync(join(folder, 'offline.txt')));
+    await until('the offline turn finished', async () =>
+      /Offline turn done/.test(await wd.exec(`return [...document.querySelectorAll('[data-testid=assistant-text]')].map((e) => e.textContent).join('\\n');`))
+      && (await text('[data-testid=chat-status]')) === 'Done');
+    assert.equal(await q('[data-testid=desktop-status]', 'data-connection'), 'offline');
+    assert.equal(await has('.msg-author'), false, 'the offline prompt is shown as this computer\'s own');
+    await snap('offline-session');
+
+    // The hub is back on the same address: the window goes online by itself, and the session
+    // and the file made offline reach the hub.
+    step = 'back online';
+    hub = start(CLOUD, ['serve', '--host', '127.0.0.1', '--port', String(port), '--data-dir', data], hubEnv, logs);
+    cleanups.push(() => hub.stop());
+    await until('online again', async () => (await q('[data-testid=desktop-status]', 'data-connection')) === 'online', 60_000);
+    const api = async (path) => {
+      const r = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${token}` } });
+      return r.ok ? r.json() : null;
+    };
+    await until('the offline session known to the hub with its messages', async () => {
+      const v = await api(`/api/sessions/${offline}`);
+      return v && JSON.stringify(v.messages).includes('Offline turn done') && v.workspace === workspace;
+    }, 60_000);
+    await until('offline.txt in the hub\'s workspace index', async () =>
+      ((await api(`/api/workspaces/${workspace}`))?.files ?? []).some((f) => f.path === 'offline.txt'), 60_000);
+    await until('the offline session in the window\'s list', () => has(`[data-testid=session-${offline}]`));
+    await snap('back-online');
   } catch (e) {
     if (wd.id) await snap(`failed-${step.replace(/\W+/g, '-')}`).catch(() => {});
     const html = wd.id ? await wd.exec('return document.body.innerText').catch(() => '') : '';

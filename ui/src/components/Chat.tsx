@@ -50,7 +50,8 @@ function ToolCard({ block, result, approval, session, readOnly, nameOf }: {
   const answer = async (d: 'allow' | 'deny' | 'always_allow') => {
     if (!approval) return;
     setSent(true); setErr(null);
-    try { await api.answer(session, approval.id, d); } catch (e) { setErr(e instanceof Error ? e.message : String(e)); setSent(false); }
+    // The desktop's core answers through the hub, or offline in its own copy of a session run here.
+    try { await (inDesktop ? call('answer', { session, approval: approval.id, decision: d }) : api.answer(session, approval.id, d)); } catch (e) { setErr(e instanceof Error ? e.message : String(e)); setSent(false); }
   };
   return (
     <div className={`tool-card state-${state}`} data-testid="tool-card" data-tool={block.name} data-state={state}>
