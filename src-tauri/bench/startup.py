@@ -9,8 +9,9 @@ token only there) and a real jarvis-cloud on loopback.
 
     python3 src-tauri/bench/startup.py --runs 7 --files 1000
 
-Needs release builds: cargo build --release -p jarvis-cloud -p jarvis-desktop (or the .deb
-build, which produces target/release/jarvis-desktop).
+Needs `cargo build --release -p jarvis-cloud` and the desktop as shipped:
+`cd src-tauri && npx tauri build --bundles deb -- --profile dist` (target/dist/jarvis-desktop and
+the .deb).
 """
 
 import argparse
@@ -102,7 +103,7 @@ def reader(stream, sink):
 
 
 def inner(args):
-    cloud_bin = ROOT / f"target/{args.profile}/jarvis-cloud"
+    cloud_bin = ROOT / f"target/{args.cloud_profile}/jarvis-cloud"
     app_bin = ROOT / f"target/{args.profile}/jarvis-desktop"
     for b in (cloud_bin, app_bin):
         if not b.exists():
@@ -166,7 +167,7 @@ def inner(args):
                 app.kill()
         hub.terminate()
         starts.sort()
-        deb = sorted((ROOT / "target/release/bundle/deb").glob("*.deb"))
+        deb = sorted((ROOT / f"target/{args.profile}/bundle/deb").glob("*.deb"))
         deb_size = f"{deb[-1].stat().st_size / 1e6:.1f} MB ({deb[-1].name})" if deb else "not built"
         table = (
             f"Machine: {machine()}. Command: `python3 src-tauri/bench/startup.py --runs {args.runs} "
@@ -193,7 +194,9 @@ def main():
     p.add_argument("--files", type=int, default=1000)
     p.add_argument("--idle", type=float, default=10.0)
     p.add_argument("--out")
-    p.add_argument("--profile", default="release", help="target/<profile> holds the binaries")
+    p.add_argument("--profile", default="dist",
+                   help="target/<profile> holds jarvis-desktop (dist: what the .deb ships)")
+    p.add_argument("--cloud-profile", default="release")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.inner:
@@ -202,7 +205,8 @@ def main():
     cmd = ["xvfb-run", "-a", "dbus-run-session", "--", "sh", "-c",
            "echo -n bench | gnome-keyring-daemon --unlock --components=secrets >/dev/null "
            "&& exec \"$@\"", "sh", sys.executable, __file__, "--inner", "--runs", str(args.runs),
-           "--files", str(args.files), "--idle", str(args.idle), "--profile", args.profile]
+           "--files", str(args.files), "--idle", str(args.idle), "--profile", args.profile,
+           "--cloud-profile", args.cloud_profile]
     if args.out:
         cmd += ["--out", args.out]
     try:
