@@ -332,50 +332,20 @@ impl DesktopCore {
     /// code at once and finishes the sign-in in the background.
     pub async fn pair(self: &Arc<Self>, hub: &str, name: &str) -> CoreResult<Value> {
         let hub = hub.trim().trim_end_matches('/').to_owned();
-        let http = reqwest::Client::new();
-        let v: Value = http
-            .post(format!("{hub}/api/pair/start"))
-            .json(&json!({"name": name}))
-            .send()
-            .await
-            .map_err(|_| CoreError::Offline)?
-            .json()
-            .await
-            .map_err(|e| CoreError::Internal(e.into()))?;
-        let Some(device_code) = v["device_code"].as_str().map(str::to_owned) else {
-            return Err(CoreError::Invalid(format!("the hub refused pairing: {v}")));
-        };
+        let pairing = connected::Pairing::start(&hub, name).await?;
+        let answer = json!({"code": pairing.code, "expires_in": pairing.expires_in});
         let core = self.clone();
-        let expires = v["expires_in"].as_u64().unwrap_or(600);
         tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(expires);
-            while tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let Ok(resp) = http
-                    .post(format!("{hub}/api/pair/poll"))
-                    .json(&json!({"device_code": device_code}))
-                    .send()
-                    .await
-                else {
-                    continue;
-                };
-                let ok = resp.status().is_success();
-                let body: Value = resp.json().await.unwrap_or(Value::Null);
-                if ok {
-                    if let Some(token) = body["token"].as_str()
-                        && let Err(e) = core.sign_in(&hub, token).await
-                    {
+            match pairing.wait().await {
+                Ok((token, _)) => {
+                    if let Err(e) = core.sign_in(&pairing.hub, &token).await {
                         tracing::warn!(error = %e, "pairing approved but signing in failed");
                     }
-                    return;
                 }
-                if body["code"] != "authorization_pending" && body["code"] != "rate_limited" {
-                    tracing::warn!(answer = %body, "pairing ended");
-                    return;
-                }
+                Err(e) => tracing::warn!(error = %e, "pairing ended"),
             }
         });
-        Ok(json!({"code": v["code"], "expires_in": expires}))
+        Ok(answer)
     }
 
     pub async fn sign_out(self: &Arc<Self>) -> CoreResult<Status> {

@@ -606,47 +606,77 @@ pub async fn attach(
 
 /// `jarvis login <hub>` without a token: pair by a code approved where the person is signed
 /// in (the web view, or `POST /api/pair/approve`).
-pub async fn pair(hub: &str, name: &str) -> Result<(String, String)> {
-    let http = reqwest::Client::new();
-    let v: Value = http
-        .post(format!("{hub}/api/pair/start"))
-        .json(&json!({"name": name}))
-        .send()
-        .await
-        .with_context(|| format!("contacting {hub}"))?
-        .error_for_status()?
-        .json()
-        .await?;
-    let code = v["code"].as_str().unwrap_or_default();
-    let device_code = v["device_code"].as_str().unwrap_or_default().to_owned();
-    let expires = v["expires_in"].as_u64().unwrap_or(600);
-    println!(
-        "To pair this device, approve code {code} in My Jarvis (Devices → Pair) within {} minutes.",
-        expires / 60
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(expires);
-    loop {
-        if tokio::time::Instant::now() >= deadline {
-            bail!("the pairing code expired; run `jarvis login` again");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let resp = http
-            .post(format!("{hub}/api/pair/poll"))
-            .json(&json!({"device_code": device_code}))
+/// A pairing in progress: show `code` to the person, then [`Pairing::wait`].
+pub struct Pairing {
+    pub hub: String,
+    pub code: String,
+    pub device_code: String,
+    pub expires_in: u64,
+}
+
+impl Pairing {
+    /// Asks the hub for a pairing code for a device called `name`.
+    pub async fn start(hub: &str, name: &str) -> Result<Pairing> {
+        let v: Value = reqwest::Client::new()
+            .post(format!("{hub}/api/pair/start"))
+            .json(&json!({"name": name}))
             .send()
+            .await
+            .with_context(|| format!("contacting {hub}"))?
+            .error_for_status()?
+            .json()
             .await?;
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        if status.is_success() {
-            let token = v["token"].as_str().unwrap_or_default().to_owned();
-            let id = v["device"]["id"].as_str().unwrap_or_default().to_owned();
-            return Ok((token, id));
-        }
-        if v["code"] != "authorization_pending" && v["code"] != "rate_limited" {
-            bail!(
-                "pairing failed: {}",
-                v["message"].as_str().unwrap_or("unknown error")
-            );
+        let field = |k: &str| {
+            v[k].as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("the hub's pairing answer has no {k}: {v}"))
+        };
+        Ok(Pairing {
+            hub: hub.to_owned(),
+            code: field("code")?,
+            device_code: field("device_code")?,
+            expires_in: v["expires_in"].as_u64().unwrap_or(600),
+        })
+    }
+
+    /// Polls until the code is approved; returns (token, device id).
+    pub async fn wait(&self) -> Result<(String, String)> {
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.expires_in);
+        loop {
+            if tokio::time::Instant::now() >= deadline {
+                bail!("the pairing code expired; sign in again");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let resp = http
+                .post(format!("{}/api/pair/poll", self.hub))
+                .json(&json!({"device_code": self.device_code}))
+                .send()
+                .await?;
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            if status.is_success() {
+                let token = v["token"].as_str().unwrap_or_default().to_owned();
+                let id = v["device"]["id"].as_str().unwrap_or_default().to_owned();
+                return Ok((token, id));
+            }
+            if v["code"] != "authorization_pending" && v["code"] != "rate_limited" {
+                bail!(
+                    "pairing failed: {}",
+                    v["message"].as_str().unwrap_or("unknown error")
+                );
+            }
         }
     }
+}
+
+/// `jarvis login` without a token: shows the code and waits for its approval.
+pub async fn pair(hub: &str, name: &str) -> Result<(String, String)> {
+    let pairing = Pairing::start(hub, name).await?;
+    println!(
+        "To pair this device, approve code {} in My Jarvis (Devices → Pair) within {} minutes.",
+        pairing.code,
+        pairing.expires_in / 60
+    );
+    pairing.wait().await
 }
