@@ -520,9 +520,9 @@ impl DesktopCore {
             match device.api.post("/api/sessions", body).await {
                 Ok(_) => {
                     tracing::info!(session = %u.session, "offline session registered with the hub");
-                    if let Err(e) = device.client.open(&format!("session/{}", u.session)).await {
-                        tracing::warn!(session = %u.session, error = %e, "reopening an offline session");
-                    }
+                    let client = device.client.clone();
+                    let name = format!("session/{}", u.session);
+                    tokio::spawn(async move { resync(&client, &name).await });
                     let mut inner = self.inner.lock().await;
                     inner
                         .settings
@@ -1173,6 +1173,37 @@ impl DesktopCore {
             .await
             .map_err(|e| CoreError::Invalid(e.to_string()))?;
         Ok(SessionDoc::new(doc))
+    }
+}
+
+/// Makes the sync client ask for `name` again until the hub takes it: the hub refused the
+/// document of a session it did not know yet, and that refusal may still be on its way when the
+/// session is registered. Gives up after a while (the next reconnect asks again).
+async fn resync(client: &SyncClient, name: &str) {
+    if let Err(e) = client.open(name).await {
+        tracing::warn!(doc = %name, error = %e, "reopening a document");
+        return;
+    }
+    let Some(mut status) = client.watch_document(name) else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = status.borrow_and_update().clone();
+        if now.synced && now.denied.is_none() {
+            return;
+        }
+        if now.denied.is_some() {
+            // Opening a refused document asks the hub again.
+            let _ = client.open(name).await;
+        }
+        match tokio::time::timeout_at(deadline, status.changed()).await {
+            Ok(Ok(())) => {}
+            _ => {
+                tracing::warn!(doc = %name, "the hub has not taken the document yet");
+                return;
+            }
+        }
     }
 }
 

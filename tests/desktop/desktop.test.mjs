@@ -7,7 +7,9 @@
 // The story: sign in, open a folder by path, run a session here, approve its write in the
 // window, press Continue in cloud while the second reply streams, approve the cloud's write,
 // see it finish in the cloud, Continue here, one more local turn (approved), and the folder on
-// disk equals the cloud's copy. Every wait polls a condition with a deadline; screenshots land
+// disk equals the cloud's copy. Then the hub stops: the window shows offline and a session
+// still runs here (approved in the window); the hub comes back and gets that session and its
+// file. Last, sign out and pair this computer by a code. Every wait polls a condition with a deadline; screenshots land
 // in tests/desktop/screenshots/.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -121,6 +123,8 @@ test('desktop window: open a folder, run here, approve, Continue in cloud, Conti
   assert.ok(process.env.DISPLAY, 'needs an X display: run tests/desktop/run.sh (Xvfb + a private D-Bus session with gnome-keyring)');
   assert.ok(process.env.DBUS_SESSION_BUS_ADDRESS, 'needs a D-Bus session with a Secret Service: run tests/desktop/run.sh');
   assert.ok(existsSync(DESKTOP), `${DESKTOP} is missing: cargo build -p jarvis-desktop (after cd ui && npm run build)`);
+  // Only this run's screenshots in the folder.
+  rmSync(SHOTS, { recursive: true, force: true });
   mkdirSync(SHOTS, { recursive: true });
   const root = mkdtempSync(join(tmpdir(), 'jarvis-desktop-e2e-'));
   const logs = [];
@@ -313,6 +317,28 @@ test('desktop window: open a folder, run here, approve, Continue in cloud, Conti
       ((await api(`/api/workspaces/${workspace}`))?.files ?? []).some((f) => f.path === 'offline.txt'), 60_000);
     await until('the offline session in the window\'s list', () => has(`[data-testid=session-${offline}]`));
     await snap('back-online');
+
+    // Sign out (the window goes back to its sign-in), then pair this computer by a code that
+    // the person approves where they are signed in (here: the API with their token).
+    step = 'sign out, pair';
+    await wd.click('[data-testid=sign-out]');
+    await until('signed out', async () =>
+      (await has('[data-testid=desk-pair]')) && (await q('[data-testid=desktop-status]', 'data-connection')) === 'signed_out');
+    await wd.type('[data-testid=desk-hub]', base);
+    await wd.click('.token-signin summary');
+    await wd.type('[data-testid=desk-name]', 'E2E desktop');
+    await wd.click('[data-testid=desk-pair]');
+    const code = await until('a pairing code shown', async () => (await text('[data-testid=pair-code]')).trim());
+    await snap('pairing');
+    const approved = await fetch(`${base}/api/pair/approve`, {
+      method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ code }),
+    });
+    assert.equal(approved.status, 200, await approved.text());
+    await until('online as the paired device', async () =>
+      (await q('[data-testid=desktop-status]', 'data-connection')) === 'online' && (await has('[data-testid=desktop-panel]')), 60_000);
+    assert.ok(((await api('/api/devices'))?.devices ?? []).some((d) => d.name === 'E2E desktop' && !d.revoked));
+    await until('the folder and the sessions still there', async () =>
+      (await has(`[data-testid=folder-${workspace}]`)) && (await has(`[data-testid=session-${offline}]`)));
   } catch (e) {
     if (wd.id) await snap(`failed-${step.replace(/\W+/g, '-')}`).catch(() => {});
     const html = wd.id ? await wd.exec('return document.body.innerText').catch(() => '') : '';

@@ -7,7 +7,7 @@ import { FileTree } from './Files';
 import { Preview } from './Preview';
 import { ApproveDevice } from './ApproveDevice';
 import { DesktopPanel, StatusLine } from './Desktop';
-import { inDesktop } from '../lib/desktop';
+import { inDesktop, onTrayOpen } from '../lib/desktop';
 
 type Tab = 'sessions' | 'chat' | 'files' | 'preview';
 const PHONE = '(max-width: 760px)';
@@ -77,6 +77,8 @@ export function Workbench() {
   usePoll(refresh, 1500, [refresh]);
   usePoll(() => { api.devices().then(setDevices).catch(() => {}); }, 15000, [api]);
 
+  // The tray's session items (desktop window).
+  useEffect(() => (inDesktop ? onTrayOpen((id) => { setSelected(id); history.pushState(null, '', `/s/${id}`); if (phone) setTab('chat'); }) : undefined), [phone]);
   useEffect(() => {
     const on = () => setSelected(sessionFromUrl());
     addEventListener('popstate', on);
@@ -119,7 +121,7 @@ export function Workbench() {
       <div className="spacer" />
       <button className="btn ghost small" onClick={() => setDialog('approve')} data-testid="approve-device-open"><span className="hide-phone">Approve a device</span><span className="show-phone">Approve</span></button>
       <span className="who" title={me.device}>{me.name}</span>
-      <button className="btn ghost small" onClick={signOut}>Sign out</button>
+      <button className="btn ghost small" onClick={signOut} data-testid="sign-out">Sign out</button>
     </header>
   );
 

@@ -160,6 +160,12 @@ export function onCoreEvent(kind: CoreEvent['type'], fn: (e: any) => void): () =
   return () => { p.then((f) => f()).catch(() => {}); };
 }
 
+/** A session picked in the tray menu (`jarvis://open-session`, its id); returns the unsubscribe. */
+export function onTrayOpen(fn: (session: string) => void): () => void {
+  const p = listen<string>('jarvis://open-session', ({ payload }) => fn(payload));
+  return () => { p.then((f) => f()).catch(() => {}); };
+}
+
 /** True inside the Tauri window. */
 export const inDesktop: boolean = typeof window !== 'undefined' && !!window.__TAURI_INTERNALS__;
 
