@@ -579,12 +579,17 @@ async fn watch_contents(api: &Api, workspace: &str, w: &Watch, globs: &globset::
                     lock(&c).push((p.clone(), clock.now_ms()));
                 });
                 if let Err(e) = sub {
-                    tracing::warn!(%name, error = %e, "cannot observe a watched file");
+                    // The document was mid-transaction (a sync update): try again next tick.
+                    tracing::debug!(%name, error = %e, "observing a watched file failed; retrying");
+                    w.relist.store(true, Ordering::SeqCst);
                     continue;
                 }
                 lock(&w.files).insert(doc_id);
             }
-            Err(e) => tracing::warn!(%name, error = %e, "cannot open a watched file"),
+            Err(e) => {
+                tracing::warn!(%name, error = %e, "cannot open a watched file; retrying");
+                w.relist.store(true, Ordering::SeqCst);
+            }
         }
     }
 }
