@@ -202,6 +202,21 @@ async fn streams_chunk_by_chunk_forwards_headers_and_records_usage_per_user() {
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "authentication_error");
     }
+    // A read-only token (a shared link) cannot spend the team's money.
+    let read_only = jarvis_e2e::create_user_token(dir.path(), Some("alice"), &["*"], true).unwrap();
+    let resp = http
+        .post(agent.http_url("/v1/messages"))
+        .header("x-api-key", &read_only)
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["type"],
+        "permission_error"
+    );
     assert_eq!(
         fake.requests().len(),
         before,
