@@ -96,6 +96,10 @@ function tree(dir) {
 function makeScript(state) {
   return (_body, last) => {
     const results = last.toolResults.map((r) => r.tool_use_id);
+    if (results.includes('toolu_early')) return { text: 'Early turn done: early.txt is written.' };
+    if (/add early\.txt/i.test(last.text)) {
+      return { text: 'Writing early.txt before any sign-in.', tools: [{ id: 'toolu_early', name: 'write', input: { path: 'early.txt', content: 'written signed out\n' } }] };
+    }
     if (results.includes('toolu_offline')) return { text: 'Offline turn done: offline.txt is written.' };
     if (/add offline\.txt/i.test(last.text)) {
       return { text: 'Writing offline.txt with no hub around.', tools: [{ id: 'toolu_offline', name: 'write', input: { path: 'offline.txt', content: 'written offline\n' } }] };
@@ -186,6 +190,31 @@ test('desktop window: open a folder, run here, approve, Continue in cloud, Conti
     await until('the desktop sign-in screen', () => has('[data-testid=desk-signin]'));
     assert.equal(await q('[data-testid=desktop-status]', 'data-connection'), 'signed_out');
     await snap('sign-in');
+
+    // First on this computer only: a folder and a session with no hub at all.
+    step = 'use on this computer only';
+    const workspace = `proj${process.pid}`;
+    const folder = join(root, workspace);
+    mkdirSync(folder);
+    writeFileSync(join(folder, 'README.md'), '# A project\n');
+    await wd.click('[data-testid=desk-local]');
+    await until('the workbench, signed out', () => has('[data-testid=folder-path]'));
+    await wd.type('[data-testid=folder-path]', folder);
+    await wd.click('[data-testid=folder-open]');
+    await until('the folder listed', () => has(`[data-testid=folder-${workspace}]`));
+    await wd.type('[data-testid=local-prompt]', 'Please add early.txt');
+    await wd.click('[data-testid=local-start]');
+    await until('the signed-out write waiting for approval', () => has('[data-testid=tool-card][data-state=waiting] [data-testid=allow]'));
+    const early = (await wd.exec('return location.pathname')).replace(/^\/s\//, '');
+    assert.match(await text('[data-testid=chat-where]'), /This device/);
+    await wd.click('[data-testid=tool-card][data-state=waiting] [data-testid=allow]');
+    await until('early.txt written here', () => existsSync(join(folder, 'early.txt')));
+    await until('the signed-out turn finished', async () =>
+      /Early turn done/.test(await text('[data-testid=chat-scroll]')) && (await text('[data-testid=chat-status]')) === 'Done');
+    await snap('signed-out-session');
+    await wd.click('[data-testid=sign-in]');
+    step = 'sign in';
+    await until('the sign-in screen again', () => has('[data-testid=desk-signin]'));
     await wd.type('[data-testid=desk-hub]', base);
     await wd.type('[data-testid=desk-token]', token);
     await wd.click('[data-testid=desk-signin]');
@@ -197,15 +226,20 @@ test('desktop window: open a folder, run here, approve, Continue in cloud, Conti
       if (statSync(join(appEnv.JARVIS_DESKTOP_DATA, f)).isFile()) assert.ok(!readFileSync(join(appEnv.JARVIS_DESKTOP_DATA, f)).includes(token), `the token is in ${f}`);
     }
 
-    // Open a folder by its path (the native dialog cannot be driven).
+    // The session made before signing in reaches the hub, with its messages.
+    const hubApi = async (path) => {
+      const r = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${token}` } });
+      return r.ok ? r.json() : null;
+    };
+    await until('the signed-out session registered with the hub', async () =>
+      JSON.stringify((await hubApi(`/api/sessions/${early}`))?.messages ?? null).includes('Early turn done'));
+
+    // Open the folder again by its path (the native dialog cannot be driven): nothing changes.
     step = 'open a folder';
-    const workspace = `proj${process.pid}`;
-    const folder = join(root, workspace);
-    mkdirSync(folder);
-    writeFileSync(join(folder, 'README.md'), '# A project\n');
     await wd.type('[data-testid=folder-path]', folder);
     await wd.click('[data-testid=folder-open]');
     await until('the folder listed', () => has(`[data-testid=folder-${workspace}]`));
+    assert.equal(await wd.exec('return document.querySelectorAll("[data-testid=folders] li").length'), 1);
 
     // A session here, in ask mode: its first write needs an approval, given in the window.
     step = 'run a session here';
@@ -267,6 +301,7 @@ test('desktop window: open a folder, run here, approve, Continue in cloud, Conti
     step = 'compare the folders';
     const want = {
       'README.md': '# A project\n',
+      'early.txt': 'written signed out\n',
       'hello.txt': 'hello from the desktop\n',
       'notes.md': '# Notes\n\nwritten in the cloud\n',
       'local.txt': 'written on the desktop\n',
@@ -305,10 +340,7 @@ test('desktop window: open a folder, run here, approve, Continue in cloud, Conti
     hub = start(CLOUD, ['serve', '--host', '127.0.0.1', '--port', String(port), '--data-dir', data], hubEnv, logs);
     cleanups.push(() => hub.stop());
     await until('online again', async () => (await q('[data-testid=desktop-status]', 'data-connection')) === 'online', 60_000);
-    const api = async (path) => {
-      const r = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${token}` } });
-      return r.ok ? r.json() : null;
-    };
+    const api = hubApi;
     await until('the offline session known to the hub with its messages', async () => {
       const v = await api(`/api/sessions/${offline}`);
       return v && JSON.stringify(v.messages).includes('Offline turn done') && v.workspace === workspace;

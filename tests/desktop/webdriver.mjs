@@ -44,9 +44,16 @@ export class WebDriver {
 
   async click(css) { const e = await this.find(css); await this.req('POST', this.s(`/element/${e}/click`), {}); }
 
+  /** Types into a field as a person would; with `clear`, first deletes what is there by
+   * keyboard (WebDriver's own clear does not reach React's state in WebKitWebDriver). */
   async type(css, text, { clear = true } = {}) {
     const e = await this.find(css);
-    if (clear) await this.req('POST', this.s(`/element/${e}/clear`), {});
+    if (clear) {
+      const had = String(await this.req('GET', this.s(`/element/${e}/property/value`)) ?? '');
+      if (had) await this.req('POST', this.s(`/element/${e}/value`), { text: `\uE010${'\uE003'.repeat(had.length)}` });
+      const left = await this.req('GET', this.s(`/element/${e}/property/value`));
+      if (left) throw new Error(`could not clear ${css}: ${JSON.stringify(left)} left`);
+    }
     await this.req('POST', this.s(`/element/${e}/value`), { text });
   }
 

@@ -5,7 +5,7 @@ import { CONTEXT_TOKENS, contextUsed, readMessages, readMeta, type BlockView, ty
 import { sessionChanges } from '../lib/session-diff.js';
 import { Markdown } from './Markdown';
 import { deviceName, statusOf, whereLabel } from './labels';
-import { call, inDesktop } from '../lib/desktop';
+import { call, inDesktop, useCoreStatus } from '../lib/desktop';
 
 
 const fmtTokens = (n: number) => (n >= 1000 ? `${(n / 1000).toFixed(n >= 10000 ? 0 : 1)}k` : String(n));
@@ -124,6 +124,7 @@ export function Chat({ session, summary, devices, onShowChanges }: {
   session: string | null; summary: SessionSummary | null; devices: Device[]; onShowChanges: () => void;
 }) {
   const { api, me } = useApp();
+  const core = useCoreStatus();
   const entry = useDoc(session ? `session/${session}` : null);
   const version = useDocVersion(entry?.doc);
   const [draft, setDraft] = useState('');
@@ -161,7 +162,9 @@ export function Chat({ session, summary, devices, onShowChanges }: {
 
   const status = meta?.status ?? summary?.status ?? 'idle';
   const st = statusOf(status);
-  const runner = summary?.runner ?? (meta?.runner && meta.runner.expires > Date.now() ? meta.runner.device : null);
+  // The desktop's core knows what runs on this computer, with or without the hub.
+  const runningHere = !!core?.running.some((r) => r.session === session);
+  const runner = runningHere ? me.device : summary?.runner ?? (meta?.runner && meta.runner.expires > Date.now() ? meta.runner.device : null);
   const where = whereLabel(runner, me.device, devices);
   const nameOf = (id: string) => deviceName(id, me.device, devices);
   const ctx = contextUsed(messages);

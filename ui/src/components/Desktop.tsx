@@ -1,18 +1,14 @@
 // The desktop window's own screens: sign-in to a hub (address + token, or pairing) through the
 // core, the sync/connection status line, opened folders, and sessions started on this device.
 // Everything goes through the core's commands (lib/desktop.ts); the web view never shows these.
-import { useEffect, useMemo, useState, useSyncExternalStore } from 'react';
+import { useEffect, useMemo, useState } from 'react';
 import { Api, type Me } from '../lib/api';
 import { AppCtx } from '../lib/hooks';
-import { call, desktopPeer, desktopTransport, statusLine, type DesktopStatus } from '../lib/desktop';
+import { call, desktopPeer, desktopTransport, statusLine, useCoreStatus, type DesktopStatus } from '../lib/desktop';
 import { Workbench } from './Workbench';
 
 const errText = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
-function useCoreStatus(): DesktopStatus | null {
-  const peer = desktopPeer();
-  return useSyncExternalStore((cb) => peer.onChange(cb), () => peer.core);
-}
 
 export function StatusLine() {
   const line = statusLine(useCoreStatus());
@@ -24,7 +20,7 @@ export function StatusLine() {
   );
 }
 
-function DesktopSignIn() {
+function DesktopSignIn({ onLocal }: { onLocal: () => void }) {
   const core = useCoreStatus();
   const [hub, setHub] = useState(core?.hub ?? 'http://127.0.0.1:8080');
   const [token, setToken] = useState('');
@@ -74,6 +70,7 @@ function DesktopSignIn() {
             )}
           </div>
         </details>
+        <button className="btn ghost" onClick={onLocal} data-testid="desk-local">Use on this computer only</button>
         {error && <p className="error" role="alert" data-testid="desk-error">{error}</p>}
       </div>
     </main>
@@ -81,7 +78,7 @@ function DesktopSignIn() {
 }
 
 /** Folders of this computer, and sessions started in them (run here, under this device's lease). */
-export function DesktopPanel({ onOpen }: { onOpen: (session: string) => void }) {
+export function DesktopPanel({ onOpen }: { onOpen: (session: string, workspace?: string) => void }) {
   const core = useCoreStatus();
   const [path, setPath] = useState('');
   const [workspace, setWorkspace] = useState('');
@@ -121,7 +118,7 @@ export function DesktopPanel({ onOpen }: { onOpen: (session: string) => void }) 
       {folders.length > 0 && (
         <form className="stack desk-row" onSubmit={(e) => {
           e.preventDefault();
-          go(async () => { const id = await call<string>('start_session', { workspace: ws, prompt: prompt.trim(), permissionMode: mode }); setPrompt(''); onOpen(id); });
+          go(async () => { const id = await call<string>('start_session', { workspace: ws, prompt: prompt.trim(), permissionMode: mode }); setPrompt(''); onOpen(id, ws); });
         }}>
           <div className="row">
             <select value={ws} onChange={(e) => setWorkspace(e.target.value)} aria-label="Folder" data-testid="local-workspace">
@@ -140,7 +137,7 @@ export function DesktopPanel({ onOpen }: { onOpen: (session: string) => void }) 
       )}
       {(core?.running.length ?? 0) > 0 && (
         <ul className="desk-folders" data-testid="running-here">
-          {core!.running.map((r) => <li key={r.session}><button className="link small" onClick={() => onOpen(r.session)}>● {r.title}</button></li>)}
+          {core!.running.map((r) => <li key={r.session}><button className="link small" onClick={() => onOpen(r.session, r.workspace)}>● {r.title}</button></li>)}
         </ul>
       )}
       {error && <p className="error small-pad" role="alert" data-testid="desk-error">{error}</p>}
@@ -156,6 +153,10 @@ export function DesktopApp() {
   const [me, setMe] = useState<Me | null>(null);
   const [error, setError] = useState<string | null>(null);
   const signedIn = !!core && core.connection !== 'signed_out';
+  // Signed out, by choice: folders and sessions on this computer only; they reach the hub
+  // once the person signs in.
+  const [local, setLocal] = useState(false);
+  useEffect(() => { if (signedIn) setLocal(false); }, [signedIn]);
   const online = core?.connection === 'online';
   const device = core?.device ?? null;
 
@@ -174,7 +175,15 @@ export function DesktopApp() {
   const signOut = () => { call<DesktopStatus>('sign_out').then((s) => peer.setStatus(s)).catch((e) => setError(errText(e))); };
 
   if (!core) return <div className="center-screen"><p className="muted">Starting…</p></div>;
-  if (!signedIn) return <DesktopSignIn />;
+  if (!signedIn && local) {
+    const here: Me = { user: '', name: 'This computer', admin: false, device: core.device ?? 'desktop', read_only: false };
+    return (
+      <AppCtx.Provider value={{ api, peer, me: here, signOut: () => setLocal(false), signedOut: true }}>
+        <Workbench />
+      </AppCtx.Provider>
+    );
+  }
+  if (!signedIn) return <DesktopSignIn onLocal={() => setLocal(true)} />;
   if (!me) {
     return (
       <div className="center-screen">

@@ -55,7 +55,7 @@ function Splitter({ onDrag, label }: { onDrag: (dx: number) => void; label: stri
 }
 
 export function Workbench() {
-  const { api, me, signOut } = useApp();
+  const { api, me, signOut, signedOut } = useApp();
   const phone = useMedia(PHONE);
   const status = usePeerStatus();
   const [sessions, setSessions] = useState<SessionSummary[] | null>(null);
@@ -98,7 +98,7 @@ export function Workbench() {
   const showChanges = () => { setPreviewMode('changes'); if (phone) setTab('preview'); };
 
   // The desktop window's folders and local sessions (components/Desktop.tsx).
-  const desktopPanel = inDesktop ? <DesktopPanel onOpen={(id) => { refresh(); open(id); }} /> : null;
+  const desktopPanel = inDesktop ? <DesktopPanel onOpen={(id, ws) => { refresh(); open(id); if (ws) setWorkspace(ws); }} /> : null;
   const sessionsPanel = (
     <SessionList sessions={sessions} error={listError} selected={selected} devices={devices} onOpen={open} onNew={() => setDialog('new')} />
   );
@@ -119,9 +119,11 @@ export function Workbench() {
         </div>
       )}
       <div className="spacer" />
-      <button className="btn ghost small" onClick={() => setDialog('approve')} data-testid="approve-device-open"><span className="hide-phone">Approve a device</span><span className="show-phone">Approve</span></button>
+      {!signedOut && <button className="btn ghost small" onClick={() => setDialog('approve')} data-testid="approve-device-open"><span className="hide-phone">Approve a device</span><span className="show-phone">Approve</span></button>}
       <span className="who" title={me.device}>{me.name}</span>
-      <button className="btn ghost small" onClick={signOut} data-testid="sign-out">Sign out</button>
+      {signedOut
+        ? <button className="btn ghost small" onClick={signOut} data-testid="sign-in">Sign in</button>
+        : <button className="btn ghost small" onClick={signOut} data-testid="sign-out">Sign out</button>}
     </header>
   );
 

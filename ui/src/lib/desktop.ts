@@ -5,6 +5,7 @@
 //
 // Never imported for its side effects: in a browser `desktop` is null and nothing here runs.
 import * as Y from 'yjs';
+import { useSyncExternalStore } from 'react';
 import { invoke } from '@tauri-apps/api/core';
 import { listen } from '@tauri-apps/api/event';
 import { ApiError } from './api';
@@ -192,4 +193,12 @@ let shared: DesktopPeer | null = null;
 export function desktopPeer(): DesktopPeer {
   if (!shared) shared = new DesktopPeer();
   return shared;
+}
+
+/** The core's latest status, re-rendering on each change (null outside the desktop window). */
+export function useCoreStatus(): DesktopStatus | null {
+  return useSyncExternalStore(
+    (cb) => (inDesktop ? desktopPeer().onChange(cb) : () => {}),
+    () => (inDesktop ? desktopPeer().core : null),
+  );
 }

@@ -3,7 +3,8 @@ import * as Y from 'yjs';
 import type { Peer, OpenDoc } from './sync';
 import type { Api, Me } from './api';
 
-export interface Ctx { api: Api; peer: Peer; me: Me; signOut: () => void }
+/** `signedOut`: the desktop window used on this computer only (no hub); `signOut` then goes to sign-in. */
+export interface Ctx { api: Api; peer: Peer; me: Me; signOut: () => void; signedOut?: boolean }
 export const AppCtx = createContext<Ctx | null>(null);
 export function useApp(): Ctx {
   const c = useContext(AppCtx);
