@@ -31,6 +31,8 @@ const DESKTOP = process.env.JARVIS_DESKTOP_BIN ?? join(targetDir, 'debug', 'jarv
 const TAURI_DRIVER = process.env.TAURI_DRIVER_BIN ?? 'tauri-driver';
 const SHOTS = join(here, 'screenshots');
 const T = 30_000;
+// A 2×2 PNG: a binary file travels as a blob, and the window shows it through the core.
+const PNG = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGNgYPj/n4GBgYGJgYGBAQAcBgMBmZ0jvQAAAABJRU5ErkJggg==', 'base64');
 
 function until(what, cond, ms = T) {
   return new Promise((ok, fail) => {
@@ -77,7 +79,7 @@ function start(bin, args, env, log) {
   };
 }
 
-/** Every file under `dir` (relative path → contents), skipping the app's own folders. */
+/** Every file under `dir` (relative path → its bytes as latin1), skipping the app's own folders. */
 function tree(dir) {
   const out = {};
   const walk = (d) => {
@@ -85,7 +87,7 @@ function tree(dir) {
       if (name === '.jarvis' || name === '.git') continue;
       const p = join(d, name);
       if (statSync(p).isDirectory()) walk(p);
-      else out[relative(dir, p)] = readFileSync(p, 'utf8');
+      else out[relative(dir, p)] = readFileSync(p, 'latin1');
     }
   };
   if (existsSync(dir)) walk(dir);
@@ -197,6 +199,7 @@ test('desktop window: open a folder, run here, approve, Continue in cloud, Conti
     const folder = join(root, workspace);
     mkdirSync(folder);
     writeFileSync(join(folder, 'README.md'), '# A project\n');
+    writeFileSync(join(folder, 'pixel.png'), PNG);
     await wd.click('[data-testid=desk-local]');
     await until('the workbench, signed out', () => has('[data-testid=folder-path]'));
     await wd.type('[data-testid=folder-path]', folder);
@@ -297,11 +300,23 @@ test('desktop window: open a folder, run here, approve, Continue in cloud, Conti
     }, 60_000);
     await snap('local-turn-done');
 
+    // The files panel: a Markdown file from the workspace documents, an image from the blob
+    // store, both through the core.
+    step = 'files and preview';
+    await until('notes.md in the tree', () => has('[data-testid="file-notes.md"]'));
+    await wd.click('[data-testid="file-notes.md"]');
+    await until('notes.md previewed', async () => /written in the cloud/.test(await text('[data-testid=preview-body]')));
+    await wd.click('[data-testid="file-pixel.png"]');
+    await until('the PNG shown from its blob', async () =>
+      (await wd.exec('const i = document.querySelector("[data-testid=image]"); return i && i.complete ? i.naturalWidth : 0;')) === 2);
+    await snap('image-preview');
+
     // The folder here and the cloud's copy hold the same files.
     step = 'compare the folders';
     const want = {
       'README.md': '# A project\n',
       'early.txt': 'written signed out\n',
+      'pixel.png': PNG.toString('latin1'),
       'hello.txt': 'hello from the desktop\n',
       'notes.md': '# Notes\n\nwritten in the cloud\n',
       'local.txt': 'written on the desktop\n',
