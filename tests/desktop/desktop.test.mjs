@@ -392,3 +392,52 @@ test('desktop window: open a folder, run here, approve, Continue in cloud, Conti
     throw new Error(`desktop e2e failed at "${step}": ${e.message}\n--- window text ---\n${String(html).slice(0, 3000)}\n${logs.map((l) => l()).join('\n')}`);
   }
 });
+
+test('desktop window without a keychain: it says so and keeps no token', { timeout: 120_000 }, async (t) => {
+  assert.ok(process.env.DISPLAY, 'needs an X display: run tests/desktop/run.sh');
+  mkdirSync(SHOTS, { recursive: true });
+  const root = mkdtempSync(join(tmpdir(), 'jarvis-desktop-nokeychain-'));
+  const logs = [];
+  const cleanups = [];
+  t.after(async () => {
+    for (const c of cleanups.reverse()) await c().catch(() => {});
+    rmSync(root, { recursive: true, force: true });
+  });
+  const wd = new WebDriver('');
+  try {
+    const data = join(root, 'hub');
+    const token = execFileSync(CLOUD, ['user', 'add', 'erin', '--data-dir', data], { encoding: 'utf8', env: { ...process.env, RUST_LOG: 'warn' } })
+      .trim().split('\n').pop().trim();
+    const hub = start(CLOUD, ['serve', '--host', '127.0.0.1', '--port', '0', '--data-dir', data], { ...process.env, RUST_LOG: 'warn' }, logs);
+    cleanups.push(() => hub.stop());
+    const port = await until('jarvis-cloud listening', () => Number(hub.output().match(/listening on 127\.0\.0\.1:(\d+)/)?.[1] ?? 0));
+    // No Secret Service on this bus: the keychain is unavailable.
+    const appEnv = {
+      ...process.env,
+      DBUS_SESSION_BUS_ADDRESS: `unix:path=${join(root, 'no-bus')}`,
+      JARVIS_DESKTOP_DATA: join(root, 'desktop'),
+      JARVIS_KEYCHAIN_SERVICE: `jarvis-desktop-e2e-nokc-${process.pid}`,
+    };
+    const [wdPort, nativePort] = [await freePort(), await freePort()];
+    const driver = start(TAURI_DRIVER, ['--port', String(wdPort), '--native-port', String(nativePort)], appEnv, logs);
+    cleanups.push(() => driver.stop());
+    wd.base = `http://127.0.0.1:${wdPort}`;
+    await until('tauri-driver answering', async () => (await fetch(`${wd.base}/status`)).ok);
+    await wd.start(DESKTOP);
+    cleanups.push(() => wd.quit());
+    const text = (sel) => wd.exec('const e = document.querySelector(arguments[0]); return e ? e.textContent : "";', sel);
+    await until('the status line names the keychain', async () => /^Keychain unavailable: /.test(await text('[data-testid=desktop-status]')));
+    await wd.type('[data-testid=desk-hub]', `http://127.0.0.1:${port}`);
+    await wd.type('[data-testid=desk-token]', token);
+    await wd.click('[data-testid=desk-signin]');
+    await until('the sign-in refused with the keychain\'s reason', async () => /keychain/i.test(await text('[data-testid=desk-error]')));
+    assert.ok(await wd.exec('return !!document.querySelector("[data-testid=desk-signin]")'), 'still on the sign-in screen');
+    writeFileSync(join(SHOTS, '12-no-keychain.png'), await wd.screenshot());
+    // Nothing of the token anywhere in the app's data dir.
+    const files = tree(appEnv.JARVIS_DESKTOP_DATA);
+    for (const [f, body] of Object.entries(files)) assert.ok(!body.includes(token), `the token is in ${f}`);
+  } catch (e) {
+    const html = wd.id ? await wd.exec('return document.body.innerText').catch(() => '') : '';
+    throw new Error(`${e.message}\n--- window text ---\n${String(html).slice(0, 2000)}\n${logs.map((l) => l()).join('\n')}`);
+  }
+});
