@@ -66,6 +66,16 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def memory_kb(pid: int, field: str, source: str = "status") -> int:
+    try:
+        for line in open(f"/proc/{pid}/{source}"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
 def tree(pid: int):
     """pid and every descendant (WebKit runs its web and network processes as children)."""
     out = [pid]
@@ -139,7 +149,7 @@ def inner(args):
         env = {**os.environ, "JARVIS_DESKTOP_DATA": str(data), "JARVIS_KEYCHAIN_SERVICE": service,
                "RUST_LOG": "info"}
         starts, first = [], None
-        rss_app = rss_total = None
+        rss_app = rss_total = anon_app = file_app = pss_total = None
         for run in range(args.runs + 1):
             lines = []
             t0 = time.monotonic()
@@ -160,6 +170,9 @@ def inner(args):
                 pids = tree(app.pid)
                 rss_app = rss_kb(app.pid) / 1024
                 rss_total = sum(rss_kb(p) for p in pids) / 1024
+                anon_app = memory_kb(app.pid, "RssAnon") / 1024
+                file_app = memory_kb(app.pid, "RssFile") / 1024
+                pss_total = sum(memory_kb(p, "Pss", "smaps_rollup") for p in pids) / 1024
             app.terminate()
             try:
                 app.wait(10)
@@ -179,7 +192,10 @@ def inner(args):
             f"{first[0]:.0f} ms to the window |  |\n"
             f"| idle RSS, app process, {args.files}-file workspace open, {args.idle:.0f} s idle | "
             f"{rss_app:.0f} MB | < 150 MB |\n"
+            f"| of which private (RssAnon) / shared library pages (RssFile) | "
+            f"{anon_app:.0f} MB / {file_app:.0f} MB |  |\n"
             f"| idle RSS, app + WebKit web and network processes | {rss_total:.0f} MB |  |\n"
+            f"| idle PSS, app + WebKit processes (shared pages split) | {pss_total:.0f} MB |  |\n"
             f"| .deb size | {deb_size} |  |\n")
         print(table)
         if args.out:
