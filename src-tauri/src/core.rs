@@ -216,6 +216,9 @@ struct Inner {
     docs: HashMap<String, usize>,
     /// Stops the background tasks of the current sign-in (connector, watcher).
     epoch: CancellationToken,
+    /// The hub failed to answer since this sign-in started: the status reads offline, not
+    /// connecting, until it is back (so the status line does not flicker between the two).
+    unreachable: bool,
 }
 
 pub struct DesktopCore {
@@ -280,6 +283,7 @@ impl DesktopCore {
                 token: None,
                 docs: HashMap::new(),
                 epoch: CancellationToken::new(),
+                unreachable: false,
             }),
             config,
             seen: Mutex::new(HashMap::new()),
@@ -382,6 +386,7 @@ impl DesktopCore {
             let mut inner = self.inner.lock().await;
             inner.epoch.cancel();
             inner.epoch = epoch.clone();
+            inner.unreachable = false;
             inner.client = client.clone();
             inner.token = Some(token.to_owned());
             inner.device = None;
@@ -412,7 +417,10 @@ impl DesktopCore {
                         }
                         tracing::warn!(answer = %me, "the hub did not say which device this is");
                     }
-                    Err(e) => tracing::debug!(error = %e, "hub not reachable yet"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "hub not reachable yet");
+                        core.mark_unreachable(&epoch).await;
+                    }
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
@@ -436,8 +444,11 @@ impl DesktopCore {
                     _ = epoch.cancelled() => return,
                     changed = connection.changed() => {
                         if changed.is_err() { return; }
-                        if *connection.borrow() == ConnectionStatus::Connected {
-                            core.register_offline_sessions(&device).await;
+                        let now = connection.borrow().clone();
+                        match now {
+                            ConnectionStatus::Connected => core.register_offline_sessions(&device).await,
+                            ConnectionStatus::Offline { .. } => core.mark_unreachable(&epoch).await,
+                            ConnectionStatus::Connecting => {}
                         }
                         core.emit_status().await;
                     }
@@ -473,6 +484,20 @@ impl DesktopCore {
                 }
                 Err(e) => tracing::warn!(%workspace, error = %e, "cannot mirror the folder"),
             }
+        }
+    }
+
+    async fn mark_unreachable(&self, epoch: &CancellationToken) {
+        let changed = {
+            let mut inner = self.inner.lock().await;
+            let current = !epoch.is_cancelled() && !inner.unreachable;
+            if current {
+                inner.unreachable = true;
+            }
+            current
+        };
+        if changed {
+            self.emit_status().await;
         }
     }
 
@@ -587,8 +612,7 @@ impl DesktopCore {
         let connection = match (&inner.settings.hub, current) {
             (None, _) => "signed_out",
             (Some(_), ConnectionStatus::Connected) if inner.device.is_some() => "online",
-            // Once the hub has answered, retries while it is away read as offline (no flicker).
-            (Some(_), ConnectionStatus::Connecting) if inner.device.is_none() => "connecting",
+            (Some(_), _) if !inner.unreachable => "connecting",
             (Some(_), _) => "offline",
         };
         let mut folders: Vec<FolderInfo> = inner
