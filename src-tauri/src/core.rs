@@ -162,6 +162,8 @@ pub struct Status {
     pub keychain: KeychainStatus,
     pub folders: Vec<FolderInfo>,
     pub running: Vec<RunInfo>,
+    /// Sessions started here that the hub does not know yet (signed out or unreachable).
+    pub unsynced: Vec<RunInfo>,
     /// Whether a provider key or provider configuration is present for local runs.
     pub provider: bool,
 }
@@ -645,6 +647,16 @@ impl DesktopCore {
             keychain: self.secrets.status(),
             folders,
             running,
+            unsynced: inner
+                .settings
+                .unregistered
+                .iter()
+                .map(|u| RunInfo {
+                    session: u.session.clone(),
+                    workspace: u.workspace.clone(),
+                    title: u.title.clone(),
+                })
+                .collect(),
             provider: self.provider_config().is_ok(),
         }
     }

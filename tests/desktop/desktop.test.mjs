@@ -214,6 +214,7 @@ test('desktop window: open a folder, run here, approve, Continue in cloud, Conti
     await until('early.txt written here', () => existsSync(join(folder, 'early.txt')));
     await until('the signed-out turn finished', async () =>
       /Early turn done/.test(await text('[data-testid=chat-scroll]')) && (await text('[data-testid=chat-status]')) === 'Done');
+    assert.ok(await has(`[data-testid=unsynced-${early}]`), 'listed as not on the cloud agent yet');
     await snap('signed-out-session');
     await wd.click('[data-testid=sign-in]');
     step = 'sign in';
@@ -236,6 +237,7 @@ test('desktop window: open a folder, run here, approve, Continue in cloud, Conti
     };
     await until('the signed-out session registered with the hub', async () =>
       JSON.stringify((await hubApi(`/api/sessions/${early}`))?.messages ?? null).includes('Early turn done'));
+    await until('no longer listed as unsynced', async () => !(await has('[data-testid=unsynced]')));
 
     // Open the folder again by its path (the native dialog cannot be driven): nothing changes.
     step = 'open a folder';
@@ -340,6 +342,7 @@ test('desktop window: open a folder, run here, approve, Continue in cloud, Conti
     await until('the offline write waiting for approval', () => has('[data-testid=tool-card][data-state=waiting] [data-testid=allow]'));
     const offline = (await wd.exec('return location.pathname')).replace(/^\/s\//, '');
     assert.match(offline, /^[0-9a-f]{16}$/);
+    assert.ok(await has(`[data-testid=unsynced-${offline}]`), 'listed as not on the cloud agent yet');
     await wd.click('[data-testid=tool-card][data-state=waiting] [data-testid=allow]');
     await until('offline.txt written here', () => existsSync(join(folder, 'offline.txt')));
     await until('the offline turn finished', async () =>

@@ -42,7 +42,7 @@ test('a document replica: core state in, core updates not echoed, own edits out 
   const core = new Y.Doc();
   core.getMap('meta').set('title', 'from the core');
   fake.reset({
-    status: () => ({ hub: 'http://hub', connection: 'online', device: 'd1', keychain: { available: true }, folders: [], running: [], provider: true }),
+    status: () => ({ hub: 'http://hub', connection: 'online', device: 'd1', keychain: { available: true }, folders: [], running: [], unsynced: [], provider: true }),
     doc_open: ({ name }) => (name === 'session/s1' ? b64(Y.encodeStateAsUpdate(core)) : Promise.reject({ code: 'invalid', message: `no ${name}` })),
     doc_apply: ({ update }) => { Y.applyUpdate(core, Buffer.from(update, 'base64'), 'window'); },
     doc_close: () => null,
@@ -87,12 +87,12 @@ test('a document replica: core state in, core updates not echoed, own edits out 
 });
 
 test('status events drive the peer status and the status line', async () => {
-  fake.reset({ status: () => ({ hub: null, connection: 'signed_out', device: null, keychain: { available: true }, folders: [], running: [], provider: false }) });
+  fake.reset({ status: () => ({ hub: null, connection: 'signed_out', device: null, keychain: { available: true }, folders: [], running: [], unsynced: [], provider: false }) });
   const peer = new desktop.DesktopPeer();
   await settle();
   assert.equal(peer.status, 'disconnected');
   assert.equal(desktop.statusLine(peer.core).text, 'Signed out');
-  const s = { hub: 'http://hub', connection: 'offline', device: 'd1', keychain: { available: true }, folders: [], running: [], provider: true };
+  const s = { hub: 'http://hub', connection: 'offline', device: 'd1', keychain: { available: true }, folders: [], running: [], unsynced: [], provider: true };
   fake.emit('jarvis://event', { type: 'status', ...s });
   assert.equal(peer.status, 'disconnected');
   assert.match(desktop.statusLine(peer.core).text, /^Offline: working locally, will sync with http:\/\/hub/);

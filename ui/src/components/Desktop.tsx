@@ -140,6 +140,14 @@ export function DesktopPanel({ onOpen }: { onOpen: (session: string, workspace?:
           {core!.running.map((r) => <li key={r.session}><button className="link small" onClick={() => onOpen(r.session, r.workspace)}>● {r.title}</button></li>)}
         </ul>
       )}
+      {(core?.unsynced.length ?? 0) > 0 && (
+        <div className="desk-row muted small" data-testid="unsynced">
+          Not on the cloud agent yet (they sync once it answers):
+          <ul className="desk-folders">
+            {core!.unsynced.map((r) => <li key={r.session}><button className="link small" onClick={() => onOpen(r.session, r.workspace)} data-testid={`unsynced-${r.session}`}>{r.title}</button></li>)}
+          </ul>
+        </div>
+      )}
       {error && <p className="error small-pad" role="alert" data-testid="desk-error">{error}</p>}
     </div>
   );

@@ -23,6 +23,8 @@ export interface DesktopStatus {
   keychain: { available: boolean; message?: string | null } | Record<string, unknown>;
   folders: { workspace: string; path: string }[];
   running: { session: string; workspace: string; title: string }[];
+  /** Sessions started here that the hub does not know yet. */
+  unsynced: { session: string; workspace: string; title: string }[];
   provider: boolean;
 }
 
