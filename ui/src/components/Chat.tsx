@@ -169,7 +169,7 @@ export function Chat({ session, summary, devices, onShowChanges }: {
   const nameOf = (id: string) => deviceName(id, me.device, devices);
   const ctx = contextUsed(messages);
   const usage = meta?.usage;
-  const canRunHere = inDesktop || !!window.jarvisDesktop?.canRun;
+  const canRunHere = inDesktop;
   // In the desktop window the core hands over: it flushes the folder first (to the cloud) or
   // runs the session in the opened folder (here).
   const toCloud = () => (inDesktop ? call('continue_in_cloud', { session }) : api.handoff(session, 'cloud'));

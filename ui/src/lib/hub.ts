@@ -1,18 +1,13 @@
-// Where the hub is. In the web view that is this page's own origin. The desktop window loads
-// the same bundle from the app itself and says where its hub is through `window.jarvisDesktop`.
-declare global {
-  interface Window { jarvisDesktop?: { canRun?: boolean; hub?: string } }
-}
+// Where the hub is: in the web view, this page's own origin. The desktop window never talks to
+// the hub itself; it goes through the app's core (lib/desktop.ts).
 
 /** The hub's HTTP origin with no trailing slash; '' for this page's origin. */
 export function hubBase(): string {
-  return (window.jarvisDesktop?.hub ?? '').replace(/\/+$/, '');
+  return '';
 }
 
 /** The sync socket's URL. */
 export function syncUrl(): string {
-  const base = hubBase();
-  if (base) return `${base.replace(/^http/, 'ws')}/sync`;
   const proto = location.protocol === 'https:' ? 'wss' : 'ws';
   return `${proto}://${location.host}/sync`;
 }
