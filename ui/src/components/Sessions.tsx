@@ -1,7 +1,7 @@
 import { useEffect, useState } from 'react';
 import type { Device, SessionSummary, Workspace } from '../lib/api';
 import { useApp, useDoc, useDocVersion } from '../lib/hooks';
-import { readMeta } from '../lib/model';
+import { readMeta, readMessages } from '../lib/model';
 import { Dialog } from './Dialog';
 import { statusOf, timeAgo, whereLabel } from './labels';
 
@@ -11,7 +11,13 @@ function SessionRow({ s, selected, devices, onOpen }: { s: SessionSummary; selec
   const active = selected || s.status === 'running' || s.status === 'waiting_approval';
   const doc = useDoc(active ? `session/${s.id}` : null);
   const v = useDocVersion(doc?.doc);
-  const status = doc?.synced && v >= 0 ? readMeta(doc.doc).status : s.status;
+  const live = doc?.synced && v >= 0;
+  const status = live ? readMeta(doc.doc).status : s.status;
+  // Status and pending approvals from the same source, so a row never pairs a live "done" with
+  // the list's older count of open approvals.
+  const pending = live
+    ? readMessages(doc.doc).flatMap((m) => m.blocks).filter((b) => b.type === 'approval' && !b.decision).length
+    : s.pending_approvals;
   const st = statusOf(status);
   const where = whereLabel(s.runner, me.device, devices);
   return (
@@ -19,7 +25,7 @@ function SessionRow({ s, selected, devices, onOpen }: { s: SessionSummary; selec
       <button className={`session-item ${selected ? 'selected' : ''}`} onClick={() => onOpen(s.id)} data-testid={`session-${s.id}`} data-status={status}>
         <span className="session-title">{s.title || 'Untitled session'}</span>
         <span className="session-sub">
-          <span className={`badge tone-${st.tone}`}>{st.label}{s.pending_approvals > 0 && status !== 'waiting_approval' ? ' · approval' : ''}</span>
+          <span className={`badge tone-${st.tone}`}>{st.label}{pending > 0 && status !== 'waiting_approval' ? ' · approval' : ''}</span>
           <span className={`where where-${where.kind}`} data-testid="where">{where.label}</span>
         </span>
         <span className="session-meta">{s.workspace} · {timeAgo(s.created_ms)}</span>
