@@ -229,8 +229,11 @@ pub struct DesktopCore {
     store: Arc<SqliteStore>,
     events: Arc<dyn EventSink>,
     inner: tokio::sync::Mutex<Inner>,
-    /// Last session statuses seen, to notice a cloud session newly waiting or finished.
-    seen: Mutex<HashMap<String, (String, u64)>>,
+    /// Last session statuses seen, to notice a cloud session newly waiting or finished; None
+    /// until the first look after signing in (what was already so then is not news).
+    seen: Mutex<Option<HashMap<String, (String, u64)>>>,
+    /// Sessions whose local run just ended and said so itself: their next rest is not news.
+    quiet: Mutex<std::collections::HashSet<String>>,
 }
 
 fn settings_path(dir: &Path) -> PathBuf {
@@ -288,7 +291,8 @@ impl DesktopCore {
                 unreachable: false,
             }),
             config,
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(None),
+            quiet: Mutex::new(Default::default()),
         });
         for (workspace, path) in &settings.folders {
             let mut inner = core.inner.lock().await;
@@ -388,6 +392,8 @@ impl DesktopCore {
             let mut inner = self.inner.lock().await;
             inner.epoch.cancel();
             inner.epoch = epoch.clone();
+            // A new sign-in looks afresh: what is already so then is not news.
+            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = None;
             inner.unreachable = false;
             inner.client = client.clone();
             inner.token = Some(token.to_owned());
@@ -573,17 +579,25 @@ impl DesktopCore {
             return;
         };
         let mine: Vec<String> = self.inner.lock().await.runs.keys().cloned().collect();
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let baseline = guard.is_none();
+        let seen = guard.get_or_insert_with(HashMap::new);
+        let mut quiet = self.quiet.lock().unwrap_or_else(|p| p.into_inner());
         for s in v["sessions"].as_array().into_iter().flatten() {
             let (Some(id), Some(status)) = (s["id"].as_str(), s["status"].as_str()) else {
                 continue;
             };
             let pending = s["pending_approvals"].as_u64().unwrap_or(0);
             let now = (status.to_owned(), pending);
-            let before = seen.insert(id.to_owned(), now.clone());
-            // The first sighting only records: no notification for old news at start-up.
-            let Some(before) = before else { continue };
-            if before == now || mine.iter().any(|m| m == id) {
+            // A session new since the last look is compared with "nothing yet", so one that
+            // started and already waits (or finished) between two looks is still news.
+            let before = seen
+                .insert(id.to_owned(), now.clone())
+                .unwrap_or_else(|| (String::new(), 0));
+            if baseline || before == now || mine.iter().any(|m| m == id) {
+                continue;
+            }
+            if matches!(status, "done" | "failed" | "interrupted") && quiet.remove(id) {
                 continue;
             }
             let title = s["title"].as_str().unwrap_or(id).to_owned();
@@ -871,6 +885,12 @@ impl DesktopCore {
                 Err(e) => ("Session failed".to_owned(), format!("{e:#}")),
             };
             tracing::info!(%session, %body, "local run ended");
+            if !body.contains("handed to") {
+                core.quiet
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(session.clone());
+            }
             core.inner.lock().await.runs.remove(&session);
             core.events.emit(CoreEvent::Attention {
                 session: session.clone(),
