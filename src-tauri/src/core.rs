@@ -622,6 +622,15 @@ impl DesktopCore {
         }
     }
 
+    /// Whether the core has taken its first look at the sessions since signing in (from then
+    /// on, a session that comes to need the person raises [`CoreEvent::Attention`]).
+    pub fn watching_sessions(&self) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     pub async fn status(&self) -> Status {
         let inner = self.inner.lock().await;
         let current = inner.client.connection().borrow().clone();

@@ -1,0 +1,232 @@
+//! Notifications, minus the notification centre: the desktop core signed in to a real
+//! `jarvis-cloud` notices a session running in the cloud that comes to need an approval, and
+//! then finishes, and raises one `Attention` event for each (the shell turns each into a native
+//! notification). The cloud runs with a fake Anthropic server speaking real SSE. The core keeps
+//! its token in the keychain, so the core's half runs in a private D-Bus session with an
+//! unlocked GNOME Keyring (the test re-runs itself there, as tests/keyring.rs does).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
+use jarvis_desktop::core::{CoreConfig, CoreEvent, DesktopCore};
+use serde_json::{Value, json};
+
+const NAME: &str = "a_cloud_session_needing_approval_then_finishing_raises_attention_once_each";
+const CHILD: &str = "JARVIS_ATTENTION_CHILD";
+
+fn cloud_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("jarvis-cloud")
+}
+
+async fn until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_session_needing_approval_then_finishing_raises_attention_once_each() {
+    if std::env::var(CHILD).is_ok() {
+        return child().await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    // The cloud's model: first a write that needs approval, then the closing words.
+    let fake = FakeServer::start(vec![
+        FakeResponse::sse(
+            &reply(
+                "I will write the plan.",
+                &[(
+                    "toolu_plan",
+                    "write",
+                    json!({"path": "plan.md", "content": "# Plan\n"}),
+                )],
+                (10, 5, 0, 0),
+            ),
+            &[64],
+        ),
+        FakeResponse::sse(&reply("The plan is written.", &[], (10, 5, 0, 0)), &[64]),
+    ])
+    .await
+    .unwrap();
+    let out = Command::new(cloud_bin())
+        .args(["user", "add", "dana", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let mut cloud = Command::new(cloud_bin())
+        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
+        .arg(&data)
+        .env("ANTHROPIC_BASE_URL", fake.url())
+        .env("ANTHROPIC_API_KEY", "test-key")
+        .env("JARVIS_SANDBOX", "limits")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = cloud.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(a) = line.strip_prefix("listening on ") {
+                let _ = tx.send(a.to_owned());
+            }
+        }
+    });
+    let hub = format!(
+        "http://{}",
+        rx.recv_timeout(Duration::from_secs(30)).unwrap()
+    );
+    // The core's half, inside a private D-Bus session with an unlocked keyring. The fake model
+    // keeps serving from this process meanwhile.
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("dbus-run-session")
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "echo -n jarvis-test | gnome-keyring-daemon --unlock --components=secrets \
+                 >/dev/null && exec \"$@\"",
+                "sh",
+            ])
+            .arg(exe)
+            .args(["--exact", NAME, "--nocapture", "--test-threads", "1"])
+            .env(CHILD, "1")
+            .env("JARVIS_TEST_HUB", &hub)
+            .env("JARVIS_TEST_TOKEN", &token)
+            .env("HOME", &home)
+            .env_remove("XDG_RUNTIME_DIR")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = cloud.kill();
+    let _ = cloud.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the core's half failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn child() {
+    let hub = std::env::var("JARVIS_TEST_HUB").unwrap();
+    let token = std::env::var("JARVIS_TEST_TOKEN").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let events: Arc<Mutex<Vec<CoreEvent>>> = Arc::default();
+    let sink = events.clone();
+    let core = DesktopCore::start(
+        CoreConfig {
+            data_dir: dir.path().join("device"),
+            keychain_service: "app.myjarvis.desktop.test".into(),
+            env: HashMap::new(),
+            model: "fake-model".into(),
+        },
+        Arc::new(move |e: CoreEvent| sink.lock().unwrap().push(e)),
+    )
+    .await
+    .unwrap();
+    core.sign_in(&hub, &token).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(core.status().await.connection == "online" && core.watching_sessions()) {
+        assert!(Instant::now() < deadline, "the core never came online");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let attention = |title: &str| {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                matches!(e, CoreEvent::Attention { session, title: t, .. }
+                    if session == "nightly" && t == title)
+            })
+            .count()
+    };
+
+    // Someone starts a session in the cloud (the web view, another device): it soon waits.
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: String, body: Value| {
+        let r = http
+            .request(method, format!("{hub}{path}"))
+            .bearer_auth(&token)
+            .json(&body);
+        async move {
+            let resp = r.send().await.unwrap();
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            assert!(status.is_success(), "{path}: {status} {v}");
+            v
+        }
+    };
+    call(
+        reqwest::Method::POST,
+        "/api/workspaces".into(),
+        json!({"id": "plans"}),
+    )
+    .await;
+    call(
+        reqwest::Method::POST,
+        "/api/sessions".into(),
+        json!({"id": "nightly", "workspace": "plans", "title": "Nightly plan",
+               "message": "Write the plan", "permission_mode": "ask", "run": "cloud"}),
+    )
+    .await;
+    until("an approval notice", Duration::from_secs(30), || {
+        attention("Approval needed") == 1
+    })
+    .await;
+    let notice = events
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|e| match e {
+            CoreEvent::Attention { title, body, .. } if title == "Approval needed" => {
+                Some(body.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert!(notice.contains("Nightly plan"), "{notice}");
+    assert!(notice.contains("cloud"), "{notice}");
+
+    call(
+        reqwest::Method::POST,
+        "/api/sessions/nightly/approvals/ap-toolu_plan".into(),
+        json!({"decision": "allow"}),
+    )
+    .await;
+    until("a finished notice", Duration::from_secs(30), || {
+        attention("Session finished") == 1
+    })
+    .await;
+    // Two more looks at the sessions change nothing: each notice came once.
+    let polls = Instant::now();
+    while polls.elapsed() < Duration::from_millis(4500) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(attention("Approval needed"), 1);
+    assert_eq!(attention("Session finished"), 1);
+}
