@@ -49,6 +49,6 @@ section "web view: unit tests, browser tests"
 section "desktop window: WebDriver end to end"
 # The debug jarvis-desktop built above (with ui/dist inside) under Xvfb, driven by tauri-driver
 # and WebKitWebDriver, its hub token in gnome-keyring in a private D-Bus session.
-tests/desktop/run.sh
+timeout --kill-after=10 600 tests/desktop/run.sh
 
 section "all tests passed"

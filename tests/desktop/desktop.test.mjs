@@ -69,12 +69,17 @@ function start(bin, args, env, log) {
     child,
     output: () => out,
     async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = new Promise((r) => child.on('exit', r));
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(t);
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((r) => child.on('exit', r));
+        child.kill('SIGTERM');
+        const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+        await exited;
+        clearTimeout(t);
+      }
+      // A grandchild that outlives it (an accessibility bus the window started, say) may hold
+      // these pipes open; they must not keep the test process alive.
+      child.stdout.destroy();
+      child.stderr.destroy();
     },
   };
 }
