@@ -7,9 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,11 +17,6 @@ use serde_json::{Value, json};
 
 const NAME: &str = "a_cloud_session_needing_approval_then_finishing_raises_attention_once_each";
 const CHILD: &str = "JARVIS_ATTENTION_CHILD";
-
-fn cloud_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("jarvis-cloud")
-}
 
 async fn until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -58,42 +51,19 @@ async fn a_cloud_session_needing_approval_then_finishing_raises_attention_once_e
     ])
     .await
     .unwrap();
-    let out = Command::new(cloud_bin())
-        .args(["user", "add", "dana", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let token = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
-    let mut cloud = Command::new(cloud_bin())
-        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
-        .arg(&data)
-        .env("ANTHROPIC_BASE_URL", fake.url())
-        .env("ANTHROPIC_API_KEY", "test-key")
-        .env("JARVIS_SANDBOX", "limits")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = cloud.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(a) = line.strip_prefix("listening on ") {
-                let _ = tx.send(a.to_owned());
-            }
-        }
-    });
-    let hub = format!(
-        "http://{}",
-        rx.recv_timeout(Duration::from_secs(30)).unwrap()
-    );
+    let token = jarvis_e2e::add_user(&data, "dana").unwrap();
+    let fake_url = fake.url();
+    let agent = jarvis_e2e::CloudAgent::start_with_env(
+        &data,
+        0,
+        &[
+            ("ANTHROPIC_BASE_URL", fake_url.as_str()),
+            ("ANTHROPIC_API_KEY", "test-key"),
+            ("JARVIS_SANDBOX", "limits"),
+        ],
+    )
+    .unwrap();
+    let hub = agent.http_url("");
     // The core's half, inside a private D-Bus session with an unlocked keyring. The fake model
     // keeps serving from this process meanwhile.
     let home = tmp.path().join("home");
@@ -121,8 +91,7 @@ async fn a_cloud_session_needing_approval_then_finishing_raises_attention_once_e
     })
     .await
     .unwrap();
-    let _ = cloud.kill();
-    let _ = cloud.wait();
+    drop(agent);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("1 passed"),

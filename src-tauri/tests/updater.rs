@@ -4,10 +4,9 @@
 //! when the artifact, the announced version or the key is not the one that was signed.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Cursor};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -15,46 +14,7 @@ use jarvis_desktop::updates;
 use serde_json::json;
 
 fn cloud_bin() -> PathBuf {
-    // target/<profile>/deps/<test> → target/<profile>/jarvis-cloud
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("jarvis-cloud")
-}
-
-struct Cloud {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(data: &Path) -> Cloud {
-    let mut child = Command::new(cloud_bin())
-        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("jarvis-cloud is built (cargo build --workspace --bins)");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send(addr.to_owned());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    Cloud {
-        child,
-        url: format!("http://{addr}"),
-    }
+    jarvis_e2e::binary("jarvis-cloud")
 }
 
 /// Tauri's key format: base64 of the minisign public key file.
@@ -118,10 +78,11 @@ async fn a_signed_update_is_accepted_and_a_tampered_one_refused() {
     let release = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
     let app = app(&tauri_pubkey(&release));
     let handle = app.handle();
-    let cloud = serve(&data);
+    let agent = jarvis_e2e::CloudAgent::start(&data, 0).unwrap();
+    let cloud = agent.http_url("");
 
     // Nothing published: no update.
-    let v = updates::check(handle, &cloud.url, None).await.unwrap();
+    let v = updates::check(handle, &cloud, None).await.unwrap();
     assert_eq!(v["available"], false);
 
     // A genuine release (the mock app is 0.1.0).
@@ -134,11 +95,11 @@ async fn a_signed_update_is_accepted_and_a_tampered_one_refused() {
         &artifact,
         &sign(&release, &bytes, "my-jarvis_0.2.0_amd64.deb", "0.2.0"),
     );
-    let v = updates::check(handle, &cloud.url, None).await.unwrap();
+    let v = updates::check(handle, &cloud, None).await.unwrap();
     assert_eq!(v["available"], true, "{v}");
     assert_eq!(v["version"], "0.2.0");
     assert_eq!(v["notes"], "Faster handoff.");
-    let got = updates::download_verified(handle, &cloud.url, None)
+    let got = updates::download_verified(handle, &cloud, None)
         .await
         .unwrap()
         .expect("an update");
@@ -149,7 +110,7 @@ async fn a_signed_update_is_accepted_and_a_tampered_one_refused() {
     let mut evil = bytes.clone();
     evil.extend_from_slice(b" plus a backdoor");
     std::fs::write(&served, &evil).unwrap();
-    let err = updates::download_verified(handle, &cloud.url, None)
+    let err = updates::download_verified(handle, &cloud, None)
         .await
         .unwrap_err();
     assert_eq!(err.code(), "update_failed", "{err}");
@@ -166,7 +127,7 @@ async fn a_signed_update_is_accepted_and_a_tampered_one_refused() {
         &artifact,
         &sign(&release, &bytes, "my-jarvis_0.2.0_amd64.deb", "0.2.0"),
     );
-    let err = updates::download_verified(handle, &cloud.url, None)
+    let err = updates::download_verified(handle, &cloud, None)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("0.2.0"), "{err}");
@@ -179,7 +140,7 @@ async fn a_signed_update_is_accepted_and_a_tampered_one_refused() {
         &artifact,
         &sign(&stranger, &bytes, "my-jarvis_0.2.0_amd64.deb", "0.4.0"),
     );
-    let err = updates::download_verified(handle, &cloud.url, None)
+    let err = updates::download_verified(handle, &cloud, None)
         .await
         .unwrap_err();
     assert_eq!(err.code(), "update_failed", "{err}");
@@ -191,7 +152,7 @@ async fn a_signed_update_is_accepted_and_a_tampered_one_refused() {
         &artifact,
         &sign(&release, &bytes, "my-jarvis_0.2.0_amd64.deb", "0.4.0"),
     );
-    let got = updates::download_verified(handle, &cloud.url, None)
+    let got = updates::download_verified(handle, &cloud, None)
         .await
         .unwrap();
     assert_eq!(got.as_deref(), Some(&bytes[..]));
