@@ -6,7 +6,6 @@
 //! it is added cost) and this process's (client and fake upstream, the same work both ways).
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -120,39 +119,20 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
 
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("hub");
-    let out = Command::new(&args.jarvis_bin)
-        .args(["user", "add", "bench", "--data-dir"])
-        .arg(&data)
-        .output()
-        .context("jarvis-cloud user add")?;
-    if !out.status.success() {
-        bail!("user add failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let token = String::from_utf8(out.stdout)?
-        .lines()
-        .last()
-        .context("no token")?
-        .to_owned();
-    let mut child = Command::new(&args.jarvis_bin)
-        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
-        .arg(&data)
-        .env("RUST_LOG", "warn")
-        .env("ANTHROPIC_BASE_URL", fake.url())
-        .env("ANTHROPIC_API_KEY", "bench-upstream-key")
-        .env("JARVIS_GATEWAY_RATE_BURST", "1000000000")
-        .env("JARVIS_GATEWAY_RATE_PER_SECOND", "1000000")
-        .env("JARVIS_SANDBOX", "limits")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let port = crate::wait_listening(&mut child)?;
-    let pid = child.id();
-    let _server = crate::Server {
-        child,
-        port,
-        token: token.clone(),
-        _data: None,
-    };
+    let fake_url = fake.url();
+    let server = crate::start_cloud(
+        &args.jarvis_bin,
+        &data,
+        &[
+            ("ANTHROPIC_BASE_URL", fake_url.as_str()),
+            ("ANTHROPIC_API_KEY", "bench-upstream-key"),
+            ("JARVIS_GATEWAY_RATE_BURST", "1000000000"),
+            ("JARVIS_GATEWAY_RATE_PER_SECOND", "1000000"),
+            ("JARVIS_SANDBOX", "limits"),
+        ],
+    )?;
+    let (port, pid, token) = (server.port, server.child.id(), server.token.clone());
+    let _server = server;
 
     let system = "You are a careful assistant. ".repeat(args.body_kb * 1024 / 29 + 1);
     // Leaked once: every request sends the same bytes without copying them.

@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -124,36 +123,17 @@ pub async fn run(args: HandoffArgs) -> Result<()> {
     );
 
     let fake = FakeServer::start(Vec::new()).await?;
-    let out = Command::new(&args.jarvis_bin)
-        .args(["user", "add", "bench", "--data-dir"])
-        .arg(&data)
-        .output()
-        .context("jarvis-cloud user add")?;
-    if !out.status.success() {
-        bail!("user add failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let token = String::from_utf8(out.stdout)?
-        .lines()
-        .last()
-        .context("no token")?
-        .to_owned();
-    let mut child = Command::new(&args.jarvis_bin)
-        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
-        .arg(&data)
-        .env("RUST_LOG", "warn")
-        .env("ANTHROPIC_BASE_URL", fake.url())
-        .env("ANTHROPIC_API_KEY", "bench")
-        .env("JARVIS_SANDBOX", "limits")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let port = crate::wait_listening(&mut child)?;
-    let _cloud = crate::Server {
-        child,
-        port,
-        token: token.clone(),
-        _data: None,
-    };
+    let fake_url = fake.url();
+    let cloud = crate::start_cloud(
+        &args.jarvis_bin,
+        &data,
+        &[
+            ("ANTHROPIC_BASE_URL", fake_url.as_str()),
+            ("ANTHROPIC_API_KEY", "bench"),
+            ("JARVIS_SANDBOX", "limits"),
+        ],
+    )?;
+    let (port, token) = (cloud.port, cloud.token.clone());
     let hub = format!("http://127.0.0.1:{port}");
 
     let env: HashMap<String, String> = [

@@ -109,6 +109,44 @@ fn wait_listening(child: &mut Child) -> Result<u16> {
     port.trim().parse().context("bad port")
 }
 
+/// `jarvis-cloud user add bench` in `data`, then `serve` on a free loopback port with `env`;
+/// the server's token is the new user's.
+fn start_cloud(
+    bin: &std::path::Path,
+    data: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Result<Server> {
+    let out = Command::new(bin)
+        .args(["user", "add", "bench", "--data-dir"])
+        .arg(data)
+        .output()
+        .with_context(|| format!("running {} user add", bin.display()))?;
+    if !out.status.success() {
+        bail!("user add failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let token = String::from_utf8(out.stdout)?
+        .lines()
+        .last()
+        .context("no token")?
+        .to_owned();
+    let mut child = Command::new(bin)
+        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let port = wait_listening(&mut child)?;
+    Ok(Server {
+        child,
+        port,
+        token,
+        _data: None,
+    })
+}
+
 fn start_server(kind: &str, args: &RelayArgs) -> Result<Server> {
     match kind {
         "jarvis" => {
