@@ -28,6 +28,8 @@ apt_needs=(
   "gnome-keyring-daemon:gnome-keyring"
   "dbus-run-session:dbus-daemon"
   "dbus-launch:dbus-x11"
+  "secret-tool:libsecret-tools"
+  "curl:curl"
 )
 missing=()
 for entry in "${apt_needs[@]}"; do

@@ -581,6 +581,9 @@ impl DesktopCore {
         let mine: Vec<String> = self.inner.lock().await.runs.keys().cloned().collect();
         let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let baseline = guard.is_none();
+        if baseline {
+            tracing::info!("watching sessions for approvals and endings");
+        }
         let seen = guard.get_or_insert_with(HashMap::new);
         let mut quiet = self.quiet.lock().unwrap_or_else(|p| p.into_inner());
         for s in v["sessions"].as_array().into_iter().flatten() {
