@@ -30,6 +30,7 @@ apt_needs=(
   "dbus-launch:dbus-x11"
   "secret-tool:libsecret-tools"
   "curl:curl"
+  "/bin/kill:procps"
 )
 missing=()
 for entry in "${apt_needs[@]}"; do
