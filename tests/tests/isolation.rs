@@ -415,3 +415,125 @@ async fn a_document_refused_before_its_session_exists_opens_once_it_does() {
     c.wait_synced("session/early", T).await.unwrap();
     assert_eq!(doc.meta().title, "late registration");
 }
+
+/// The session-list stream (`GET /api/sessions/changes`, what makes the web view's list live)
+/// tells a user about changes to her sessions — created, or edited from any device — and never
+/// names another user's; a revoked token's stream ends at the next change.
+#[tokio::test]
+async fn the_session_list_stream_names_only_the_callers_sessions_and_ends_on_revocation() {
+    use futures_util::StreamExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let alice = add_user(&data, "alice").unwrap();
+    let alice2 = create_user_token(&data, Some("alice"), &["*"], false).unwrap();
+    let bob = add_user(&data, "bob").unwrap();
+    let agent = CloudAgent::start(&data, 0).unwrap();
+    let api = Http {
+        base: format!("http://127.0.0.1:{}", agent.port),
+        http: reqwest::Client::new(),
+    };
+    let follow = |token: &str| {
+        let r = api
+            .http
+            .get(agent.http_url("/api/sessions/changes"))
+            .bearer_auth(token);
+        async move {
+            let resp = r.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.headers()["content-type"], "text/event-stream");
+            let text = Arc::new(std::sync::Mutex::new(String::new()));
+            let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (t, e) = (text.clone(), ended.clone());
+            tokio::spawn(async move {
+                let mut body = resp.bytes_stream();
+                while let Some(Ok(chunk)) = body.next().await {
+                    t.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk));
+                }
+                e.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            (text, ended)
+        }
+    };
+    let (seen, _) = follow(&alice).await;
+    let (seen2, ended2) = follow(&alice2).await;
+    jarvis_e2e::eventually("both streams open", T, || {
+        seen.lock().unwrap().contains("following") && seen2.lock().unwrap().contains("following")
+    })
+    .await
+    .unwrap();
+    for (token, ws, session) in [(&bob, "wb", "bobs-plans"), (&alice, "wa", "alices-plans")] {
+        let (s, v) = api
+            .call("POST", "/api/workspaces", token, Some(json!({"id": ws})))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = api
+            .call(
+                "POST",
+                "/api/sessions",
+                token,
+                Some(json!({"id": session, "workspace": ws, "title": "plans"})),
+            )
+            .await;
+        assert!(s == 200 || s == 201, "{v}");
+    }
+    jarvis_e2e::eventually("alice told of her new session", T, || {
+        seen.lock().unwrap().contains("\"alices-plans\"")
+    })
+    .await
+    .unwrap();
+    // An edit from a device (here a sync client) is news too.
+    let before = seen.lock().unwrap().matches("event: changed").count();
+    let c = client(&agent, &alice, tmp.path(), "alice");
+    let doc = SessionDoc::new(c.open("session/alices-plans").await.unwrap());
+    c.wait_synced("session/alices-plans", T).await.unwrap();
+    doc.append_message(&Message {
+        id: "m-device".into(),
+        role: Role::User,
+        author: "alice".into(),
+        created_ms: 0,
+        blocks: vec![Block::Text {
+            text: "one more thing".into(),
+        }],
+    })
+    .unwrap();
+    jarvis_e2e::eventually("alice told of the device's edit", T, || {
+        seen.lock().unwrap().matches("event: changed").count() > before
+    })
+    .await
+    .unwrap();
+    assert!(
+        !seen.lock().unwrap().contains("bobs-plans"),
+        "alice's stream named bob's session: {}",
+        seen.lock().unwrap()
+    );
+
+    // Revoke alice's second token: its stream ends at the next change.
+    let (_, mine) = api.call("GET", "/api/tokens", &alice, None).await;
+    let second = mine["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["label"] == "second")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let (s, v) = api
+        .call("DELETE", &format!("/api/tokens/{second}"), &alice, None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/sessions",
+            &alice,
+            Some(json!({"id": "after", "workspace": "wa", "title": "after"})),
+        )
+        .await;
+    assert!(s == 200 || s == 201, "{v}");
+    jarvis_e2e::eventually("the revoked token's stream ended", T, || {
+        ended2.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await
+    .unwrap();
+    assert!(!seen2.lock().unwrap().contains("\"after\""));
+}

@@ -209,6 +209,7 @@ pub fn router(api: Api) -> Router {
             put(set_member).delete(remove_member),
         )
         .route("/api/sessions", get(list_sessions).post(create_session))
+        .route("/api/sessions/changes", get(session_changes))
         .route("/api/sessions/{id}", get(get_session))
         .route("/api/sessions/{id}/messages", post(send_message))
         .route("/api/sessions/{id}/interrupt", post(interrupt))
@@ -509,6 +510,102 @@ async fn list_sessions(
         out.push(session_summary(&row, &meta, pending, &lease));
     }
     Ok(Json(json!({"sessions": out})))
+}
+
+/// `GET /api/sessions/changes`: server-sent events that make a session list live. One
+/// `changed` event (data `{"sessions": [ids]}`) per burst of changes to sessions the caller may
+/// open, coalesced over 200 ms; `lagged` when the stream fell behind (refetch everything); a
+/// comment every 15 s. The list itself stays `GET /api/sessions`. The caller's token is checked
+/// again before every event, so a revoked token's stream ends at once.
+async fn session_changes(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+        .unwrap_or_default();
+    let mut changes = api.hub.changes();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(16);
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        if tx
+            .send(Ok(": following session changes\n\n".into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut keepalive = tokio::time::interval(Duration::from_secs(15));
+        keepalive.tick().await;
+        loop {
+            let first = tokio::select! {
+                r = changes.recv() => r,
+                _ = keepalive.tick() => {
+                    if api.control.identify(&token).is_err()
+                        || tx.send(Ok(": keep-alive\n\n".into())).await.is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                _ = tx.closed() => return,
+            };
+            let mut names = Vec::new();
+            let mut lagged = false;
+            match first {
+                Ok(n) => names.push(n),
+                Err(RecvError::Lagged(_)) => lagged = true,
+                Err(RecvError::Closed) => return,
+            }
+            let until = tokio::time::Instant::now() + Duration::from_millis(200);
+            loop {
+                match tokio::time::timeout_at(until, changes.recv()).await {
+                    Ok(Ok(n)) => names.push(n),
+                    Ok(Err(RecvError::Lagged(_))) => lagged = true,
+                    Ok(Err(RecvError::Closed)) => return,
+                    Err(_) => break,
+                }
+            }
+            if api.control.identify(&token).is_err() {
+                return;
+            }
+            let mut ids = std::collections::BTreeSet::new();
+            for n in &names {
+                if let Some(id) = n.strip_prefix("session/")
+                    && api.control.document_access(&who, n).is_ok()
+                    && api.control.check_session(&who, id).is_ok()
+                {
+                    ids.insert(id.to_owned());
+                }
+            }
+            let event = if lagged {
+                "event: lagged\ndata: {}\n\n".to_owned()
+            } else if ids.is_empty() {
+                continue;
+            } else {
+                format!("event: changed\ndata: {}\n\n", json!({ "sessions": ids }))
+            };
+            if tx.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut r = Response::new(axum::body::Body::from_stream(stream));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
 }
 
 /// A new session: the body of `POST /api/sessions`, and what webhooks and background agents

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::{OnceCell, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
@@ -212,6 +212,9 @@ struct Inner {
     store: Arc<dyn Store>,
     authorizer: Arc<dyn Authorizer>,
     config: HubConfig,
+    /// The name of every document an update changed, for whoever follows changes (the API's
+    /// session-list stream). Nothing is sent while nobody listens.
+    changes: broadcast::Sender<Arc<str>>,
     docs: Mutex<HashMap<String, Arc<HubDoc>>>,
     writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
     next_conn: AtomicU64,
@@ -241,6 +244,7 @@ impl Hub {
             store,
             authorizer,
             config,
+            changes: broadcast::channel(1024).0,
             docs: Mutex::new(HashMap::new()),
             writer: Mutex::new(Some(tx)),
             next_conn: AtomicU64::new(1),
@@ -265,6 +269,12 @@ impl Hub {
 
     pub fn metrics(&self) -> &HubMetrics {
         &self.inner.metrics
+    }
+
+    /// Names of documents as updates change them (from any connection or a server-side
+    /// edit). A receiver that falls behind gets `Lagged` and should assume anything changed.
+    pub fn changes(&self) -> broadcast::Receiver<Arc<str>> {
+        self.inner.changes.subscribe()
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -376,6 +386,7 @@ impl Hub {
             return Ok(out);
         };
         relay_update(&self.inner.metrics, targets, &update);
+        self.inner.changed(name);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job = WriteJob {
             doc: doc.clone(),
@@ -431,6 +442,12 @@ impl Hub {
 }
 
 impl Inner {
+    fn changed(&self, name: &str) {
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(Arc::from(name));
+        }
+    }
+
     /// Takes a reference on a document, loading it from the store on first use.
     async fn acquire(self: &Arc<Self>, name: &str) -> Result<Arc<HubDoc>, HubError> {
         let doc = {
@@ -991,6 +1008,7 @@ impl HubConnection {
         };
         if adds_something {
             relay_update(&self.hub.metrics, others, &bytes);
+            self.hub.changed(&doc.name);
         }
         // Even a no-op is acknowledged through the writer, so acknowledgements keep the order of
         // the updates they answer.
