@@ -536,4 +536,7 @@ async fn the_session_list_stream_names_only_the_callers_sessions_and_ends_on_rev
     .await
     .unwrap();
     assert!(!seen2.lock().unwrap().contains("\"after\""));
+    // An open stream does not hold up a graceful shutdown.
+    let status = agent.terminate(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{status}");
 }

@@ -529,6 +529,8 @@ async fn session_changes(
         .map(|t| t.trim().to_owned())
         .unwrap_or_default();
     let mut changes = api.hub.changes();
+    // Ends with the server: a graceful shutdown waits for every open response.
+    let shutdown = api.cloud.shutdown().clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(16);
     tokio::spawn(async move {
         use tokio::sync::broadcast::error::RecvError;
@@ -553,6 +555,7 @@ async fn session_changes(
                     continue;
                 }
                 _ = tx.closed() => return,
+                _ = shutdown.cancelled() => return,
             };
             let mut names = Vec::new();
             let mut lagged = false;

@@ -106,6 +106,11 @@ impl Cloud {
         Ok(cloud)
     }
 
+    /// Cancelled when the server shuts down (long-lived responses end with it).
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
     pub fn lease_ttl_ms(&self) -> u64 {
         self.config.lease_ttl_ms
     }

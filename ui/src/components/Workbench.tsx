@@ -74,7 +74,14 @@ export function Workbench() {
   }, [api]);
   useEffect(() => { performance.mark('jarvis:interactive'); }, []);
   useEffect(() => { if (sessions && !performance.getEntriesByName('jarvis:sessions').length) performance.mark('jarvis:sessions'); }, [sessions]);
-  usePoll(refresh, 1500, [refresh]);
+  // The list follows the hub's change stream; polling stays as the fallback (quick while the
+  // stream is down, e.g. in the desktop window or behind a proxy that buffers it).
+  const [live, setLive] = useState(false);
+  useEffect(() => {
+    const stop = api.followSessions(refresh, setLive);
+    return stop ?? undefined;
+  }, [api, refresh]);
+  usePoll(refresh, live ? 15000 : 1500, [refresh, live]);
   usePoll(() => { api.devices().then(setDevices).catch(() => {}); }, 15000, [api]);
 
   // The tray's session items (desktop window).

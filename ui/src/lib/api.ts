@@ -44,6 +44,48 @@ export class Api {
     return v as T;
   }
 
+  /**
+   * Follows `GET /api/sessions/changes` (server-sent events) and calls `onChange` whenever a
+   * session the caller may open changes; `onLive` says whether the stream is up, so the caller
+   * can poll slowly while it is and quickly while it is not. Reconnects with backoff. Returns a
+   * stop function; null where there is no stream (the desktop window polls through its core).
+   */
+  followSessions(onChange: () => void, onLive: (live: boolean) => void): (() => void) | null {
+    if (this.transport || !this.token || typeof fetch !== 'function') return null;
+    const token = this.token;
+    const stop = new AbortController();
+    let pause = 500;
+    const run = async () => {
+      while (!stop.signal.aborted) {
+        try {
+          const r = await fetch(`${hubBase()}/api/sessions/changes`, { headers: { authorization: `Bearer ${token}` }, signal: stop.signal });
+          if (!r.ok || !r.body) throw new Error(`${r.status}`);
+          onLive(true);
+          pause = 500;
+          const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+          let buffer = '';
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            buffer += value;
+            let end: number;
+            while ((end = buffer.indexOf('\n\n')) >= 0) {
+              const event = buffer.slice(0, end);
+              buffer = buffer.slice(end + 2);
+              if (/^event: (changed|lagged)$/m.test(event)) onChange();
+            }
+          }
+        } catch { /* closed, offline or refused: retried below */ }
+        onLive(false);
+        if (stop.signal.aborted) return;
+        await new Promise((done) => setTimeout(done, pause));
+        pause = Math.min(pause * 2, 10_000);
+      }
+    };
+    void run();
+    return () => stop.abort();
+  }
+
   me() { return this.call<Me>('GET', '/api/me'); }
   sessions() { return this.call<{ sessions: SessionSummary[] }>('GET', '/api/sessions').then((v) => v.sessions); }
   workspaces() { return this.call<{ workspaces: Workspace[] }>('GET', '/api/workspaces').then((v) => v.workspaces); }
