@@ -20,14 +20,14 @@ use jarvis_agent::runner::{RunEvent, Runner, RunnerConfig};
 use jarvis_agent::tools::ToolBox;
 use jarvis_cli::connected::{self, Api, Device, RunOptions};
 use jarvis_sync::client::{ClientConfig, ConnectionStatus, SyncClient};
-use jarvis_sync::doc::{Decision, SessionDoc};
+use jarvis_sync::doc::{Decision, SessionDoc, UpdateSubscription};
 use jarvis_sync::mirror::FileMirror;
 use jarvis_sync::store::SqliteStore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, Origin, ReadTxn, StateVector, Transact, Update};
+use yrs::{Origin, ReadTxn, StateVector, Transact, Update};
 
 use crate::secrets::{KeychainStatus, SecretError, Secrets};
 
@@ -206,6 +206,13 @@ struct Run {
     cancel: CancellationToken,
 }
 
+/// A document the window has open: how many times, and the subscription that forwards
+/// everyone else's updates to it (removed when the last opener closes it).
+struct WindowDoc {
+    refs: usize,
+    updates: Option<UpdateSubscription>,
+}
+
 struct Inner {
     settings: Settings,
     client: Arc<SyncClient>,
@@ -214,8 +221,8 @@ struct Inner {
     runs: HashMap<String, Run>,
     /// The hub token while signed in (memory only; the keychain holds it across restarts).
     token: Option<String>,
-    /// Documents the window has open: name → the window's reference count.
-    docs: HashMap<String, usize>,
+    /// Documents the window has open.
+    docs: HashMap<String, WindowDoc>,
     /// Stops the background tasks of the current sign-in (connector, watcher).
     epoch: CancellationToken,
     /// The hub failed to answer since this sign-in started: the status reads offline, not
@@ -1181,12 +1188,30 @@ impl DesktopCore {
             .map_err(|e| CoreError::Invalid(e.to_string()))?;
         let first = {
             let mut inner = self.inner.lock().await;
-            let n = inner.docs.entry(name.to_owned()).or_insert(0);
-            *n += 1;
-            *n == 1
+            let w = inner.docs.entry(name.to_owned()).or_insert(WindowDoc {
+                refs: 0,
+                updates: None,
+            });
+            w.refs += 1;
+            w.refs == 1
         };
         if first {
-            subscribe_for_window(&doc, name, self.events.clone()).await;
+            let events = self.events.clone();
+            let owned = name.to_owned();
+            let sub = UpdateSubscription::new(&doc, move |txn, e| {
+                let from_window = txn.origin().is_some_and(|o| o == &Origin::from(UI_ORIGIN));
+                if !from_window {
+                    events.emit(CoreEvent::DocUpdate {
+                        name: owned.clone(),
+                        update: B64.encode(&e.update),
+                    });
+                }
+            })
+            .await;
+            // Closed again meanwhile: dropping the subscription ends it.
+            if let Some(w) = self.inner.lock().await.docs.get_mut(name) {
+                w.updates = Some(sub);
+            }
         }
         let state = doc
             .transact()
@@ -1213,23 +1238,13 @@ impl DesktopCore {
     }
 
     pub async fn doc_close(&self, name: &str) {
-        let client = self.inner.lock().await.client.clone();
-        let last = {
-            let mut inner = self.inner.lock().await;
-            match inner.docs.get_mut(name) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
-                    inner.docs.remove(name);
-                    true
-                }
-                None => false,
+        let mut inner = self.inner.lock().await;
+        if let Some(w) = inner.docs.get_mut(name) {
+            w.refs -= 1;
+            if w.refs == 0 {
+                // Dropping the entry drops its subscription.
+                inner.docs.remove(name);
             }
-        };
-        if last && let Ok(doc) = client.open(name).await {
-            unsubscribe_window(&doc, name).await;
         }
     }
 
@@ -1272,45 +1287,6 @@ async fn resync(client: &SyncClient, name: &str) {
                 return;
             }
         }
-    }
-}
-
-fn window_key(name: &str) -> String {
-    format!("jarvis-desktop-window-{name}")
-}
-
-async fn subscribe_for_window(doc: &Doc, name: &str, events: Arc<dyn EventSink>) {
-    let key = window_key(name);
-    let owned = name.to_owned();
-    // Like `UpdateSignal`: the subscription waits for a moment with no transaction open.
-    loop {
-        let events = events.clone();
-        let owned = owned.clone();
-        let ok = doc
-            .observe_update_v1(key.as_str(), move |txn, e| {
-                let from_window = txn.origin().is_some_and(|o| o == &Origin::from(UI_ORIGIN));
-                if !from_window {
-                    events.emit(CoreEvent::DocUpdate {
-                        name: owned.clone(),
-                        update: B64.encode(&e.update),
-                    });
-                }
-            })
-            .is_ok();
-        if ok {
-            return;
-        }
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-}
-
-async fn unsubscribe_window(doc: &Doc, name: &str) {
-    let key = window_key(name);
-    for _ in 0..1000 {
-        if doc.unobserve_update_v1(key.as_str()).is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_micros(200)).await;
     }
 }
 

@@ -308,14 +308,16 @@ fn hash_file(path: &Path) -> std::io::Result<blake3::Hash> {
     Ok(hasher.finalize())
 }
 
-fn observe_remote(
+async fn observe_remote(
     doc: &Doc,
     key: &str,
     file_doc: Option<String>,
     tx: mpsc::UnboundedSender<Work>,
-) -> Result<(), MirrorError> {
-    // The callback runs inside the commit: it may not read the document, only signal.
-    let _ = doc.observe_update_v1(key, move |txn, e| {
+) {
+    // The callback runs inside the commit: it may not read the document, only signal. A
+    // subscription refused because another thread held a transaction would have left this
+    // file deaf to remote changes; `observe_updates` waits for the lock instead.
+    crate::doc::observe_updates(doc, key, move |txn, e| {
         // An empty update (the hub's answer when it has nothing new) changes nothing.
         if e.update.len() > 2
             && txn
@@ -324,8 +326,8 @@ fn observe_remote(
         {
             let _ = tx.send(Work::Remote(file_doc.clone()));
         }
-    });
-    Ok(())
+    })
+    .await;
 }
 
 impl Inner {
@@ -468,12 +470,13 @@ impl Inner {
                 return None;
             }
         };
-        let _ = observe_remote(
+        observe_remote(
             &doc,
             "jarvis-mirror/file",
             Some(doc_id.to_owned()),
             self.work.clone(),
-        );
+        )
+        .await;
         // A document just opened is empty until the hub's copy arrives; writing it out now
         // would flash an empty file. Offline there is nothing to wait for.
         if matches!(

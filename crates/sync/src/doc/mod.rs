@@ -17,7 +17,7 @@ pub use session::{
     Block, BlockRef, Decision, HandoffRequest, Message, NewMessage, Role, Runner, SessionDoc,
     SessionMeta, SessionStatus, Usage,
 };
-pub use signal::UpdateSignal;
+pub use signal::{UpdateSignal, UpdateSubscription, observe_updates};
 pub use workspace::{EntryKind, FileEntry, WorkspaceIndex, check_path};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
