@@ -140,23 +140,27 @@ impl<K: std::hash::Hash + Eq> RateLimiter<K> {
 /// The caller, from `Authorization: Bearer <token>`, after the rate limit.
 pub struct Caller(pub Identity);
 
+/// The token of `Authorization: Bearer <token>`.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
 impl FromRequestParts<Api> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "missing bearer token (Authorization: Bearer jt_…)",
-                )
-            })?;
-        let who = api.control.identify(token.trim())?;
+        let token = bearer(&parts.headers).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing bearer token (Authorization: Bearer jt_…)",
+            )
+        })?;
+        let who = api.control.identify(token)?;
         if let Err(wait) = api.limiter.check(who.token_id) {
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -522,12 +526,8 @@ async fn session_changes(
     Caller(who): Caller,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned())
-        .unwrap_or_default();
+    // Kept to check again before every event (Caller already proved it is there).
+    let token = bearer(&headers).unwrap_or_default().to_owned();
     let mut changes = api.hub.changes();
     // Ends with the server: a graceful shutdown waits for every open response.
     let shutdown = api.cloud.shutdown().clone();
@@ -578,8 +578,10 @@ async fn session_changes(
             }
             let mut ids = std::collections::BTreeSet::new();
             for n in &names {
+                // The socket's rule (`document_access`), but registered sessions only, for
+                // admins too: scope, then the session's workspace.
                 if let Some(id) = n.strip_prefix("session/")
-                    && api.control.document_access(&who, n).is_ok()
+                    && who.scope_allows(n)
                     && api.control.check_session(&who, id).is_ok()
                 {
                     ids.insert(id.to_owned());

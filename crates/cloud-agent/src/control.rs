@@ -76,7 +76,8 @@ impl Identity {
             .unwrap_or_else(|| format!("t-{}", self.token_id))
     }
 
-    fn scope_allows(&self, document: &str) -> bool {
+    /// Whether the token's scopes cover `document` (membership is checked separately).
+    pub fn scope_allows(&self, document: &str) -> bool {
         self.scopes.iter().any(|s| scope_matches(s, document))
     }
 }
