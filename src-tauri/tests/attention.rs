@@ -6,12 +6,13 @@
 //! unlocked GNOME Keyring (the test re-runs itself there, as tests/keyring.rs does).
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
 use jarvis_desktop::core::{CoreConfig, CoreEvent, DesktopCore};
 use serde_json::{Value, json};
 
@@ -33,36 +34,7 @@ async fn a_cloud_session_needing_approval_then_finishing_raises_attention_once_e
     }
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("hub");
-    // The cloud's model: first a write that needs approval, then the closing words.
-    let fake = FakeServer::start(vec![
-        FakeResponse::sse(
-            &reply(
-                "I will write the plan.",
-                &[(
-                    "toolu_plan",
-                    "write",
-                    json!({"path": "plan.md", "content": "# Plan\n"}),
-                )],
-                (10, 5, 0, 0),
-            ),
-            &[64],
-        ),
-        FakeResponse::sse(&reply("The plan is written.", &[], (10, 5, 0, 0)), &[64]),
-    ])
-    .await
-    .unwrap();
-    let token = jarvis_e2e::add_user(&data, "dana").unwrap();
-    let fake_url = fake.url();
-    let agent = jarvis_e2e::CloudAgent::start_with_env(
-        &data,
-        0,
-        &[
-            ("ANTHROPIC_BASE_URL", fake_url.as_str()),
-            ("ANTHROPIC_API_KEY", "test-key"),
-            ("JARVIS_SANDBOX", "limits"),
-        ],
-    )
-    .unwrap();
+    let (_fake, agent, token) = support::cloud_with_planning_model(&data).await;
     let hub = agent.http_url("");
     // The core's half, inside a private D-Bus session with an unlocked keyring. The fake model
     // keeps serving from this process meanwhile.
@@ -183,7 +155,7 @@ async fn child() {
 
     call(
         reqwest::Method::POST,
-        "/api/sessions/nightly/approvals/ap-toolu_plan".into(),
+        format!("/api/sessions/nightly/approvals/{}", support::PLAN_APPROVAL),
         json!({"decision": "allow"}),
     )
     .await;

@@ -5,10 +5,11 @@
 //! finishes, must reach the daemon as two notifications.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
 use serde_json::json;
 
 fn repo() -> &'static Path {
@@ -27,35 +28,7 @@ async fn a_cloud_session_needing_approval_then_finishing_notifies_the_desktop() 
     assert!(app.exists(), "{} not built", app.display());
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("hub");
-    let fake = FakeServer::start(vec![
-        FakeResponse::sse(
-            &reply(
-                "I will write the plan.",
-                &[(
-                    "toolu_plan",
-                    "write",
-                    json!({"path": "plan.md", "content": "# Plan\n"}),
-                )],
-                (10, 5, 0, 0),
-            ),
-            &[64],
-        ),
-        FakeResponse::sse(&reply("The plan is written.", &[], (10, 5, 0, 0)), &[64]),
-    ])
-    .await
-    .unwrap();
-    let token = jarvis_e2e::add_user(&data, "dana").unwrap();
-    let fake_url = fake.url();
-    let agent = jarvis_e2e::CloudAgent::start_with_env(
-        &data,
-        0,
-        &[
-            ("ANTHROPIC_BASE_URL", fake_url.as_str()),
-            ("ANTHROPIC_API_KEY", "test-key"),
-            ("JARVIS_SANDBOX", "limits"),
-        ],
-    )
-    .unwrap();
+    let (_fake, agent, token) = support::cloud_with_planning_model(&data).await;
     let hub = agent.http_url("");
     let device = tmp.path().join("device");
     std::fs::create_dir_all(&device).unwrap();
@@ -88,7 +61,7 @@ async fn a_cloud_session_needing_approval_then_finishing_notifies_the_desktop() 
         api POST /api/workspaces '{"id":"plans"}' || exit 5
         api POST /api/sessions '{"id":"nightly","workspace":"plans","title":"Nightly plan","message":"Write the plan","permission_mode":"ask","run":"cloud"}' || exit 6
         wait_for "$TMPD/notes.log" "Approval needed" 1200 || { cat "$TMPD/app.log"; exit 7; }
-        api POST /api/sessions/nightly/approvals/ap-toolu_plan '{"decision":"allow"}' || exit 8
+        api POST "/api/sessions/nightly/approvals/$APPROVAL" '{"decision":"allow"}' || exit 8
         wait_for "$TMPD/notes.log" "Session finished" 1200 || { cat "$TMPD/app.log"; exit 9; }
         echo "notified"
     "#;
@@ -105,6 +78,7 @@ async fn a_cloud_session_needing_approval_then_finishing_notifies_the_desktop() 
             .env("DAEMON", &daemon)
             .env("TOKEN", &token)
             .env("HUB", &hub)
+            .env("APPROVAL", support::PLAN_APPROVAL)
             .env("SERVICE", "app.myjarvis.desktop.notify-test")
             .env(
                 "JARVIS_KEYCHAIN_SERVICE",
