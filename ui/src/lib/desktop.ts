@@ -9,7 +9,7 @@ import { useSyncExternalStore } from 'react';
 import { invoke } from '@tauri-apps/api/core';
 import { listen } from '@tauri-apps/api/event';
 import { ApiError } from './api';
-import type { OpenDoc } from './sync';
+import { DocPeer, type OpenDoc } from './sync';
 
 declare global {
   interface Window { __TAURI_INTERNALS__?: unknown }
@@ -67,22 +67,18 @@ function toB64(b: Uint8Array): string {
 /** Updates that came from the core carry this origin, so they are never sent back. */
 const CORE = 'core';
 
-type Listener = () => void;
-
 /**
  * The window's documents as replicas of the core's offline-first ones: the whole state at
  * open, then the core's `doc_update` events applied with the `core` origin; only edits made in
  * the window go back through `doc_apply`. Same interface as `SyncPeer`.
  */
-export class DesktopPeer {
-  private docs = new Map<string, OpenDoc>();
-  private listeners = new Set<Listener>();
-  status: 'connecting' | 'connected' | 'disconnected' = 'connecting';
+export class DesktopPeer extends DocPeer {
   /** The latest status from the core; null until the first arrives. */
   core: DesktopStatus | null = null;
   private unlisten: Promise<() => void>;
 
   constructor() {
+    super();
     this.unlisten = listen<CoreEvent>('jarvis://event', ({ payload }) => this.onEvent(payload));
     call<DesktopStatus>('status').then((s) => this.setStatus(s)).catch(() => {});
   }
@@ -101,19 +97,8 @@ export class DesktopPeer {
     this.emit();
   }
 
-  onChange(l: Listener): () => void {
-    this.listeners.add(l);
-    return () => this.listeners.delete(l);
-  }
-
-  private emit() { for (const l of this.listeners) l(); }
-
-  open(name: string): OpenDoc {
-    const have = this.docs.get(name);
-    if (have) { have.refs += 1; return have; }
-    const doc = new Y.Doc();
-    const entry: OpenDoc = { doc, provider: null, refs: 1, synced: false, denied: null };
-    this.docs.set(name, entry);
+  protected attach(name: string, entry: OpenDoc) {
+    const doc = entry.doc;
     doc.on('update', (update: Uint8Array, origin: unknown) => {
       if (origin === CORE) return;
       call('doc_apply', { name, update: toB64(update) }).catch((e) => console.warn(`saving ${name}:`, e));
@@ -127,24 +112,11 @@ export class DesktopPeer {
       entry.denied = e.message;
       this.emit();
     });
-    return entry;
   }
 
-  release(name: string) {
-    const e = this.docs.get(name);
-    if (!e) return;
-    e.refs -= 1;
-    if (e.refs > 0) return;
-    this.docs.delete(name);
-    e.doc.destroy();
-    call('doc_close', { name }).catch(() => {});
-  }
+  protected detach(name: string) { call('doc_close', { name }).catch(() => {}); }
 
-  destroy() {
-    for (const [name, e] of this.docs) { e.doc.destroy(); call('doc_close', { name }).catch(() => {}); }
-    this.docs.clear();
-    this.unlisten.then((f) => f()).catch(() => {});
-  }
+  protected close() { this.unlisten.then((f) => f()).catch(() => {}); }
 }
 
 /** The hub's HTTP API through the core, which adds the device token. */

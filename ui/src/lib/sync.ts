@@ -18,38 +18,35 @@ export interface Peer {
 
 type Listener = () => void;
 
-export class SyncPeer implements Peer {
-  private socket: HocuspocusProviderWebsocket;
-  private docs = new Map<string, OpenDoc>();
+/**
+ * What every peer shares: documents opened by reference count (one Y.Doc per name however
+ * many views show it) and change listeners. A peer says how a document starts syncing
+ * (`attach`) and stops (`detach`).
+ */
+export abstract class DocPeer implements Peer {
+  protected docs = new Map<string, OpenDoc>();
   private listeners = new Set<Listener>();
   status: 'connecting' | 'connected' | 'disconnected' = 'connecting';
 
-  constructor(private token: string) {
-    this.socket = new HocuspocusProviderWebsocket({ url: syncUrl() });
-    this.socket.on('status', ({ status }: { status: string }) => {
-      this.status = status as SyncPeer['status'];
-      this.emit();
-    });
-  }
+  protected abstract attach(name: string, entry: OpenDoc): void;
+  protected abstract detach(name: string, entry: OpenDoc): void;
+  /** Whatever the peer holds beyond its documents (a socket, an event subscription). */
+  protected abstract close(): void;
 
   onChange(l: Listener): () => void {
     this.listeners.add(l);
     return () => this.listeners.delete(l);
   }
 
-  private emit() { for (const l of this.listeners) l(); }
+  protected emit() { for (const l of this.listeners) l(); }
 
   /** Opens (or shares) a document; call `release` when done with it. */
   open(name: string): OpenDoc {
     const have = this.docs.get(name);
     if (have) { have.refs += 1; return have; }
-    const doc = new Y.Doc();
-    const provider = new HocuspocusProvider({ websocketProvider: this.socket, name, document: doc, token: this.token });
-    const entry: OpenDoc = { doc, provider, refs: 1, synced: false, denied: null };
-    provider.on('synced', () => { entry.synced = true; this.emit(); });
-    provider.on('authenticationFailed', ({ reason }: { reason: string }) => { entry.denied = reason || 'permission denied'; this.emit(); });
-    provider.attach();
+    const entry: OpenDoc = { doc: new Y.Doc(), provider: null, refs: 1, synced: false, denied: null };
     this.docs.set(name, entry);
+    this.attach(name, entry);
     return entry;
   }
 
@@ -58,15 +55,40 @@ export class SyncPeer implements Peer {
     if (!e) return;
     e.refs -= 1;
     if (e.refs > 0) return;
-    this.docs.delete(name);
     // Let a quick re-open (React strict re-mounts, tab switches) reuse nothing stale.
-    e.provider?.destroy();
+    this.docs.delete(name);
+    this.detach(name, e);
     e.doc.destroy();
   }
 
   destroy() {
-    for (const e of this.docs.values()) { e.provider?.destroy(); e.doc.destroy(); }
+    for (const [name, e] of this.docs) { this.detach(name, e); e.doc.destroy(); }
     this.docs.clear();
-    this.socket.destroy();
+    this.close();
   }
+}
+
+export class SyncPeer extends DocPeer {
+  private socket: HocuspocusProviderWebsocket;
+
+  constructor(private token: string) {
+    super();
+    this.socket = new HocuspocusProviderWebsocket({ url: syncUrl() });
+    this.socket.on('status', ({ status }: { status: string }) => {
+      this.status = status as SyncPeer['status'];
+      this.emit();
+    });
+  }
+
+  protected attach(name: string, entry: OpenDoc) {
+    const provider = new HocuspocusProvider({ websocketProvider: this.socket, name, document: entry.doc, token: this.token });
+    entry.provider = provider;
+    provider.on('synced', () => { entry.synced = true; this.emit(); });
+    provider.on('authenticationFailed', ({ reason }: { reason: string }) => { entry.denied = reason || 'permission denied'; this.emit(); });
+    provider.attach();
+  }
+
+  protected detach(_name: string, entry: OpenDoc) { entry.provider?.destroy(); }
+
+  protected close() { this.socket.destroy(); }
 }
