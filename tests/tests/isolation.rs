@@ -69,6 +69,18 @@ fn client(agent: &CloudAgent, token: &str, dir: &std::path::Path, name: &str) ->
     SyncClient::start(config, Arc::new(store))
 }
 
+/// The id of the token labelled `label` in a `GET /api/tokens` answer.
+fn token_id(list: &Value, label: &str) -> i64 {
+    list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["label"] == label)
+        .unwrap_or_else(|| panic!("no token labelled {label} in {list}"))["id"]
+        .as_i64()
+        .unwrap()
+}
+
 fn ids(list: &Value, key: &str) -> Vec<String> {
     list[key]
         .as_array()
@@ -320,14 +332,7 @@ async fn users_cannot_reach_each_others_sessions_and_revoked_tokens_stop_at_once
     assert_eq!(api.call("GET", "/api/me", &alice2, None).await.0, 200);
     let mut conn = a2.connection();
     assert_eq!(*conn.borrow_and_update(), ConnectionStatus::Connected);
-    let second = mine["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["label"] == "second")
-        .unwrap()["id"]
-        .as_i64()
-        .unwrap();
+    let second = token_id(&mine, "second");
     let (s, v) = api
         .call("DELETE", &format!("/api/tokens/{second}"), &alice, None)
         .await;
@@ -509,14 +514,7 @@ async fn the_session_list_stream_names_only_the_callers_sessions_and_ends_on_rev
 
     // Revoke alice's second token: its stream ends at the next change.
     let (_, mine) = api.call("GET", "/api/tokens", &alice, None).await;
-    let second = mine["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["label"] == "second")
-        .unwrap()["id"]
-        .as_i64()
-        .unwrap();
+    let second = token_id(&mine, "second");
     let (s, v) = api
         .call("DELETE", &format!("/api/tokens/{second}"), &alice, None)
         .await;
