@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
 use jarvis_cli::connected::{Device, RunOptions, request_handoff, run_here};
-use jarvis_sync::doc::{Role, SessionDoc};
+use jarvis_sync::doc::{Role, SessionDoc, UpdateSignal};
 use jarvis_sync::store::SqliteStore;
 use tokio_util::sync::CancellationToken;
 
@@ -47,43 +47,18 @@ async fn until(
     timeout: Duration,
     cond: impl Fn(&SessionDoc) -> bool,
 ) -> Result<()> {
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let n = changed.clone();
-    let key = "jarvis-bench-until";
-    // Subscribing needs the document's write lock, which the streaming runner holds in short
-    // bursts: retry until it is free.
-    let mut tries = 0;
-    loop {
-        let n = n.clone();
-        match doc.doc().observe_update_v1(key, move |_, _| n.notify_one()) {
-            Ok(()) => break,
-            Err(e) if tries >= 1000 => bail!("observing the session: {e}"),
-            Err(_) => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-    }
+    let changed = UpdateSignal::subscribe(doc.doc()).await;
     let deadline = tokio::time::Instant::now() + timeout;
-    let result = loop {
+    loop {
         if cond(doc) {
-            break Ok(());
+            return Ok(());
         }
         tokio::select! {
-            _ = changed.notified() => {}
+            _ = changed.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            _ = tokio::time::sleep_until(deadline) => break Err(anyhow::anyhow!("timed out after {timeout:?}")),
+            _ = tokio::time::sleep_until(deadline) => bail!("timed out after {timeout:?}"),
         }
-    };
-    // Unsubscribing races the runner the same way; a subscription left behind only wakes a
-    // waiter that is gone.
-    for _ in 0..1000 {
-        if doc.doc().unobserve_update_v1(key).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    result
 }
 
 fn assistant_text_contains(doc: &SessionDoc, marker: &str) -> bool {
