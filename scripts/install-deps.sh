@@ -31,6 +31,8 @@ apt_needs=(
   "secret-tool:libsecret-tools"
   "curl:curl"
   "/bin/kill:procps"
+  # The mirror benchmark measures against `rsync -a`.
+  "rsync:rsync"
 )
 missing=()
 for entry in "${apt_needs[@]}"; do

@@ -123,7 +123,8 @@ pub async fn run(args: MirrorArgs) -> Result<()> {
         .arg("-a")
         .arg(format!("{}/", src.display()))
         .arg(tmp.path().join("rsync-copy"))
-        .status()?;
+        .status()
+        .context("running rsync, the yardstick of this benchmark (install it: `apt-get install rsync`; scripts/install-deps.sh does)")?;
     if !status.success() {
         bail!("rsync failed");
     }
