@@ -32,6 +32,9 @@ pub struct Api {
 pub struct Lease {
     pub device: Option<String>,
     pub epoch: u64,
+    /// When the hub lets the lease lapse unless renewed (the hub's clock, ms since the epoch).
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
     #[serde(default)]
     pub expect: Vec<ExpectedDoc>,
 }
@@ -339,6 +342,7 @@ pub async fn run_here(
         session.clone(),
         device.id.clone(),
         lease.epoch,
+        lease.expires_ms,
         stop.clone(),
         fence.clone(),
     ));
@@ -394,6 +398,25 @@ pub async fn run_here(
     })
 }
 
+/// How soon to retry a renewal that did not reach the hub.
+const RENEW_RETRY: Duration = Duration::from_millis(500);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// When to renew a lease that expires at `expires_ms` (the hub's clock): after a third of the
+/// time that remains, so two renewals can fail before it lapses, whatever TTL the hub chose.
+/// Clock skew only makes this earlier or later within [100 ms, 10 s]; without a deadline, 5 s.
+fn renew_after(expires_ms: Option<u64>, now_ms: u64) -> Duration {
+    match expires_ms {
+        Some(at) => Duration::from_millis((at.saturating_sub(now_ms) / 3).clamp(100, 10_000)),
+        None => Duration::from_secs(5),
+    }
+}
+
 /// Renews the lease and watches the session for a handoff request addressed elsewhere.
 async fn keep_lease(
     api: Api,
@@ -401,11 +424,12 @@ async fn keep_lease(
     session: String,
     me: String,
     epoch: u64,
+    expires_ms: Option<u64>,
     stop: CancellationToken,
     fence: CancellationToken,
 ) {
     let changed = UpdateSignal::subscribe(doc.doc()).await;
-    let mut renew_at = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut renew_at = tokio::time::Instant::now() + renew_after(expires_ms, now_ms());
     loop {
         if let Some(h) = doc.handoff()
             && h.to != me
@@ -413,11 +437,12 @@ async fn keep_lease(
             stop.cancel();
         }
         if tokio::time::Instant::now() >= renew_at {
+            let mut next = RENEW_RETRY;
             match api
                 .lease(&session, json!({"op": "renew", "epoch": epoch}))
                 .await
             {
-                Ok(_) => {}
+                Ok(l) => next = renew_after(l.expires_ms, now_ms()),
                 Err(e) => match e.downcast_ref::<ApiError>() {
                     Some(a) if a.code == "conflict" => {
                         eprintln!("lost the lease of {session}: {}", a.message);
@@ -428,7 +453,7 @@ async fn keep_lease(
                     _ => tracing::warn!(error = %e, "renewing the lease failed"),
                 },
             }
-            renew_at = tokio::time::Instant::now() + Duration::from_secs(5);
+            renew_at = tokio::time::Instant::now() + next;
         }
         tokio::select! {
             _ = changed.changed() => {}
@@ -758,6 +783,14 @@ mod tests {
         let v = Api::new(&hub, "jt_test").get("/api/me").await.unwrap();
         assert_eq!(v["ok"], true);
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn leases_are_renewed_at_a_third_of_what_remains() {
+        assert_eq!(renew_after(Some(2_000), 0), Duration::from_millis(666));
+        assert_eq!(renew_after(Some(600_000), 0), Duration::from_secs(10));
+        assert_eq!(renew_after(Some(5), 1_000), Duration::from_millis(100));
+        assert_eq!(renew_after(None, 0), Duration::from_secs(5));
     }
 
     #[test]

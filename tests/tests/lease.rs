@@ -1,0 +1,123 @@
+//! A device renews its lease at a fraction of the time the hub gives it, whatever the hub's
+//! TTL: with a 2 s lease, a `jarvis run` whose tool call takes 6 s keeps its lease and ends
+//! normally, and no other device can take the session meanwhile (a device that renewed every
+//! fixed 5 s let its lease lapse: another device took the session in the middle of the call).
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
+use jarvis_e2e::{CloudAgent, binary, create_token};
+use serde_json::json;
+
+fn jarvis(home: &Path, fake: &str) -> Command {
+    let mut c = Command::new(binary("jarvis"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("JARVIS_HOME", home)
+        .env("ANTHROPIC_BASE_URL", fake)
+        .env("ANTHROPIC_API_KEY", "test-key")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_second_lease_survives_a_six_second_tool_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let token = create_token(&data, &["*"], false).unwrap();
+    let agent = CloudAgent::start_with_env(&data, 0, &[("JARVIS_LEASE_TTL_MS", "2000")]).unwrap();
+    let fake = FakeServer::start(vec![
+        FakeResponse::sse(
+            &reply(
+                "Running the slow step.",
+                &[(
+                    "t1",
+                    "bash",
+                    json!({"command": "sleep 6 && echo slow step done"}),
+                )],
+                (10, 5, 0, 0),
+            ),
+            &[],
+        ),
+        FakeResponse::sse(&reply("All done.", &[], (10, 5, 0, 0)), &[]),
+    ])
+    .await
+    .unwrap();
+    let home = tmp.path().join("home");
+    let dir = tmp.path().join("project");
+    std::fs::create_dir_all(&dir).unwrap();
+    let hub = format!("http://127.0.0.1:{}", agent.port);
+    let login = jarvis(&home, &fake.url())
+        .args(["login", &hub, "--token", &token])
+        .output()
+        .unwrap();
+    assert!(
+        login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+
+    let run = jarvis(&home, &fake.url())
+        .arg("run")
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--session", "leasetest0000001"])
+        .args(["--permission-mode", "allow-all", "do the slow step"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Another device of the same user keeps trying to take the session while the tool runs.
+    let other = create_token(&data, &["*"], false).unwrap();
+    let http = reqwest::Client::new();
+    let url = agent.http_url("/api/sessions/leasetest0000001/lease");
+    let start = std::time::Instant::now();
+    let mut tries = 0;
+    while start.elapsed() < std::time::Duration::from_secs(6) {
+        let resp = http
+            .post(&url)
+            .bearer_auth(&other)
+            .json(&json!({"op": "acquire"}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        // Before the run registers the session the hub does not know it yet.
+        if status != 404 {
+            assert_eq!(
+                status,
+                409,
+                "another device took the lease after {:?}: {}",
+                start.elapsed(),
+                resp.text().await.unwrap_or_default()
+            );
+            tries += 1;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        tries > 10,
+        "only {tries} acquisition attempts reached the session"
+    );
+    let out = tokio::task::spawn_blocking(move || run.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("All done."), "{stdout}");
+    assert!(!stderr.contains("lost the lease"), "{stderr}");
+    // The tool's result reached the model: the run was not fenced mid-call.
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(
+        requests[1].body.to_string().contains("slow step done"),
+        "{}",
+        requests[1].body
+    );
+}
