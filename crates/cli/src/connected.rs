@@ -341,8 +341,7 @@ pub async fn run_here(
         doc.clone(),
         session.clone(),
         device.id.clone(),
-        lease.epoch,
-        lease.expires_ms,
+        lease.clone(),
         stop.clone(),
         fence.clone(),
     ));
@@ -423,13 +422,13 @@ async fn keep_lease(
     doc: SessionDoc,
     session: String,
     me: String,
-    epoch: u64,
-    expires_ms: Option<u64>,
+    lease: Lease,
     stop: CancellationToken,
     fence: CancellationToken,
 ) {
+    let epoch = lease.epoch;
     let changed = UpdateSignal::subscribe(doc.doc()).await;
-    let mut renew_at = tokio::time::Instant::now() + renew_after(expires_ms, now_ms());
+    let mut renew_at = tokio::time::Instant::now() + renew_after(lease.expires_ms, now_ms());
     loop {
         if let Some(h) = doc.handoff()
             && h.to != me
