@@ -315,17 +315,9 @@ pub async fn run_here(
     let doc = device.session(&session).await?;
     let lease = match granted {
         Some(l) => l,
-        None => device
-            .api
-            .lease(&session, json!({"op": "acquire"}))
-            .await
-            .map_err(|e| match e.downcast_ref::<ApiError>() {
-                Some(a) if a.code == "conflict" => anyhow!(
-                    "{}: run `jarvis handoff {session} --to here --dir <folder>` to take it",
-                    a.message
-                ),
-                _ => e,
-            })?,
+        // A conflict stays a typed `ApiError` (code `conflict`): each front end says in its
+        // own words how to take the session (the CLI names a command, the window a button).
+        None => device.api.lease(&session, json!({"op": "acquire"})).await?,
     };
     handoff::reach(&device.client, &lease.expect, Duration::from_secs(60))
         .await

@@ -542,7 +542,13 @@ async fn connected_run(
     });
     let report = connected::run_here(&device, provider, opts, granted, Some(tx), cancel).await;
     let _ = task.await;
-    let report = report?;
+    let report = report.map_err(|e| match e.downcast_ref::<connected::ApiError>() {
+        Some(a) if a.code == "conflict" => anyhow::anyhow!(
+            "{}: run `jarvis handoff {session} --to here --dir <folder>` to take it",
+            a.message
+        ),
+        _ => e,
+    })?;
     let doc = device.session(&report.session).await?;
     let usage = doc.meta().usage;
     let name = outcome_name(&report.outcome);
