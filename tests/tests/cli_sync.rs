@@ -116,3 +116,95 @@ async fn login_status_and_two_syncing_devices() {
         "{err}"
     );
 }
+
+/// A folder synced with `jarvis sync` is a workspace the hub lists with its files — for the
+/// admin and for an ordinary user — so the web view shows it without a `jarvis run` first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synced_folder_is_a_listed_workspace_for_admin_and_member() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let admin = create_token(&data, &["*"], false).unwrap();
+    let bob = jarvis_e2e::add_user(&data, "bob").unwrap();
+    let agent = CloudAgent::start(&data, 0).unwrap();
+    let hub = format!("http://127.0.0.1:{}", agent.port);
+    let http = reqwest::Client::new();
+    let mut syncs = Vec::new();
+    for (who, token, name) in [("admin", &admin, "admin-notes"), ("bob", &bob, "bob-notes")] {
+        let home = tmp.path().join(format!("home-{who}"));
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hello.md"), format!("# {who}\n")).unwrap();
+        let out = jarvis(&home)
+            .args(["login", &hub, "--token", token])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let mut child = jarvis(&home)
+            .arg("sync")
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        syncs.push(Killed(child));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut printed = String::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.starts_with("open it in a browser") {
+                break;
+            }
+        }
+        assert!(printed.contains(&format!("{hub}/")), "{printed}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let list: serde_json::Value = http
+                .get(format!("{hub}/api/workspaces/{name}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if list["files"].to_string().contains("hello.md") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{who}'s synced folder is not a workspace with files: {list}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let all: serde_json::Value = http
+            .get(format!("{hub}/api/workspaces"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(all.to_string().contains(name), "{all}");
+    }
+    // Bob does not see the admin's workspace.
+    let all: serde_json::Value = http
+        .get(format!("{hub}/api/workspaces"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!all.to_string().contains("admin-notes"), "{all}");
+}

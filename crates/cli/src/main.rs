@@ -657,6 +657,30 @@ async fn sync(
             })
             .unwrap_or_else(|| "workspace".into())
     });
+    if !register_workspace(&login, &workspace).await? {
+        // Offline at start: the folder syncs from the device's store meanwhile, and the
+        // workspace is registered as soon as the hub answers.
+        let (login, workspace) = (
+            Login {
+                hub: login.hub.clone(),
+                token: login.token.clone(),
+            },
+            workspace.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                match register_workspace(&login, &workspace).await {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => {
+                        eprintln!("{e:#}");
+                        break;
+                    }
+                }
+            }
+        });
+    }
     let client = Arc::new(jarvis_sync::client::SyncClient::start(
         jarvis_sync::client::ClientConfig::new(ws_url(&login.hub), login.token),
         store,
@@ -682,6 +706,10 @@ async fn sync(
     println!(
         "syncing {} as workspace {workspace} with {} (Ctrl-C to stop)",
         dir.display(),
+        login.hub
+    );
+    println!(
+        "open it in a browser: {}/ (Files, workspace {workspace})",
         login.hub
     );
     let line = indicatif::ProgressBar::new_spinner();
@@ -716,6 +744,43 @@ async fn sync(
     drop(mirror);
     println!("stopped; everything is acknowledged by the hub");
     Ok(())
+}
+
+/// A folder that is synced is a workspace the hub lists (and the web view shows): register it
+/// before mirroring. `Ok(false)`: the hub did not answer (the caller retries); a refusal names
+/// the fix instead of syncing into a workspace nobody sees.
+async fn register_workspace(login: &Login, workspace: &str) -> Result<bool> {
+    let api = connected::Api::new(&login.hub, &login.token);
+    match api
+        .post(
+            "/api/workspaces",
+            json!({"id": workspace, "name": workspace}),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) => match e.downcast_ref::<connected::ApiError>() {
+            Some(a) if a.status == 401 => bail!(
+                "the hub refused this device's token ({}): sign in again with `jarvis login {} --token …`",
+                a.message,
+                login.hub
+            ),
+            Some(a) if a.status == 403 || a.code == "conflict" => bail!(
+                "you may not use workspace {workspace:?} on {} ({}): ask an owner of it to add you \
+                 as a member, or sync the folder under another name with `--workspace <name>`",
+                login.hub,
+                a.message
+            ),
+            Some(_) => Err(e.context(format!("registering workspace {workspace}"))),
+            None => {
+                eprintln!(
+                    "the hub is not reachable ({e:#}); syncing from this device's copy, the \
+                     workspace is registered as soon as the hub answers"
+                );
+                Ok(false)
+            }
+        },
+    }
 }
 
 async fn status(home: &std::path::Path, store: &Arc<dyn Store>) -> Result<()> {
