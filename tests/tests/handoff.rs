@@ -704,3 +704,101 @@ async fn two_devices_race_for_one_session() {
         .await;
     assert_ne!(lease["device"], "cloud");
 }
+
+/// A session whose cloud turn failed (here: the provider refused the key) is not run again by
+/// a restarted server: only a new message from the person starts another turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_never_reruns_a_failed_session() {
+    let fake = FakeServer::start(vec![
+        FakeResponse::raw(
+            401,
+            r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#,
+        ),
+        text("Fine now."),
+        text("Second session answered."),
+    ])
+    .await
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let alice = add_user(&data, "alice").unwrap();
+    let env = [
+        ("ANTHROPIC_BASE_URL", fake.url()),
+        ("ANTHROPIC_API_KEY", "test-key".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let agent = CloudAgent::start_with_env(&data, 0, &env).unwrap();
+    let port = agent.port;
+    let hub = Hub::new(&agent);
+    let (s, v) = hub
+        .call("POST", "/api/workspaces", &alice, Some(json!({"id": "fw"})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = hub
+        .call(
+            "POST",
+            "/api/sessions",
+            &alice,
+            Some(json!({"id": "f1", "workspace": "fw", "message": "Hello?", "run": "cloud"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let mut failed = false;
+    for _ in 0..1500 {
+        if hub.session(&alice, "f1").await["status"] == "failed" {
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(failed, "the session did not fail");
+    assert_eq!(fake.requests().len(), 1);
+    agent.terminate(Duration::from_secs(20)).unwrap();
+
+    let agent = CloudAgent::start_with_env(&data, port, &env).unwrap();
+    let hub = Hub::new(&agent);
+    // A second cloud session runs to the end after the restart: by then the restarted runner
+    // has resumed every session it holds, the failed one included.
+    let (s, v) = hub
+        .call(
+            "POST",
+            "/api/sessions",
+            &alice,
+            Some(json!({"id": "f2", "workspace": "fw", "message": "Another?", "run": "cloud"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let mut done = false;
+    for _ in 0..1500 {
+        if hub.session(&alice, "f2").await["status"] == "done" {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(done, "the second session did not finish");
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2, "the failed session ran again unasked");
+    assert!(requests[1].body.to_string().contains("Another?"));
+    assert_eq!(hub.session(&alice, "f1").await["status"], "failed");
+    // Asked again, it runs.
+    let (s, v) = hub
+        .call(
+            "POST",
+            "/api/sessions/f1/messages",
+            &alice,
+            Some(json!({"text": "Try again please."})),
+        )
+        .await;
+    assert!(s == 200 || s == 202, "{s} {v}");
+    let mut answered = false;
+    for _ in 0..1500 {
+        if hub.session(&alice, "f1").await["status"] == "done" {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(answered, "the failed session did not run when asked");
+    drop(agent);
+}

@@ -331,8 +331,13 @@ impl Cloud {
         changed: &UpdateSignal,
     ) -> anyhow::Result<()> {
         // After a turn that ended without finishing the task (failed, interrupted, out of
-        // budget), wait for a new message instead of trying again on the same transcript.
-        let mut quiet_at: Option<u32> = None;
+        // budget), wait for a new message instead of trying again on the same transcript —
+        // also when that turn ended before this process started: a restart never re-runs a
+        // failed or interrupted session unasked.
+        let mut quiet_at: Option<u32> = match doc.meta().status {
+            SessionStatus::Failed | SessionStatus::Interrupted => Some(doc.len()),
+            _ => None,
+        };
         loop {
             if stop.is_cancelled() || fence.is_cancelled() || self.shutdown.is_cancelled() {
                 return Ok(());
