@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
-use crate::awareness::{self, AwarenessStates};
+use crate::awareness::{self, AwarenessStates, PresenceLimits};
 use crate::protocol::{
     self, AuthMessage, DecodeError, Frame, Limits, Message, SyncMessage, document_name,
 };
@@ -101,6 +101,10 @@ pub struct HubConfig {
     pub max_unauthenticated_bytes: usize,
     /// Failed authentications after which the socket is closed.
     pub max_failed_auth: u32,
+    /// Documents one connection may bring into existence (its update is the first content a
+    /// document gets). Bounds one socket; quotas per user belong to the control plane.
+    pub max_new_documents_per_connection: usize,
+    pub presence: PresenceLimits,
 }
 
 impl Default for HubConfig {
@@ -117,6 +121,9 @@ impl Default for HubConfig {
             max_unauthenticated_messages: 1000,
             max_unauthenticated_bytes: 4 * 1024 * 1024,
             max_failed_auth: 16,
+            // A first import creates one document per text file: room for a large repository.
+            max_new_documents_per_connection: 100_000,
+            presence: PresenceLimits::default(),
         }
     }
 }
@@ -187,6 +194,8 @@ struct HubDoc {
     /// Connections that hold this document open; guarded by the hub's document map lock.
     refs: AtomicUsize,
     inner: Mutex<DocInner>,
+    /// Woken when a poisoned document's last queued write is done (see [`Inner::acquire`]).
+    drained: tokio::sync::Notify,
 }
 
 struct DocInner {
@@ -198,6 +207,27 @@ struct DocInner {
     log_entries: u64,
     log_bytes: u64,
     stored_bytes: u64,
+    /// An update failed part-way into `doc`: it may hold part of something never stored or
+    /// relayed. Nothing reads or writes it any more; the next use reloads from the store.
+    poisoned: bool,
+}
+
+impl DocInner {
+    fn check_usable(&self) -> Result<(), CloseReason> {
+        if self.poisoned {
+            return Err(CloseReason::new(
+                close_code::TRY_AGAIN_LATER,
+                "document is being reloaded; reconnect",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Marks the document unusable and returns its subscribers, which must reconnect.
+    fn poison(&mut self) -> Vec<Peer> {
+        self.poisoned = true;
+        self.subscribers.values().cloned().collect()
+    }
 }
 
 struct WriteJob {
@@ -313,6 +343,8 @@ impl Hub {
             unauth_messages: 0,
             unauth_bytes: 0,
             failed_auth: 0,
+            presence_bytes: 0,
+            new_documents: 0,
         };
         (conn, rx, kill)
     }
@@ -341,7 +373,7 @@ impl Hub {
 
     /// Reads a document in place (loading it if needed) without copying it.
     pub async fn read<R>(&self, name: &str, f: impl FnOnce(&Doc) -> R) -> Result<R, HubError> {
-        let doc = self.inner.acquire(name).await?;
+        let doc = self.inner.acquire_usable(name).await?;
         let out = {
             let inner = lock(&doc.inner);
             f(&inner.doc)
@@ -359,9 +391,17 @@ impl Hub {
     /// relayed to every subscriber and this returns once it is committed. Used by the HTTP API
     /// and the lease authority, which are not sync peers. `f` must not block.
     pub async fn edit<R>(&self, name: &str, f: impl FnOnce(&Doc) -> R) -> Result<R, HubError> {
-        let doc = self.inner.acquire(name).await?;
+        let doc = self.inner.acquire_usable(name).await?;
         let (out, update, targets) = {
             let mut inner = lock(&doc.inner);
+            if inner.poisoned {
+                drop(inner);
+                self.inner.release(&doc);
+                return Err(HubError::Load {
+                    doc: name.to_owned(),
+                    reason: "reloading after a failed update; retry".into(),
+                });
+            }
             let before = inner.doc.transact().state_vector();
             let out = f(&inner.doc);
             let update = inner.doc.transact().encode_diff_v1(&before);
@@ -396,7 +436,7 @@ impl Hub {
         };
         let queued = self.inner.enqueue(job).await;
         if queued.is_err() {
-            lock(&doc.inner).pending_writes -= 1;
+            write_done(&doc, &mut lock(&doc.inner));
         }
         self.inner.release(&doc);
         queued?;
@@ -448,8 +488,33 @@ impl Inner {
         }
     }
 
-    /// Takes a reference on a document, loading it from the store on first use.
+    /// Takes a reference on a document, loading it from the store on first use. A poisoned copy
+    /// (an update failed part-way into it) is replaced by a fresh load once everything it
+    /// accepted before is committed, so the reload misses nothing.
     async fn acquire(self: &Arc<Self>, name: &str) -> Result<Arc<HubDoc>, HubError> {
+        loop {
+            let poisoned = {
+                let mut docs = lock(&self.docs);
+                match docs.get(name).cloned() {
+                    Some(d) if lock(&d.inner).poisoned => {
+                        if lock(&d.inner).pending_writes == 0 {
+                            docs.remove(name);
+                            None
+                        } else {
+                            Some(d)
+                        }
+                    }
+                    _ => None,
+                }
+            };
+            let Some(d) = poisoned else { break };
+            let drained = d.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if lock(&d.inner).pending_writes > 0 {
+                drained.await;
+            }
+        }
         let doc = {
             let mut docs = lock(&self.docs);
             let doc = docs
@@ -459,6 +524,7 @@ impl Inner {
                         name: name.to_owned(),
                         loaded: OnceCell::new(),
                         refs: AtomicUsize::new(0),
+                        drained: tokio::sync::Notify::new(),
                         inner: Mutex::new(DocInner {
                             doc: Doc::new(),
                             subscribers: HashMap::new(),
@@ -467,6 +533,7 @@ impl Inner {
                             log_entries: 0,
                             log_bytes: 0,
                             stored_bytes: 0,
+                            poisoned: false,
                         }),
                     })
                 })
@@ -486,12 +553,14 @@ impl Inner {
                         reason: e.to_string(),
                     })??;
                 let mut inner = lock(&doc.inner);
-                stored
-                    .apply_to(&mut inner.doc.transact_mut())
-                    .map_err(|reason| HubError::Load {
-                        doc: name.to_owned(),
-                        reason,
-                    })?;
+                let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    stored.apply_to(&mut inner.doc.transact_mut())
+                }))
+                .unwrap_or_else(|_| Err("the stored state panicked the CRDT decoder".into()));
+                applied.map_err(|reason| HubError::Load {
+                    doc: name.to_owned(),
+                    reason,
+                })?;
                 let bytes: u64 = stored
                     .snapshot
                     .iter()
@@ -512,6 +581,19 @@ impl Inner {
             return Err(e);
         }
         Ok(doc)
+    }
+
+    /// [`acquire`](Self::acquire), retried while the copy it finds is poisoned (an update may
+    /// fail into it between the two). A server-side read or edit of a poisoned copy could see,
+    /// or build on, part of an update that was never stored.
+    async fn acquire_usable(self: &Arc<Self>, name: &str) -> Result<Arc<HubDoc>, HubError> {
+        loop {
+            let doc = self.acquire(name).await?;
+            if !lock(&doc.inner).poisoned {
+                return Ok(doc);
+            }
+            self.release(&doc);
+        }
     }
 
     /// Drops a reference; the last one out of a document with nothing left to write unloads it.
@@ -541,6 +623,14 @@ impl Inner {
     async fn enqueue(&self, job: WriteJob) -> Result<(), HubError> {
         let tx = lock(&self.writer).clone().ok_or(HubError::ShuttingDown)?;
         tx.send(job).await.map_err(|_| HubError::ShuttingDown)
+    }
+}
+
+/// One queued write of `doc` is finished (committed, failed, or never queued).
+fn write_done(doc: &HubDoc, inner: &mut DocInner) {
+    inner.pending_writes -= 1;
+    if inner.poisoned && inner.pending_writes == 0 {
+        doc.drained.notify_waiters();
     }
 }
 
@@ -599,7 +689,7 @@ fn finish_batch(hub: &Arc<Inner>, batch: &mut Vec<WriteJob>) {
             peer.send(frame);
         }
         let mut inner = lock(&job.doc.inner);
-        inner.pending_writes -= 1;
+        write_done(&job.doc, &mut inner);
         if let Some(u) = &job.update {
             inner.log_entries += 1;
             inner.log_bytes += u.len() as u64;
@@ -655,7 +745,7 @@ fn fail_batch(hub: &Arc<Inner>, batch: &mut Vec<WriteJob>, error: &StoreError) {
         }
         let subscribers: Vec<Peer> = {
             let mut inner = lock(&job.doc.inner);
-            inner.pending_writes -= 1;
+            write_done(&job.doc, &mut inner);
             inner.subscribers.values().cloned().collect()
         };
         for p in subscribers {
@@ -688,6 +778,10 @@ pub struct HubConnection {
     unauth_messages: usize,
     unauth_bytes: usize,
     failed_auth: u32,
+    /// Presence bytes this connection holds across its documents (see [`PresenceLimits`]).
+    presence_bytes: usize,
+    /// Documents whose first content came from this connection.
+    new_documents: usize,
 }
 
 impl HubConnection {
@@ -872,17 +966,31 @@ impl HubConnection {
             Message::Awareness(update) => {
                 let entries = awareness::decode_update(&update)
                     .map_err(|e| CloseReason::new(close_code::BAD_REQUEST, e.to_string()))?;
-                let others: Vec<((ConnId, String), Peer)> = {
+                let limits = &self.hub.config.presence;
+                let (accepted, others) = {
                     let mut inner = lock(&doc.inner);
-                    inner.awareness.apply(self.peer.id, entries);
-                    inner
+                    let (_, here) = inner.awareness.owned_by(self.peer.id);
+                    let elsewhere = self.presence_bytes.saturating_sub(here);
+                    let budget = limits.max_bytes_per_connection.saturating_sub(elsewhere);
+                    let applied = inner.awareness.apply(self.peer.id, entries, limits, budget);
+                    self.presence_bytes = elsewhere + inner.awareness.owned_by(self.peer.id).1;
+                    let accepted = applied.map_err(|e| {
+                        CloseReason::new(close_code::RESET_CONNECTION, e.to_string())
+                    })?;
+                    let others: Vec<((ConnId, String), Peer)> = inner
                         .subscribers
                         .iter()
                         .filter(|((id, _), _)| *id != self.peer.id)
                         .map(|(k, p)| (k.clone(), p.clone()))
-                        .collect()
+                        .collect();
+                    (accepted, others)
                 };
-                relay(&self.hub.metrics, others, &Message::Awareness(update));
+                // Only what took effect travels on: never another client's state, a stale
+                // clock, or a newcomer the document had no room for.
+                if !accepted.is_empty() {
+                    let update = awareness::encode_update(&accepted);
+                    relay(&self.hub.metrics, others, &Message::Awareness(update));
+                }
                 Ok(())
             }
             Message::QueryAwareness => {
@@ -922,19 +1030,24 @@ impl HubConnection {
     ) -> Result<(), CloseReason> {
         match sync {
             SyncMessage::Step1(sv) => {
-                let sv = StateVector::decode_v1(&sv).map_err(|e| {
-                    CloseReason::new(
-                        close_code::BAD_REQUEST,
-                        format!("invalid state vector: {e}"),
-                    )
-                })?;
+                let sv =
+                    contained("state vector", || StateVector::decode_v1(&sv))?.map_err(|e| {
+                        CloseReason::new(
+                            close_code::BAD_REQUEST,
+                            format!("invalid state vector: {e}"),
+                        )
+                    })?;
                 let (ours, diff) = {
                     let inner = lock(&doc.inner);
-                    let txn = inner.doc.transact();
-                    (
-                        yrs::updates::encoder::Encode::encode_v1(&txn.state_vector()),
-                        txn.encode_diff_v1(&sv),
-                    )
+                    inner.check_usable()?;
+                    // Reading only: a panic here leaves the document as it was.
+                    contained("state vector", || {
+                        let txn = inner.doc.transact();
+                        (
+                            yrs::updates::encoder::Encode::encode_v1(&txn.state_vector()),
+                            txn.encode_diff_v1(&sv),
+                        )
+                    })?
                 };
                 // As Hocuspocus does: our step 1 first, so the client answers with what we
                 // lack, then the step 2 with what it lacks.
@@ -959,16 +1072,17 @@ impl HubConnection {
         address: &str,
         bytes: Vec<u8>,
     ) -> Result<(), CloseReason> {
-        let update = Update::decode_v1(&bytes).map_err(|e| {
+        let update = contained("update", || Update::decode_v1(&bytes))?.map_err(|e| {
             CloseReason::new(close_code::BAD_REQUEST, format!("invalid update: {e}"))
         })?;
         let ack = (self.peer.clone(), address.to_owned());
         let (adds_something, others) = {
             let mut inner = lock(&doc.inner);
-            let adds = {
-                let txn = inner.doc.transact();
-                update_adds_to(&update, &txn.state_vector())
-            };
+            inner.check_usable()?;
+            let sv = inner.doc.transact().state_vector();
+            let adds = contained("update", || inspect_update(&update, &sv))?.map_err(|e| {
+                CloseReason::new(close_code::BAD_REQUEST, format!("invalid update: {e}"))
+            })?;
             if adds && access == Access::ReadOnly {
                 drop(inner);
                 self.send(address, &Message::SyncStatus(false));
@@ -984,13 +1098,44 @@ impl HubConnection {
                         ),
                     ));
                 }
-                let mut txn = inner.doc.transact_mut();
-                txn.apply_update(update).map_err(|e| {
-                    CloseReason::new(
+                if sv.is_empty() && inner.stored_bytes == 0 {
+                    // This update brings the document into existence.
+                    if self.new_documents >= self.hub.config.max_new_documents_per_connection {
+                        return Err(CloseReason::new(
+                            close_code::RESET_CONNECTION,
+                            format!(
+                                "more than {} new documents on one connection",
+                                self.hub.config.max_new_documents_per_connection
+                            ),
+                        ));
+                    }
+                    self.new_documents += 1;
+                }
+                // yrs integrates an update block by block: an error or a panic part-way leaves
+                // part of it in the document. Neither is stored or relayed, but the in-memory
+                // copy can no longer be trusted, so it is poisoned and rebuilt from the store.
+                let applied = contained("update", || {
+                    let mut txn = inner.doc.transact_mut();
+                    txn.apply_update(update)
+                });
+                let failure = match applied {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(CloseReason::new(
                         close_code::BAD_REQUEST,
                         format!("update does not apply: {e}"),
-                    )
-                })?;
+                    )),
+                    Err(reason) => Some(reason),
+                };
+                if let Some(reason) = failure {
+                    let subscribers = inner.poison();
+                    drop(inner);
+                    tracing::warn!(doc = %doc.name, conn = self.peer.id, %reason,
+                        "an update failed part-way; reloading the document from the store");
+                    for p in subscribers.into_iter().filter(|p| p.id != self.peer.id) {
+                        p.kill.cancel();
+                    }
+                    return Err(reason);
+                }
             }
             // Counted under the lock so the document cannot unload before the writer is done.
             inner.pending_writes += 1;
@@ -1019,7 +1164,7 @@ impl HubConnection {
             done: None,
         };
         if self.hub.enqueue(job).await.is_err() {
-            lock(&doc.inner).pending_writes -= 1;
+            write_done(doc, &mut lock(&doc.inner));
             return Err(CloseReason::new(
                 close_code::GOING_AWAY,
                 "the hub is shutting down",
@@ -1040,6 +1185,8 @@ impl HubConnection {
                 let gone = if still_here {
                     None
                 } else {
+                    let (_, held) = inner.awareness.owned_by(self.peer.id);
+                    self.presence_bytes = self.presence_bytes.saturating_sub(held);
                     inner.awareness.remove_owner(self.peer.id)
                 };
                 let others: Vec<((ConnId, String), Peer)> = inner
@@ -1111,12 +1258,42 @@ fn relay_update(metrics: &HubMetrics, targets: Vec<((ConnId, String), Peer)>, up
 /// past the document's clocks, or it deletes something. (Deletions are not checked against what
 /// is already deleted; storing a redundant one is harmless and compaction drops it.)
 /// `Update::state_vector` is no help here: it only counts blocks that start at clock 0.
-fn update_adds_to(update: &Update, sv: &StateVector) -> bool {
-    !update.delete_set().is_empty()
-        || update
-            .insertions(true)
+///
+/// Checked first, what a debug build of yrs panics on and a release build silently wraps: a
+/// block or deletion whose clock range runs past `u32::MAX` (an empty or reversed range once
+/// wrapped).
+fn inspect_update(update: &Update, sv: &StateVector) -> Result<bool, &'static str> {
+    let insertions = update.insertions(true);
+    let wrapped = |set: &yrs::IdSet| {
+        set.iter()
+            .any(|(_, ranges)| ranges.iter().any(|r| r.start > r.end))
+    };
+    if wrapped(&insertions) || wrapped(update.delete_set()) {
+        return Err("a clock range overflows");
+    }
+    Ok(!update.delete_set().is_empty()
+        || insertions
             .iter()
-            .any(|(client, ranges)| ranges.iter().any(|r| r.end > sv.get(client)))
+            .any(|(client, ranges)| ranges.iter().any(|r| r.end > sv.get(client))))
+}
+
+/// Runs yrs code over a peer's bytes, turning a panic into the 4400 close for that peer alone.
+/// yrs panics on some malformed input (debug assertions, arithmetic overflow in decoding; see
+/// `docs/upstream-yrs.md`): it must never take a socket task down with it. Callers only pass
+/// closures that decode or read, or whose partial effect they undo (see `poison`).
+fn contained<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, CloseReason> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".to_owned());
+        tracing::warn!(what, panic = %msg, "yrs panicked on a peer's input; closing that connection");
+        CloseReason::new(
+            close_code::BAD_REQUEST,
+            format!("malformed {what}: rejected by the CRDT decoder"),
+        )
+    })
 }
 
 /// Names the hub accepts: non-empty, bounded, printable, no `..` segments. Finer rules (which
@@ -1265,12 +1442,12 @@ mod tests {
         let sv1 = doc.transact().state_vector();
         t.insert(&mut doc.transact_mut(), 1, "b");
         let incremental = Update::decode_v1(&doc.transact().encode_diff_v1(&sv1)).unwrap();
-        assert!(update_adds_to(&incremental, &sv1));
+        assert!(inspect_update(&incremental, &sv1).unwrap());
         let now = doc.transact().state_vector();
-        assert!(!update_adds_to(&incremental, &now));
+        assert!(!inspect_update(&incremental, &now).unwrap());
         t.remove_range(&mut doc.transact_mut(), 0, 1);
         let delete = Update::decode_v1(&doc.transact().encode_diff_v1(&now)).unwrap();
-        assert!(update_adds_to(&delete, &doc.transact().state_vector()));
+        assert!(inspect_update(&delete, &doc.transact().state_vector()).unwrap());
     }
 
     #[tokio::test]
@@ -1377,6 +1554,250 @@ mod tests {
                 assert_eq!(gone[0].state, "null");
             }
             other => panic!("expected awareness removal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_update_that_fails_part_way_leaves_nothing_behind() {
+        use yrs::{Map, MapPrelim};
+        // The hub holds client 1's map entry "x" as a string; client 2's update (made against
+        // a replica where client 1's "x" is a map) first inserts text, then writes into "x" as
+        // if it were a map. yrs integrates the text, then fails on the parent.
+        let (hub, _) = hub();
+        let c = Doc::with_client_id(1);
+        c.get_or_insert_map("m")
+            .insert(&mut c.transact_mut(), "x", "a string");
+        let hub_state = c
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let a = Doc::with_client_id(1);
+        a.get_or_insert_map("m")
+            .insert(&mut a.transact_mut(), "x", MapPrelim::default());
+        let b = Doc::with_client_id(2);
+        b.transact_mut()
+            .apply_update(
+                Update::decode_v1(
+                    &a.transact()
+                        .encode_state_as_update_v1(&StateVector::default()),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let before = b.transact().state_vector();
+        b.get_or_insert_text("t")
+            .insert(&mut b.transact_mut(), 0, "smuggled");
+        {
+            let m = b.get_or_insert_map("m");
+            let mut txn = b.transact_mut();
+            let Some(yrs::Out::YMap(inner)) = m.get(&txn, "x") else {
+                panic!("no nested map")
+            };
+            inner.insert(&mut txn, "k", "v");
+        }
+        let hostile = b.transact().encode_diff_v1(&before);
+
+        let (mut w, mut wrx, _) = open(&hub, "session/poison", "rw").await;
+        w.handle(&frame(
+            "session/poison",
+            Message::Sync(SyncMessage::Update(hub_state.clone())),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(recv(&mut wrx).await, Message::SyncStatus(true));
+        let (_watcher, _, watcher_kill) = open(&hub, "session/poison", "ro").await;
+        let (mut h, _hrx, _) = open(&hub, "session/poison", "rw").await;
+        let err = h
+            .handle(&frame(
+                "session/poison",
+                Message::Sync(SyncMessage::Update(hostile)),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, close_code::BAD_REQUEST, "{err:?}");
+        // The others on the document are told to reconnect; the copy they would reconnect to
+        // is the stored one, without the smuggled text.
+        assert!(watcher_kill.is_cancelled());
+        drop((w, h, _watcher));
+        let state = hub.document_state("session/poison").await.unwrap();
+        let d = Doc::new();
+        d.transact_mut()
+            .apply_update(Update::decode_v1(&state).unwrap())
+            .unwrap();
+        assert_eq!(d.get_or_insert_text("t").get_string(&d.transact()), "");
+        assert_eq!(
+            d.transact().state_vector(),
+            c.transact().state_vector(),
+            "the reloaded document is exactly the stored one"
+        );
+        // And it serves again.
+        let (mut again, mut arx, _) = open(&hub, "session/poison", "rw").await;
+        let (_, u) = edit("fine");
+        again
+            .handle(&frame(
+                "session/poison",
+                Message::Sync(SyncMessage::Update(u)),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(recv(&mut arx).await, Message::SyncStatus(true));
+    }
+
+    fn presence(client_id: u64, clock: u64, state: &str) -> Vec<u8> {
+        awareness::encode_update([&awareness::AwarenessEntry {
+            client_id,
+            clock,
+            state: state.into(),
+        }])
+    }
+
+    #[tokio::test]
+    async fn presence_is_bounded_and_only_its_owner_changes_it() {
+        let (hub, _) = hub();
+        let (mut alice, _arx, _) = open(&hub, "session/pr", "rw").await;
+        let (mut bob, mut brx, _) = open(&hub, "session/pr", "rw").await;
+        alice
+            .handle(&frame(
+                "session/pr",
+                Message::Awareness(presence(7, 1, r#"{"name":"alice"}"#)),
+            ))
+            .await
+            .unwrap();
+        assert!(matches!(recv(&mut brx).await, Message::Awareness(_)));
+        // A read-only socket tries to overwrite and clear Alice's presence: neither takes,
+        // and neither is relayed.
+        let (mut mallory, _mrx, _) = open(&hub, "session/pr", "ro").await;
+        for forged in [
+            presence(7, 50, r#"{"name":"mallory"}"#),
+            presence(7, 51, "null"),
+        ] {
+            mallory
+                .handle(&frame("session/pr", Message::Awareness(forged)))
+                .await
+                .unwrap();
+        }
+        bob.handle(&frame("session/pr", Message::QueryAwareness))
+            .await
+            .unwrap();
+        match recv(&mut brx).await {
+            Message::Awareness(u) => assert_eq!(
+                awareness::decode_update(&u).unwrap(),
+                vec![awareness::AwarenessEntry {
+                    client_id: 7,
+                    clock: 1,
+                    state: r#"{"name":"alice"}"#.into()
+                }]
+            ),
+            other => panic!("expected the states, got {other:?}"),
+        }
+        // Too many client ids from one connection, or an oversized state, closes it.
+        let cap = hub.config().presence.max_clients_per_connection as u64;
+        let many: Vec<awareness::AwarenessEntry> = (100..100 + cap + 1)
+            .map(|id| awareness::AwarenessEntry {
+                client_id: id,
+                clock: 1,
+                state: "{}".into(),
+            })
+            .collect();
+        let err = mallory
+            .handle(&frame(
+                "session/pr",
+                Message::Awareness(awareness::encode_update(&many)),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, close_code::RESET_CONNECTION);
+        drop(mallory);
+        let big = "x".repeat(hub.config().presence.max_state_bytes + 1);
+        let (mut m2, _, _) = open(&hub, "session/pr", "ro").await;
+        let err = m2
+            .handle(&frame(
+                "session/pr",
+                Message::Awareness(presence(200, 1, &format!("\"{big}\""))),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, close_code::RESET_CONNECTION);
+        drop(m2);
+        // What the closed connections announced is gone; Alice's state stays.
+        let doc = lock(&hub.inner.docs).get("session/pr").cloned().unwrap();
+        assert_eq!(lock(&doc.inner).awareness.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn presence_across_documents_is_bounded_per_connection() {
+        let store = Arc::new(MemoryStore::new());
+        let mut config = HubConfig::default();
+        config.presence.max_bytes_per_connection = 4 * (awareness::ENTRY_OVERHEAD + 100);
+        let hub = Hub::new(store, Arc::new(Tokens), config);
+        let (mut c, _rx, _) = hub.connect();
+        let state = format!("\"{}\"", "y".repeat(98));
+        let mut closed = None;
+        for i in 0..10u64 {
+            let doc = format!("session/many{i}");
+            c.handle(&token(&doc, "ro")).await.unwrap();
+            if let Err(e) = c
+                .handle(&frame(&doc, Message::Awareness(presence(i + 1, 1, &state))))
+                .await
+            {
+                closed = Some((i, e));
+                break;
+            }
+        }
+        let (i, e) = closed.expect("the connection was never stopped");
+        assert_eq!(i, 4, "{e:?}");
+        assert_eq!(e.code, close_code::RESET_CONNECTION);
+        // Leaving a document gives its share back.
+        let mut c2 = hub.connect().0;
+        for i in 0..8u64 {
+            let doc = format!("session/cycle{i}");
+            c2.handle(&token(&doc, "ro")).await.unwrap();
+            c2.handle(&frame(&doc, Message::Awareness(presence(i + 1, 1, &state))))
+                .await
+                .unwrap();
+            c2.handle(&frame(
+                &doc,
+                Message::Close {
+                    reason: String::new(),
+                },
+            ))
+            .await
+            .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn new_documents_per_connection_are_capped() {
+        let store = Arc::new(MemoryStore::new());
+        let config = HubConfig {
+            max_new_documents_per_connection: 3,
+            ..HubConfig::default()
+        };
+        let hub = Hub::new(store, Arc::new(Tokens), config);
+        let (mut c, _rx, _) = hub.connect();
+        let mut result = Ok(());
+        for i in 0..4 {
+            let doc = format!("session/new{i}");
+            c.handle(&token(&doc, "rw")).await.unwrap();
+            let (_, u) = edit("x");
+            result = c
+                .handle(&frame(&doc, Message::Sync(SyncMessage::Update(u))))
+                .await;
+            if i < 3 {
+                result.clone().unwrap();
+            }
+        }
+        assert_eq!(result.unwrap_err().code, close_code::RESET_CONNECTION);
+        // Writing to documents that exist is not creating.
+        let (mut c, mut rx, _) = open(&hub, "session/new0", "rw").await;
+        for text in ["a", "b", "c", "d"] {
+            let (_, u) = edit(text);
+            c.handle(&frame(
+                "session/new0",
+                Message::Sync(SyncMessage::Update(u)),
+            ))
+            .await
+            .unwrap();
+            assert_eq!(recv(&mut rx).await, Message::SyncStatus(true));
         }
     }
 

@@ -27,7 +27,9 @@ use yrs::Doc;
 
 use crate::client::{REMOTE_ORIGIN, SyncClient};
 use crate::doc::{DocName, EntryKind, FileEntry, FileText, WorkspaceIndex};
-use crate::paths::{atomic_write, check_relative, is_temp_name, resolve_for_write};
+use crate::paths::{
+    atomic_write, check_relative, is_temp_name, mode_for_peer_write, resolve_for_write,
+};
 
 /// Largest file kept as text.
 pub const MAX_TEXT_BYTES: u64 = 2 * 1024 * 1024;
@@ -109,7 +111,8 @@ fn mode_of(meta: &std::fs::Metadata) -> u32 {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        meta.permissions().mode() & 0o777
+        // What we tell peers: the executable bit only (see `paths::peer_mode`).
+        crate::paths::peer_mode(meta.permissions().mode())
     }
     #[cfg(not(unix))]
     {
@@ -803,7 +806,10 @@ impl Inner {
                 }
             }
         }
-        match self.download_to(hex, target, entry.mode).await {
+        match self
+            .download_to(hex, target, mode_for_peer_write(target, entry.mode))
+            .await
+        {
             Some(hash) => self.set_known(path, Some(hash)),
             // Try again on the next pass instead of forgetting the entry.
             None => self.forget_seen(path),
@@ -948,7 +954,11 @@ impl Inner {
             return;
         }
         if disk_hash != Some(hash)
-            && let Err(e) = atomic_write(&target, text.as_bytes(), Some(entry.mode))
+            && let Err(e) = atomic_write(
+                &target,
+                text.as_bytes(),
+                Some(mode_for_peer_write(&target, entry.mode)),
+            )
         {
             tracing::warn!(path, error = %e, "cannot write");
             self.forget_seen(&path);

@@ -2,8 +2,13 @@
 //!
 //! Index paths come from peers, so every one is checked before anything touches the disk:
 //! relative, `/`-separated, no `..`/`.`/empty segments, no NUL or backslash, no reserved device
-//! names, no `.git` internals, bounded length; and every existing ancestor inside the root must
-//! be a real directory, not a symlink, so a write can never be redirected outside the folder.
+//! names, no `.git` in any segment under any spelling a file system treats as `.git`, bounded
+//! length; and every existing ancestor inside the root must be a real directory, not a symlink,
+//! so a write can never be redirected outside the folder.
+//!
+//! Peers send content and the executable bit only: [`peer_mode`] and [`mode_for_peer_write`]
+//! turn whatever `mode` an index entry carries into 0o644 or 0o755 (never setuid, setgid,
+//! sticky, or group/world-writable).
 //!
 //! Writes go to a temporary file in the same directory, are fsynced, then renamed over the
 //! target (and the directory fsynced): a process killed mid-write leaves the old file or the new
@@ -58,10 +63,69 @@ pub fn check_relative(path: &str) -> Result<(), PathError> {
             return Err(refuse(path, "a segment ends in a space or a dot"));
         }
     }
-    if path == ".git" || path.starts_with(".git/") {
+    if path.split('/').any(is_git_alias) {
         return Err(refuse(path, ".git internals are never synced"));
     }
     Ok(())
+}
+
+/// Whether a path segment names a `.git` folder on some file system: any case (`.GIT`,
+/// `.Git`), trailing dots or spaces (Windows drops them), an NTFS stream suffix
+/// (`.git::$INDEX_ALLOCATION`), the NTFS short name `git~1`, or code points HFS+ ignores
+/// (`.g\u{200c}it`). Git itself refuses the same spellings (`verify_dotfile`), because on macOS
+/// and Windows each of them opens the real `.git/hooks`.
+fn is_git_alias(seg: &str) -> bool {
+    // Everything from the first ':' is an NTFS stream name, not part of the file name.
+    let seg = seg.split(':').next().unwrap_or(seg);
+    let folded: String = seg
+        .chars()
+        .filter(|c| !is_hfs_ignorable(*c))
+        .collect::<String>()
+        .trim_end_matches(['.', ' '])
+        .to_lowercase();
+    folded == ".git" || folded == "git~1"
+}
+
+/// Code points HFS+ drops when comparing names (the list git uses in `is_hfs_dotgit`).
+fn is_hfs_ignorable(c: char) -> bool {
+    matches!(c,
+        '\u{200c}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{206a}'..='\u{206f}' | '\u{feff}')
+}
+
+/// The mode an index entry stands for: 0o755 when any execute bit is set, else 0o644. A peer's
+/// entry carries the executable bit and nothing more, whatever number it holds.
+pub fn peer_mode(mode: u32) -> u32 {
+    if mode & 0o111 != 0 { 0o755 } else { 0o644 }
+}
+
+/// The mode to give `target` when writing a peer's version of it: the entry's executable bit
+/// on 0o644 for a new file; for an existing file its own read/write bits (so a file kept
+/// private here stays private), never more than 0o644, with execute wherever it is readable.
+/// Never setuid, setgid, sticky, or group/world-writable.
+pub fn mode_for_peer_write(target: &Path, entry_mode: u32) -> u32 {
+    let existing = std::fs::symlink_metadata(target)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| unix_mode(&m));
+    let base = existing.map_or(0o644, |m| m & 0o644);
+    if entry_mode & 0o111 != 0 {
+        base | ((base & 0o444) >> 2)
+    } else {
+        base
+    }
+}
+
+fn unix_mode(meta: &std::fs::Metadata) -> u32 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.permissions().mode()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        0o644
+    }
 }
 
 /// Resolves `path` under `root` for writing: the shape check, then a walk of the existing
@@ -172,6 +236,17 @@ mod tests {
             "a.",
             ".git/config",
             ".git",
+            ".GIT/hooks/x",
+            ".Git/hooks/pre-commit",
+            "sub/.git/hooks/post-checkout",
+            "sub/.gIt",
+            ".git./config",
+            ".git /config",
+            ".git::$INDEX_ALLOCATION/hooks/x",
+            ".git:stream",
+            "GIT~1/config",
+            ".g\u{200c}it/hooks/x",
+            "\u{feff}.git/config",
         ] {
             assert!(check_relative(bad).is_err(), "{bad:?} accepted");
         }
@@ -181,9 +256,46 @@ mod tests {
             ".github/workflows/ci.yml",
             "a/b/c.d.e",
             "console.log",
+            ".gitignore",
+            ".gitmodules",
+            "sub/.gitkeep",
+            ".git-blame-ignore-revs",
+            "git~10/x",
+            "notes/git",
         ] {
             check_relative(ok).unwrap();
         }
+    }
+
+    #[test]
+    fn peers_set_the_executable_bit_and_nothing_else() {
+        use std::os::unix::fs::PermissionsExt;
+        for (raw, want) in [
+            (0o6777, 0o755),
+            (0o4755, 0o755),
+            (0o1777, 0o755),
+            (0o666, 0o644),
+            (0o002, 0o644),
+            (0o7000, 0o644),
+            (0o100, 0o755),
+            (0, 0o644),
+            (u32::MAX, 0o755),
+        ] {
+            assert_eq!(peer_mode(raw), want, "{raw:o}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new");
+        assert_eq!(mode_for_peer_write(&new, 0o6777), 0o755);
+        assert_eq!(mode_for_peer_write(&new, 0o666), 0o644);
+        // A file kept private here stays private; a world-writable one loses that.
+        let private = dir.path().join("private");
+        std::fs::write(&private, "x").unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(mode_for_peer_write(&private, 0o644), 0o600);
+        assert_eq!(mode_for_peer_write(&private, 0o6777), 0o700);
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o4777)).unwrap();
+        assert_eq!(mode_for_peer_write(&private, 0o644), 0o644);
+        assert_eq!(mode_for_peer_write(&private, 0o755), 0o755);
     }
 
     #[test]

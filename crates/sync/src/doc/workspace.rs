@@ -121,11 +121,12 @@ fn from_any(path: &str, value: &Out) -> Result<FileEntry, DocError> {
         hash: string("hash"),
         base: string("base"),
         size: m.get("size").and_then(any_u64).unwrap_or(0),
-        mode: m
-            .get("mode")
-            .and_then(any_u64)
-            .and_then(|v| u32::try_from(v).ok())
-            .unwrap_or(0o644),
+        // A peer sends the executable bit, never setuid/setgid/sticky or group/world write.
+        mode: crate::paths::peer_mode(
+            m.get("mode")
+                .and_then(any_u64)
+                .map_or(0, |v| u32::try_from(v & 0o777).unwrap_or(0)),
+        ),
         modified_ms: m.get("modified").and_then(any_u64).unwrap_or(0),
         deleted: matches!(m.get("deleted"), Some(Any::Bool(true))),
     };
@@ -297,5 +298,45 @@ mod tests {
         let listed: Vec<String> = idx.list().into_iter().map(|(p, _)| p).collect();
         assert_eq!(listed, vec!["ok.txt"]);
         assert!(idx.get("weird").is_err());
+    }
+
+    #[test]
+    fn a_peers_mode_is_read_as_the_executable_bit_only() {
+        let idx = WorkspaceIndex::new(Doc::new());
+        let cases: [(&str, Any); 7] = [
+            ("suid", Any::from(0o6777i64)),
+            ("world", Any::from(0o666i64)),
+            ("sticky", Any::from(0o1644i64)),
+            ("exec", Any::from(0o700i64)),
+            ("huge", Any::from(i64::MAX)),
+            ("negative", Any::from(-1i64)),
+            ("float", Any::from(4095.0)),
+        ];
+        {
+            let files = idx.doc().get_or_insert_map("files");
+            let mut txn = idx.doc().transact_mut();
+            for (path, mode) in &cases {
+                let mut entry = match to_any(&text("f")) {
+                    Any::Map(m) => (*m).clone(),
+                    _ => unreachable!(),
+                };
+                entry.insert("mode".to_owned(), mode.clone());
+                files.insert(&mut txn, *path, Any::from(entry));
+            }
+        }
+        let modes: HashMap<String, u32> =
+            idx.list().into_iter().map(|(p, e)| (p, e.mode)).collect();
+        let want = [
+            ("suid", 0o755),
+            ("world", 0o644),
+            ("sticky", 0o644),
+            ("exec", 0o755),
+            ("huge", 0o755),
+            ("negative", 0o644),
+            ("float", 0o755),
+        ];
+        for (path, mode) in want {
+            assert_eq!(modes[path], mode, "{path}");
+        }
     }
 }
