@@ -179,6 +179,15 @@ impl<'a> Runner<'a> {
         permissions: Permissions,
         config: RunnerConfig,
     ) -> Self {
+        let (mut permissions, mut tools) = (permissions, tools);
+        if permissions.root().is_none() {
+            // Path rules are anchored where the tools work.
+            permissions.set_root(tools.root());
+        }
+        if !permissions.deny.is_empty() {
+            let p = permissions.clone();
+            tools.hide(std::sync::Arc::new(move |path| p.read_denied(path)));
+        }
         Runner {
             session,
             provider,
@@ -634,9 +643,8 @@ impl<'a> Runner<'a> {
             let verdict = match approvals.get(id) {
                 Some((_, Some(Decision::Allow))) => Verdict::Allow,
                 Some((_, Some(Decision::AlwaysAllow))) => {
-                    self.permissions
-                        .allow
-                        .push(Permissions::always_allow_rule(name, &input));
+                    let rule = self.permissions.always_allow_rule(name, &input);
+                    self.permissions.allow.push(rule);
                     Verdict::Allow
                 }
                 Some((_, Some(Decision::Deny))) => {

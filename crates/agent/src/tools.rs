@@ -208,7 +208,12 @@ pub struct ToolBox {
     pub output_cap: usize,
     pub sandbox: Sandbox,
     todos: Arc<Mutex<Vec<Todo>>>,
+    /// Files the searching tools (glob, grep) skip: those Read deny rules cover.
+    hidden: Option<Hidden>,
 }
+
+/// Given a file's absolute path: whether the searching tools skip it.
+pub type Hidden = Arc<dyn Fn(&Path) -> bool + Send + Sync>;
 
 impl ToolBox {
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -218,7 +223,13 @@ impl ToolBox {
             output_cap: 30_000,
             sandbox: Sandbox::None,
             todos: Arc::default(),
+            hidden: None,
         }
+    }
+
+    /// Hides files from glob and grep (given the file's absolute path).
+    pub fn hide(&mut self, hidden: Hidden) {
+        self.hidden = Some(hidden);
     }
 
     pub fn root(&self) -> &Path {
@@ -431,6 +442,9 @@ impl ToolBox {
                     continue;
                 }
                 // file_type does not follow symlinks: linked folders are not walked.
+                if self.hidden.as_ref().is_some_and(|h| h(&e.path())) {
+                    continue;
+                }
                 match e.file_type() {
                     Ok(t) if t.is_dir() => stack.push(e.path()),
                     Ok(t) if t.is_file() => out.push(e.path()),
