@@ -21,6 +21,7 @@ use crate::anthropic::{
     ApiMessage, ApiUsage, BlockStart, ContentBlock, Delta, MessagesRequest, Provider, StreamEvent,
     SystemBlock,
 };
+use crate::memory::{Memory, WorkspaceContext};
 use crate::permissions::{Permissions, Verdict};
 use crate::tools::{ToolBox, is_read_only};
 
@@ -138,6 +139,12 @@ pub struct Runner<'a> {
     stop: CancellationToken,
     /// Cancelled when the lease is lost: stop at once and write nothing more.
     fence: CancellationToken,
+    /// Memory files and the environment, added after the system prompt (see `memory`).
+    context: Option<WorkspaceContext>,
+    /// What the session was last told about loaded memory, so it is told again only on change.
+    memory_shown: Option<Memory>,
+    /// Warnings (rules that can never match, settings that do not parse) shown once.
+    warnings: Vec<String>,
 }
 
 enum Settled {
@@ -197,7 +204,22 @@ impl<'a> Runner<'a> {
             events: None,
             stop: CancellationToken::new(),
             fence: CancellationToken::new(),
+            context: None,
+            memory_shown: None,
+            warnings: Vec::new(),
         }
+    }
+
+    /// Adds memory files and the environment to every request.
+    pub fn with_context(mut self, context: WorkspaceContext) -> Self {
+        self.context = Some(context);
+        self
+    }
+
+    /// Warnings to show in the session (as system notes) when the run starts.
+    pub fn with_warnings(mut self, warnings: Vec<String>) -> Self {
+        self.warnings = warnings;
+        self
     }
 
     /// See the `stop` field: a handoff's request to yield at a safe point.
@@ -270,6 +292,9 @@ impl<'a> Runner<'a> {
     }
 
     async fn run_inner(&mut self, cancel: &CancellationToken) -> Outcome {
+        for w in std::mem::take(&mut self.warnings) {
+            self.note(&format!("Warning: {w}"));
+        }
         let mut requests = 0;
         loop {
             if self.fenced() {
@@ -320,7 +345,21 @@ impl<'a> Runner<'a> {
                 return Outcome::RequestLimit;
             }
             requests += 1;
-            let request = build_request(&self.config, &messages);
+            let mut request = build_request(&self.config, &messages);
+            if let Some(ctx) = &self.context {
+                // Re-read before every request: an edited CLAUDE.md applies at once.
+                let (text, memory) = ctx.block(&messages);
+                if self.memory_shown.as_ref() != Some(&memory) {
+                    if !memory.files.is_empty() {
+                        self.note(&format!("Memory loaded: {}", memory.summary()));
+                    }
+                    for w in &memory.warnings {
+                        self.note(&format!("Memory warning: {w}"));
+                    }
+                    self.memory_shown = Some(memory);
+                }
+                crate::memory::add_to_request(&mut request, text);
+            }
             match self.stream_reply(&request, cancel).await {
                 Ok(Streamed::Complete) => continue,
                 Ok(Streamed::Interrupted) => return Outcome::Interrupted,
