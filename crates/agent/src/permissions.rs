@@ -542,44 +542,70 @@ impl Permissions {
         }
     }
 
-    /// The rule an "always allow" answer adds for this call: the exact command line for bash,
-    /// the exact file for file tools, the tool otherwise.
-    pub fn always_allow_rule(&self, tool: &str, input: &Value) -> Rule {
+    /// What an "always allow" answer records for this call: the exact command line for bash,
+    /// the exact file (relative to the workspace, so it holds after a handoff) for file tools,
+    /// the tool otherwise. Kept by an `AllowStore`; turned back into a rule by `entry_rule`.
+    pub fn always_allow_entry(&self, tool: &str, input: &Value) -> Value {
         let s = |k: &str| input.get(k).and_then(Value::as_str).unwrap_or("").trim();
+        match Tools::parse(tool) {
+            Some(Tools::Bash) => serde_json::json!({"tool": tool, "command": s("command")}),
+            Some(t) if t.takes_paths() => {
+                let lexical = self.path_forms(s("path")).swap_remove(0);
+                let base = self.ctx.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+                match lexical.strip_prefix(&base) {
+                    Ok(rel) => serde_json::json!({"tool": tool, "path": rel.to_string_lossy()}),
+                    Err(_) => serde_json::json!({"tool": tool, "never": true}),
+                }
+            }
+            _ => serde_json::json!({"tool": tool}),
+        }
+    }
+
+    /// The allow rule for a recorded "always allow" entry.
+    pub fn entry_rule(entry: &Value) -> Rule {
+        let s = |k: &str| entry.get(k).and_then(Value::as_str);
+        let tool = s("tool").unwrap_or("");
         let never = |t| Rule {
             text: format!("{tool}(<nothing>)"),
             tools: t,
             matcher: Matcher::Never,
         };
-        match Tools::parse(tool) {
-            Some(Tools::Bash) => Rule {
-                text: format!("{tool}({})", s("command")),
-                tools: Tools::Bash,
-                matcher: Matcher::Command(CommandPattern::Line(s("command").to_owned())),
+        let Some(t) = Tools::parse(tool) else {
+            return never(Tools::Skill);
+        };
+        if entry.get("never").is_some() {
+            return never(t);
+        }
+        match (t, s("command"), s("path")) {
+            (Tools::Bash, Some(c), _) => Rule {
+                text: format!("{tool}({c})"),
+                tools: t,
+                matcher: Matcher::Command(CommandPattern::Line(c.to_owned())),
             },
-            Some(t) if t.takes_paths() => {
-                let lexical = self.path_forms(s("path")).swap_remove(0);
-                let base = self.ctx.root.clone().unwrap_or_else(|| PathBuf::from("/"));
-                let Ok(rel) = lexical.strip_prefix(&base) else {
-                    return never(t);
-                };
-                let glob = globset::escape(&rel.to_string_lossy());
+            (Tools::Bash, None, _) => never(t),
+            (t, _, Some(p)) if t.takes_paths() => {
+                let glob = globset::escape(p);
                 match PathPattern::parse(&format!("/{glob}")) {
-                    Ok(p) => Rule {
+                    Ok(pat) => Rule {
                         text: format!("{tool}(/{glob})"),
                         tools: t,
-                        matcher: Matcher::Path(p),
+                        matcher: Matcher::Path(pat),
                     },
                     Err(_) => never(t),
                 }
             }
-            Some(t) => Rule {
+            (t, _, _) if t.takes_paths() => never(t),
+            (t, _, _) => Rule {
                 text: tool.to_owned(),
                 tools: t,
                 matcher: Matcher::Any,
             },
-            None => never(Tools::Skill),
         }
+    }
+
+    /// The rule an "always allow" answer adds for this call (see `always_allow_entry`).
+    pub fn always_allow_rule(&self, tool: &str, input: &Value) -> Rule {
+        Self::entry_rule(&self.always_allow_entry(tool, input))
     }
 }
 

@@ -186,6 +186,34 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// `sh -c script` in `root`, contained as this sandbox says (bash commands and hooks).
+    pub fn command(&self, root: &Path, script: &str) -> tokio::process::Command {
+        match self {
+            Sandbox::None => {
+                let mut c = tokio::process::Command::new("sh");
+                c.arg("-c").arg(script);
+                c
+            }
+            Sandbox::Limits(l) => {
+                let mut c = tokio::process::Command::new("sh");
+                c.arg("-c").arg(format!("{}{script}", ulimit_prefix(l)));
+                c
+            }
+            Sandbox::Bubblewrap(l) => {
+                let root = root.to_string_lossy().into_owned();
+                let mut c = tokio::process::Command::new("bwrap");
+                c.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"])
+                    .args(["--tmpfs", "/tmp", "--bind", &root, &root, "--chdir", &root])
+                    .args(["--unshare-pid", "--unshare-ipc", "--unshare-uts"])
+                    .args(["--die-with-parent", "--new-session", "sh", "-c"])
+                    .arg(format!("{}{script}", ulimit_prefix(l)));
+                c
+            }
+        }
+    }
+}
+
 fn ulimit_prefix(l: &Limits) -> String {
     // `sh` is dash on Debian: -v in KiB, -f in 512-byte blocks. A limit the shell cannot set
     // (-u is not in every sh) is skipped rather than failing the command.
@@ -210,6 +238,8 @@ pub struct ToolBox {
     todos: Arc<Mutex<Vec<Todo>>>,
     /// Files the searching tools (glob, grep) skip: those Read deny rules cover.
     hidden: Option<Hidden>,
+    /// Environment variables for bash commands (a settings file's `env`).
+    pub env: Vec<(String, String)>,
 }
 
 /// Given a file's absolute path: whether the searching tools skip it.
@@ -224,6 +254,7 @@ impl ToolBox {
             sandbox: Sandbox::None,
             todos: Arc::default(),
             hidden: None,
+            env: Vec::new(),
         }
     }
 
@@ -532,28 +563,8 @@ impl ToolBox {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> ToolOutput {
-        let mut cmd = match &self.sandbox {
-            Sandbox::None => {
-                let mut c = tokio::process::Command::new("sh");
-                c.arg("-c").arg(command);
-                c
-            }
-            Sandbox::Limits(l) => {
-                let mut c = tokio::process::Command::new("sh");
-                c.arg("-c").arg(format!("{}{command}", ulimit_prefix(l)));
-                c
-            }
-            Sandbox::Bubblewrap(l) => {
-                let root = self.root.to_string_lossy().into_owned();
-                let mut c = tokio::process::Command::new("bwrap");
-                c.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"])
-                    .args(["--tmpfs", "/tmp", "--bind", &root, &root, "--chdir", &root])
-                    .args(["--unshare-pid", "--unshare-ipc", "--unshare-uts"])
-                    .args(["--die-with-parent", "--new-session", "sh", "-c"])
-                    .arg(format!("{}{command}", ulimit_prefix(l)));
-                c
-            }
-        };
+        let mut cmd = self.sandbox.command(&self.root, command);
+        cmd.envs(self.env.iter().cloned());
         cmd.current_dir(&self.root)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
