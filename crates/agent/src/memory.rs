@@ -422,9 +422,16 @@ impl WorkspaceContext {
 
     /// The second system block's text for this transcript, and the memory it came from.
     pub fn block(&self, messages: &[Message]) -> (String, Memory) {
-        let memory = self.sources.load(&touched_paths(messages));
+        let mut memory = self.sources.load(&touched_paths(messages));
+        let (skills, warnings) = crate::commands::load_skills(&self.sources.root);
+        memory.warnings.extend(warnings);
         let mut text = memory.render();
         if !text.is_empty() {
+            text.push('\n');
+        }
+        let skills = crate::commands::render_skills(&skills);
+        if !skills.is_empty() {
+            text.push_str(&skills);
             text.push('\n');
         }
         text.push_str(&self.environment);

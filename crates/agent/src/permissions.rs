@@ -4,7 +4,7 @@
 //!
 //! The grammar is Claude Code's: `Tool` or `Tool(specifier)`, tool names case-insensitive and
 //! mapped onto ours (`Read`→read, `Edit`/`Write`/`MultiEdit`/`NotebookEdit`→write and edit,
-//! `Bash`→bash, `Glob`/`LS`→glob, `Grep`→grep, `TodoWrite`→todo, `Skill`→skill). Bash specifiers
+//! `Bash`→bash, `Glob`/`LS`→glob, `Grep`→grep, `TodoWrite`→todo). Bash specifiers
 //! are an exact command (`git status`), a legacy prefix (`npm test:*`) or a wildcard pattern
 //! (`npm run *`, `git * main`); file specifiers are gitignore-style globs with Claude Code's
 //! anchors (`//abs`, `~/home`, `/root-relative`, `./relative`, `anywhere`).
@@ -84,7 +84,8 @@ enum Tools {
     Glob,
     Grep,
     Todo,
-    Skill,
+    /// No tool of ours (the tool of an "always allow" entry that names none).
+    Unknown,
 }
 
 impl Tools {
@@ -96,7 +97,7 @@ impl Tools {
             "glob" | "ls" => Tools::Glob,
             "grep" => Tools::Grep,
             "todo" | "todowrite" => Tools::Todo,
-            "skill" => Tools::Skill,
+            // Skills are loaded by reading their SKILL.md here; there is no skill tool.
             _ => return None,
         })
     }
@@ -109,7 +110,7 @@ impl Tools {
             Tools::Glob => tool == "glob",
             Tools::Grep => tool == "grep",
             Tools::Todo => tool == "todo",
-            Tools::Skill => tool == "skill",
+            Tools::Unknown => false,
         }
     }
 
@@ -335,7 +336,7 @@ impl Rule {
             return Err(err("MCP tools are not supported here"));
         }
         let tools = Tools::parse(tool).ok_or_else(|| {
-            err("no such tool here (tools: Read, Edit, Write, Bash, Glob, Grep, TodoWrite, Skill)")
+            err("no such tool here (tools: Read, Edit, Write, Bash, Glob, Grep, TodoWrite)")
         })?;
         let matcher = match spec {
             None | Some("*") => Matcher::Any,
@@ -344,9 +345,6 @@ impl Rule {
                 Matcher::Command(CommandPattern::parse(s).map_err(err)?)
             }
             Some(s) if tools.takes_paths() => Matcher::Path(PathPattern::parse(s).map_err(err)?),
-            Some(s) if tools == Tools::Skill => {
-                Matcher::Command(CommandPattern::parse(s).map_err(err)?)
-            }
             Some(_) => {
                 return Err(err(
                     "this tool takes no specifier here; use Read(...) rules to hide files from it",
@@ -485,9 +483,6 @@ impl Permissions {
                 Matcher::Command(CommandPattern::Line(line)) => {
                     allow && s("command").map(str::trim) == Some(line.as_str())
                 }
-                Matcher::Command(p) if tool == "skill" => {
-                    s("name").is_some_and(|n| p.matches(n.trim()))
-                }
                 Matcher::Command(p) => {
                     let line =
                         parsed.get_or_insert_with(|| ShellLine::parse(s("command").unwrap_or("")));
@@ -571,7 +566,7 @@ impl Permissions {
             matcher: Matcher::Never,
         };
         let Some(t) = Tools::parse(tool) else {
-            return never(Tools::Skill);
+            return never(Tools::Unknown);
         };
         if entry.get("never").is_some() {
             return never(t);
@@ -1347,6 +1342,7 @@ mod tests {
             "Grep(src/**)",
             "Bash()",
             "Read(/)",
+            "Skill(deploy)",
         ] {
             assert!(Rule::parse(bad).is_err(), "{bad:?} parsed");
         }
@@ -1357,7 +1353,6 @@ mod tests {
             "MultiEdit(x)",
             "LS",
             "Bash(*)",
-            "Skill(deploy)",
         ] {
             assert!(Rule::parse(good).is_ok(), "{good:?} refused");
         }

@@ -131,6 +131,8 @@ pub enum RunEvent {
         tool: String,
         summary: String,
     },
+    /// A system note written to the session (warnings, loaded memory, hook notices).
+    Note(String),
 }
 
 pub struct Runner<'a> {
@@ -149,8 +151,9 @@ pub struct Runner<'a> {
     context: Option<WorkspaceContext>,
     /// What the session was last told about loaded memory, so it is told again only on change.
     memory_shown: Option<Memory>,
-    /// Warnings (rules that can never match, settings that do not parse) shown once.
-    warnings: Vec<String>,
+    /// Notes (loaded setup, rules that can never match, settings that do not parse) shown
+    /// once when the run starts.
+    notes: Vec<String>,
     /// Claude Code command hooks (see `hooks`).
     hooks: Option<Hooks>,
     /// What SessionStart hooks said, added to the context block.
@@ -219,7 +222,7 @@ impl<'a> Runner<'a> {
             fence: CancellationToken::new(),
             context: None,
             memory_shown: None,
-            warnings: Vec::new(),
+            notes: Vec::new(),
             hooks: None,
             hook_context: Vec::new(),
             session_started: false,
@@ -245,9 +248,9 @@ impl<'a> Runner<'a> {
         self
     }
 
-    /// Warnings to show in the session (as system notes) when the run starts.
-    pub fn with_warnings(mut self, warnings: Vec<String>) -> Self {
-        self.warnings = warnings;
+    /// Notes to show in the session (as system notes) when the run starts.
+    pub fn with_notes(mut self, notes: Vec<String>) -> Self {
+        self.notes = notes;
         self
     }
 
@@ -321,8 +324,8 @@ impl<'a> Runner<'a> {
     }
 
     async fn run_inner(&mut self, cancel: &CancellationToken) -> Outcome {
-        for w in std::mem::take(&mut self.warnings) {
-            self.note(&format!("Warning: {w}"));
+        for n in std::mem::take(&mut self.notes) {
+            self.note(&n);
         }
         self.session_start_hooks().await;
         if let Some(outcome) = self.prompt_hooks().await {
@@ -434,6 +437,7 @@ impl<'a> Runner<'a> {
         if self.fenced() {
             return;
         }
+        self.emit(RunEvent::Note(text.to_owned()));
         let _ = self.session.append_message(&Message {
             id: new_id("s-"),
             role: Role::System,

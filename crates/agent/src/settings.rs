@@ -235,6 +235,122 @@ impl Settings {
     }
 }
 
+/// A workspace's whole Claude Code setup, read once when a run starts: settings, memory and
+/// skills (re-read per request by the runner), commands. The one place every runner (the CLI,
+/// the desktop, the cloud) loads it from.
+pub struct ClaudeSetup {
+    pub settings: Settings,
+    pub context: crate::memory::WorkspaceContext,
+    pub commands: Vec<crate::commands::Command>,
+    /// Warnings from settings and commands, for the session to show.
+    pub warnings: Vec<String>,
+}
+
+impl ClaudeSetup {
+    /// `user_dir` is the user's `~/.claude`, given only when the run is on their own device.
+    pub fn load(
+        root: &Path,
+        user_dir: Option<&Path>,
+        location: crate::memory::Location,
+        approval: &dyn ConfigApproval,
+    ) -> ClaudeSetup {
+        let settings = Settings::load(root, user_dir, approval);
+        let (commands, command_warnings) = crate::commands::load_commands(root, user_dir);
+        let mut warnings = settings.warnings.clone();
+        warnings.extend(command_warnings);
+        let context = crate::memory::WorkspaceContext::new(
+            crate::memory::MemorySources {
+                root: root.to_path_buf(),
+                user_dir: user_dir.map(Path::to_path_buf),
+            },
+            location,
+        );
+        ClaudeSetup {
+            settings,
+            context,
+            commands,
+            warnings,
+        }
+    }
+
+    /// The user's `~/.claude` folder, if `$HOME` names one.
+    pub fn user_dir() -> Option<PathBuf> {
+        let dir = PathBuf::from(std::env::var_os("HOME")?).join(".claude");
+        dir.is_dir().then_some(dir)
+    }
+
+    /// Settings rules (and the mode, unless the caller chose one) and remembered
+    /// "always allow" answers, added to `p`.
+    pub fn permissions(
+        &self,
+        mut p: Permissions,
+        explicit_mode: bool,
+        store: Option<&dyn AllowStore>,
+    ) -> Permissions {
+        self.settings.apply(&mut p, explicit_mode);
+        if let Some(store) = store {
+            for e in store.entries() {
+                p.allow.push(Permissions::entry_rule(&e));
+            }
+        }
+        p
+    }
+
+    /// The hooks, to run the way bash commands run.
+    pub fn hooks(
+        &self,
+        root: &Path,
+        sandbox: crate::tools::Sandbox,
+        session: &str,
+        mode: Mode,
+    ) -> crate::hooks::Hooks {
+        let mut h =
+            crate::hooks::Hooks::new(self.settings.hooks.clone(), root.to_path_buf(), sandbox);
+        h.session_id = session.to_owned();
+        h.permission_mode = match mode {
+            Mode::Ask => "default",
+            Mode::AcceptEdits => "acceptEdits",
+            Mode::Plan => "plan",
+            Mode::DontAsk => "dontAsk",
+            Mode::AllowAll => "bypassPermissions",
+        }
+        .into();
+        h.env = self.settings.env.clone();
+        h
+    }
+
+    /// The notes a runner shows when it starts: what was loaded, then every warning.
+    pub fn notes(&self) -> Vec<String> {
+        self.summary()
+            .into_iter()
+            .chain(self.warnings.iter().map(|w| format!("Warning: {w}")))
+            .collect()
+    }
+
+    /// What the session shows about the setup when the run starts.
+    pub fn summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if !self.settings.loaded.is_empty() {
+            parts.push(format!("settings: {}", self.settings.loaded.join(", ")));
+        }
+        let hooks = self.settings.hooks.count();
+        if hooks > 0 {
+            parts.push(format!("{hooks} hook(s)"));
+        }
+        if !self.commands.is_empty() {
+            parts.push(format!(
+                "commands: {}",
+                self.commands
+                    .iter()
+                    .map(|c| format!("/{}", c.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        (!parts.is_empty()).then(|| format!("Claude Code setup loaded: {}", parts.join("; ")))
+    }
+}
+
 /// Where "always allow" answers are kept: per user and workspace, outside the workspace.
 pub trait AllowStore: Send + Sync {
     /// The entries recorded so far (see `Permissions::always_allow_entry`).
