@@ -5,9 +5,13 @@
 //! is in the session document (`jarvis_sync::doc::SessionDoc`); nothing lives only in a process.
 
 pub mod anthropic;
+pub mod commands;
+pub mod hooks;
+pub mod memory;
 pub mod permissions;
 pub mod providers;
 pub mod runner;
+pub mod settings;
 pub mod sse;
 pub mod testing;
 pub mod tools;

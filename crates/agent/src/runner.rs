@@ -8,21 +8,28 @@
 //! reported to the model as "may or may not have happened", never run a second time.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use jarvis_sync::doc::{
     Block, BlockRef, Decision, Message, Role, SessionDoc, SessionStatus, UpdateSignal, Usage,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::anthropic::{
     ApiMessage, ApiUsage, BlockStart, ContentBlock, Delta, MessagesRequest, Provider, StreamEvent,
     SystemBlock,
 };
+use crate::hooks::{Event as HookEvent, Hooks, PermissionDecision};
+use crate::memory::{Memory, WorkspaceContext};
 use crate::permissions::{Permissions, Verdict};
+use crate::settings::AllowStore;
 use crate::tools::{ToolBox, is_read_only};
+
+/// How often Stop hooks may send the model back to work within one run.
+const MAX_STOP_BLOCKS: u32 = 3;
 
 /// Prices in US dollars per million tokens (so also micro-dollars per token).
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +131,8 @@ pub enum RunEvent {
         tool: String,
         summary: String,
     },
+    /// A system note written to the session (warnings, loaded memory, hook notices).
+    Note(String),
 }
 
 pub struct Runner<'a> {
@@ -138,6 +147,20 @@ pub struct Runner<'a> {
     stop: CancellationToken,
     /// Cancelled when the lease is lost: stop at once and write nothing more.
     fence: CancellationToken,
+    /// Memory files and the environment, added after the system prompt (see `memory`).
+    context: Option<WorkspaceContext>,
+    /// What the session was last told about loaded memory, so it is told again only on change.
+    memory_shown: Option<Memory>,
+    /// Notes (loaded setup, rules that can never match, settings that do not parse) shown
+    /// once when the run starts.
+    notes: Vec<String>,
+    /// Claude Code command hooks (see `hooks`).
+    hooks: Option<Hooks>,
+    /// What SessionStart hooks said, added to the context block.
+    hook_context: Vec<String>,
+    session_started: bool,
+    /// Where "always allow" answers are kept beyond this run.
+    allow_store: Option<Arc<dyn AllowStore>>,
 }
 
 enum Settled {
@@ -179,6 +202,15 @@ impl<'a> Runner<'a> {
         permissions: Permissions,
         config: RunnerConfig,
     ) -> Self {
+        let (mut permissions, mut tools) = (permissions, tools);
+        if permissions.root().is_none() {
+            // Path rules are anchored where the tools work.
+            permissions.set_root(tools.root());
+        }
+        if !permissions.deny.is_empty() {
+            let p = permissions.clone();
+            tools.hide(std::sync::Arc::new(move |path| p.read_denied(path)));
+        }
         Runner {
             session,
             provider,
@@ -188,7 +220,38 @@ impl<'a> Runner<'a> {
             events: None,
             stop: CancellationToken::new(),
             fence: CancellationToken::new(),
+            context: None,
+            memory_shown: None,
+            notes: Vec::new(),
+            hooks: None,
+            hook_context: Vec::new(),
+            session_started: false,
+            allow_store: None,
         }
+    }
+
+    /// Runs these hooks at their events.
+    pub fn with_hooks(mut self, hooks: Hooks) -> Self {
+        self.hooks = (!hooks.config.is_empty()).then_some(hooks);
+        self
+    }
+
+    /// Records "always allow" answers here (and takes them into account from now on).
+    pub fn with_allow_store(mut self, store: Arc<dyn AllowStore>) -> Self {
+        self.allow_store = Some(store);
+        self
+    }
+
+    /// Adds memory files and the environment to every request.
+    pub fn with_context(mut self, context: WorkspaceContext) -> Self {
+        self.context = Some(context);
+        self
+    }
+
+    /// Notes to show in the session (as system notes) when the run starts.
+    pub fn with_notes(mut self, notes: Vec<String>) -> Self {
+        self.notes = notes;
+        self
     }
 
     /// See the `stop` field: a handoff's request to yield at a safe point.
@@ -261,7 +324,15 @@ impl<'a> Runner<'a> {
     }
 
     async fn run_inner(&mut self, cancel: &CancellationToken) -> Outcome {
+        for n in std::mem::take(&mut self.notes) {
+            self.note(&n);
+        }
+        self.session_start_hooks().await;
+        if let Some(outcome) = self.prompt_hooks().await {
+            return outcome;
+        }
         let mut requests = 0;
+        let mut stop_blocks = 0;
         loop {
             if self.fenced() {
                 return Outcome::LeaseLost;
@@ -295,8 +366,22 @@ impl<'a> Runner<'a> {
                 .collect();
             match messages.iter().rev().find(|m| m.role != Role::System) {
                 Some(m) if m.role == Role::User => {}
-                // Nothing to answer: the model had the last word.
-                _ => return Outcome::EndTurn,
+                // Nothing to answer: the model had the last word (unless a Stop hook objects).
+                _ => {
+                    if requests > 0
+                        && stop_blocks < MAX_STOP_BLOCKS
+                        && let Some(reason) = self.stop_hooks(stop_blocks > 0).await
+                    {
+                        stop_blocks += 1;
+                        Runner::send_user_message(
+                            &self.session,
+                            &self.config.device,
+                            &format!("Stop hook feedback:\n{reason}"),
+                        );
+                        continue;
+                    }
+                    return Outcome::EndTurn;
+                }
             }
             if let Some(budget) = self.config.budget_micros
                 && self.session.meta().usage.cost_micros >= budget
@@ -311,7 +396,28 @@ impl<'a> Runner<'a> {
                 return Outcome::RequestLimit;
             }
             requests += 1;
-            let request = build_request(&self.config, &messages);
+            let mut request = build_request(&self.config, &messages);
+            let mut extra = String::new();
+            if let Some(ctx) = &self.context {
+                // Re-read before every request: an edited CLAUDE.md applies at once.
+                let (text, memory) = ctx.block(&messages);
+                if self.memory_shown.as_ref() != Some(&memory) {
+                    if !memory.files.is_empty() {
+                        self.note(&format!("Memory loaded: {}", memory.summary()));
+                    }
+                    for w in &memory.warnings {
+                        self.note(&format!("Memory warning: {w}"));
+                    }
+                    self.memory_shown = Some(memory);
+                }
+                extra = text;
+            }
+            for c in &self.hook_context {
+                extra.push_str(&format!(
+                    "\n<session-start-hook>\n{c}\n</session-start-hook>"
+                ));
+            }
+            crate::memory::add_to_request(&mut request, extra);
             match self.stream_reply(&request, cancel).await {
                 Ok(Streamed::Complete) => continue,
                 Ok(Streamed::Interrupted) => return Outcome::Interrupted,
@@ -331,6 +437,7 @@ impl<'a> Runner<'a> {
         if self.fenced() {
             return;
         }
+        self.emit(RunEvent::Note(text.to_owned()));
         let _ = self.session.append_message(&Message {
             id: new_id("s-"),
             role: Role::System,
@@ -634,23 +741,35 @@ impl<'a> Runner<'a> {
             let verdict = match approvals.get(id) {
                 Some((_, Some(Decision::Allow))) => Verdict::Allow,
                 Some((_, Some(Decision::AlwaysAllow))) => {
-                    self.permissions
-                        .allow
-                        .push(Permissions::always_allow_rule(name, &input));
+                    let entry = self.permissions.always_allow_entry(name, &input);
+                    if let Some(store) = &self.allow_store
+                        && let Err(e) = store.add(&entry)
+                    {
+                        self.note(&format!(
+                            "\"Always allow\" could not be kept for later runs: {e}"
+                        ));
+                    }
+                    self.permissions.allow.push(Permissions::entry_rule(&entry));
                     Verdict::Allow
                 }
                 Some((_, Some(Decision::Deny))) => {
                     Verdict::Deny("The user denied this tool call.".to_owned())
                 }
                 Some((approval_id, None)) => return Settled::Pending(approval_id.clone()),
-                None => self.permissions.check(name, &input),
+                None => match self.permissions.check(name, &input) {
+                    deny @ Verdict::Deny(_) => deny,
+                    verdict => self.pre_tool_hooks(name, &input, verdict).await,
+                },
             };
             match verdict {
                 Verdict::Allow => {
                     let _ = self.session.set_tool_status(id, "running");
-                    let out = self.tools.run(name, &input, cancel).await;
+                    let mut out = self.tools.run(name, &input, cancel).await;
                     if self.fenced() {
                         return Settled::Interrupted;
+                    }
+                    if !cancel.is_cancelled() {
+                        self.post_tool_hooks(id, name, &input, &mut out).await;
                     }
                     if cancel.is_cancelled() && out.is_error {
                         // Interrupted mid-tool: record it, so a restart does not re-run it.
@@ -692,6 +811,164 @@ impl<'a> Runner<'a> {
             }
         }
         Settled::Done
+    }
+
+    /// SessionStart hooks, once per runner: "startup" the first time the session runs,
+    /// "resume" after that. What they print is context for the model.
+    async fn session_start_hooks(&mut self) {
+        if self.session_started {
+            return;
+        }
+        self.session_started = true;
+        let Some(hooks) = self
+            .hooks
+            .as_ref()
+            .filter(|h| h.has(HookEvent::SessionStart))
+        else {
+            return;
+        };
+        let source = if self.session.setting("hooks_started").is_some() {
+            "resume"
+        } else {
+            "startup"
+        };
+        self.session.set_setting("hooks_started", "1");
+        let o = hooks
+            .run(HookEvent::SessionStart, None, json!({ "source": source }))
+            .await;
+        self.hook_context = o.context;
+        for n in o.notices {
+            self.note(&format!("Hook: {n}"));
+        }
+    }
+
+    /// UserPromptSubmit hooks for a new prompt (each prompt once, even across restarts): a
+    /// block keeps the prompt in the transcript for the user but never sends it.
+    async fn prompt_hooks(&mut self) -> Option<Outcome> {
+        let hooks = self
+            .hooks
+            .as_ref()
+            .filter(|h| h.has(HookEvent::UserPromptSubmit))?;
+        let messages = self.session.messages();
+        let last = messages.iter().rev().find(|m| m.role != Role::System)?;
+        let prompt: Vec<&str> = last
+            .blocks
+            .iter()
+            .filter_map(|b| match b {
+                Block::Text { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        let is_prompt = last.role == Role::User
+            && !prompt.is_empty()
+            && !last
+                .blocks
+                .iter()
+                .any(|b| matches!(b, Block::ToolResult { .. }));
+        if !is_prompt || self.session.setting("hooks_prompt").as_deref() == Some(last.id.as_str()) {
+            return None;
+        }
+        self.session.set_setting("hooks_prompt", &last.id);
+        let o = hooks
+            .run(
+                HookEvent::UserPromptSubmit,
+                None,
+                json!({ "prompt": prompt.join("\n") }),
+            )
+            .await;
+        for n in &o.notices {
+            self.note(&format!("Hook: {n}"));
+        }
+        if let Some(reason) = o.block {
+            self.note(&format!(
+                "Prompt blocked by a UserPromptSubmit hook: {reason}"
+            ));
+            if let Err(e) = self.session.mark_cut(&last.id) {
+                tracing::error!(error = %e, "keeping a blocked prompt from the model failed");
+                return Some(Outcome::Failed(e.to_string()));
+            }
+            return Some(Outcome::EndTurn);
+        }
+        for c in o.context {
+            let text = format!("<user-prompt-submit-hook>\n{c}\n</user-prompt-submit-hook>");
+            if let Err(e) = self.session.append_block(&last.id, &Block::Text { text }) {
+                tracing::error!(error = %e, "adding a hook's context failed");
+            }
+        }
+        None
+    }
+
+    /// PreToolUse hooks for a call the rules did not deny: a block or a hook's "deny" refuses
+    /// it with the hook's reason (which the model sees); "ask" and "allow" replace the verdict.
+    async fn pre_tool_hooks(&self, tool: &str, input: &Value, verdict: Verdict) -> Verdict {
+        let Some(hooks) = self.hooks.as_ref().filter(|h| h.has(HookEvent::PreToolUse)) else {
+            return verdict;
+        };
+        let o = hooks
+            .run(
+                HookEvent::PreToolUse,
+                Some(tool),
+                Hooks::tool_payload(tool, input),
+            )
+            .await;
+        for n in &o.notices {
+            self.note(&format!("Hook: {n}"));
+        }
+        if let Some(reason) = o.block {
+            return Verdict::Deny(format!("Blocked by a PreToolUse hook: {reason}"));
+        }
+        match o.permission {
+            Some((PermissionDecision::Deny, reason)) => {
+                Verdict::Deny(format!("Denied by a PreToolUse hook: {reason}"))
+            }
+            Some((PermissionDecision::Ask, _)) => Verdict::Ask,
+            Some((PermissionDecision::Allow, _)) => Verdict::Allow,
+            None => verdict,
+        }
+    }
+
+    /// PostToolUse hooks: they see the result; what they block with or add reaches the model
+    /// with the result.
+    async fn post_tool_hooks(
+        &self,
+        id: &str,
+        tool: &str,
+        input: &Value,
+        out: &mut crate::tools::ToolOutput,
+    ) {
+        let Some(hooks) = self
+            .hooks
+            .as_ref()
+            .filter(|h| h.has(HookEvent::PostToolUse))
+        else {
+            return;
+        };
+        let mut payload = Hooks::tool_payload(tool, input);
+        payload["tool_use_id"] = json!(id);
+        payload["tool_response"] = json!({"content": out.content, "is_error": out.is_error});
+        let o = hooks.run(HookEvent::PostToolUse, Some(tool), payload).await;
+        for n in &o.notices {
+            self.note(&format!("Hook: {n}"));
+        }
+        if let Some(reason) = o.block {
+            out.content
+                .push_str(&format!("\n\nPostToolUse hook feedback:\n{reason}"));
+        }
+        for c in o.context {
+            out.content.push_str(&format!("\n\n{c}"));
+        }
+    }
+
+    /// Stop hooks when the model ends its turn: a block is the reason to go on.
+    async fn stop_hooks(&self, active: bool) -> Option<String> {
+        let hooks = self.hooks.as_ref().filter(|h| h.has(HookEvent::Stop))?;
+        let o = hooks
+            .run(HookEvent::Stop, None, json!({ "stop_hook_active": active }))
+            .await;
+        for n in &o.notices {
+            self.note(&format!("Hook: {n}"));
+        }
+        o.block
     }
 
     /// Appends a tool result to the results message that follows `assistant_id`.

@@ -186,6 +186,34 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// `sh -c script` in `root`, contained as this sandbox says (bash commands and hooks).
+    pub fn command(&self, root: &Path, script: &str) -> tokio::process::Command {
+        match self {
+            Sandbox::None => {
+                let mut c = tokio::process::Command::new("sh");
+                c.arg("-c").arg(script);
+                c
+            }
+            Sandbox::Limits(l) => {
+                let mut c = tokio::process::Command::new("sh");
+                c.arg("-c").arg(format!("{}{script}", ulimit_prefix(l)));
+                c
+            }
+            Sandbox::Bubblewrap(l) => {
+                let root = root.to_string_lossy().into_owned();
+                let mut c = tokio::process::Command::new("bwrap");
+                c.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"])
+                    .args(["--tmpfs", "/tmp", "--bind", &root, &root, "--chdir", &root])
+                    .args(["--unshare-pid", "--unshare-ipc", "--unshare-uts"])
+                    .args(["--die-with-parent", "--new-session", "sh", "-c"])
+                    .arg(format!("{}{script}", ulimit_prefix(l)));
+                c
+            }
+        }
+    }
+}
+
 fn ulimit_prefix(l: &Limits) -> String {
     // `sh` is dash on Debian: -v in KiB, -f in 512-byte blocks. A limit the shell cannot set
     // (-u is not in every sh) is skipped rather than failing the command.
@@ -208,7 +236,14 @@ pub struct ToolBox {
     pub output_cap: usize,
     pub sandbox: Sandbox,
     todos: Arc<Mutex<Vec<Todo>>>,
+    /// Files the searching tools (glob, grep) skip: those Read deny rules cover.
+    hidden: Option<Hidden>,
+    /// Environment variables for bash commands (a settings file's `env`).
+    pub env: Vec<(String, String)>,
 }
+
+/// Given a file's absolute path: whether the searching tools skip it.
+pub type Hidden = Arc<dyn Fn(&Path) -> bool + Send + Sync>;
 
 impl ToolBox {
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -218,7 +253,14 @@ impl ToolBox {
             output_cap: 30_000,
             sandbox: Sandbox::None,
             todos: Arc::default(),
+            hidden: None,
+            env: Vec::new(),
         }
+    }
+
+    /// Hides files from glob and grep (given the file's absolute path).
+    pub fn hide(&mut self, hidden: Hidden) {
+        self.hidden = Some(hidden);
     }
 
     pub fn root(&self) -> &Path {
@@ -431,6 +473,9 @@ impl ToolBox {
                     continue;
                 }
                 // file_type does not follow symlinks: linked folders are not walked.
+                if self.hidden.as_ref().is_some_and(|h| h(&e.path())) {
+                    continue;
+                }
                 match e.file_type() {
                     Ok(t) if t.is_dir() => stack.push(e.path()),
                     Ok(t) if t.is_file() => out.push(e.path()),
@@ -518,28 +563,8 @@ impl ToolBox {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> ToolOutput {
-        let mut cmd = match &self.sandbox {
-            Sandbox::None => {
-                let mut c = tokio::process::Command::new("sh");
-                c.arg("-c").arg(command);
-                c
-            }
-            Sandbox::Limits(l) => {
-                let mut c = tokio::process::Command::new("sh");
-                c.arg("-c").arg(format!("{}{command}", ulimit_prefix(l)));
-                c
-            }
-            Sandbox::Bubblewrap(l) => {
-                let root = self.root.to_string_lossy().into_owned();
-                let mut c = tokio::process::Command::new("bwrap");
-                c.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"])
-                    .args(["--tmpfs", "/tmp", "--bind", &root, &root, "--chdir", &root])
-                    .args(["--unshare-pid", "--unshare-ipc", "--unshare-uts"])
-                    .args(["--die-with-parent", "--new-session", "sh", "-c"])
-                    .arg(format!("{}{command}", ulimit_prefix(l)));
-                c
-            }
-        };
+        let mut cmd = self.sandbox.command(&self.root, command);
+        cmd.envs(self.env.iter().cloned());
         cmd.current_dir(&self.root)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -12,9 +12,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use jarvis_agent::commands::{self, Builtin, Expanded};
+use jarvis_agent::memory::Location;
 use jarvis_agent::permissions::{Mode, Permissions, Rule};
 use jarvis_agent::providers::ProviderConfig;
 use jarvis_agent::runner::{Outcome, RunEvent, Runner, RunnerConfig};
+use jarvis_agent::settings::{ClaudeSetup, FileAllowStore, OwnDevice};
 use jarvis_agent::tools::ToolBox;
 use jarvis_sync::doc::{Decision, DocName, SessionDoc};
 use jarvis_sync::store::{SqliteStore, Store, open_persisted};
@@ -50,10 +53,11 @@ enum Command {
         session: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
         output_format: OutputFormat,
-        /// ask, accept-edits, plan or allow-all.
-        #[arg(long, default_value = "ask")]
-        permission_mode: String,
-        /// Allow rules such as 'bash(cargo test:*)'. Repeatable.
+        /// ask, accept-edits, plan, dont-ask or allow-all (default: the workspace's
+        /// .claude/settings.json defaultMode, else ask).
+        #[arg(long)]
+        permission_mode: Option<String>,
+        /// Allow rules such as 'Bash(cargo test:*)'. Repeatable.
         #[arg(long = "allow")]
         allow: Vec<String>,
         /// Deny rules. Repeatable.
@@ -338,7 +342,7 @@ fn main() -> Result<()> {
                         workspace,
                         session,
                         model,
-                        permission_mode: Some(permission_mode),
+                        permission_mode,
                         allow,
                         deny,
                         budget_usd,
@@ -348,18 +352,51 @@ fn main() -> Result<()> {
                     output_format,
                 ));
             }
-            let mode = Mode::parse(&permission_mode)
-                .with_context(|| format!("unknown permission mode {permission_mode:?}"))?;
-            let mut permissions = Permissions::new(mode);
+            let explicit_mode = permission_mode.is_some();
+            let mode_name = permission_mode.unwrap_or_else(|| "ask".into());
+            let mode = Mode::parse(&mode_name)
+                .with_context(|| format!("unknown permission mode {mode_name:?}"))?;
+            let dir = dir
+                .canonicalize()
+                .with_context(|| format!("folder {} is not accessible", dir.display()))?;
+            // This is the user's own device: their ~/.claude applies, and the workspace's
+            // files apply as Claude Code applies them.
+            let user_dir = ClaudeSetup::user_dir();
+            let setup = ClaudeSetup::load(
+                &dir,
+                user_dir.as_deref(),
+                Location::Device("jarvis run".into()),
+                &OwnDevice,
+            );
+            let mut notes = setup.notes();
+            let mut model = model;
+            let mut command_allow = Vec::new();
+            let prompt = match commands::expand(&prompt, &setup.commands, &OwnDevice)? {
+                Expanded::Text(t) => t,
+                Expanded::Prompt {
+                    text,
+                    allow,
+                    model: m,
+                    warnings,
+                } => {
+                    notes.extend(warnings.into_iter().map(|w| format!("Warning: {w}")));
+                    command_allow = allow;
+                    model = m.unwrap_or(model);
+                    text
+                }
+                Expanded::Builtin(b) => return builtin(b, &store, session.as_deref(), &setup),
+            };
+            let mut permissions = Permissions::new(mode).with_root(&dir);
             for r in &allow {
                 permissions.allow.push(Rule::parse(r)?);
             }
             for r in &deny {
                 permissions.deny.push(Rule::parse(r)?);
             }
-            let dir = dir
-                .canonicalize()
-                .with_context(|| format!("folder {} is not accessible", dir.display()))?;
+            permissions.allow.extend(command_allow);
+            let allow_store = Arc::new(FileAllowStore::new(&home, "local", &dir.to_string_lossy()));
+            let permissions =
+                setup.permissions(permissions, explicit_mode, Some(allow_store.as_ref()));
             let env: HashMap<String, String> = std::env::vars().collect();
             let provider =
                 ProviderConfig::from_env(&env, |p| std::fs::read_to_string(p))?.build()?;
@@ -375,15 +412,25 @@ fn main() -> Result<()> {
             }
             let mut config = RunnerConfig::new(&model, "cli");
             config.budget_micros = budget_usd.map(|d| (d * 1e6) as u64);
+            let mut tools = ToolBox::new(&dir);
+            tools.env = setup.settings.env.clone();
+            let hooks = setup.hooks(&dir, tools.sandbox.clone(), &id, permissions.mode);
+            let context = setup.context.clone();
             let runtime = tokio::runtime::Runtime::new()?;
             let outcome = runtime.block_on(run(
                 doc.clone(),
                 provider.as_ref(),
-                ToolBox::new(&dir),
+                tools,
                 permissions,
                 config,
                 output_format,
                 &id,
+                move |r| {
+                    r.with_context(context)
+                        .with_hooks(hooks)
+                        .with_notes(notes)
+                        .with_allow_store(allow_store)
+                },
             ));
             let usage = doc.meta().usage;
             match output_format {
@@ -511,6 +558,13 @@ fn event_line(e: &RunEvent, format: OutputFormat, session: &str) -> Option<Strin
             "type": "approval_needed", "session": session, "id": id, "tool": tool, "summary": summary
         })
         .to_string(),
+        (RunEvent::Note(text), OutputFormat::Text) => {
+            eprintln!("[note] {text}");
+            return None;
+        }
+        (RunEvent::Note(text), OutputFormat::StreamJson) => {
+            json!({"type": "system", "session": session, "text": text}).to_string()
+        }
     })
 }
 
@@ -838,6 +892,62 @@ fn rand_id() -> u64 {
     t ^ (u64::from(std::process::id()) << 32)
 }
 
+/// The built-in slash commands in `jarvis run` (the one dispatch point; `/compact` is the
+/// "long tasks" work and is not wired here yet).
+fn builtin(
+    b: Builtin,
+    store: &Arc<dyn Store>,
+    session: Option<&str>,
+    setup: &ClaudeSetup,
+) -> Result<()> {
+    let session_doc_of = |what: &str| -> Result<SessionDoc> {
+        let id = session.with_context(|| format!("{what} needs --session <id>"))?;
+        session_doc(store, id)
+    };
+    match b {
+        Builtin::Clear => {
+            println!("a new conversation starts with the next `jarvis run` without --session");
+        }
+        Builtin::Cost => {
+            let usage = session_doc_of("/cost")?.meta().usage;
+            println!(
+                "${:.4} ({} input, {} output, {} cache read, {} cache write tokens)",
+                usage.cost_micros as f64 / 1e6,
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_read_tokens,
+                usage.cache_write_tokens
+            );
+        }
+        Builtin::Model(m) if m.is_empty() => {
+            println!("model: {}", session_doc_of("/model")?.meta().model);
+        }
+        Builtin::Model(m) => {
+            session_doc_of("/model")?.set_model(&m);
+            println!("model: {m}");
+        }
+        Builtin::Compact(_) => bail!("/compact is not available in `jarvis run` yet"),
+        Builtin::Help => {
+            for (name, what) in commands::BUILTINS {
+                println!("/{name}\t{what}");
+            }
+            for c in &setup.commands {
+                println!(
+                    "/{}{}\t{} ({})",
+                    c.name,
+                    c.argument_hint
+                        .as_deref()
+                        .map(|h| format!(" {h}"))
+                        .unwrap_or_default(),
+                    c.description.as_deref().unwrap_or(""),
+                    c.label
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn outcome_name(o: &Outcome) -> &'static str {
     match o {
         Outcome::EndTurn => "end_turn",
@@ -851,17 +961,20 @@ fn outcome_name(o: &Outcome) -> &'static str {
     }
 }
 
-async fn run(
+#[allow(clippy::too_many_arguments)]
+async fn run<'p>(
     doc: SessionDoc,
-    provider: &dyn jarvis_agent::anthropic::Provider,
+    provider: &'p dyn jarvis_agent::anthropic::Provider,
     tools: ToolBox,
     permissions: Permissions,
     config: RunnerConfig,
     format: OutputFormat,
     id: &str,
+    configure: impl FnOnce(Runner<'p>) -> Runner<'p>,
 ) -> Outcome {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut runner = Runner::new(doc, provider, tools, permissions, config).with_events(tx);
+    let mut runner =
+        configure(Runner::new(doc, provider, tools, permissions, config)).with_events(tx);
     let cancel = CancellationToken::new();
     let ctrl_c = cancel.clone();
     tokio::spawn(async move {
@@ -900,6 +1013,14 @@ async fn run(
                 }
                 (RunEvent::ApprovalNeeded { id, tool, summary }, OutputFormat::StreamJson) => {
                     json!({"type": "approval_needed", "session": session, "id": id, "tool": tool, "summary": summary}).to_string()
+                }
+                (RunEvent::Note(text), OutputFormat::Text) => {
+                    // Notes go to stderr: stdout stays the reply.
+                    eprintln!("[note] {text}");
+                    continue;
+                }
+                (RunEvent::Note(text), OutputFormat::StreamJson) => {
+                    json!({"type": "system", "session": session, "text": text}).to_string()
                 }
             };
             let _ = writeln!(out, "{line}");
