@@ -8,6 +8,7 @@ pub mod anthropic;
 pub mod permissions;
 pub mod providers;
 pub mod runner;
+pub mod sandbox;
 pub mod sse;
 pub mod testing;
 pub mod tools;
