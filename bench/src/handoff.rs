@@ -106,6 +106,8 @@ pub async fn run(args: HandoffArgs) -> Result<()> {
             ("ANTHROPIC_BASE_URL", fake_url.as_str()),
             ("ANTHROPIC_API_KEY", "bench"),
             ("JARVIS_SANDBOX", "limits"),
+            // Unconfined by choice: this test is not about containment (see sandbox.rs).
+            ("JARVIS_ALLOW_UNSANDBOXED", "1"),
         ],
     )?;
     let (port, token) = (cloud.port, cloud.token.clone());

@@ -65,7 +65,7 @@ function until(what, cond, ms = T) {
 async function startCloud(dataDir, fakeUrl, port = 0) {
   const child = spawn(CLOUD, ['serve', '--host', '127.0.0.1', '--port', String(port), '--data-dir', dataDir, '--ui-dir', UI_DIST], {
     stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, RUST_LOG: 'warn', ANTHROPIC_BASE_URL: fakeUrl, ANTHROPIC_API_KEY: 'test-key', JARVIS_SANDBOX: 'limits' },
+    env: { ...process.env, RUST_LOG: 'warn', ANTHROPIC_BASE_URL: fakeUrl, ANTHROPIC_API_KEY: 'test-key', JARVIS_SANDBOX: 'limits', JARVIS_ALLOW_UNSANDBOXED: '1' },
   });
   let out = '';
   const bound = await new Promise((ok, fail) => {

@@ -164,7 +164,7 @@ test('desktop window: open a folder, run here, approve, Continue in cloud, Conti
     const token = execFileSync(CLOUD, ['user', 'add', 'dana', '--data-dir', data], { encoding: 'utf8', env: { ...process.env, RUST_LOG: 'warn' } })
       .trim().split('\n').pop().trim();
     assert.match(token, /^jt_/);
-    const hubEnv = { ...process.env, RUST_LOG: 'warn', ANTHROPIC_BASE_URL: fake.url, ANTHROPIC_API_KEY: 'test-key', JARVIS_SANDBOX: 'limits' };
+    const hubEnv = { ...process.env, RUST_LOG: 'warn', ANTHROPIC_BASE_URL: fake.url, ANTHROPIC_API_KEY: 'test-key', JARVIS_SANDBOX: 'limits', JARVIS_ALLOW_UNSANDBOXED: '1' };
     let hub = start(CLOUD, ['serve', '--host', '127.0.0.1', '--port', '0', '--data-dir', data], hubEnv, logs);
     cleanups.push(() => hub.stop());
     const port = await until('jarvis-cloud listening', () => Number(hub.output().match(/listening on 127\.0\.0\.1:(\d+)/)?.[1] ?? 0));

@@ -154,6 +154,8 @@ async fn a_cron_agent_runs_at_its_time_once_across_restarts_and_catches_up_by_po
         ("ANTHROPIC_BASE_URL", fake.url()),
         ("ANTHROPIC_API_KEY", "test-key".to_owned()),
         ("JARVIS_SANDBOX", "limits".to_owned()),
+        // Unconfined by choice: this test is not about containment (see sandbox.rs).
+        ("JARVIS_ALLOW_UNSANDBOXED", "1".to_owned()),
         ("JARVIS_CLOCK_FILE", clock.display().to_string()),
         ("JARVIS_AGENTS_TICK_MS", "50".to_owned()),
     ];
@@ -309,6 +311,8 @@ async fn a_synced_edit_fires_a_files_trigger_and_a_webhook_trigger_runs_with_its
         ("ANTHROPIC_BASE_URL", fake.url()),
         ("ANTHROPIC_API_KEY", "test-key".to_owned()),
         ("JARVIS_SANDBOX", "limits".to_owned()),
+        // Unconfined by choice: this test is not about containment (see sandbox.rs).
+        ("JARVIS_ALLOW_UNSANDBOXED", "1".to_owned()),
         ("JARVIS_AGENTS_TICK_MS", "50".to_owned()),
         ("JARVIS_AGENTS_FILE_DEBOUNCE_MS", "300".to_owned()),
         (
@@ -492,6 +496,8 @@ async fn budgets_count_cache_writes_and_runs_respect_the_concurrency_limit() {
         ("ANTHROPIC_BASE_URL", fake.url()),
         ("ANTHROPIC_API_KEY", "test-key".to_owned()),
         ("JARVIS_SANDBOX", "limits".to_owned()),
+        // Unconfined by choice: this test is not about containment (see sandbox.rs).
+        ("JARVIS_ALLOW_UNSANDBOXED", "1".to_owned()),
         ("JARVIS_CLOCK_FILE", clock.display().to_string()),
         ("JARVIS_AGENTS_TICK_MS", "50".to_owned()),
         ("JARVIS_AGENTS_USER_DAILY_BUDGET_USD", "2".to_owned()),

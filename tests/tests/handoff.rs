@@ -220,6 +220,8 @@ async fn continue_in_cloud_and_back_with_full_history() {
             ("ANTHROPIC_BASE_URL", &fake.url()),
             ("ANTHROPIC_API_KEY", "test-key"),
             ("JARVIS_SANDBOX", "limits"),
+            // Unconfined by choice: this test is not about containment (see sandbox.rs).
+            ("JARVIS_ALLOW_UNSANDBOXED", "1"),
         ],
     )
     .unwrap();
@@ -415,6 +417,8 @@ async fn offline_edits_made_before_the_handoff_reach_the_cloud() {
         ("ANTHROPIC_BASE_URL", fake.url()),
         ("ANTHROPIC_API_KEY", "test-key".to_owned()),
         ("JARVIS_SANDBOX", "limits".to_owned()),
+        // Unconfined by choice: this test is not about containment (see sandbox.rs).
+        ("JARVIS_ALLOW_UNSANDBOXED", "1".to_owned()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let agent = CloudAgent::start_with_env(&data, 0, &env).unwrap();
@@ -516,6 +520,8 @@ async fn cloud_killed_mid_run_resumes_after_restart() {
         ("ANTHROPIC_BASE_URL", fake.url()),
         ("ANTHROPIC_API_KEY", "test-key".to_owned()),
         ("JARVIS_SANDBOX", "limits".to_owned()),
+        // Unconfined by choice: this test is not about containment (see sandbox.rs).
+        ("JARVIS_ALLOW_UNSANDBOXED", "1".to_owned()),
         ("JARVIS_LEASE_TTL_MS", "2000".to_owned()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -100,6 +100,8 @@ fn env_for(llm: &FakeServer, github: &FakeServer, repos: &Path) -> Vec<(&'static
         ("ANTHROPIC_BASE_URL", llm.url()),
         ("ANTHROPIC_API_KEY", "test-key".into()),
         ("JARVIS_SANDBOX", "limits".into()),
+        // Unconfined by choice: this test is not about containment (see sandbox.rs).
+        ("JARVIS_ALLOW_UNSANDBOXED", "1".into()),
         ("JARVIS_GITHUB_WEBHOOK_SECRET", SECRET.into()),
         ("JARVIS_GITHUB_TOKEN", GH_TOKEN.into()),
         ("JARVIS_GITHUB_API_URL", github.url()),

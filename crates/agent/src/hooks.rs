@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::tools::Sandbox;
+use crate::sandbox::{ProcessScope, Sandbox};
 
 /// Claude Code's default hook timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -297,17 +297,29 @@ impl Hooks {
         hook: &HookCommand,
         stdin: &str,
     ) -> Result<(Option<i32>, String, String), String> {
-        let mut cmd = self.sandbox.command(&self.root, &hook.command);
-        cmd.current_dir(&self.root)
-            .env("CLAUDE_PROJECT_DIR", &self.root)
-            .envs(self.env.iter().cloned())
+        // The hook runs like a bash call: in the session's sandbox (clean environment, the
+        // workspace only, limits), in a scope that kills whatever it leaves behind.
+        let mut env = self.env.clone();
+        env.push((
+            "CLAUDE_PROJECT_DIR".to_owned(),
+            self.root.to_string_lossy().into_owned(),
+        ));
+        let mut cmd = self
+            .sandbox
+            .command(
+                &self.root,
+                "sh",
+                &["-c".to_owned(), hook.command.clone()],
+                &env,
+            )
+            .map_err(|e| format!("cannot run here: {e}"))?;
+        cmd.command
+            .current_dir(&self.root)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
-        let pgid = child.id();
+            .stderr(Stdio::piped());
+        let scope = ProcessScope::new();
+        let mut child = scope.spawn(cmd).map_err(|e| format!("cannot start: {e}"))?;
         let input = stdin.as_bytes().to_vec();
         let mut sink = child.stdin.take();
         // Written while the output is read, so a hook that ignores stdin cannot block us.
@@ -336,13 +348,9 @@ impl Hooks {
             (child.wait().await, o, e)
         };
         let result = tokio::time::timeout(hook.timeout, run).await;
-        if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()) {
-            // Whatever the hook left running in its group goes with it.
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        // Whatever the hook left running (its group, its PID namespace, its cgroup) goes with it.
+        drop(child);
+        scope.kill_all();
         writer.abort();
         match result {
             Ok((status, o, e)) => Ok((
@@ -472,7 +480,7 @@ mod tests {
     fn hooks(dir: &std::path::Path, config: Value) -> Hooks {
         let (config, warnings) = HookConfig::parse(&config, ".claude/settings.json");
         assert!(warnings.is_empty(), "{warnings:?}");
-        Hooks::new(config, dir.to_path_buf(), Sandbox::None)
+        Hooks::new(config, dir.to_path_buf(), Sandbox::Host)
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ pub mod memory;
 pub mod permissions;
 pub mod providers;
 pub mod runner;
+pub mod sandbox;
 pub mod settings;
 pub mod sse;
 pub mod testing;

@@ -105,128 +105,7 @@ pub struct Todo {
     pub status: String,
 }
 
-/// How bash commands are contained. Every mode runs the command in its own process group,
-/// killed whole on timeout or interrupt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sandbox {
-    /// The user's own machine: no further limits (the desktop and the CLI).
-    None,
-    /// Resource limits set by the shell before the command runs (`ulimit`): CPU seconds,
-    /// address space, file size, open files, processes.
-    Limits(Limits),
-    /// Bubblewrap: a read-only view of the system, the workspace read-write, private /tmp,
-    /// no other writable path, new namespaces; plus the same limits.
-    Bubblewrap(Limits),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    pub cpu_seconds: u64,
-    pub memory_bytes: u64,
-    pub file_bytes: u64,
-    pub open_files: u64,
-    pub processes: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            cpu_seconds: 600,
-            memory_bytes: 4 << 30,
-            file_bytes: 1 << 30,
-            open_files: 1024,
-            processes: 512,
-        }
-    }
-}
-
-impl Sandbox {
-    /// The strongest containment this machine offers: bubblewrap when `bwrap` exists and can
-    /// create its namespaces here (containers often forbid it), else resource limits.
-    pub fn detect(limits: Limits) -> Sandbox {
-        let works = std::process::Command::new("bwrap")
-            .args([
-                "--ro-bind",
-                "/",
-                "/",
-                "--dev",
-                "/dev",
-                "--unshare-all",
-                "--die-with-parent",
-                "true",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if works {
-            Sandbox::Bubblewrap(limits)
-        } else {
-            Sandbox::Limits(limits)
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Sandbox::None => "none (own process group only)".into(),
-            Sandbox::Limits(l) => format!(
-                "resource limits in a separate process group (cpu {}s, memory {} MiB,                  files {} MiB, {} open files, {} processes); bubblewrap unavailable",
-                l.cpu_seconds,
-                l.memory_bytes >> 20,
-                l.file_bytes >> 20,
-                l.open_files,
-                l.processes
-            ),
-            Sandbox::Bubblewrap(_) => {
-                "bubblewrap (read-only system, workspace writable, private /tmp, no network                  namespace sharing) plus resource limits"
-                    .into()
-            }
-        }
-    }
-}
-
-impl Sandbox {
-    /// `sh -c script` in `root`, contained as this sandbox says (bash commands and hooks).
-    pub fn command(&self, root: &Path, script: &str) -> tokio::process::Command {
-        match self {
-            Sandbox::None => {
-                let mut c = tokio::process::Command::new("sh");
-                c.arg("-c").arg(script);
-                c
-            }
-            Sandbox::Limits(l) => {
-                let mut c = tokio::process::Command::new("sh");
-                c.arg("-c").arg(format!("{}{script}", ulimit_prefix(l)));
-                c
-            }
-            Sandbox::Bubblewrap(l) => {
-                let root = root.to_string_lossy().into_owned();
-                let mut c = tokio::process::Command::new("bwrap");
-                c.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"])
-                    .args(["--tmpfs", "/tmp", "--bind", &root, &root, "--chdir", &root])
-                    .args(["--unshare-pid", "--unshare-ipc", "--unshare-uts"])
-                    .args(["--die-with-parent", "--new-session", "sh", "-c"])
-                    .arg(format!("{}{script}", ulimit_prefix(l)));
-                c
-            }
-        }
-    }
-}
-
-fn ulimit_prefix(l: &Limits) -> String {
-    // `sh` is dash on Debian: -v in KiB, -f in 512-byte blocks. A limit the shell cannot set
-    // (-u is not in every sh) is skipped rather than failing the command.
-    format!(
-        "ulimit -t {} ; ulimit -v {} ; ulimit -f {} ; ulimit -n {} ; (ulimit -u {}) 2>/dev/null && ulimit -u {} ; ",
-        l.cpu_seconds,
-        l.memory_bytes / 1024,
-        l.file_bytes / 512,
-        l.open_files,
-        l.processes,
-        l.processes
-    )
-}
+pub use crate::sandbox::{Limits, ProcessScope, Sandbox};
 
 /// The tool set of one session, bound to one workspace root.
 #[derive(Clone)]
@@ -235,11 +114,17 @@ pub struct ToolBox {
     pub bash_timeout: Duration,
     pub output_cap: usize,
     pub sandbox: Sandbox,
+    /// Extra environment for every command: a settings file's `env`, and the secrets the
+    /// workspace's configuration names.
+    pub env: Vec<(String, String)>,
+    /// (name, value) pairs replaced by `[secret NAME]` in command output, so a value that a
+    /// command prints never reaches the transcript.
+    pub redact: Vec<(String, String)>,
+    /// Every process this tool set started; killed whole when the run ends.
+    pub scope: ProcessScope,
     todos: Arc<Mutex<Vec<Todo>>>,
     /// Files the searching tools (glob, grep) skip: those Read deny rules cover.
     hidden: Option<Hidden>,
-    /// Environment variables for bash commands (a settings file's `env`).
-    pub env: Vec<(String, String)>,
 }
 
 /// Given a file's absolute path: whether the searching tools skip it.
@@ -251,10 +136,12 @@ impl ToolBox {
             root: root.into(),
             bash_timeout: Duration::from_secs(120),
             output_cap: 30_000,
-            sandbox: Sandbox::None,
+            sandbox: Sandbox::Host,
+            env: Vec::new(),
+            redact: Vec::new(),
+            scope: ProcessScope::new(),
             todos: Arc::default(),
             hidden: None,
-            env: Vec::new(),
         }
     }
 
@@ -555,27 +442,31 @@ impl ToolBox {
         .map_err(|e| e.to_string())?
     }
 
-    /// Runs `command` with `sh -c` in its own process group; on timeout or interrupt the whole
-    /// group is killed, so no grandchild outlives the call.
+    /// Runs `command` with `sh -c` in the sandbox, in its own process group; when it ends,
+    /// times out or is interrupted the whole group is killed (under bubblewrap with its PID
+    /// namespace), so nothing it started outlives the call.
     async fn bash(
         &self,
         command: &str,
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> ToolOutput {
-        let mut cmd = self.sandbox.command(&self.root, command);
-        cmd.envs(self.env.iter().cloned());
-        cmd.current_dir(&self.root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = match cmd.spawn() {
+        let limits = self.sandbox.limits().cloned();
+        let timeout = limits.as_ref().map_or(timeout, |l| timeout.min(l.wall));
+        let mut cmd = match self.sandbox.command(
+            &self.root,
+            "sh",
+            &["-c".to_owned(), command.to_owned()],
+            &self.env,
+        ) {
+            Ok(c) => c,
+            Err(e) => return ToolOutput::err(format!("bash is not available: {e}")),
+        };
+        cmd.command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = match self.scope.spawn(cmd) {
             Ok(c) => c,
             Err(e) => return ToolOutput::err(format!("cannot start sh: {e}")),
         };
-        let pgid = child.id();
         let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
         let cap = self.output_cap;
         // Both pipes are drained to the end (beyond the cap, discarding), concurrently, or a
@@ -602,41 +493,67 @@ impl ToolBox {
             let (a, b) = tokio::join!(drain(out.take(), cap + 1), drain(err.take(), cap + 1));
             (a.0, b.0)
         };
+        let limit_note = limits
+            .as_ref()
+            .map(|l| format!("\n[sandbox limits: {}]", l.summary_line()))
+            .unwrap_or_default();
         let outcome = tokio::select! {
             r = async { let io = read_all.await; (child.wait().await, io) } => Ok(r),
-            _ = tokio::time::sleep(timeout) => Err(format!("timed out after {timeout:?}; process group killed")),
-            _ = cancel.cancelled() => Err("interrupted; process group killed".to_owned()),
+            _ = tokio::time::sleep(timeout) => Err(format!("timed out after {timeout:?}; every process it started was killed{limit_note}")),
+            _ = cancel.cancelled() => Err("interrupted; every process it started was killed".to_owned()),
         };
-        let kill_group = || {
-            if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        };
+        // Whatever the outcome, anything the command left running goes too.
+        self.scope.kill(&child);
         match outcome {
             Ok((status, (stdout, stderr))) => {
-                // The shell is done; anything it left running in its group goes too.
-                kill_group();
                 let mut text = String::from_utf8_lossy(&stdout).into_owned();
                 if !stderr.is_empty() {
                     text.push_str("\n[stderr]\n");
                     text.push_str(&String::from_utf8_lossy(&stderr));
                 }
-                let code = status.ok().and_then(|s| s.code());
-                let text = self.cap(text);
-                match code {
-                    Some(0) => ToolOutput::ok(text),
-                    Some(c) => ToolOutput::err(format!("exit code {c}\n{text}")),
-                    None => ToolOutput::err(format!("killed by a signal\n{text}")),
+                let text = self.cap(self.redacted(text));
+                let status = status.ok();
+                let code = status.and_then(|s| s.code());
+                let signal = status.and_then(|s| {
+                    use std::os::unix::process::ExitStatusExt;
+                    s.signal()
+                });
+                // A shell reports a child killed by signal N as exit code 128+N.
+                let signal =
+                    signal.or_else(|| code.filter(|c| *c > 128 && *c < 160).map(|c| c - 128));
+                match (code, signal) {
+                    (Some(0), _) => ToolOutput::ok(text),
+                    (_, Some(sig)) if limits.is_some() => ToolOutput::err(format!(
+                        "killed by signal {sig}{}{limit_note}\n{text}",
+                        signal_hint(sig)
+                    )),
+                    (Some(c), _) => ToolOutput::err(format!("exit code {c}{limit_note}\n{text}")),
+                    (None, _) => ToolOutput::err(format!("killed by a signal\n{text}")),
                 }
             }
-            Err(reason) => {
-                kill_group();
-                ToolOutput::err(reason)
+            Err(reason) => ToolOutput::err(reason),
+        }
+    }
+
+    fn redacted(&self, mut text: String) -> String {
+        for (name, value) in &self.redact {
+            if !value.is_empty() && text.contains(value.as_str()) {
+                text = text.replace(value.as_str(), &format!("[secret {name}]"));
             }
         }
+        text
+    }
+}
+
+/// Which limit a signal usually means.
+fn signal_hint(sig: i32) -> &'static str {
+    match sig {
+        24 => " (SIGXCPU: the CPU time limit)",
+        25 => " (SIGXFSZ: the file size limit)",
+        9 => " (SIGKILL)",
+        11 => " (SIGSEGV: often the memory limit)",
+        6 => " (SIGABRT: often the memory limit)",
+        _ => "",
     }
 }
 
@@ -774,10 +691,13 @@ mod tests {
     #[tokio::test]
     async fn limits_sandbox_caps_file_size() {
         let (_d, mut t) = setup();
-        t.sandbox = Sandbox::Limits(Limits {
-            file_bytes: 64 * 1024,
-            ..Limits::default()
-        });
+        t.sandbox = Sandbox::Unconfined {
+            limits: Limits {
+                file_bytes: 64 * 1024,
+                ..Limits::default()
+            },
+            why: "test".into(),
+        };
         let out = run(
             &t,
             "bash",
@@ -796,7 +716,11 @@ mod tests {
             "{}",
             ok.content
         );
-        assert!(!Sandbox::detect(Limits::default()).describe().is_empty());
+        assert!(
+            !Sandbox::detect(Limits::default(), false)
+                .describe()
+                .is_empty()
+        );
     }
 
     #[tokio::test]

@@ -35,6 +35,7 @@ pub struct Api {
     pub gateway: Arc<crate::gateway::Gateway>,
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     pub agents: Arc<crate::schedule::Agents>,
+    pub secrets: Arc<crate::secrets::SecretStore>,
 }
 
 /// `{code, message}` with a status.
@@ -192,12 +193,14 @@ pub fn router(api: Api) -> Router {
     let gateway = crate::gateway::router(api.gateway.clone());
     let webhooks = crate::webhooks::router(api.clone());
     let agents = crate::schedule::router(api.clone());
+    let secrets = crate::secrets::router(api.clone());
     Router::new()
         .route("/openapi.json", get(openapi))
         .route("/api/pair/start", post(pair_start))
         .route("/api/pair/poll", post(pair_poll))
         .route("/api/pair/approve", post(pair_approve))
         .route("/api/me", get(me))
+        .route("/api/server", get(server_info))
         .route("/api/users", get(list_users).post(create_user))
         .route("/api/tokens", get(list_tokens))
         .route("/api/tokens/{id}", delete(revoke_token))
@@ -229,6 +232,7 @@ pub fn router(api: Api) -> Router {
         .merge(gateway)
         .merge(webhooks)
         .merge(agents)
+        .merge(secrets)
 }
 
 async fn openapi() -> Response {
@@ -318,6 +322,16 @@ async fn me(Caller(who): Caller) -> ApiResult {
         "user": who.user, "name": who.user_name, "admin": who.admin,
         "device": who.device_id(), "read_only": who.read_only,
     })))
+}
+
+/// What this server offers and how it contains commands (for the UI's warning).
+async fn server_info(State(api): State<Api>, Caller(_who): Caller) -> ApiResult {
+    let sandbox = api.cloud.sandbox();
+    Ok(Json(json!({"sandbox": {
+        "confined": sandbox.confines(),
+        "refusing": sandbox.refusal().is_some(),
+        "description": sandbox.describe(),
+    }})))
 }
 
 async fn list_users(State(api): State<Api>, Caller(who): Caller) -> ApiResult {

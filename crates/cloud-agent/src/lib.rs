@@ -9,6 +9,7 @@ pub mod control;
 pub mod gateway;
 pub mod runner;
 pub mod schedule;
+pub mod secrets;
 pub mod server;
 pub mod updates;
 pub mod webhooks;

@@ -18,7 +18,8 @@ use std::time::Duration;
 use jarvis_agent::anthropic::Provider;
 use jarvis_agent::permissions::{Mode, Permissions, Rule};
 use jarvis_agent::runner::{Outcome, Runner, RunnerConfig};
-use jarvis_agent::tools::{Sandbox, ToolBox};
+use jarvis_agent::sandbox::Sandbox;
+use jarvis_agent::tools::ToolBox;
 use jarvis_sync::client::{ClientConfig, SyncClient};
 use jarvis_sync::doc::{
     HandoffRequest, Role, SessionDoc, SessionStatus, UpdateSignal, WorkspaceIndex,
@@ -39,6 +40,8 @@ pub struct CloudConfig {
     pub max_concurrent: usize,
     pub default_model: String,
     pub sandbox: Sandbox,
+    /// Where the secrets a workspace's configuration names come from.
+    pub secrets: Arc<crate::secrets::SecretStore>,
     /// How long a new holder waits for the handed-off state to arrive.
     pub reach_timeout: Duration,
 }
@@ -113,6 +116,20 @@ impl Cloud {
 
     pub fn lease_ttl_ms(&self) -> u64 {
         self.config.lease_ttl_ms
+    }
+
+    /// How commands of cloud sessions are contained.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.config.sandbox
+    }
+
+    /// Why a session in `mode` may not run here: allow-all runs commands without asking, so
+    /// it is refused where commands cannot be sandboxed.
+    fn mode_refusal(&self, mode: Option<Mode>) -> Option<String> {
+        let refusal = self.config.sandbox.refusal()?;
+        (mode == Some(Mode::AllowAll)).then(|| {
+            format!("allow-all sessions cannot run in the cloud on this server: {refusal}")
+        })
     }
 
     /// Renews the leases this runner holds, completes handoffs whose holder vanished, and
@@ -405,6 +422,14 @@ impl Cloud {
             .setting("permission_mode")
             .and_then(|m| Mode::parse(&m))
             .unwrap_or(Mode::Ask);
+        // Said in the session itself, so whoever reads it sees how its commands run.
+        let sandbox = self.config.sandbox.describe();
+        if doc.setting("sandbox").as_deref() != Some(sandbox.as_str()) {
+            doc.set_setting("sandbox", &sandbox);
+        }
+        if let Some(why) = self.mode_refusal(Some(mode)) {
+            return self.fail_run(doc, why);
+        }
         let mut permissions = Permissions::new(mode);
         for (key, list) in [
             ("allow", &mut permissions.allow),
@@ -421,13 +446,69 @@ impl Cloud {
         }
         let mut tools = ToolBox::new(mirror.root());
         tools.sandbox = self.config.sandbox.clone();
+        match self.secret_env(session, mirror.root()) {
+            Ok(env) => {
+                tools.redact = env.clone();
+                tools.env = env;
+            }
+            Err(why) => return self.fail_run(doc, why),
+        }
+        let scope = tools.scope.clone();
         let mut config = RunnerConfig::new(&model, CLOUD_DEVICE);
         config.budget_micros = doc.setting("budget_micros").and_then(|b| b.parse().ok());
         let mut runner = Runner::new(doc.clone(), provider.as_ref(), tools, permissions, config)
             .with_stop(stop.clone())
             .with_fence(fence.clone());
         let cancel = self.shutdown.child_token();
-        runner.drive(&cancel).await
+        let outcome = runner.drive(&cancel).await;
+        // Nothing a run started outlives it.
+        scope.kill_all();
+        outcome
+    }
+
+    /// Ends a turn that cannot run, saying why in the session.
+    fn fail_run(&self, doc: &SessionDoc, why: String) -> Outcome {
+        let appended = doc.append_message(&jarvis_sync::doc::Message {
+            id: format!("s-{:016x}", rand::random::<u64>()),
+            role: Role::System,
+            author: CLOUD_DEVICE.into(),
+            created_ms: now_ms(),
+            blocks: vec![jarvis_sync::doc::Block::Text { text: why.clone() }],
+        });
+        if let Err(e) = appended {
+            tracing::error!(error = %e, "recording why a cloud turn cannot run failed");
+        }
+        doc.set_status(&SessionStatus::Failed);
+        Outcome::Failed(why)
+    }
+
+    /// The secrets the workspace's `.jarvis/environment.toml` names, for this session's run
+    /// (see [`crate::secrets`] for which scopes a run may use). Names only are logged.
+    fn secret_env(
+        &self,
+        session: &str,
+        root: &std::path::Path,
+    ) -> Result<Vec<(String, String)>, String> {
+        let names = crate::secrets::requested_names(root)?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let row = self
+            .control
+            .session(session)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("session {session} is not registered"))?;
+        let store = &self.config.secrets;
+        let ws_owner = store
+            .workspace_owner(&row.workspace)
+            .map_err(|e| e.to_string())?;
+        let (env, missing) = store
+            .for_run(&row.owner, &row.workspace, ws_owner.as_deref(), &names)
+            .map_err(|e| e.to_string())?;
+        if !missing.is_empty() {
+            tracing::warn!(%session, ?missing, "secrets named by the workspace are not available to this run");
+        }
+        Ok(env)
     }
 
     /// Flushes what this runner wrote and gives the lease to the pending target.
@@ -473,6 +554,18 @@ impl Cloud {
         self.control.check_session(who, session)?;
         if who.read_only {
             return Err(ControlError::Forbidden("read-only token".into()));
+        }
+        if to == CLOUD_DEVICE && self.config.sandbox.refusal().is_some() {
+            let mode = self
+                .hub
+                .read(&format!("session/{session}"), |doc| {
+                    SessionDoc::new(doc.clone()).setting("permission_mode")
+                })
+                .await
+                .map_err(|e| ControlError::Conflict(e.to_string()))?;
+            if let Some(why) = self.mode_refusal(mode.as_deref().and_then(Mode::parse)) {
+                return Err(ControlError::Forbidden(why));
+            }
         }
         let state = self.control.request_handoff(
             session,

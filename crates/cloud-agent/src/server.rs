@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::control::Control;
+use jarvis_agent::sandbox::{Limits, Sandbox};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -250,10 +251,19 @@ pub struct ServeArgs {
     /// Model for cloud sessions that name none.
     #[arg(long, env = "ANTHROPIC_MODEL", default_value = "claude-sonnet-4-5")]
     pub model: String,
-    /// Bash containment for cloud sessions: auto (bubblewrap when it works here, else
-    /// resource limits), bwrap, limits.
+    /// Containment for commands of cloud sessions: auto (bubblewrap when it can create its
+    /// namespaces here), bwrap, limits (no namespaces: needs --allow-unsandboxed). Without
+    /// namespaces bash and allow-all cloud sessions are refused unless an operator opts in.
     #[arg(long, env = "JARVIS_SANDBOX", default_value = "auto")]
     pub sandbox: String,
+    /// Accept running commands WITHOUT namespace confinement where bubblewrap cannot work:
+    /// they can then read every file this server can (other users' workspaces, the hub
+    /// database, keys) and reach its network. Only for a server trusted users share.
+    #[arg(long, env = "JARVIS_ALLOW_UNSANDBOXED")]
+    pub allow_unsandboxed: bool,
+    /// The secret store's key (64 hex digits); default: <data>/secret.key, made at first start.
+    #[arg(long, env = "JARVIS_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
     #[command(flatten)]
     pub ui: crate::webui::UiArgs,
     #[command(flatten)]
@@ -262,6 +272,41 @@ pub struct ServeArgs {
     pub github: Box<crate::webhooks::GithubArgs>,
     #[command(flatten)]
     pub agents: Box<crate::schedule::AgentArgs>,
+}
+
+/// The containment `--sandbox` and `--allow-unsandboxed` ask for, said at start-up: where
+/// namespaces do not work, commands are refused unless the operator accepted the risk.
+pub fn choose_sandbox(mode: &str, allow_unsandboxed: bool) -> Result<Sandbox> {
+    let limits = Limits::default();
+    let sandbox = match mode {
+        "auto" => Sandbox::detect(limits, allow_unsandboxed),
+        "bwrap" => match Sandbox::probe_bubblewrap(&limits) {
+            Ok(()) => Sandbox::bubblewrap(limits),
+            Err(reason) => Sandbox::Refused { reason },
+        },
+        "limits" if allow_unsandboxed => Sandbox::Unconfined {
+            limits,
+            why: "--sandbox limits was chosen".into(),
+        },
+        "limits" => Sandbox::Refused {
+            reason: "--sandbox limits does not confine commands".into(),
+        },
+        other => anyhow::bail!("unknown sandbox {other:?}: use auto, bwrap or limits"),
+    };
+    match &sandbox {
+        Sandbox::Bubblewrap { .. } => {
+            tracing::info!(sandbox = %sandbox.describe(), "commands run sandboxed")
+        }
+        Sandbox::Unconfined { .. } => tracing::warn!(
+            sandbox = %sandbox.describe(),
+            "RISK: commands of cloud sessions run without a sandbox (--allow-unsandboxed)"
+        ),
+        _ => tracing::warn!(
+            sandbox = %sandbox.describe(),
+            "this server cannot sandbox commands: bash and allow-all cloud sessions are refused"
+        ),
+    }
+    Ok(sandbox)
 }
 
 pub fn database_path(data_dir: &std::path::Path) -> PathBuf {
@@ -297,12 +342,9 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr()?;
-    let sandbox = match args.sandbox.as_str() {
-        "auto" => jarvis_agent::tools::Sandbox::detect(Default::default()),
-        "bwrap" => jarvis_agent::tools::Sandbox::Bubblewrap(Default::default()),
-        "limits" => jarvis_agent::tools::Sandbox::Limits(Default::default()),
-        other => anyhow::bail!("unknown sandbox {other:?}: use auto, bwrap or limits"),
-    };
+    let sandbox = choose_sandbox(&args.sandbox, args.allow_unsandboxed)?;
+    let secrets =
+        crate::secrets::SecretStore::open(&db, &args.data_dir, args.secret_key.as_deref())?;
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let provider_config =
         jarvis_agent::providers::ProviderConfig::from_env(&env, |p| std::fs::read_to_string(p))
@@ -337,6 +379,7 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
             max_concurrent: args.max_concurrent,
             default_model: args.model.clone(),
             sandbox,
+            secrets: secrets.clone(),
             reach_timeout: std::time::Duration::from_secs(60),
         },
         format!("ws://{loopback}/sync"),
@@ -364,6 +407,7 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
             gateway,
             webhooks: crate::webhooks::Webhooks::open(&db, &args.data_dir, (*args.github).clone())?,
             agents: crate::schedule::Agents::open(&db, (*args.agents).clone())?,
+            secrets,
         }),
     };
     if let Some(api) = &state.api {
