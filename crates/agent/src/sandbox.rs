@@ -259,7 +259,10 @@ impl Sandbox {
     pub fn detect(limits: Limits, allow_unsandboxed: bool) -> Sandbox {
         match Sandbox::probe_bubblewrap(&limits) {
             Ok(()) => Sandbox::bubblewrap(limits),
-            Err(why) if allow_unsandboxed => Sandbox::Unconfined { limits, why },
+            Err(e) if allow_unsandboxed => Sandbox::Unconfined {
+                limits,
+                why: format!("bubblewrap unavailable: {e}"),
+            },
             Err(reason) => Sandbox::Refused { reason },
         }
     }
@@ -306,11 +309,16 @@ impl Sandbox {
                 limits.summary_line()
             ),
             Sandbox::Unconfined { limits, why } => format!(
-                "UNCONFINED by operator opt-in (bubblewrap unavailable: {why}): clean environment \
-                 and limits ({}), but commands can read and write every file this server can \
-                 (other users' workspaces, the hub database, keys), reach the network and the \
-                 server's own port, and a process that calls setsid survives its run",
-                limits.summary_line()
+                "UNCONFINED by operator opt-in ({why}): clean environment and limits ({}), but \
+                 commands can read and write every file this server can (other users' \
+                 workspaces, the hub database, keys) and reach the network and the server's own \
+                 port{}",
+                limits.summary_line(),
+                if has_pids_cgroup() {
+                    ""
+                } else {
+                    ", and a process that calls setsid survives its run"
+                }
             ),
             Sandbox::Refused { reason } => format!(
                 "refusing commands: namespaces unavailable ({reason}); bash and allow-all cloud \

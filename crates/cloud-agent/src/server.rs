@@ -259,8 +259,19 @@ pub struct ServeArgs {
     /// Accept running commands WITHOUT namespace confinement where bubblewrap cannot work:
     /// they can then read every file this server can (other users' workspaces, the hub
     /// database, keys) and reach its network. Only for a server trusted users share.
-    #[arg(long, env = "JARVIS_ALLOW_UNSANDBOXED")]
+    #[arg(long, env = "JARVIS_ALLOW_UNSANDBOXED", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_unsandboxed: bool,
+    /// Memory of one sandboxed command (per process, and for all of it where a memory cgroup
+    /// is writable), in MiB.
+    #[arg(long, env = "JARVIS_SANDBOX_MEMORY_MB", default_value_t = 4096)]
+    pub sandbox_memory_mb: u64,
+    /// Processes one sandboxed command may have at once.
+    #[arg(long, env = "JARVIS_SANDBOX_PROCESSES", default_value_t = 512)]
+    pub sandbox_processes: u64,
+    /// The longest one command may run, in seconds.
+    #[arg(long, env = "JARVIS_SANDBOX_WALL_SECS", default_value_t = 600)]
+    pub sandbox_wall_secs: u64,
     /// The secret store's key (64 hex digits); default: <data>/secret.key, made at first start.
     #[arg(long, env = "JARVIS_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
@@ -276,8 +287,7 @@ pub struct ServeArgs {
 
 /// The containment `--sandbox` and `--allow-unsandboxed` ask for, said at start-up: where
 /// namespaces do not work, commands are refused unless the operator accepted the risk.
-pub fn choose_sandbox(mode: &str, allow_unsandboxed: bool) -> Result<Sandbox> {
-    let limits = Limits::default();
+pub fn choose_sandbox(mode: &str, allow_unsandboxed: bool, limits: Limits) -> Result<Sandbox> {
     let sandbox = match mode {
         "auto" => Sandbox::detect(limits, allow_unsandboxed),
         "bwrap" => match Sandbox::probe_bubblewrap(&limits) {
@@ -342,7 +352,13 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr()?;
-    let sandbox = choose_sandbox(&args.sandbox, args.allow_unsandboxed)?;
+    let limits = Limits {
+        memory_bytes: args.sandbox_memory_mb.max(16) << 20,
+        processes: args.sandbox_processes.max(8),
+        wall: std::time::Duration::from_secs(args.sandbox_wall_secs.max(1)),
+        ..Limits::default()
+    };
+    let sandbox = choose_sandbox(&args.sandbox, args.allow_unsandboxed, limits)?;
     let secrets =
         crate::secrets::SecretStore::open(&db, &args.data_dir, args.secret_key.as_deref())?;
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
