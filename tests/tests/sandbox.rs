@@ -233,7 +233,16 @@ async fn a_non_admins_cloud_bash_reaches_nothing_and_leaves_nothing() {
         ),
         ("endless", format!("while :; do :; done; : {marker}"), 2_000),
     ];
+    // Root without a pids cgroup has no process limit (the server says so): a fork bomb would
+    // take this machine, not the sandbox, so it is only thrown where a limit holds.
+    let description = info["sandbox"]["description"].as_str().unwrap();
+    let bomb_contained = !description.contains("processes NOT limited");
     for (id, cmd, t) in &probes {
+        if *id == "bomb" && !bomb_contained {
+            eprintln!("not throwing the fork bomb: {description}");
+            fake.push(bash(id, "echo skipped", *t));
+            continue;
+        }
         fake.push(bash(id, cmd, *t));
     }
     fake.push(text("Done probing."));
@@ -311,15 +320,17 @@ async fn a_non_admins_cloud_bash_reaches_nothing_and_leaves_nothing() {
     let (net, _) = result(&session, "net");
     assert!(net.contains("probed") && !net.contains("reached"), "{net}");
 
-    let (bomb, bomb_err) = result(&session, "bomb");
-    assert!(
-        bomb_err && (bomb.contains("timed out") || bomb.contains("signal 9")),
-        "{bomb}"
-    );
-    assert!(
-        bomb.contains("64 processes"),
-        "the limits are reported: {bomb}"
-    );
+    if bomb_contained {
+        let (bomb, bomb_err) = result(&session, "bomb");
+        assert!(
+            bomb_err && (bomb.contains("timed out") || bomb.contains("signal 9")),
+            "{bomb}"
+        );
+        assert!(
+            bomb.contains("64 processes"),
+            "the limits are reported: {bomb}"
+        );
+    }
     let (hog, hog_err) = result(&session, "hog");
     assert!(hog_err && hog.contains("memory"), "{hog}");
     let (endless, endless_err) = result(&session, "endless");
