@@ -427,7 +427,14 @@ async fn without_namespaces_commands_are_refused_unless_the_operator_opts_in() {
     drop(agent);
 
     // The operator accepts the risk: allowed, and said so in the log, the API and the session.
-    fake.push(bash("opted", "echo ran-unconfined", 5_000));
+    let marker = format!("jarvis-unconfined-{:08x}", std::process::id());
+    fake.push(bash(
+        "opted",
+        &format!(
+            "env; setsid sh -c 'sleep 600; : {marker}' > /dev/null 2>&1 & echo ran-unconfined"
+        ),
+        5_000,
+    ));
     fake.push(text("Ran."));
     env.push(("JARVIS_ALLOW_UNSANDBOXED", "1".into()));
     let agent = CloudAgent::start_logged(&data, 0, &env_refs(&env), "warn", &log).unwrap();
@@ -458,6 +465,23 @@ async fn without_namespaces_commands_are_refused_unless_the_operator_opts_in() {
     let session = api.finished(&alice, "opted", Duration::from_secs(60)).await;
     let (out, is_error) = result(&session, "opted");
     assert!(!is_error && out.contains("ran-unconfined"), "{out}");
+    // Even unconfined: a clean environment, and where a cgroup holds the command (the
+    // description says whether), a process that left its session still dies with the run.
+    assert!(
+        !out.contains(PROVIDER_KEY) && !out.contains(GITHUB_TOKEN),
+        "{out}"
+    );
+    if !description.contains("setsid survives") {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !processes_with(&marker).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "survivors: {:?}",
+                processes_with(&marker)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     assert!(
         session["sandbox"]
             .as_str()

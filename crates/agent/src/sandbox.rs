@@ -311,7 +311,8 @@ impl Sandbox {
             Sandbox::Unconfined { limits, why } => format!(
                 "UNCONFINED by operator opt-in ({why}): clean environment and limits ({}), but \
                  commands can read and write every file this server can (other users' \
-                 workspaces, the hub database, keys) and reach the network and the server's own \
+                 workspaces, the hub database, keys, the server's environment through /proc) and \
+                 reach the network and the server's own \
                  port{}",
                 limits.summary_line(),
                 if has_pids_cgroup() {
