@@ -453,3 +453,27 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
     tracing::info!("jarvis-cloud stopped; every queued update is committed");
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unconfined_commands_need_the_operators_opt_in() {
+        let refused = choose_sandbox("limits", false, Limits::default()).unwrap();
+        assert!(refused.refusal().is_some() && !refused.confines());
+        assert!(refused.describe().contains("--allow-unsandboxed"));
+        let unconfined = choose_sandbox("limits", true, Limits::default()).unwrap();
+        assert!(unconfined.refusal().is_none() && !unconfined.confines());
+        assert!(unconfined.describe().starts_with("UNCONFINED"));
+        assert!(choose_sandbox("chroot", true, Limits::default()).is_err());
+        // Whatever this machine offers, auto never silently runs commands unconfined.
+        let auto = choose_sandbox("auto", false, Limits::default()).unwrap();
+        assert!(
+            auto.confines() || auto.refusal().is_some(),
+            "{}",
+            auto.describe()
+        );
+    }
+}
