@@ -29,6 +29,8 @@ apt_needs=(
   "dbus-run-session:dbus-daemon"
   "dbus-launch:dbus-x11"
   "secret-tool:libsecret-tools"
+  # The cloud runner's command sandbox (bash, later hooks and MCP servers).
+  "bwrap:bubblewrap"
   "curl:curl"
   "/bin/kill:procps"
   # The mirror benchmark measures against `rsync -a`.

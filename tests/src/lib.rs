@@ -79,6 +79,33 @@ impl CloudAgent {
 
     /// As [`start`](Self::start), with extra environment (provider settings, limits).
     pub fn start_with_env(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Result<Self> {
+        Self::spawn(data_dir, port, env, "warn", Stdio::inherit())
+    }
+
+    /// As [`start_with_env`](Self::start_with_env), with the log at `level` written to `log`
+    /// (for tests that search the log).
+    pub fn start_logged(
+        data_dir: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+        level: &str,
+        log: &Path,
+    ) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        Self::spawn(data_dir, port, env, level, Stdio::from(file))
+    }
+
+    fn spawn(
+        data_dir: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+        level: &str,
+        stderr: Stdio,
+    ) -> Result<Self> {
         let mut child = Command::new(binary("jarvis-cloud"))
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .arg("serve")
@@ -88,9 +115,9 @@ impl CloudAgent {
             .arg(port.to_string())
             .arg("--data-dir")
             .arg(data_dir)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {}", binary("jarvis-cloud").display()))?;
         let stdout = child.stdout.take().context("no stdout")?;

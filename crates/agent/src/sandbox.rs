@@ -259,7 +259,10 @@ impl Sandbox {
     pub fn detect(limits: Limits, allow_unsandboxed: bool) -> Sandbox {
         match Sandbox::probe_bubblewrap(&limits) {
             Ok(()) => Sandbox::bubblewrap(limits),
-            Err(why) if allow_unsandboxed => Sandbox::Unconfined { limits, why },
+            Err(e) if allow_unsandboxed => Sandbox::Unconfined {
+                limits,
+                why: format!("bubblewrap unavailable: {e}"),
+            },
             Err(reason) => Sandbox::Refused { reason },
         }
     }
@@ -306,11 +309,17 @@ impl Sandbox {
                 limits.summary_line()
             ),
             Sandbox::Unconfined { limits, why } => format!(
-                "UNCONFINED by operator opt-in (bubblewrap unavailable: {why}): clean environment \
-                 and limits ({}), but commands can read and write every file this server can \
-                 (other users' workspaces, the hub database, keys), reach the network and the \
-                 server's own port, and a process that calls setsid survives its run",
-                limits.summary_line()
+                "UNCONFINED by operator opt-in ({why}): clean environment and limits ({}), but \
+                 commands can read and write every file this server can (other users' \
+                 workspaces, the hub database, keys, the server's environment through /proc) and \
+                 reach the network and the server's own \
+                 port{}",
+                limits.summary_line(),
+                if has_pids_cgroup() {
+                    ""
+                } else {
+                    ", and a process that calls setsid survives its run"
+                }
             ),
             Sandbox::Refused { reason } => format!(
                 "refusing commands: namespaces unavailable ({reason}); bash and allow-all cloud \
@@ -1056,5 +1065,67 @@ mod tests {
         }
         let ok = bash(&t, "echo still fine").await;
         assert!(!ok.is_error, "{ok:?}");
+    }
+
+    /// A proxy's Unix socket handed in by an egress hook: the only way out.
+    #[derive(Debug)]
+    struct SocketEgress(PathBuf);
+
+    impl Egress for SocketEgress {
+        fn route(&self, _workspace: &Path) -> Result<EgressRoute, String> {
+            Ok(EgressRoute {
+                env: vec![("JARVIS_EGRESS".into(), "/run/egress.sock".into())],
+                sockets: vec![(self.0.clone(), PathBuf::from("/run/egress.sock"))],
+                wrapper: Vec::new(),
+            })
+        }
+        fn describe(&self) -> String {
+            "egress through a test socket".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_egress_hook_is_the_only_way_out() {
+        let Some(sandbox) = bwrap_or_skip(Limits::default()) else {
+            return;
+        };
+        if std::process::Command::new("python3")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipping: no python3 to speak to the socket");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("ws");
+        std::fs::create_dir_all(&ws).unwrap();
+        let sock = dir.path().join("proxy.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let mut t = crate::tools::ToolBox::new(&ws);
+        t.sandbox = sandbox.with_egress(Arc::new(SocketEgress(sock.clone())));
+        assert!(
+            t.sandbox
+                .describe()
+                .contains("egress through a test socket")
+        );
+        let accept = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = String::new();
+            s.read_to_string(&mut got).await.unwrap();
+            got
+        });
+        let out = bash(
+            &t,
+            "python3 -c \"import socket,os; s=socket.socket(socket.AF_UNIX); s.connect(os.environ['JARVIS_EGRESS']); s.sendall(b'via the hook')\" && echo sent",
+        )
+        .await;
+        assert!(!out.is_error && out.content.contains("sent"), "{out:?}");
+        let got = tokio::time::timeout(Duration::from_secs(10), accept)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, "via the hook");
     }
 }

@@ -259,9 +259,10 @@ impl ToolBox {
             },
             other => Err(format!("unknown tool {other:?}")),
         };
+        // Whatever a tool returns (a file a command wrote, a grep hit) goes to the transcript.
         match result {
-            Ok(text) => ToolOutput::ok(self.cap(text)),
-            Err(e) => ToolOutput::err(e),
+            Ok(text) => ToolOutput::ok(self.cap(self.redacted(text))),
+            Err(e) => ToolOutput::err(self.redacted(e)),
         }
     }
 

@@ -753,7 +753,7 @@ async fn get_session(
     Path(id): Path<String>,
 ) -> ApiResult {
     let row = api.control.check_session(&who, &id)?;
-    let (meta, pending, messages, cut) = api
+    let (meta, pending, messages, cut, sandbox) = api
         .hub
         .read(&format!("session/{id}"), |doc| {
             let s = SessionDoc::new(doc.clone());
@@ -762,12 +762,15 @@ async fn get_session(
                 s.pending_approvals().len(),
                 s.messages(),
                 s.cut_messages(),
+                s.setting("sandbox"),
             )
         })
         .await?;
     let lease = api.control.lease(&id)?;
     let mut summary = session_summary(&row, &meta, pending, &lease);
     summary["messages"] = json!(messages);
+    // How the cloud runs this session's commands (set by the runner), for the UI to show.
+    summary["sandbox"] = json!(sandbox);
     summary["cut_messages"] = json!(cut);
     Ok(Json(summary))
 }

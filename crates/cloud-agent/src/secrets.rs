@@ -359,21 +359,47 @@ impl SecretStore {
 
 /// The secret names `.jarvis/environment.toml` of a workspace folder asks for (none when the
 /// file is missing; an error when it is malformed).
+///
+/// The file is written by sandboxed commands, which can make it a symlink to a file of the
+/// data dir (the workspace has the same path inside the sandbox as on the host): it is opened
+/// without following a final symlink, its real path must lie inside the workspace, and an
+/// error never quotes its content.
 pub fn requested_names(workspace_root: &Path) -> Result<Vec<String>, String> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
     #[derive(Deserialize)]
     struct Environment {
         #[serde(default)]
         secrets: Vec<String>,
     }
-    let path = workspace_root.join(ENVIRONMENT_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    let refuse = |why: &str| Err(format!("{ENVIRONMENT_FILE}: {why}"));
+    let root = workspace_root
+        .canonicalize()
+        .map_err(|e| format!("the workspace folder: {e}"))?;
+    let path = root.join(ENVIRONMENT_FILE);
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+    {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{ENVIRONMENT_FILE}: {e}")),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return refuse("is a symlink"),
+        Err(e) => return refuse(&e.to_string()),
     };
+    // Where the opened file really is (a folder on the way may have been a symlink).
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|e| format!("{ENVIRONMENT_FILE}: {e}"))?;
+    if !real.starts_with(&root) || !file.metadata().is_ok_and(|m| m.is_file()) {
+        return refuse("is not a file inside the workspace");
+    }
+    let mut text = String::new();
+    file.take(64 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|_| format!("{ENVIRONMENT_FILE}: not UTF-8 text"))?;
     toml::from_str::<Environment>(&text)
         .map(|e| e.secrets)
-        .map_err(|e| format!("{ENVIRONMENT_FILE}: {e}"))
+        .map_err(|e| format!("{ENVIRONMENT_FILE}: {}", e.message()))
 }
 
 // ---- HTTP routes (thin: authorize, call the store, audit) -----------------------------------
@@ -715,5 +741,27 @@ mod tests {
         assert_eq!(requested_names(dir.path()).unwrap(), ["A", "B"]);
         std::fs::write(dir.path().join(ENVIRONMENT_FILE), "secrets = 3").unwrap();
         assert!(requested_names(dir.path()).is_err());
+        // A symlink to a file outside (the key, the hub database) is refused without quoting it.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(
+            outside.path().join("secret.key"),
+            "secrets = [\"K\"]\nkey-material-42",
+        )
+        .unwrap();
+        std::fs::remove_file(dir.path().join(ENVIRONMENT_FILE)).unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.key"),
+            dir.path().join(ENVIRONMENT_FILE),
+        )
+        .unwrap();
+        let e = requested_names(dir.path()).unwrap_err();
+        assert!(e.contains("symlink") && !e.contains("key-material"), "{e}");
+        // So is a symlinked folder on the way.
+        std::fs::remove_file(dir.path().join(ENVIRONMENT_FILE)).unwrap();
+        std::fs::remove_dir(dir.path().join(".jarvis")).unwrap();
+        std::fs::write(outside.path().join("environment.toml"), "secrets = [\"K\"]").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join(".jarvis")).unwrap();
+        let e = requested_names(dir.path()).unwrap_err();
+        assert!(e.contains("not a file inside the workspace"), "{e}");
     }
 }

@@ -259,8 +259,19 @@ pub struct ServeArgs {
     /// Accept running commands WITHOUT namespace confinement where bubblewrap cannot work:
     /// they can then read every file this server can (other users' workspaces, the hub
     /// database, keys) and reach its network. Only for a server trusted users share.
-    #[arg(long, env = "JARVIS_ALLOW_UNSANDBOXED")]
+    #[arg(long, env = "JARVIS_ALLOW_UNSANDBOXED", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_unsandboxed: bool,
+    /// Memory of one sandboxed command (per process, and for all of it where a memory cgroup
+    /// is writable), in MiB.
+    #[arg(long, env = "JARVIS_SANDBOX_MEMORY_MB", default_value_t = 4096)]
+    pub sandbox_memory_mb: u64,
+    /// Processes one sandboxed command may have at once.
+    #[arg(long, env = "JARVIS_SANDBOX_PROCESSES", default_value_t = 512)]
+    pub sandbox_processes: u64,
+    /// The longest one command may run, in seconds.
+    #[arg(long, env = "JARVIS_SANDBOX_WALL_SECS", default_value_t = 600)]
+    pub sandbox_wall_secs: u64,
     /// The secret store's key (64 hex digits); default: <data>/secret.key, made at first start.
     #[arg(long, env = "JARVIS_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
@@ -276,8 +287,7 @@ pub struct ServeArgs {
 
 /// The containment `--sandbox` and `--allow-unsandboxed` ask for, said at start-up: where
 /// namespaces do not work, commands are refused unless the operator accepted the risk.
-pub fn choose_sandbox(mode: &str, allow_unsandboxed: bool) -> Result<Sandbox> {
-    let limits = Limits::default();
+pub fn choose_sandbox(mode: &str, allow_unsandboxed: bool, limits: Limits) -> Result<Sandbox> {
     let sandbox = match mode {
         "auto" => Sandbox::detect(limits, allow_unsandboxed),
         "bwrap" => match Sandbox::probe_bubblewrap(&limits) {
@@ -342,7 +352,13 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr()?;
-    let sandbox = choose_sandbox(&args.sandbox, args.allow_unsandboxed)?;
+    let limits = Limits {
+        memory_bytes: args.sandbox_memory_mb.max(16) << 20,
+        processes: args.sandbox_processes.max(8),
+        wall: std::time::Duration::from_secs(args.sandbox_wall_secs.max(1)),
+        ..Limits::default()
+    };
+    let sandbox = choose_sandbox(&args.sandbox, args.allow_unsandboxed, limits)?;
     let secrets =
         crate::secrets::SecretStore::open(&db, &args.data_dir, args.secret_key.as_deref())?;
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
@@ -436,4 +452,28 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
     gateway_usage.close();
     tracing::info!("jarvis-cloud stopped; every queued update is committed");
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unconfined_commands_need_the_operators_opt_in() {
+        let refused = choose_sandbox("limits", false, Limits::default()).unwrap();
+        assert!(refused.refusal().is_some() && !refused.confines());
+        assert!(refused.describe().contains("--allow-unsandboxed"));
+        let unconfined = choose_sandbox("limits", true, Limits::default()).unwrap();
+        assert!(unconfined.refusal().is_none() && !unconfined.confines());
+        assert!(unconfined.describe().starts_with("UNCONFINED"));
+        assert!(choose_sandbox("chroot", true, Limits::default()).is_err());
+        // Whatever this machine offers, auto never silently runs commands unconfined.
+        let auto = choose_sandbox("auto", false, Limits::default()).unwrap();
+        assert!(
+            auto.confines() || auto.refusal().is_some(),
+            "{}",
+            auto.describe()
+        );
+    }
 }

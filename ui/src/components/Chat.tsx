@@ -197,6 +197,12 @@ export function Chat({ session, summary, devices, onShowChanges }: {
           <span className={`badge tone-${st.tone}`} data-testid="chat-status">{st.label}</span>
           <span className={`where where-${where.kind}`} data-testid="chat-where">{where.label}</span>
           {meta?.workspace && <span className="muted small">{meta.workspace}</span>}
+          {/* The server cannot (or, by the operator's choice, does not) sandbox commands. */}
+          {meta?.sandbox && !meta.sandbox.startsWith('bubblewrap') && !meta.sandbox.startsWith('none') && (
+            <span className="badge tone-fail" title={meta.sandbox} data-testid="chat-sandbox">
+              {meta.sandbox.startsWith('UNCONFINED') ? 'Commands unsandboxed' : 'Commands refused: no sandbox'}
+            </span>
+          )}
           {changed > 0 && <button className="link small" onClick={onShowChanges} data-testid="show-changes">{changed} file{changed > 1 ? 's' : ''} changed</button>}
         </div>
         <div className="chat-actions">

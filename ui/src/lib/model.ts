@@ -10,6 +10,8 @@ export interface Runner { device: string; epoch: number; expires: number }
 export interface MetaView {
   title: string; workspace: string; model: string; status: string;
   runner: Runner | null; handoff: { to: string; by: string } | null;
+  /** How the cloud runs this session's commands (written by the cloud runner; "" elsewhere). */
+  sandbox: string;
   usage: { input: number; output: number; cache_read: number; cache_write: number; cost_micros: number };
 }
 export type BlockView =
@@ -42,6 +44,7 @@ export function readMeta(doc: Y.Doc): MetaView {
     runner: r && typeof r === 'object' && typeof r.device === 'string'
       ? { device: r.device, epoch: num(r.epoch), expires: num(r.expires) } : null,
     handoff: h && typeof h === 'object' && typeof h.to === 'string' ? { to: h.to, by: str(h.by) } : null,
+    sandbox: str(m.get('setting.sandbox')),
     usage: usageOf(m.get('usage')),
   };
 }
