@@ -149,6 +149,8 @@ pub struct HubMetrics {
     pub compactions: AtomicU64,
     pub store_errors: AtomicU64,
     pub slow_consumers_closed: AtomicU64,
+    /// In-memory documents dropped because an update failed part-way into them.
+    pub documents_poisoned: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -1129,6 +1131,10 @@ impl HubConnection {
                 if let Some(reason) = failure {
                     let subscribers = inner.poison();
                     drop(inner);
+                    self.hub
+                        .metrics
+                        .documents_poisoned
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(doc = %doc.name, conn = self.peer.id, %reason,
                         "an update failed part-way; reloading the document from the store");
                     for p in subscribers.into_iter().filter(|p| p.id != self.peer.id) {
@@ -1595,6 +1601,22 @@ mod tests {
             inner.insert(&mut txn, "k", "v");
         }
         let hostile = b.transact().encode_diff_v1(&before);
+        // The premise: plain yrs applies this update part-way and then fails.
+        {
+            let plain = Doc::new();
+            let mut txn = plain.transact_mut();
+            txn.apply_update(Update::decode_v1(&hub_state).unwrap())
+                .unwrap();
+            assert!(
+                txn.apply_update(Update::decode_v1(&hostile).unwrap())
+                    .is_err()
+            );
+            drop(txn);
+            assert_eq!(
+                plain.get_or_insert_text("t").get_string(&plain.transact()),
+                "smuggled"
+            );
+        }
 
         let (mut w, mut wrx, _) = open(&hub, "session/poison", "rw").await;
         w.handle(&frame(

@@ -557,10 +557,18 @@ async fn mutated_updates_state_vectors_and_awareness_never_panic_a_task() {
     let started = Instant::now();
     let mut tally = Tally::default();
     let mut hub = new_hub();
+    let mut poisoned = 0;
     for i in 0..inputs {
+        if i % 100_000 == 0 && i > 0 {
+            eprintln!("fuzz: {i} inputs, {:.1?}", started.elapsed());
+        }
         // A fresh hub now and then keeps memory flat over long runs.
         if i % 1000 == 0 && i > 0 {
             assert_serves(&hub, "check/doc").await;
+            poisoned += hub
+                .metrics()
+                .documents_poisoned
+                .load(std::sync::atomic::Ordering::Relaxed);
             hub.shutdown().await;
             hub = new_hub();
         }
@@ -572,6 +580,10 @@ async fn mutated_updates_state_vectors_and_awareness_never_panic_a_task() {
         }
     }
     assert_serves(&hub, "check/doc").await;
+    poisoned += hub
+        .metrics()
+        .documents_poisoned
+        .load(std::sync::atomic::Ordering::Relaxed);
     if save {
         std::fs::create_dir_all(crashers_dir()).unwrap();
         for (site, (_, kind, p)) in &tally.contained {
@@ -583,7 +595,8 @@ async fn mutated_updates_state_vectors_and_awareness_never_panic_a_task() {
         }
     }
     eprintln!(
-        "fuzz: {inputs} inputs, seed {seed}, {:.1?}: {} accepted, closes {:?}, {} panic sites contained:",
+        "fuzz: {inputs} inputs, seed {seed}, {:.1?}: {} accepted, closes {:?}, {poisoned} documents \
+         reloaded after a failed update, {} panic sites contained:",
         started.elapsed(),
         tally.accepted,
         tally.closes,
