@@ -325,7 +325,7 @@ impl<'a> Runner<'a> {
 
     async fn run_inner(&mut self, cancel: &CancellationToken) -> Outcome {
         for n in std::mem::take(&mut self.notes) {
-            self.note(&n);
+            self.note_once(&n);
         }
         self.session_start_hooks().await;
         if let Some(outcome) = self.prompt_hooks().await {
@@ -403,10 +403,10 @@ impl<'a> Runner<'a> {
                 let (text, memory) = ctx.block(&messages);
                 if self.memory_shown.as_ref() != Some(&memory) {
                     if !memory.files.is_empty() {
-                        self.note(&format!("Memory loaded: {}", memory.summary()));
+                        self.note_once(&format!("Memory loaded: {}", memory.summary()));
                     }
                     for w in &memory.warnings {
-                        self.note(&format!("Memory warning: {w}"));
+                        self.note_once(&format!("Memory warning: {w}"));
                     }
                     self.memory_shown = Some(memory);
                 }
@@ -429,6 +429,20 @@ impl<'a> Runner<'a> {
                     return Outcome::Failed(reason);
                 }
             }
+        }
+    }
+
+    /// A note the session already shows is not written again (every run of a session loads
+    /// the same setup; the reader needs to see it once, and again when it changes).
+    fn note_once(&self, text: &str) {
+        let shown = self.session.messages().iter().any(|m| {
+            m.role == Role::System
+                && matches!(m.blocks.as_slice(), [Block::Text { text: t }] if t == text)
+        });
+        if !shown {
+            self.note(text);
+        } else {
+            self.emit(RunEvent::Note(text.to_owned()));
         }
     }
 

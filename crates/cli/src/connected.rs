@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use jarvis_agent::anthropic::Provider;
+use jarvis_agent::memory::Location;
 use jarvis_agent::permissions::Permissions;
 use jarvis_agent::runner::{Outcome, RunEvent, Runner, RunnerConfig};
+use jarvis_agent::settings::{ClaudeSetup, OwnDevice};
 use jarvis_agent::tools::ToolBox;
 use jarvis_sync::client::{ClientConfig, SyncClient};
 use jarvis_sync::doc::{Block, Decision, SessionDoc, UpdateSignal};
@@ -357,15 +359,25 @@ pub async fn run_here(
     }
     let mut config = RunnerConfig::new(&opts.model, &device.id);
     config.budget_micros = opts.budget_usd.map(|d| (d * 1e6) as u64);
-    let mut runner = Runner::new(
-        doc.clone(),
-        provider,
-        ToolBox::new(&dir),
-        permissions,
-        config,
-    )
-    .with_stop(stop.clone())
-    .with_fence(fence.clone());
+    // The user's own device: the workspace's Claude Code setup and their ~/.claude apply.
+    let user_dir = ClaudeSetup::user_dir();
+    let setup = ClaudeSetup::load(
+        &dir,
+        user_dir.as_deref(),
+        Location::Device(device.id.clone()),
+        &OwnDevice,
+    );
+    let explicit_mode = opts.permission_mode.is_some() || doc.setting("permission_mode").is_some();
+    let permissions = setup.permissions(permissions.with_root(&dir), explicit_mode, None);
+    let mut tools = ToolBox::new(&dir);
+    tools.env = setup.settings.env.clone();
+    let hooks = setup.hooks(&dir, tools.sandbox.clone(), &session, permissions.mode);
+    let mut runner = Runner::new(doc.clone(), provider, tools, permissions, config)
+        .with_context(setup.context.clone())
+        .with_hooks(hooks)
+        .with_notes(setup.notes())
+        .with_stop(stop.clone())
+        .with_fence(fence.clone());
     if let Some(tx) = events {
         runner = runner.with_events(tx);
     }

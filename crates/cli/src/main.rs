@@ -327,11 +327,47 @@ fn main() -> Result<()> {
             workspace,
             local,
         } => {
-            if !local && let Ok(login) = read_login(&home) {
+            let dir = dir
+                .canonicalize()
+                .with_context(|| format!("folder {} is not accessible", dir.display()))?;
+            // This is the user's own device: their ~/.claude applies, and the workspace's
+            // files apply as Claude Code applies them.
+            let user_dir = ClaudeSetup::user_dir();
+            let setup = ClaudeSetup::load(
+                &dir,
+                user_dir.as_deref(),
+                Location::Device("jarvis run".into()),
+                &OwnDevice,
+            );
+            let mut notes = setup.notes();
+            let mut model = model;
+            let mut command_allow = Vec::new();
+            let connected = if local { None } else { read_login(&home).ok() };
+            let prompt = match commands::expand(&prompt, &setup.commands, &OwnDevice)? {
+                Expanded::Text(t) => t,
+                Expanded::Prompt {
+                    text,
+                    allow,
+                    model: m,
+                    warnings,
+                } => {
+                    notes.extend(warnings.into_iter().map(|w| format!("Warning: {w}")));
+                    command_allow = allow;
+                    model = m.unwrap_or(model);
+                    text
+                }
+                Expanded::Builtin(_) if connected.is_some() => {
+                    bail!("built-in commands run in local sessions only for now (use --local)")
+                }
+                Expanded::Builtin(b) => return builtin(b, &store, session.as_deref(), &setup),
+            };
+            if let Some(login) = connected {
                 let env: HashMap<String, String> = std::env::vars().collect();
                 let provider =
                     ProviderConfig::from_env(&env, |p| std::fs::read_to_string(p))?.build()?;
                 let runtime = tokio::runtime::Runtime::new()?;
+                let mut allow = allow;
+                allow.extend(command_allow.iter().map(|r| r.to_string()));
                 return runtime.block_on(connected_run(
                     login,
                     store,
@@ -356,36 +392,6 @@ fn main() -> Result<()> {
             let mode_name = permission_mode.unwrap_or_else(|| "ask".into());
             let mode = Mode::parse(&mode_name)
                 .with_context(|| format!("unknown permission mode {mode_name:?}"))?;
-            let dir = dir
-                .canonicalize()
-                .with_context(|| format!("folder {} is not accessible", dir.display()))?;
-            // This is the user's own device: their ~/.claude applies, and the workspace's
-            // files apply as Claude Code applies them.
-            let user_dir = ClaudeSetup::user_dir();
-            let setup = ClaudeSetup::load(
-                &dir,
-                user_dir.as_deref(),
-                Location::Device("jarvis run".into()),
-                &OwnDevice,
-            );
-            let mut notes = setup.notes();
-            let mut model = model;
-            let mut command_allow = Vec::new();
-            let prompt = match commands::expand(&prompt, &setup.commands, &OwnDevice)? {
-                Expanded::Text(t) => t,
-                Expanded::Prompt {
-                    text,
-                    allow,
-                    model: m,
-                    warnings,
-                } => {
-                    notes.extend(warnings.into_iter().map(|w| format!("Warning: {w}")));
-                    command_allow = allow;
-                    model = m.unwrap_or(model);
-                    text
-                }
-                Expanded::Builtin(b) => return builtin(b, &store, session.as_deref(), &setup),
-            };
             let mut permissions = Permissions::new(mode).with_root(&dir);
             for r in &allow {
                 permissions.allow.push(Rule::parse(r)?);

@@ -16,9 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jarvis_agent::anthropic::Provider;
+use jarvis_agent::memory::Location;
 use jarvis_agent::permissions::{Mode, Permissions, Rule};
 use jarvis_agent::runner::{Outcome, Runner, RunnerConfig};
 use jarvis_agent::sandbox::Sandbox;
+use jarvis_agent::settings::{ClaudeSetup, ConfigApproval, Unapproved};
 use jarvis_agent::tools::ToolBox;
 use jarvis_sync::client::{ClientConfig, SyncClient};
 use jarvis_sync::doc::{
@@ -388,6 +390,15 @@ impl Cloud {
         }
     }
 
+    /// Whether a workspace configuration file (settings allow rules, defaultMode, env, hooks,
+    /// command allowed-tools) may widen what the cloud runs. The place for the hub's owner
+    /// approvals by content hash (the "safe to share" work): until they answer here, nothing
+    /// from a workspace file widens what runs in the cloud; deny and ask rules and memory
+    /// files apply regardless.
+    fn config_approval(&self) -> Box<dyn ConfigApproval> {
+        Box::new(Unapproved)
+    }
+
     async fn drive(
         self: &Arc<Self>,
         session: &str,
@@ -446,17 +457,43 @@ impl Cloud {
         }
         let mut tools = ToolBox::new(mirror.root());
         tools.sandbox = self.config.sandbox.clone();
+        // The workspace's Claude Code setup. No user ~/.claude here (this is not the user's
+        // machine); what widens what runs waits for an owner's approval.
+        let setup = ClaudeSetup::load(
+            mirror.root(),
+            None,
+            Location::Cloud,
+            self.config_approval().as_ref(),
+        );
+        let explicit_mode = doc.setting("permission_mode").is_some();
+        let permissions = setup.permissions(permissions, explicit_mode, None);
+        // A settings file's approved `defaultMode` may widen the mode: checked again.
+        if let Some(why) = self.mode_refusal(Some(permissions.mode)) {
+            return self.fail_run(doc, why);
+        }
+        // A settings file's `env`, then the secrets the workspace names (they win a clash, and
+        // only they are redacted from output).
+        tools.env = setup.settings.env.clone();
         match self.secret_env(session, mirror.root()) {
             Ok(env) => {
                 tools.redact = env.clone();
-                tools.env = env;
+                tools.env.extend(env);
             }
             Err(why) => return self.fail_run(doc, why),
         }
         let scope = tools.scope.clone();
+        let hooks = setup.hooks(
+            mirror.root(),
+            tools.sandbox.clone(),
+            session,
+            permissions.mode,
+        );
         let mut config = RunnerConfig::new(&model, CLOUD_DEVICE);
         config.budget_micros = doc.setting("budget_micros").and_then(|b| b.parse().ok());
         let mut runner = Runner::new(doc.clone(), provider.as_ref(), tools, permissions, config)
+            .with_context(setup.context.clone())
+            .with_hooks(hooks)
+            .with_notes(setup.notes())
             .with_stop(stop.clone())
             .with_fence(fence.clone());
         let cancel = self.shutdown.child_token();
