@@ -16,6 +16,8 @@
 //!   configuration, its agents) needs a scope that covers every document of it (`ws/<id>/*`,
 //!   a shorter prefix or `*`). The gateway needs the scope `gateway` (or `*`), `/metrics` the
 //!   scope `metrics` (or `*`) and an admin user.
+//! - **Unowned documents** (no workspace or session registered for them) are nobody's data:
+//!   an admin user's token may open them within its scopes, nobody else's.
 //! - **Roles**: a viewer reads; an editor also writes documents, runs sessions and proposes
 //!   configuration; an owner also manages members and approves configuration that runs code.
 //!   Not a member: the workspace does not exist as far as the caller can tell.
@@ -88,6 +90,10 @@ pub enum Target<'a> {
     Document { name: &'a str, role: Option<Role> },
     /// A workspace as a whole.
     Workspace { id: &'a str, role: Option<Role> },
+    /// A document that belongs to no workspace or session the server knows (no registry row):
+    /// nobody's data yet. An admin user's token may open it within its scopes (tools, scripts,
+    /// a device syncing before the workspace is registered); nobody else may.
+    Unowned { name: &'a str },
 }
 
 /// Why not. `NotFound` is for targets the caller may not know exist.
@@ -174,6 +180,12 @@ pub fn decide(g: &Grant, target: Target, action: Action) -> Result<(), Denied> {
                 return Ok(());
             }
             need_role(role.ok_or(Denied::NotFound)?, action)
+        }
+        Target::Unowned { name } => {
+            if !g.scopes.iter().any(|s| scope_matches(s, name)) {
+                return Err(Denied::Scope(name.to_owned()));
+            }
+            g.admin_user.then_some(()).ok_or(Denied::NotFound)
         }
         Target::Workspace { id, role } => {
             let whole = format!("ws/{id}/*");
@@ -324,6 +336,33 @@ mod tests {
         let one = s(&["ws/team/index"]);
         let narrow = Grant { scopes: &one, ..g };
         assert!(decide(&narrow, ws(Some(Role::Owner)), Action::Read).is_err());
+    }
+
+    #[test]
+    fn unowned_documents_open_for_admin_users_within_scope_only() {
+        let team = s(&["ws/team/*"]);
+        let g = |admin_user, read_only| Grant {
+            admin_user,
+            scopes: &team,
+            read_only,
+        };
+        let t = Target::Unowned {
+            name: "ws/team/index",
+        };
+        assert!(decide(&g(true, false), t, Action::Write).is_ok());
+        assert_eq!(
+            decide(&g(true, true), t, Action::Write),
+            Err(Denied::ReadOnly)
+        );
+        assert!(decide(&g(true, true), t, Action::Read).is_ok());
+        assert_eq!(
+            decide(&g(false, false), t, Action::Read),
+            Err(Denied::NotFound)
+        );
+        let other = Target::Unowned {
+            name: "ws/other/index",
+        };
+        assert!(decide(&g(true, false), other, Action::Read).is_err());
     }
 
     #[test]

@@ -749,6 +749,8 @@ pub async fn start_session(
     // The hub's copy is the one runners use; it is written once, when the session is new.
     let fresh = api.control.init_run_settings(&id, &settings)?;
     if !fresh {
+        // Starting an existing session again (a device reopening it) keeps its settings; what
+        // this request asked for is ignored, and the log says so.
         let stored = api.control.run_settings(&id)?.unwrap_or_default();
         let asked = b.permission_mode.is_some()
             || !b.allow.is_empty()
@@ -756,13 +758,7 @@ pub async fn start_session(
             || b.budget_usd.is_some()
             || b.model.is_some();
         if asked && stored != settings {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!(
-                    "session {id:?} exists; its run settings are not changed by starting it again"
-                ),
-            ));
+            tracing::info!(session = %id, "an existing session's run settings are kept; the request's are ignored");
         }
     }
     let author = who.device_id();

@@ -1552,25 +1552,28 @@ impl Control {
         let name = jarvis_sync::doc::DocName::parse(document)
             .map_err(|e| ControlError::Invalid(e.to_string()))?;
         let grant = who.grant();
-        let role = if who.admin {
-            // Any document, registered or not (tools, tests, the cloud runner itself).
-            None
-        } else if let Some(s) = name.session_id() {
-            let row = self
-                .session(s)?
-                .ok_or_else(|| ControlError::NotFound(format!("no session {s:?}")))?;
-            Some(self.role(&row.workspace, &who.user)?)
+        // The workspace the document belongs to, if the server knows one.
+        let workspace = if let Some(s) = name.session_id() {
+            self.session(s)?.map(|row| row.workspace)
         } else if let Some(w) = name.workspace() {
-            Some(self.role(w, &who.user)?)
+            self.workspace_exists(w)?.then(|| w.to_owned())
         } else {
             return Err(ControlError::Forbidden(format!("no access to {document}")));
         };
-        let target = Target::Document {
-            name: document,
-            role: role.flatten(),
+        let target = match &workspace {
+            Some(w) => Target::Document {
+                name: document,
+                role: self.role(w, &who.user)?,
+            },
+            None => Target::Unowned { name: document },
         };
         let refused = |d: access::Denied| match d {
-            access::Denied::NotFound => ControlError::Forbidden(format!("no access to {document}")),
+            access::Denied::NotFound => match name.session_id() {
+                Some(s) if workspace.is_none() => {
+                    ControlError::Forbidden(format!("no session {s:?}"))
+                }
+                _ => ControlError::Forbidden(format!("no access to {document}")),
+            },
             access::Denied::Scope(_) => {
                 ControlError::Forbidden(format!("token has no access to {document}"))
             }

@@ -303,8 +303,9 @@ pub fn database_path(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("hub.db")
 }
 
-/// What [`build`] makes: the router exactly as served (without the web UI and updates), and
-/// the parts a caller drives or inspects.
+/// What [`build`] makes: the router exactly as served (without the web UI's static files, and
+/// without the limits layer [`crate::limits::serve`] adds), and the parts a caller drives or
+/// inspects.
 pub struct Built {
     pub router: Router,
     pub state: AppState,
@@ -424,7 +425,7 @@ pub async fn build(
         header_read: std::time::Duration::from_millis(args.header_timeout_ms.max(1)),
     };
     Ok(Built {
-        router: crate::limits::layer(app(state.clone()), limits),
+        router: app(state.clone()).merge(crate::updates::router(args.data_dir.clone())),
         state,
         control,
         limits,
@@ -448,10 +449,9 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
     tracing::info!(%local, data_dir = %args.data_dir.display(), "jarvis-cloud serving");
     let sockets = built.state.sockets.clone();
     let hub = built.state.hub.clone();
-    let router = app(built.state.clone()).merge(crate::updates::router(args.data_dir.clone()));
     crate::limits::serve(
         listener,
-        crate::webui::with_ui(router, &args.ui),
+        crate::webui::with_ui(built.router, &args.ui),
         built.limits,
         shutdown.clone(),
     )
