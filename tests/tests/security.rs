@@ -557,3 +557,104 @@ async fn pairing_lock_out_by_one_address_does_not_lock_out_another() {
     let v: Value = r.json().await.unwrap();
     assert!(v["code"].as_str().is_some_and(|c| c.len() == 9), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_settings_written_into_the_session_document_grant_nothing() {
+    use jarvis_sync::client::{ClientConfig, SyncClient};
+    let data = tempfile::tempdir().unwrap();
+    let llm = FakeServer::start(vec![
+        FakeResponse::sse(
+            &reply(
+                "",
+                &[("t1", "write", json!({"path": "pwned.txt", "content": "x"}))],
+                (10, 5, 0, 0),
+            ),
+            &[4096],
+        ),
+        FakeResponse::sse(&reply("done", &[], (10, 5, 0, 0)), &[4096]),
+    ])
+    .await
+    .unwrap();
+    let url = llm.url();
+    let agent = CloudAgent::start_with_env(
+        data.path(),
+        0,
+        &[
+            ("ANTHROPIC_BASE_URL", url.as_str()),
+            ("ANTHROPIC_API_KEY", "test-key"),
+            ("JARVIS_SANDBOX", "limits"),
+        ],
+    )
+    .unwrap();
+    let owner = add_user(data.path(), "olga").unwrap();
+    let editor = add_user(data.path(), "ed").unwrap();
+    let (s, v) = api(
+        &agent,
+        reqwest::Method::POST,
+        "/api/workspaces",
+        &owner,
+        Some(json!({"id": "proj"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = api(
+        &agent,
+        reqwest::Method::PUT,
+        "/api/workspaces/proj/members/ed",
+        &owner,
+        Some(json!({"role": "editor"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = api(
+        &agent,
+        reqwest::Method::POST,
+        "/api/sessions",
+        &owner,
+        Some(json!({"id": "s1", "workspace": "proj", "permission_mode": "plan"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    // A member's socket writes the session document's settings, bypassing the API.
+    let store = jarvis_sync::store::SqliteStore::open(&data.path().join("ed.db")).unwrap();
+    let client = SyncClient::start(
+        ClientConfig::new(agent.sync_url(), &editor),
+        Arc::new(store),
+    );
+    let doc = client.open("session/s1").await.unwrap();
+    let s = jarvis_sync::doc::SessionDoc::new(doc);
+    s.set_setting("permission_mode", "allow-all");
+    s.set_setting("allow", "write");
+    client.flush_all(Duration::from_secs(10)).await.unwrap();
+    // Starting it again with other settings does not change them either.
+    let (s, v) = api(
+        &agent,
+        reqwest::Method::POST,
+        "/api/sessions",
+        &editor,
+        Some(json!({"id": "s1", "workspace": "proj", "permission_mode": "allow-all"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = api(
+        &agent,
+        reqwest::Method::POST,
+        "/api/sessions/s1/messages",
+        &editor,
+        Some(json!({"text": "write pwned.txt"})),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    until(
+        "the model's second turn",
+        Duration::from_secs(60),
+        async || (llm.requests().len() >= 2).then_some(()),
+    )
+    .await;
+    let second = llm.requests()[1].body.to_string();
+    assert!(
+        second.contains("plan mode"),
+        "the write was not refused by plan mode: {second}"
+    );
+    assert!(!data.path().join("workspaces/proj/pwned.txt").exists());
+}

@@ -916,4 +916,52 @@ mod tests {
             assert!(!signature_valid(b"s3cret", body, bad), "{bad:?}");
         }
     }
+
+    fn args(secret: Option<&str>) -> GithubArgs {
+        GithubArgs {
+            github_webhook_secret: secret.map(str::to_owned),
+            github_token: None,
+            github_api_url: String::new(),
+            github_clone_url: String::new(),
+            github_mention: "@jarvis".into(),
+            github_review_user: "admin".into(),
+            github_review_model: None,
+            github_review_budget_usd: 1.0,
+            github_review_timeout_s: 60,
+        }
+    }
+
+    #[test]
+    fn an_empty_secret_counts_as_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("h.db");
+        for (secret, on) in [
+            (None, false),
+            (Some(""), false),
+            (Some("  "), false),
+            (Some("s"), true),
+        ] {
+            let w = Webhooks::open(&db, dir.path(), args(secret)).unwrap();
+            assert_eq!(w.secret().is_some(), on, "{secret:?}");
+        }
+    }
+
+    #[test]
+    fn every_repository_name_makes_a_valid_review_workspace() {
+        for (owner, repo) in [
+            ("Codertocat", "Hello-World"),
+            ("octo", "app.js"),
+            ("octo", "app-js"),
+            ("o", ".github"),
+            ("o", &"x".repeat(100)),
+        ] {
+            let w = review_workspace(owner, repo, 12345);
+            assert!(crate::control::valid_id(&w), "{owner}/{repo}: {w}");
+        }
+        // '.' and '-' spell the same id segment; the hash keeps the workspaces apart.
+        assert_ne!(
+            review_workspace("octo", "app.js", 1),
+            review_workspace("octo", "app-js", 1)
+        );
+    }
 }
