@@ -658,3 +658,76 @@ async fn run_settings_written_into_the_session_document_grant_nothing() {
     );
     assert!(!data.path().join("workspaces/proj/pwned.txt").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_create_documents_or_blobs_past_their_quota() {
+    use jarvis_sync::client::{ClientConfig, SyncClient};
+    let data = tempfile::tempdir().unwrap();
+    let agent = CloudAgent::start_with_env(
+        data.path(),
+        0,
+        &[
+            ("JARVIS_SANDBOX", "limits"),
+            ("JARVIS_MAX_DOCUMENTS_PER_USER", "3"),
+            ("JARVIS_MAX_BLOB_BYTES_PER_USER", "1000"),
+        ],
+    )
+    .unwrap();
+    let owner = add_user(data.path(), "olga").unwrap();
+    // The workspace's index and one session: two of olga's three documents.
+    let (s, v) = api(
+        &agent,
+        reqwest::Method::POST,
+        "/api/workspaces",
+        &owner,
+        Some(json!({"id": "w"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = api(
+        &agent,
+        reqwest::Method::POST,
+        "/api/sessions",
+        &owner,
+        Some(json!({"id": "s1", "workspace": "w"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let store = jarvis_sync::store::SqliteStore::open(&data.path().join("o.db")).unwrap();
+    let client = SyncClient::start(ClientConfig::new(agent.sync_url(), &owner), Arc::new(store));
+    let write = async |name: &str| {
+        let doc = client.open(name).await.unwrap();
+        jarvis_sync::doc::FileText::new(doc).apply_text_diff("x");
+        client.flush(name, Duration::from_secs(10)).await
+    };
+    write("ws/w/file/f1").await.unwrap();
+    assert!(
+        write("ws/w/file/f2").await.is_err(),
+        "a fourth document was allowed"
+    );
+    let (s, _) = api(
+        &agent,
+        reqwest::Method::POST,
+        "/api/sessions",
+        &owner,
+        Some(json!({"id": "s2", "workspace": "w"})),
+    )
+    .await;
+    assert_eq!(s, 403);
+    // Blobs: 800 bytes fit, another 800 do not, refused from the declared length.
+    let put = |bytes: Vec<u8>| {
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        reqwest::Client::new()
+            .put(agent.http_url(&format!("/blobs/{hash}")))
+            .bearer_auth(&owner)
+            .header("x-jarvis-workspace", "w")
+            .body(bytes)
+            .send()
+    };
+    assert_eq!(put(vec![1u8; 800]).await.unwrap().status().as_u16(), 201);
+    let r = put(vec![2u8; 800]).await.unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "quota_exceeded");
+    // The same blob again costs nothing.
+    assert_eq!(put(vec![1u8; 800]).await.unwrap().status().as_u16(), 200);
+}

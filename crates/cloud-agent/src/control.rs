@@ -294,8 +294,20 @@ pub const MAX_PAIRINGS_PER_ORIGIN: i64 = 8;
 /// Unambiguous letters and digits for codes read off one screen and typed on another.
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 
+/// Per-user quotas (0: unlimited).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quotas {
+    /// Documents a user may create: workspaces (their index), sessions and workspace files
+    /// first opened for writing by them.
+    pub documents: u64,
+    /// Bytes of blobs a user may upload (each distinct blob of a workspace counted once, for
+    /// whoever uploaded it first).
+    pub blob_bytes: u64,
+}
+
 pub struct Control {
     conn: Mutex<Connection>,
+    pub quotas: Quotas,
     /// Held in memory only: the cloud runner's own sync token, valid until the process ends.
     system_token_hash: String,
 }
@@ -370,6 +382,20 @@ impl Control {
                 pending_by TEXT,
                 expect TEXT NOT NULL DEFAULT '[]'
             );
+            CREATE TABLE IF NOT EXISTS document_owners (
+                name TEXT PRIMARY KEY,
+                user_id TEXT NOT NULL,
+                created_ms INTEGER NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS document_owners_by_user ON document_owners (user_id);
+            CREATE TABLE IF NOT EXISTS blob_owners (
+                workspace TEXT NOT NULL,
+                hash TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                PRIMARY KEY (workspace, hash)
+            );
+            CREATE INDEX IF NOT EXISTS blob_owners_by_user ON blob_owners (user_id);
             CREATE TABLE IF NOT EXISTS session_settings (
                 session TEXT PRIMARY KEY,
                 settings TEXT NOT NULL
@@ -420,6 +446,7 @@ impl Control {
         Ok((
             Control {
                 conn: Mutex::new(conn),
+                quotas: Quotas::default(),
                 system_token_hash: hash(&system),
             },
             system,
@@ -1031,6 +1058,16 @@ impl Control {
                     params![id, who.user],
                 )?;
             }
+            if created > 0 {
+                drop(conn);
+                if let Err(e) = self.charge_document(who, &format!("ws/{id}/index")) {
+                    // Over quota: the workspace is not kept.
+                    let conn = self.conn();
+                    conn.execute("DELETE FROM members WHERE workspace = ?1", params![id])?;
+                    conn.execute("DELETE FROM workspaces WHERE id = ?1", params![id])?;
+                    return Err(e);
+                }
+            }
         }
         self.check_workspace(who, id)
             .map_err(|_| ControlError::Conflict(format!("workspace id {id:?} is taken")))?;
@@ -1214,6 +1251,7 @@ impl Control {
             Action::Write,
             || ControlError::NotFound(format!("no workspace {workspace:?}")),
         )?;
+        self.charge_document(who, &name)?;
         self.conn().execute(
             "INSERT OR IGNORE INTO sessions (id, workspace, owner, title, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -1269,6 +1307,82 @@ impl Control {
             })
             .map(|(row, _)| row)
             .collect())
+    }
+
+    // ---- quotas -------------------------------------------------------------------------------
+
+    /// Charges a document to `who` the first time it is seen (later openers are not charged);
+    /// refused once the user's quota is reached. The server itself is never charged.
+    pub fn charge_document(&self, who: &Identity, name: &str) -> Result<()> {
+        if who.token_id == 0 || self.quotas.documents == 0 {
+            return Ok(());
+        }
+        let conn = self.conn();
+        let known = conn
+            .prepare_cached("SELECT 1 FROM document_owners WHERE name = ?1")?
+            .query_row(params![name], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if known {
+            return Ok(());
+        }
+        let used: i64 = conn
+            .prepare_cached("SELECT count(*) FROM document_owners WHERE user_id = ?1")?
+            .query_row(params![who.user], |r| r.get(0))?;
+        if used as u64 >= self.quotas.documents {
+            return Err(ControlError::Forbidden(format!(
+                "document quota reached: {} documents per user",
+                self.quotas.documents
+            )));
+        }
+        conn.execute(
+            "INSERT OR IGNORE INTO document_owners (name, user_id, created_ms) VALUES (?1, ?2, ?3)",
+            params![name, who.user, now_ms() as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Bytes `who` may still upload as new blobs (None: no quota), and whether this blob is
+    /// already charged (then it costs nothing).
+    pub fn blob_allowance(
+        &self,
+        who: &Identity,
+        workspace: &str,
+        hash: &str,
+    ) -> Result<Option<u64>> {
+        if who.token_id == 0 || self.quotas.blob_bytes == 0 {
+            return Ok(None);
+        }
+        let conn = self.conn();
+        let known = conn
+            .prepare_cached("SELECT 1 FROM blob_owners WHERE workspace = ?1 AND hash = ?2")?
+            .query_row(params![workspace, hash], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if known {
+            return Ok(None);
+        }
+        let used: i64 = conn
+            .prepare_cached("SELECT coalesce(sum(size), 0) FROM blob_owners WHERE user_id = ?1")?
+            .query_row(params![who.user], |r| r.get(0))?;
+        Ok(Some(
+            self.quotas.blob_bytes.saturating_sub(used.max(0) as u64),
+        ))
+    }
+
+    /// Records a stored blob against whoever uploaded it first.
+    pub fn record_blob(
+        &self,
+        who: &Identity,
+        workspace: &str,
+        hash: &str,
+        size: u64,
+    ) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO blob_owners (workspace, hash, user_id, size) VALUES (?1, ?2, ?3, ?4)",
+            params![workspace, hash, who.user, size as i64],
+        )?;
+        Ok(())
     }
 
     // ---- run settings -----------------------------------------------------------------------
@@ -1589,14 +1703,21 @@ impl Control {
 
 impl Authorizer for Control {
     fn authorize(&self, token: &str, document: &str) -> Result<Access, String> {
-        let who = self.identify(token).map_err(|e| e.to_string())?;
-        self.document_access(&who, document).map_err(|e| match e {
+        let unavailable = |e: ControlError| match e {
             ControlError::Db(e) => {
                 tracing::error!(error = %e, "access check failed");
                 "access check unavailable".to_owned()
             }
             other => other.to_string(),
-        })
+        };
+        let who = self.identify(token).map_err(|e| e.to_string())?;
+        let access = self.document_access(&who, document).map_err(unavailable)?;
+        // A workspace file opened for writing may be a new document: charged to its first
+        // writer, within their quota.
+        if access == Access::ReadWrite && document.contains("/file/") {
+            self.charge_document(&who, document).map_err(unavailable)?;
+        }
+        Ok(access)
     }
 }
 
@@ -1795,6 +1916,40 @@ mod tests {
         }
         assert!(c.start_pairing("x", "10.0.0.1").is_err());
         assert!(c.start_pairing("x", "10.0.0.2").is_ok());
+    }
+
+    #[test]
+    fn documents_and_blobs_are_charged_to_their_first_writer_within_a_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut c, _) = Control::open(&dir.path().join("c.db")).unwrap();
+        c.quotas = Quotas {
+            documents: 3,
+            blob_bytes: 100,
+        };
+        let a = c.create_user("alice", false).unwrap();
+        let b = c.create_user("bob", false).unwrap();
+        let ta = c
+            .create_token(&a.id, None, "a", &["*".into()], false)
+            .unwrap();
+        let tb = c
+            .create_token(&b.id, None, "b", &["*".into()], false)
+            .unwrap();
+        let (ia, ib) = (c.identify(&ta).unwrap(), c.identify(&tb).unwrap());
+        c.ensure_workspace(&ia, "w", "").unwrap();
+        c.set_member(&ia, "w", "bob", Some("editor")).unwrap();
+        c.register_session(&ia, "s", "w", "").unwrap();
+        assert!(c.authorize(&ta, "ws/w/file/f1").is_ok());
+        // The fourth document is over alice's quota; bob opening alice's costs bob nothing.
+        assert!(c.authorize(&ta, "ws/w/file/f2").is_err());
+        assert!(c.authorize(&ta, "ws/w/file/f1").is_ok());
+        assert!(c.authorize(&tb, "ws/w/file/f1").is_ok());
+        assert!(c.authorize(&tb, "ws/w/file/f2").is_ok());
+        assert!(c.ensure_workspace(&ia, "w2", "").is_err());
+        assert!(c.workspaces(&ia).unwrap().iter().all(|w| w.id != "w2"));
+        assert_eq!(c.blob_allowance(&ia, "w", "h1").unwrap(), Some(100));
+        c.record_blob(&ia, "w", "h1", 60).unwrap();
+        assert_eq!(c.blob_allowance(&ia, "w", "h2").unwrap(), Some(40));
+        assert_eq!(c.blob_allowance(&ib, "w", "h1").unwrap(), None);
     }
 
     #[test]

@@ -286,6 +286,12 @@ pub struct ServeArgs {
     /// A request body that sends nothing for this long is refused (408), in milliseconds.
     #[arg(long, env = "JARVIS_BODY_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_timeout_ms: u64,
+    /// Documents one user may create (workspaces, sessions, workspace files); 0: no limit.
+    #[arg(long, env = "JARVIS_MAX_DOCUMENTS_PER_USER", default_value_t = 200_000)]
+    pub max_documents_per_user: u64,
+    /// Bytes of blobs one user may upload; 0: no limit.
+    #[arg(long, env = "JARVIS_MAX_BLOB_BYTES_PER_USER", default_value_t = 20 * 1024 * 1024 * 1024)]
+    pub max_blob_bytes_per_user: u64,
     /// Request headers must arrive within this long, in milliseconds.
     #[arg(long, env = "JARVIS_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,
@@ -326,7 +332,11 @@ pub async fn build(
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let db = database_path(&args.data_dir);
     let store = SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
-    let (control, system_token) = Control::open(&db)?;
+    let (mut control, system_token) = Control::open(&db)?;
+    control.quotas = crate::control::Quotas {
+        documents: args.max_documents_per_user,
+        blob_bytes: args.max_blob_bytes_per_user,
+    };
     if control.token_count()? == 0 {
         let token = control.create_token(
             crate::control::ADMIN_USER,
@@ -396,6 +406,7 @@ pub async fn build(
             root: args.data_dir.join("blobs"),
             authorizer: control.clone(),
             max_bytes: args.max_blob_bytes,
+            quota: Some(control.clone()),
         }),
         api: Some(crate::api::Api {
             control: control.clone(),
