@@ -670,6 +670,7 @@ async fn a_member_cannot_create_documents_or_blobs_past_their_quota() {
             ("JARVIS_SANDBOX", "limits"),
             ("JARVIS_MAX_DOCUMENTS_PER_USER", "3"),
             ("JARVIS_MAX_BLOB_BYTES_PER_USER", "1000"),
+            ("JARVIS_BODY_TIMEOUT_MS", "500"),
         ],
     )
     .unwrap();
@@ -730,4 +731,47 @@ async fn a_member_cannot_create_documents_or_blobs_past_their_quota() {
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "quota_exceeded");
     // The same blob again costs nothing.
     assert_eq!(put(vec![1u8; 800]).await.unwrap().status().as_u16(), 200);
+    // An upload that stalls is refused after the idle timeout, not held.
+    let hash = blake3::hash(b"0123456789").to_hex().to_string();
+    let head = format!(
+        "PUT /blobs/{hash} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {owner}\r\n\
+         X-Jarvis-Workspace: w\r\nContent-Length: 10\r\n\r\n01234"
+    );
+    let (status, took) = raw(agent.port, head.as_bytes(), "127.0.0.1").await;
+    assert_eq!(status, 408);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn token_create_says_what_each_recipe_can_do() {
+    let data = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(jarvis_e2e::binary("jarvis-cloud"))
+            .args(["token", "create", "--data-dir"])
+            .arg(data.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The README's recipe: the admin user's, scoped and read-only: no admin powers, and it
+    // says so before the token.
+    let out = run(&["--scope", "ws/team/*", "--read-only"]);
+    let (said, token) = out.trim_end().rsplit_once('\n').unwrap();
+    assert!(token.starts_with("jt_"), "{out}");
+    assert!(said.contains("no admin powers"), "{out}");
+    assert!(said.contains("read-only"), "{out}");
+    assert!(said.contains("may not use the LLM gateway"), "{out}");
+    let out = run(&["--scope", "*"]);
+    assert!(out.contains("ADMIN POWERS"), "{out}");
+    let out = run(&["--scope", "gateway"]);
+    assert!(
+        out.contains("may use the LLM gateway") && out.contains("no admin powers"),
+        "{out}"
+    );
 }

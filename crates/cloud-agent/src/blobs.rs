@@ -105,9 +105,11 @@ impl BlobService {
 pub async fn put_blob(
     State(svc): State<Arc<BlobService>>,
     Path(hash): Path<String>,
+    limits: Option<axum::Extension<crate::limits::Limits>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let idle = limits.map(|l| l.0).unwrap_or_default().body_idle;
     let (mut store, ws, token) = match svc.authorize_as(&headers, Access::ReadWrite) {
         Ok(s) => s,
         Err(r) => return r.into_response(),
@@ -170,10 +172,19 @@ pub async fn put_blob(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
     };
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => return error(StatusCode::BAD_REQUEST, "body", e.to_string()),
+    loop {
+        // An upload that stalls is refused, not held open.
+        let chunk = match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => {
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!("the upload stalled for more than {} ms", idle.as_millis()),
+                );
+            }
+            Ok(None) => break,
+            Ok(Some(Ok(c))) => c,
+            Ok(Some(Err(e))) => return error(StatusCode::BAD_REQUEST, "body", e.to_string()),
         };
         match writer.write(&chunk) {
             Ok(()) => {}
