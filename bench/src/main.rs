@@ -32,8 +32,11 @@ enum Cli {
     Handoff(handoff::HandoffArgs),
     /// LLM gateway overhead: first byte and CPU per request, direct against through the gateway.
     Gateway(gateway::GatewayArgs),
+    /// Server memory under anonymous request-body and slow-header attacks (issue 15).
+    AnonBodies(anon::AnonArgs),
 }
 
+mod anon;
 mod gateway;
 mod handoff;
 mod mirror;
@@ -539,6 +542,12 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?;
             return rt.block_on(gateway::run(a));
+        }
+        Cli::AnonBodies(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            return rt.block_on(anon::run(a));
         }
     };
     if args.quick {

@@ -204,6 +204,9 @@ test('web view: sign in, start, stream, approve, files and diff, follow-up, a CL
   writeFileSync(join(folder, 'hostile.mdx'), HOSTILE_MDX);
   writeFileSync(join(folder, 'src', 'main.rs'), 'fn main() {\n    let greeting = "hello";\n    println!("{greeting}");\n}\n');
   writeFileSync(join(folder, 'pixel.png'), PNG);
+  // An agent synced from a device: it waits for an owner's approval in the web view.
+  mkdirSync(join(folder, '.jarvis', 'agents'), { recursive: true });
+  writeFileSync(join(folder, '.jarvis', 'agents', 'tidy.md'), '---\ntrigger: webhook\n---\nTidy the notes.\n');
   const cliHome = join(tmp, 'cli-home');
   cli(cliHome, fake.url, ['login', cloud.base, '--token', alice]);
   const mirror = spawnCli(cliHome, fake.url, ['sync', folder, '--workspace', 'notes']);
@@ -252,6 +255,15 @@ test('web view: sign in, start, stream, approve, files and diff, follow-up, a CL
   // --- with no session open, a workspace can be browsed.
   await a.getByTestId('workspace-picker').selectOption('notes');
   await a.getByTestId('file-README.md').waitFor({ timeout: T });
+
+  // --- the synced agent waits for an owner; alice (the owner) approves it in the web view.
+  await a.getByTestId('config-open').click();
+  await a.locator('[data-testid=config-file]', { hasText: 'waits for an owner' }).waitFor({ timeout: T });
+  await a.getByTestId('config-approve').click();
+  await a.locator('[data-testid=config-file]', { hasText: 'approved' }).waitFor({ timeout: T });
+  const config = await call(cloud.base, alice, 'GET', '/api/workspaces/notes/config');
+  assert.equal(config.config[0].approved, true, JSON.stringify(config));
+  await a.getByTestId('config-close').click();
 
   // --- start a session in the cloud from the desktop browser.
   await a.getByTestId('new-session').click();

@@ -205,10 +205,20 @@ impl Drop for CloudAgent {
 /// A plain HTTP/1.1 GET on loopback; returns (status, body). Enough for health and metrics
 /// checks without pulling an HTTP client into the tests.
 pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    http_get_as(port, path, None).await
+}
+
+/// [`http_get`] with `Authorization: Bearer <token>` (`/metrics` needs an admin user's token
+/// whose scopes cover `metrics`).
+pub async fn http_get_as(port: u16, path: &str, token: Option<&str>) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n")
+            .as_bytes(),
     )
     .await?;
     let mut raw = String::new();

@@ -315,10 +315,6 @@ async fn a_synced_edit_fires_a_files_trigger_and_a_webhook_trigger_runs_with_its
         ("JARVIS_ALLOW_UNSANDBOXED", "1".to_owned()),
         ("JARVIS_AGENTS_TICK_MS", "50".to_owned()),
         ("JARVIS_AGENTS_FILE_DEBOUNCE_MS", "300".to_owned()),
-        (
-            "JARVIS_AGENTS_WEBHOOK_SECRET",
-            "agent-hook-secret".to_owned(),
-        ),
     ];
     let agent = start(&data, &env);
     let admin = create_token(&data, &["*"], false).unwrap();
@@ -429,27 +425,46 @@ async fn a_synced_edit_fires_a_files_trigger_and_a_webhook_trigger_runs_with_its
     .await;
     let p = prompts(&fake);
     assert!(p.iter().any(|t| t.contains("refs/tags/v1.2.0")), "{p:?}");
-    // The same agent from a sender without a token: signed like a GitHub webhook, acted on
-    // once per delivery id.
+    // The same agent from a sender without a token: signed with the agent's own secret over a
+    // timestamp, a delivery id and the body; acted on once per delivery id.
+    let (s, v) = c
+        .call(
+            "POST",
+            "/api/workspaces/proj/agents/release-notes/webhook-secret",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let secret = v["secret"].as_str().unwrap().to_owned();
     let push =
         serde_json::to_vec(&json!({"ref": "refs/tags/v1.3.0", "after": "ec26c3e5"})).unwrap();
-    let hook = |sig: String, delivery: &str| {
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let hook = |secret: &str, delivery: &str, ts: u64| {
+        let mut signed = format!("{ts}.{delivery}.").into_bytes();
+        signed.extend_from_slice(&push);
         reqwest::Client::new()
             .post(agent.http_url("/webhooks/agents/proj/release-notes"))
             .header("content-type", "application/json")
-            .header("x-github-event", "push")
-            .header("x-github-delivery", delivery)
-            .header("x-hub-signature-256", sig)
+            .header("x-jarvis-delivery", delivery)
+            .header("x-jarvis-timestamp", ts.to_string())
+            .header("x-jarvis-signature", sign(&signed, secret))
             .body(push.clone())
             .send()
     };
-    let bad = hook(sign(&push, "wrong-secret"), "a-1").await.unwrap();
+    let bad = hook("wrong-secret", "a-1", now_s).await.unwrap();
     assert_eq!(bad.status(), 401);
-    let ok = hook(sign(&push, "agent-hook-secret"), "a-1").await.unwrap();
+    // Signed correctly but ten minutes old: refused as stale.
+    let stale = hook(&secret, "a-0", now_s - 600).await.unwrap();
+    assert_eq!(stale.status(), 401);
+    let ok = hook(&secret, "a-1", now_s).await.unwrap();
     assert_eq!(ok.status(), 202);
-    let again = hook(sign(&push, "agent-hook-secret"), "a-1").await.unwrap();
-    assert_eq!(again.status(), 200);
-    assert_eq!(again.json::<Value>().await.unwrap()["duplicate"], true);
+    // A replay of the same delivery is refused.
+    let again = hook(&secret, "a-1", now_s).await.unwrap();
+    assert_eq!(again.status(), 409);
+    assert_eq!(again.json::<Value>().await.unwrap()["code"], "replayed");
     c.until("the signed webhook run to finish", T, async |c| {
         let runs = c.runs("proj", "release-notes").await;
         (runs.len() == 2 && runs.iter().all(|r| r["status"] == "done")).then_some(())

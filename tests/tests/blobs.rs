@@ -10,8 +10,19 @@ async fn blobs_are_verified_authorised_and_streamed() {
     let rw = create_token(&data, &["ws/w1/*"], false).unwrap();
     let ro = create_token(&data, &["ws/w1/*"], true).unwrap();
     let other = create_token(&data, &["ws/w2/*"], false).unwrap();
+    let admin = create_token(&data, &["*"], false).unwrap();
     let agent = CloudAgent::start(&data, 0).unwrap();
     let http = reqwest::Client::new();
+    // Scoped tokens of the admin user are a member's: the workspace must exist, with the
+    // admin as its owner.
+    let r = http
+        .post(agent.http_url("/api/workspaces"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"id": "w1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let url = |h: &str| agent.http_url(&format!("/blobs/{h}"));
     let big: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     let hash = blake3::hash(&big).to_hex().to_string();

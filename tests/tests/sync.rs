@@ -406,7 +406,13 @@ async fn bad_input_ends_only_the_offending_connection() {
     assert!(agent.is_running());
     let (status, body) = http_get(agent.port, "/healthz").await.unwrap();
     assert_eq!((status, body.trim()), (200, "ok"));
-    let (_, metrics) = http_get(agent.port, "/metrics").await.unwrap();
+    // /metrics answers only an admin user's token that covers it: the monitoring recipe.
+    let (status, _) = http_get(agent.port, "/metrics").await.unwrap();
+    assert_eq!(status, 401);
+    let monitor = create_token(&data, &["metrics"], true).unwrap();
+    let (_, metrics) = jarvis_e2e::http_get_as(agent.port, "/metrics", Some(&monitor))
+        .await
+        .unwrap();
     let denied: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("jarvis_hub_auth_denied_total "))

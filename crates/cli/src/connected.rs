@@ -339,10 +339,17 @@ pub async fn run_here(
         stop.clone(),
         fence.clone(),
     ));
+    // The session's own settings come from the hub's control plane (the document's copy is
+    // for display: any member can write it).
+    let recorded = device
+        .api
+        .get(&format!("/api/sessions/{session}/settings"))
+        .await
+        .context("reading the session's run settings")?;
     let mode_name = opts
         .permission_mode
         .clone()
-        .or_else(|| doc.setting("permission_mode"))
+        .or_else(|| recorded["permission_mode"].as_str().map(str::to_owned))
         .unwrap_or_else(|| "ask".into());
     let mode = jarvis_agent::permissions::Mode::parse(&mode_name)
         .ok_or_else(|| anyhow!("unknown permission mode {mode_name:?}"))?;

@@ -187,6 +187,7 @@ async fn fresh_peer_sync(dir: &std::path::Path, snapshot: &[u8]) -> (Duration, D
                 root: dir.join("blobs"),
                 authorizer: tokens,
                 max_bytes: 1 << 30,
+                quota: None,
             }),
             api: None,
         }

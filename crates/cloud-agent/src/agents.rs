@@ -368,6 +368,26 @@ pub fn parse(name: &str, text: &str) -> Result<AgentDef, DefError> {
 
 /// The definitions in a workspace, as the hub holds them: (name, definition or error).
 pub async fn load(hub: &Hub, workspace: &str) -> Vec<(String, Result<AgentDef, DefError>)> {
+    load_hashed(hub, workspace)
+        .await
+        .into_iter()
+        .map(|d| (d.name, d.def))
+        .collect()
+}
+
+/// A definition with the hash of the exact text it was parsed from, for approval by content
+/// ([`crate::approvals`]): what runs is what was approved.
+#[derive(Debug, Clone)]
+pub struct Hashed {
+    pub name: String,
+    pub path: String,
+    /// `crate::approvals::content_hash` of the file's text; None when it could not be read.
+    pub hash: Option<String>,
+    pub def: Result<AgentDef, DefError>,
+}
+
+/// The definitions in a workspace with their content hashes.
+pub async fn load_hashed(hub: &Hub, workspace: &str) -> Vec<Hashed> {
     let entries = match hub
         .read(&format!("ws/{workspace}/index"), |doc| {
             WorkspaceIndex::new(doc.clone())
@@ -400,7 +420,13 @@ pub async fn load(hub: &Hub, workspace: &str) -> Vec<(String, Result<AgentDef, D
                 .map_err(|e| DefError::Invalid(format!("reading {path}: {e}"))),
             _ => Err(DefError::Invalid(format!("{path} is not a text file"))),
         };
-        out.push((name.clone(), text.and_then(|t| parse(&name, &t))));
+        let hash = text.as_deref().ok().map(crate::approvals::content_hash);
+        out.push(Hashed {
+            def: text.and_then(|t| parse(&name, &t)),
+            name,
+            path,
+            hash,
+        });
     }
     out
 }

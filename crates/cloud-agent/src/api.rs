@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +21,11 @@ use jarvis_sync::hub::Hub;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::control::{CLOUD_DEVICE, Control, ControlError, HandoffState, Identity, now_ms};
+use crate::access::{Action, Target};
+use crate::control::{
+    CLOUD_DEVICE, Control, ControlError, HandoffState, Identity, RunSettings, now_ms,
+};
+use crate::limits::ClientAddr;
 use crate::runner::Cloud;
 
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -36,6 +40,30 @@ pub struct Api {
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     pub agents: Arc<crate::schedule::Agents>,
     pub secrets: Arc<crate::secrets::SecretStore>,
+    pub approvals: Arc<crate::approvals::Approvals>,
+    /// Budgets of the endpoints anyone may call (pairing, webhooks), per address.
+    pub anonymous: Arc<Anonymous>,
+}
+
+/// Per-address budgets for anonymous callers: a request rate and bodies read at once.
+pub struct Anonymous {
+    pub rate: crate::limits::AddressLimiter,
+    pub bodies: Arc<crate::limits::InFlight>,
+}
+
+impl Anonymous {
+    pub fn new(burst: u32, per_second: f64, bodies_per_address: usize) -> Arc<Self> {
+        Arc::new(Anonymous {
+            rate: crate::limits::AddressLimiter::new(burst, per_second),
+            bodies: crate::limits::InFlight::new(bodies_per_address),
+        })
+    }
+
+    /// Admits one request from `addr`, holding a body slot until the returned guard drops.
+    pub fn admit(&self, addr: &str) -> Result<crate::limits::Slot, ApiError> {
+        self.rate.check(addr).map_err(crate::limits::too_many)?;
+        self.bodies.enter(addr)
+    }
 }
 
 /// `{code, message}` with a status.
@@ -48,7 +76,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -175,19 +203,47 @@ impl FromRequestParts<Api> for Caller {
     }
 }
 
-/// A JSON body whose parse errors are `{code, message}` too.
-pub struct Body<T>(pub T);
+/// A JSON body of at most `MAX` bytes, read with the server's idle timeout (413 and 408),
+/// whose parse errors are `{code, message}` too. Extracted last, so the caller is
+/// authenticated (from headers) before a byte of it is read.
+pub struct Body<T, const MAX: usize = 65_536>(pub T);
 
-impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
+impl<T: serde::de::DeserializeOwned, S: Send + Sync, const MAX: usize> axum::extract::FromRequest<S>
+    for Body<T, MAX>
+{
     type Rejection = ApiError;
 
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => Err(ApiError::new(e.status(), "invalid_request", e.body_text())),
+    async fn from_request(req: axum::extract::Request, _: &S) -> Result<Self, Self::Rejection> {
+        let limits = crate::limits::of(req.extensions());
+        let (parts, body) = req.into_parts();
+        let json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request",
+                "expected Content-Type: application/json",
+            ));
         }
+        let bytes = crate::limits::read_body(&parts.headers, body, MAX, limits.body_idle).await?;
+        serde_json::from_slice(&bytes).map(Body).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("the request body is not valid: {e}"),
+            )
+        })
     }
 }
+
+/// A large JSON body: a handoff's or a release's expected state for a large workspace (about
+/// 40 bytes per file).
+pub type LargeBody<T> = Body<T, { 8 * 1024 * 1024 }>;
+/// What anonymous endpoints accept.
+pub type SmallBody<T> = Body<T, 4096>;
 
 pub fn router(api: Api) -> Router {
     let gateway = crate::gateway::router(api.gateway.clone());
@@ -218,6 +274,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/sessions", get(list_sessions).post(create_session))
         .route("/api/sessions/changes", get(session_changes))
         .route("/api/sessions/{id}", get(get_session))
+        .route("/api/sessions/{id}/settings", get(get_settings))
         .route("/api/sessions/{id}/messages", post(send_message))
         .route("/api/sessions/{id}/interrupt", post(interrupt))
         .route("/api/sessions/{id}/approvals/{approval}", post(answer))
@@ -225,9 +282,11 @@ pub fn router(api: Api) -> Router {
         .route("/api/sessions/{id}/lease", get(get_lease).post(lease_op))
         .route("/api/usage", get(usage))
         .route("/api/audit", get(audit))
-        // Requests are small JSON; a handoff's expected state for a large workspace is the
-        // biggest (about 40 bytes per file).
-        .layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024))
+        .route("/api/workspaces/{id}/config", get(crate::approvals::list))
+        .route(
+            "/api/workspaces/{id}/config/approve",
+            post(crate::approvals::approve),
+        )
         .with_state(api)
         .merge(gateway)
         .merge(webhooks)
@@ -240,15 +299,7 @@ async fn openapi() -> Response {
 }
 
 fn require_admin(who: &Identity) -> Result<(), ApiError> {
-    if who.admin {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this needs an admin token",
-        ))
-    }
+    Ok(who.may(Target::Server, Action::Manage)?)
 }
 
 // ---- pairing ------------------------------------------------------------------------------
@@ -258,18 +309,16 @@ struct PairStart {
     name: String,
 }
 
-async fn pair_start(State(api): State<Api>, Body(b): Body<PairStart>) -> ApiResult {
-    // Unauthenticated: one shared bucket keeps it from filling the table.
-    api.limiter.check(-1).map_err(|wait| {
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many pairing requests",
-        );
-        e.retry_after = Some(wait);
-        e
-    })?;
-    let p = api.control.start_pairing(&b.name)?;
+async fn pair_start(
+    State(api): State<Api>,
+    ClientAddr(addr): ClientAddr,
+    req: axum::extract::Request,
+) -> ApiResult {
+    // Anonymous: this address's budget, never a shared one (one client must not lock
+    // everyone out of pairing).
+    let _slot = api.anonymous.admit(&addr)?;
+    let Body(b) = SmallBody::<PairStart>::from_request(req, &()).await?;
+    let p = api.control.start_pairing(&b.name, &addr)?;
     api.control.audit(
         None,
         "pair.start",
@@ -284,12 +333,13 @@ struct PairPoll {
     device_code: String,
 }
 
-async fn pair_poll(State(api): State<Api>, Body(b): Body<PairPoll>) -> ApiResult {
-    api.limiter.check(-2).map_err(|wait| {
-        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down");
-        e.retry_after = Some(wait);
-        e
-    })?;
+async fn pair_poll(
+    State(api): State<Api>,
+    ClientAddr(addr): ClientAddr,
+    req: axum::extract::Request,
+) -> ApiResult {
+    let _slot = api.anonymous.admit(&addr)?;
+    let Body(b) = SmallBody::<PairPoll>::from_request(req, &()).await?;
     let (device, token) = api.control.poll_pairing(&b.device_code)?;
     api.control
         .audit(None, "pair.complete", &device.id, &device.name);
@@ -306,9 +356,6 @@ async fn pair_approve(
     Caller(who): Caller,
     Body(b): Body<PairApprove>,
 ) -> ApiResult {
-    if who.read_only {
-        return Err(ControlError::Forbidden("read-only token".into()).into());
-    }
     let name = api.control.approve_pairing(&who, &b.code)?;
     api.control
         .audit(Some(&who), "pair.approve", &b.code, &name);
@@ -320,7 +367,9 @@ async fn pair_approve(
 async fn me(Caller(who): Caller) -> ApiResult {
     Ok(Json(json!({
         "user": who.user, "name": who.user_name, "admin": who.admin,
+        "admin_user": who.admin_user, "scopes": who.scopes,
         "device": who.device_id(), "read_only": who.read_only,
+        "can": crate::access::describe(&who.grant()),
     })))
 }
 
@@ -365,6 +414,7 @@ async fn create_user(
 }
 
 async fn list_tokens(State(api): State<Api>, Caller(who): Caller) -> ApiResult {
+    who.may(Target::Account, Action::Read)?;
     let scope = (!who.admin).then_some(who.user.as_str());
     Ok(Json(json!({"tokens": api.control.tokens(scope)?})))
 }
@@ -374,8 +424,7 @@ async fn revoke_token(
     Caller(who): Caller,
     Path(id): Path<i64>,
 ) -> ApiResult {
-    let scope = (!who.admin).then_some(who.user.as_str());
-    api.control.revoke_token(id, scope)?;
+    api.control.revoke_token_as(&who, id)?;
     let closed = api.hub.revalidate();
     api.control
         .audit(Some(&who), "token.revoke", &id.to_string(), "");
@@ -392,8 +441,7 @@ async fn revoke_device(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let scope = (!who.admin).then_some(who.user.as_str());
-    api.control.revoke_device(&id, scope)?;
+    api.control.revoke_device_as(&who, &id)?;
     let closed = api.hub.revalidate();
     api.control.audit(Some(&who), "device.revoke", &id, "");
     Ok(Json(json!({"revoked": id, "sockets_closed": closed})))
@@ -595,7 +643,6 @@ async fn session_changes(
                 // The socket's rule (`document_access`), but registered sessions only, for
                 // admins too: scope, then the session's workspace.
                 if let Some(id) = n.strip_prefix("session/")
-                    && who.scope_allows(n)
                     && api.control.check_session(&who, id).is_ok()
                 {
                     ids.insert(id.to_owned());
@@ -706,6 +753,28 @@ pub async fn start_session(
     let row = api
         .control
         .register_session(who, &id, &b.workspace, &title)?;
+    let settings = RunSettings {
+        permission_mode: b.permission_mode.clone(),
+        allow: b.allow.clone(),
+        deny: b.deny.clone(),
+        budget_micros: b.budget_usd.map(|usd| (usd.max(0.0) * 1e6) as u64),
+        model: b.model.clone(),
+    };
+    // The hub's copy is the one runners use; it is written once, when the session is new.
+    let fresh = api.control.init_run_settings(&id, &settings)?;
+    if !fresh {
+        // Starting an existing session again (a device reopening it) keeps its settings; what
+        // this request asked for is ignored, and the log says so.
+        let stored = api.control.run_settings(&id)?.unwrap_or_default();
+        let asked = b.permission_mode.is_some()
+            || !b.allow.is_empty()
+            || !b.deny.is_empty()
+            || b.budget_usd.is_some()
+            || b.model.is_some();
+        if asked && stored != settings {
+            tracing::info!(session = %id, "an existing session's run settings are kept; the request's are ignored");
+        }
+    }
     let author = who.device_id();
     api.hub
         .edit(&format!("session/{id}"), |doc| {
@@ -714,20 +783,23 @@ pub async fn start_session(
                 s.set_workspace(&b.workspace);
                 s.set_title(&title);
             }
-            if let Some(m) = &b.model {
-                s.set_model(m);
-            }
-            if let Some(m) = &b.permission_mode {
-                s.set_setting("permission_mode", m);
-            }
-            if !b.allow.is_empty() {
-                s.set_setting("allow", &b.allow.join("\n"));
-            }
-            if !b.deny.is_empty() {
-                s.set_setting("deny", &b.deny.join("\n"));
-            }
-            if let Some(usd) = b.budget_usd {
-                s.set_setting("budget_micros", &((usd * 1e6) as u64).to_string());
+            if fresh {
+                // For display only: no runner reads these from the document.
+                if let Some(m) = &settings.model {
+                    s.set_model(m);
+                }
+                if let Some(m) = &settings.permission_mode {
+                    s.set_setting("permission_mode", m);
+                }
+                if !settings.allow.is_empty() {
+                    s.set_setting("allow", &settings.allow.join("\n"));
+                }
+                if !settings.deny.is_empty() {
+                    s.set_setting("deny", &settings.deny.join("\n"));
+                }
+                if let Some(b) = settings.budget_micros {
+                    s.set_setting("budget_micros", &b.to_string());
+                }
             }
             if let Some(text) = &b.message {
                 AgentRunner::send_user_message(&s, &author, text);
@@ -745,6 +817,19 @@ pub async fn start_session(
         state = json!(s);
     }
     Ok((row, state))
+}
+
+/// `GET /api/sessions/{id}/settings`: the authoritative run settings, which a device that takes
+/// the session runs with (never the document's display copy).
+async fn get_settings(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    api.control.check_session(&who, &id)?;
+    Ok(Json(json!(
+        api.control.run_settings(&id)?.unwrap_or_default()
+    )))
 }
 
 async fn get_session(
@@ -786,10 +871,7 @@ async fn send_message(
     Path(id): Path<String>,
     Body(b): Body<SendMessage>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    api.control.check_session(&who, &id)?;
-    if who.read_only {
-        return Err(ControlError::Forbidden("read-only token".into()).into());
-    }
+    api.control.check_session_for(&who, &id, Action::Write)?;
     if b.text.trim().is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -831,10 +913,7 @@ async fn interrupt(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
-    api.control.check_session(&who, &id)?;
-    if who.read_only {
-        return Err(ControlError::Forbidden("read-only token".into()).into());
-    }
+    api.control.check_session_for(&who, &id, Action::Write)?;
     let by = who.device_id();
     let n = api
         .hub
@@ -857,10 +936,7 @@ async fn answer(
     Path((id, approval)): Path<(String, String)>,
     Body(b): Body<Answer>,
 ) -> ApiResult {
-    api.control.check_session(&who, &id)?;
-    if who.read_only {
-        return Err(ControlError::Forbidden("read-only token".into()).into());
-    }
+    api.control.check_session_for(&who, &id, Action::Write)?;
     let decision = Decision::parse(&b.decision).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -918,8 +994,9 @@ async fn handoff(
     State(api): State<Api>,
     Caller(who): Caller,
     Path(id): Path<String>,
-    Body(b): Body<Handoff>,
+    Body(b): LargeBody<Handoff>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    api.control.check_session_for(&who, &id, Action::Write)?;
     let to = match b.to.as_str() {
         "here" => who.device_id(),
         "cloud" => CLOUD_DEVICE.to_owned(),
@@ -977,8 +1054,9 @@ async fn lease_op(
     State(api): State<Api>,
     Caller(who): Caller,
     Path(id): Path<String>,
-    Body(op): Body<LeaseOp>,
+    Body(op): LargeBody<LeaseOp>,
 ) -> ApiResult {
+    api.control.check_session_for(&who, &id, Action::Write)?;
     let lease = match op {
         LeaseOp::Acquire => api.cloud.device_acquire(&who, &id).await?,
         LeaseOp::Renew { epoch } => api.cloud.device_renew(&who, &id, epoch)?,

@@ -19,6 +19,8 @@ pub struct BlobService {
     pub root: std::path::PathBuf,
     pub authorizer: Arc<dyn Authorizer>,
     pub max_bytes: u64,
+    /// Per-user upload quotas (None: none, e.g. benchmarks without a control plane).
+    pub quota: Option<Arc<crate::control::Control>>,
 }
 
 /// An error the client can act on: an HTTP status and `{code, message}`.
@@ -53,6 +55,15 @@ fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> 
 impl BlobService {
     /// The workspace's store, after checking the caller may `need` it.
     fn authorize(&self, headers: &HeaderMap, need: Access) -> Result<BlobStore, ApiError> {
+        self.authorize_as(headers, need).map(|(s, _, _)| s)
+    }
+
+    /// As [`authorize`](Self::authorize), with the workspace and the bearer token.
+    fn authorize_as(
+        &self,
+        headers: &HeaderMap,
+        need: Access,
+    ) -> Result<(BlobStore, String, String), ApiError> {
         let ws = headers
             .get("x-jarvis-workspace")
             .and_then(|v| v.to_str().ok())
@@ -84,7 +95,7 @@ impl BlobService {
             Ok(_) => {
                 let mut store = BlobStore::new(self.root.join(ws));
                 store.max_bytes = self.max_bytes;
-                Ok(store)
+                Ok((store, ws.to_owned(), token.to_owned()))
             }
             Err(reason) => Err(api_error(StatusCode::FORBIDDEN, "forbidden", reason)),
         }
@@ -94,13 +105,43 @@ impl BlobService {
 pub async fn put_blob(
     State(svc): State<Arc<BlobService>>,
     Path(hash): Path<String>,
+    limits: Option<axum::Extension<crate::limits::Limits>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let store = match svc.authorize(&headers, Access::ReadWrite) {
+    let idle = limits.map(|l| l.0).unwrap_or_default().body_idle;
+    let (mut store, ws, token) = match svc.authorize_as(&headers, Access::ReadWrite) {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
+    // The uploader's quota, checked from the declared length before reading, and as the
+    // writer's limit while streaming.
+    let mut charge = None;
+    if let Some(control) = &svc.quota {
+        let who = match control.identify(&token) {
+            Ok(w) => w,
+            Err(e) => return error(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
+        };
+        match control.blob_allowance(&who, &ws, &hash) {
+            Ok(Some(left)) => {
+                let declared = headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if declared.is_some_and(|n| n > left) || left == 0 {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "quota_exceeded",
+                        format!("this upload passes your blob quota ({left} bytes left)"),
+                    );
+                }
+                store.max_bytes = store.max_bytes.min(left);
+                charge = Some((control.clone(), who));
+            }
+            Ok(None) => {}
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+        }
+    }
     if store.contains(&hash) {
         // Read the body to its end anyway: answering before it is consumed closes the
         // connection under a client that is still sending, which it sees as a broken pipe
@@ -131,10 +172,19 @@ pub async fn put_blob(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
     };
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => return error(StatusCode::BAD_REQUEST, "body", e.to_string()),
+    loop {
+        // An upload that stalls is refused, not held open.
+        let chunk = match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => {
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!("the upload stalled for more than {} ms", idle.as_millis()),
+                );
+            }
+            Ok(None) => break,
+            Ok(Some(Ok(c))) => c,
+            Ok(Some(Err(e))) => return error(StatusCode::BAD_REQUEST, "body", e.to_string()),
         };
         match writer.write(&chunk) {
             Ok(()) => {}
@@ -149,11 +199,18 @@ pub async fn put_blob(
         }
     }
     match tokio::task::spawn_blocking(move || writer.finish()).await {
-        Ok(Ok(size)) => (
-            StatusCode::CREATED,
-            Json(json!({"hash": hash, "size": size})),
-        )
-            .into_response(),
+        Ok(Ok(size)) => {
+            if let Some((control, who)) = charge
+                && let Err(e) = control.record_blob(&who, &ws, &hash, size)
+            {
+                tracing::error!(error = %e, "recording a blob's owner failed");
+            }
+            (
+                StatusCode::CREATED,
+                Json(json!({"hash": hash, "size": size})),
+            )
+                .into_response()
+        }
         Ok(Err(BlobError::Mismatch { expected, actual })) => error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "hash_mismatch",

@@ -10,6 +10,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use jarvis_sync::hub::{Access, Authorizer};
+
+use crate::access::{self, Action, Role, Target};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -60,7 +62,11 @@ pub struct Identity {
     pub token_id: i64,
     pub user: String,
     pub user_name: String,
+    /// Admin powers ([`crate::access::admin_powers`]): the admin user's full-scope writable
+    /// token. Not the user's flag: that is `admin_user`.
     pub admin: bool,
+    /// The user is an admin (whatever this token may do).
+    pub admin_user: bool,
     /// The device the token was issued to (pairing); admin-made tokens have none.
     pub device: Option<String>,
     pub read_only: bool,
@@ -69,6 +75,51 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The server acting for a user (review sessions, background agents): the user's full,
+    /// writable grant, with admin powers only if the user is an admin.
+    pub fn acting_for(user: &User, device: &str) -> Identity {
+        Identity::new(0, user, Some(device.to_owned()), vec!["*".into()], false)
+    }
+
+    /// An identity whose `admin` follows the one rule.
+    pub fn new(
+        token_id: i64,
+        user: &User,
+        device: Option<String>,
+        scopes: Vec<String>,
+        read_only: bool,
+    ) -> Identity {
+        let admin = crate::access::admin_powers(&crate::access::Grant {
+            admin_user: user.admin,
+            scopes: &scopes,
+            read_only,
+        });
+        Identity {
+            token_id,
+            user: user.id.clone(),
+            user_name: user.name.clone(),
+            admin,
+            admin_user: user.admin,
+            device,
+            read_only,
+            scopes,
+        }
+    }
+
+    /// What the token carries, for [`crate::access::decide`].
+    pub fn grant(&self) -> crate::access::Grant<'_> {
+        crate::access::Grant {
+            admin_user: self.admin_user,
+            scopes: &self.scopes,
+            read_only: self.read_only,
+        }
+    }
+
+    /// The rule, for targets that need no lookup (server, metrics, gateway, account).
+    pub fn may(&self, target: crate::access::Target, action: crate::access::Action) -> Result<()> {
+        crate::access::decide(&self.grant(), target, action).map_err(denied)
+    }
+
     /// The device id leases are held under: the paired device, or one per token.
     pub fn device_id(&self) -> String {
         self.device
@@ -131,6 +182,20 @@ pub struct SessionRow {
 
 pub use jarvis_sync::handoff::ExpectedDoc;
 
+/// How a session runs: authoritative here, in the control plane, like its lease. The session
+/// document carries a copy for display only; no runner reads it from there, because any member
+/// with a socket can write the document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    pub permission_mode: Option<String>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    pub budget_micros: Option<u64>,
+    pub model: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     pub session: String,
@@ -181,16 +246,29 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
-/// A token's scope: an exact document name, or a prefix ending in `*` (`session/*`, `*`).
-pub fn scope_matches(scope: &str, document: &str) -> bool {
-    match scope.strip_suffix('*') {
-        Some(prefix) => document.starts_with(prefix),
-        None => scope == document,
+pub use crate::access::scope_matches;
+
+/// A refusal of the rule as an API error: what the caller may not know exists is not found.
+fn denied(d: crate::access::Denied) -> ControlError {
+    match d {
+        crate::access::Denied::NotFound => ControlError::NotFound("not found".into()),
+        other => ControlError::Forbidden(other.to_string()),
     }
 }
 
 fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// The server itself (the cloud runner's own connection, the scheduler): admin powers.
+pub fn system_identity() -> Identity {
+    let user = User {
+        id: ADMIN_USER.into(),
+        name: "system".into(),
+        admin: true,
+        created_ms: 0,
+    };
+    Identity::acting_for(&user, CLOUD_DEVICE)
 }
 
 pub fn now_ms() -> u64 {
@@ -211,11 +289,25 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 const PAIRING_TTL_MS: u64 = 10 * 60 * 1000;
+/// Unapproved pairings one address may have open at once.
+pub const MAX_PAIRINGS_PER_ORIGIN: i64 = 8;
 /// Unambiguous letters and digits for codes read off one screen and typed on another.
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 
+/// Per-user quotas (0: unlimited).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quotas {
+    /// Documents a user may create: workspaces (their index), sessions and workspace files
+    /// first opened for writing by them.
+    pub documents: u64,
+    /// Bytes of blobs a user may upload (each distinct blob of a workspace counted once, for
+    /// whoever uploaded it first).
+    pub blob_bytes: u64,
+}
+
 pub struct Control {
     conn: Mutex<Connection>,
+    pub quotas: Quotas,
     /// Held in memory only: the cloud runner's own sync token, valid until the process ends.
     system_token_hash: String,
 }
@@ -290,6 +382,24 @@ impl Control {
                 pending_by TEXT,
                 expect TEXT NOT NULL DEFAULT '[]'
             );
+            CREATE TABLE IF NOT EXISTS document_owners (
+                name TEXT PRIMARY KEY,
+                user_id TEXT NOT NULL,
+                created_ms INTEGER NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS document_owners_by_user ON document_owners (user_id);
+            CREATE TABLE IF NOT EXISTS blob_owners (
+                workspace TEXT NOT NULL,
+                hash TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                PRIMARY KEY (workspace, hash)
+            );
+            CREATE INDEX IF NOT EXISTS blob_owners_by_user ON blob_owners (user_id);
+            CREATE TABLE IF NOT EXISTS session_settings (
+                session TEXT PRIMARY KEY,
+                settings TEXT NOT NULL
+            );
             CREATE TABLE IF NOT EXISTS audit (
                 id INTEGER PRIMARY KEY,
                 ts_ms INTEGER NOT NULL,
@@ -312,6 +422,18 @@ impl Control {
                  ALTER TABLE tokens ADD COLUMN device_id TEXT;",
             )?;
         }
+        // A pairing passes on the approver's grant, never more.
+        let pcols: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('pairings')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if !pcols.iter().any(|c| c == "scopes") {
+            conn.execute_batch(
+                "ALTER TABLE pairings ADD COLUMN scopes TEXT;
+                 ALTER TABLE pairings ADD COLUMN read_only INTEGER NOT NULL DEFAULT 1;
+                 ALTER TABLE pairings ADD COLUMN origin TEXT NOT NULL DEFAULT '';",
+            )?;
+        }
         conn.execute(
             "INSERT OR IGNORE INTO users (id, name, admin, created_ms) VALUES (?1, 'admin', 1, ?2)",
             params![ADMIN_USER, now_ms() as i64],
@@ -324,6 +446,7 @@ impl Control {
         Ok((
             Control {
                 conn: Mutex::new(conn),
+                quotas: Quotas::default(),
                 system_token_hash: hash(&system),
             },
             system,
@@ -515,6 +638,38 @@ impl Control {
         Ok(())
     }
 
+    /// Revokes a token as `who`: admin powers revoke any; anyone else only their own tokens
+    /// whose grant lies within the caller's (a narrow token cannot revoke a wider one).
+    pub fn revoke_token_as(&self, who: &Identity, id: i64) -> Result<()> {
+        who.may(Target::Account, Action::Write)?;
+        if who.admin {
+            return self.revoke_token(id, None);
+        }
+        let t = self
+            .tokens(Some(&who.user))?
+            .into_iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| ControlError::NotFound(format!("no token with id {id}")))?;
+        self.within_caller(who, &t)?;
+        self.revoke_token(id, Some(&who.user))
+    }
+
+    fn within_caller(&self, who: &Identity, t: &TokenInfo) -> Result<()> {
+        let inner = access::Grant {
+            admin_user: who.admin_user,
+            scopes: &t.scopes,
+            read_only: t.read_only,
+        };
+        if access::within(&inner, &who.grant()) {
+            Ok(())
+        } else {
+            Err(ControlError::Forbidden(format!(
+                "token {} reaches further than this one; revoke it with a token that covers it",
+                t.id
+            )))
+        }
+    }
+
     /// Resolves a bearer token. The in-memory system token is the cloud runner itself.
     pub fn identify(&self, token: &str) -> Result<Identity> {
         if token.is_empty() {
@@ -522,15 +677,7 @@ impl Control {
         }
         let h = hash(token);
         if h == self.system_token_hash {
-            return Ok(Identity {
-                token_id: 0,
-                user: ADMIN_USER.into(),
-                user_name: "system".into(),
-                admin: true,
-                device: Some(CLOUD_DEVICE.into()),
-                read_only: false,
-                scopes: vec!["*".into()],
-            });
+            return Ok(system_identity());
         }
         let row = self
             .conn()
@@ -542,16 +689,20 @@ impl Control {
                  WHERE t.hash = ?1",
             )?
             .query_row(params![h], |r| {
+                let user = User {
+                    id: r.get(1)?,
+                    name: r.get(2)?,
+                    admin: r.get(3)?,
+                    created_ms: 0,
+                };
                 Ok((
-                    Identity {
-                        token_id: r.get(0)?,
-                        user: r.get(1)?,
-                        user_name: r.get(2)?,
-                        admin: r.get(3)?,
-                        device: r.get(4)?,
-                        read_only: r.get(5)?,
-                        scopes: r.get::<_, String>(7)?.lines().map(str::to_owned).collect(),
-                    },
+                    Identity::new(
+                        r.get(0)?,
+                        &user,
+                        r.get(4)?,
+                        r.get::<_, String>(7)?.lines().map(str::to_owned).collect(),
+                        r.get(5)?,
+                    ),
                     r.get::<_, bool>(6)?,
                     r.get::<_, Option<bool>>(8)?,
                 ))
@@ -568,7 +719,8 @@ impl Control {
     // ---- pairing and devices ----------------------------------------------------------------
 
     /// A device asks to be paired: it shows `code` to its person and polls with `device_code`.
-    pub fn start_pairing(&self, name: &str) -> Result<Pairing> {
+    /// `origin` is the caller's address (see [`crate::limits::address_key`]).
+    pub fn start_pairing(&self, name: &str, origin: &str) -> Result<Pairing> {
         if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
             return Err(ControlError::Invalid(
                 "a device name is 1 to 64 printable characters".into(),
@@ -579,10 +731,16 @@ impl Control {
             "DELETE FROM pairings WHERE expires_ms < ?1",
             params![now_ms() as i64],
         )?;
-        let pending: i64 = conn.query_row("SELECT count(*) FROM pairings", [], |r| r.get(0))?;
-        if pending > 1000 {
+        // Per address, never one count for everyone: one client filling a global table would
+        // lock every other device out of pairing.
+        let pending: i64 = conn.query_row(
+            "SELECT count(*) FROM pairings WHERE origin = ?1 AND approved_user IS NULL",
+            params![origin],
+            |r| r.get(0),
+        )?;
+        if pending >= MAX_PAIRINGS_PER_ORIGIN {
             return Err(ControlError::Conflict(
-                "too many pairings in progress; try again later".into(),
+                "too many pairings in progress from this address; finish or let one expire".into(),
             ));
         }
         let code: String = (0..8)
@@ -597,12 +755,14 @@ impl Control {
             .collect();
         let device_code = format!("jd_{}", random_hex(24));
         conn.execute(
-            "INSERT INTO pairings (code, device_code_hash, name, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO pairings (code, device_code_hash, name, expires_ms, origin)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 code,
                 hash(&device_code),
                 name,
-                (now_ms() + PAIRING_TTL_MS) as i64
+                (now_ms() + PAIRING_TTL_MS) as i64,
+                origin
             ],
         )?;
         Ok(Pairing {
@@ -615,6 +775,7 @@ impl Control {
 
     /// A signed-in person approves a code: the device becomes theirs.
     pub fn approve_pairing(&self, who: &Identity, code: &str) -> Result<String> {
+        who.may(Target::Account, Action::Write)?;
         let code = code.trim().to_ascii_uppercase();
         let code = if code.len() == 8 && !code.contains('-') {
             format!("{}-{}", &code[..4], &code[4..])
@@ -638,9 +799,12 @@ impl Control {
                 "this code was already approved".into(),
             )),
             Some((name, _, None)) => {
+                // The new device gets the approver's scopes and read-only flag: approving
+                // never hands out more than the approving token has.
                 conn.execute(
-                    "UPDATE pairings SET approved_user = ?1 WHERE code = ?2",
-                    params![who.user, code],
+                    "UPDATE pairings SET approved_user = ?1, scopes = ?3, read_only = ?4
+                     WHERE code = ?2",
+                    params![who.user, code, who.scopes.join("\n"), who.read_only],
                 )?;
                 Ok(name)
             }
@@ -650,16 +814,49 @@ impl Control {
     /// The device polls; once approved it gets its device id and token, exactly once.
     pub fn poll_pairing(&self, device_code: &str) -> Result<(Device, String)> {
         let h = hash(device_code);
-        let row: Option<(String, String, i64, Option<String>, bool)> = self
+        type Row = (
+            String,
+            String,
+            i64,
+            Option<String>,
+            bool,
+            Option<String>,
+            bool,
+        );
+        let row: Option<Row> = self
             .conn()
             .query_row(
-                "SELECT code, name, expires_ms, approved_user, issued FROM pairings
-                 WHERE device_code_hash = ?1",
+                "SELECT code, name, expires_ms, approved_user, issued, scopes, read_only
+                 FROM pairings WHERE device_code_hash = ?1",
                 params![h],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                },
             )
             .optional()?;
+        let (scopes, read_only) = match &row {
+            Some((.., Some(scopes), read_only)) => (
+                scopes.lines().map(str::to_owned).collect::<Vec<_>>(),
+                *read_only,
+            ),
+            // Approved before grants were recorded: nothing to pass on but the least.
+            _ => (Vec::new(), true),
+        };
+        let row = row.map(|(a, b, c, d, e, _, _)| (a, b, c, d, e));
         let (code, name, user) = match row {
+            Some((_, _, _, Some(_), false)) if scopes.is_empty() => {
+                return Err(ControlError::NotFound(
+                    "this pairing was approved by an older server; start it again".into(),
+                ));
+            }
             None => return Err(ControlError::NotFound("unknown device code".into())),
             Some((_, _, _, _, true)) => {
                 return Err(ControlError::Conflict(
@@ -704,8 +901,8 @@ impl Control {
             &user,
             Some(&device.id),
             &format!("device {name}"),
-            &["*".into()],
-            false,
+            &scopes,
+            read_only,
         )?;
         Ok((device, token))
     }
@@ -728,6 +925,23 @@ impl Control {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Revokes a device as `who`: admin powers revoke any; anyone else only their own devices
+    /// whose every token lies within the caller's grant.
+    pub fn revoke_device_as(&self, who: &Identity, id: &str) -> Result<()> {
+        who.may(Target::Account, Action::Write)?;
+        if who.admin {
+            return self.revoke_device(id, None);
+        }
+        for t in self
+            .tokens(Some(&who.user))?
+            .iter()
+            .filter(|t| t.device.as_deref() == Some(id) && !t.revoked)
+        {
+            self.within_caller(who, t)?;
+        }
+        self.revoke_device(id, Some(&who.user))
+    }
+
     /// Revokes a device and every token issued to it.
     pub fn revoke_device(&self, id: &str, owner: Option<&str>) -> Result<()> {
         let conn = self.conn();
@@ -747,12 +961,14 @@ impl Control {
 
     // ---- workspaces and membership ----------------------------------------------------------
 
-    fn role(&self, workspace: &str, user: &str) -> Result<Option<String>> {
-        Ok(self
+    /// `user`'s role in a workspace; None when not a member.
+    pub fn role(&self, workspace: &str, user: &str) -> Result<Option<Role>> {
+        let r: Option<String> = self
             .conn()
             .prepare_cached("SELECT role FROM members WHERE workspace = ?1 AND user_id = ?2")?
             .query_row(params![workspace, user], |r| r.get(0))
-            .optional()?)
+            .optional()?;
+        Ok(r.as_deref().and_then(Role::parse))
     }
 
     fn workspace_exists(&self, id: &str) -> Result<bool> {
@@ -764,20 +980,55 @@ impl Control {
             .is_some())
     }
 
-    /// Checks that `who` may use a workspace (an admin may use any that exists).
-    pub fn check_workspace(&self, who: &Identity, workspace: &str) -> Result<()> {
+    /// The one rule for a target inside a workspace. A workspace the caller is not a member of
+    /// (and has no admin powers over) is `NotFound`, whatever else is wrong, so ids are not
+    /// disclosed.
+    fn decide_in<'a>(
+        &self,
+        who: &Identity,
+        workspace: &str,
+        target: impl FnOnce(Option<Role>) -> Target<'a>,
+        action: Action,
+        missing: impl Fn() -> ControlError,
+    ) -> Result<Option<Role>> {
         if !self.workspace_exists(workspace)? {
-            return Err(ControlError::NotFound(format!(
-                "no workspace {workspace:?}"
-            )));
+            return Err(missing());
         }
-        if who.admin || self.role(workspace, &who.user)?.is_some() {
-            return Ok(());
+        let role = self.role(workspace, &who.user)?;
+        if role.is_none() && !who.admin {
+            return Err(missing());
         }
-        // The same answer as for a workspace that does not exist: ids are not disclosed.
-        Err(ControlError::NotFound(format!(
-            "no workspace {workspace:?}"
-        )))
+        access::decide(&who.grant(), target(role), action).map_err(|d| match d {
+            access::Denied::NotFound => missing(),
+            other => ControlError::Forbidden(other.to_string()),
+        })?;
+        Ok(role)
+    }
+
+    /// Checks that `who` may `action` a workspace as a whole (its listing, members, agents,
+    /// configuration); returns the caller's role.
+    pub fn check_workspace_for(
+        &self,
+        who: &Identity,
+        workspace: &str,
+        action: Action,
+    ) -> Result<Option<Role>> {
+        self.decide_in(
+            who,
+            workspace,
+            |role| Target::Workspace {
+                id: workspace,
+                role,
+            },
+            action,
+            || ControlError::NotFound(format!("no workspace {workspace:?}")),
+        )
+    }
+
+    /// Checks that `who` may read a workspace as a whole.
+    pub fn check_workspace(&self, who: &Identity, workspace: &str) -> Result<()> {
+        self.check_workspace_for(who, workspace, Action::Read)
+            .map(|_| ())
     }
 
     /// Creates a workspace owned by `who`, or returns it if it exists and `who` may use it.
@@ -790,6 +1041,11 @@ impl Control {
         if who.read_only {
             return Err(ControlError::Forbidden("read-only token".into()));
         }
+        if !access::covers(&who.scopes, &format!("ws/{id}/*")) {
+            return Err(ControlError::Forbidden(format!(
+                "the token's scopes do not cover ws/{id}/*"
+            )));
+        }
         {
             let conn = self.conn();
             let created = conn.execute(
@@ -801,6 +1057,16 @@ impl Control {
                     "INSERT INTO members (workspace, user_id, role) VALUES (?1, ?2, 'owner')",
                     params![id, who.user],
                 )?;
+            }
+            if created > 0 {
+                drop(conn);
+                if let Err(e) = self.charge_document(who, &format!("ws/{id}/index")) {
+                    // Over quota: the workspace is not kept.
+                    let conn = self.conn();
+                    conn.execute("DELETE FROM members WHERE workspace = ?1", params![id])?;
+                    conn.execute("DELETE FROM workspaces WHERE id = ?1", params![id])?;
+                    return Err(e);
+                }
             }
         }
         self.check_workspace(who, id)
@@ -816,6 +1082,7 @@ impl Control {
             .ok_or_else(|| ControlError::NotFound(format!("no workspace {id:?}")))
     }
 
+    /// Workspaces whose index the caller may read.
     pub fn workspaces(&self, who: &Identity) -> Result<Vec<Workspace>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
@@ -832,10 +1099,33 @@ impl Control {
                 created_ms: r.get(4)?,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let all: Vec<Workspace> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(all
+            .into_iter()
+            .map(|mut w| {
+                // Stored before viewers existed as `member`: shown as what it means.
+                if let Some(r) = Role::parse(&w.role) {
+                    w.role = r.as_str().to_owned();
+                }
+                w
+            })
+            .filter(|w| {
+                let index = format!("ws/{}/index", w.id);
+                access::decide(
+                    &who.grant(),
+                    Target::Document {
+                        name: &index,
+                        role: Role::parse(&w.role),
+                    },
+                    Action::Read,
+                )
+                .is_ok()
+            })
+            .collect())
     }
 
-    /// Adds (or removes, with `role` None) a member; only the owner or an admin may.
+    /// Adds, changes (`role` owner, editor or viewer) or removes (`role` None) a member; only
+    /// an owner (or admin powers) may, with a token that covers the whole workspace.
     pub fn set_member(
         &self,
         who: &Identity,
@@ -843,28 +1133,27 @@ impl Control {
         user: &str,
         role: Option<&str>,
     ) -> Result<()> {
-        self.check_workspace(who, workspace)?;
-        if !who.admin && self.role(workspace, &who.user)?.as_deref() != Some("owner") {
-            return Err(ControlError::Forbidden(
-                "only the workspace's owner can change its members".into(),
-            ));
-        }
+        self.check_workspace_for(who, workspace, Action::Manage)
+            .map_err(|e| match e {
+                ControlError::Forbidden(m) => ControlError::Forbidden(format!(
+                    "only the workspace's owner can change its members: {m}"
+                )),
+                other => other,
+            })?;
         let target = self
             .user_by_name(user)?
             .ok_or_else(|| ControlError::NotFound(format!("no user {user:?}")))?;
         let conn = self.conn();
         match role {
-            Some(r) if ["owner", "member"].contains(&r) => {
+            Some(r) => {
+                let role = Role::parse(r).ok_or_else(|| {
+                    ControlError::Invalid(format!("role {r:?}: use owner, editor or viewer"))
+                })?;
                 conn.execute(
                     "INSERT INTO members (workspace, user_id, role) VALUES (?1, ?2, ?3)
                      ON CONFLICT (workspace, user_id) DO UPDATE SET role = excluded.role",
-                    params![workspace, target.id, r],
+                    params![workspace, target.id, role.as_str()],
                 )?;
-            }
-            Some(r) => {
-                return Err(ControlError::Invalid(format!(
-                    "role {r:?}: use owner or member"
-                )));
             }
             None => {
                 conn.execute(
@@ -898,15 +1187,32 @@ impl Control {
 
     /// The session, if `who` may see it; otherwise `NotFound` (ids are not disclosed).
     pub fn check_session(&self, who: &Identity, id: &str) -> Result<SessionRow> {
-        let row = self
-            .session(id)?
-            .ok_or_else(|| ControlError::NotFound(format!("no session {id:?}")))?;
-        self.check_workspace(who, &row.workspace)
-            .map_err(|_| ControlError::NotFound(format!("no session {id:?}")))?;
+        self.check_session_for(who, id, Action::Read)
+    }
+
+    /// The session, if `who` may `action` it (read it, or write to it: messages, answers,
+    /// handoffs, leases).
+    pub fn check_session_for(
+        &self,
+        who: &Identity,
+        id: &str,
+        action: Action,
+    ) -> Result<SessionRow> {
+        let missing = || ControlError::NotFound(format!("no session {id:?}"));
+        let row = self.session(id)?.ok_or_else(missing)?;
+        let name = format!("session/{id}");
+        self.decide_in(
+            who,
+            &row.workspace,
+            |role| Target::Document { name: &name, role },
+            action,
+            missing,
+        )?;
         Ok(row)
     }
 
-    /// Registers a session in a workspace (idempotent for the same workspace).
+    /// Registers a session in a workspace (idempotent for the same workspace): the caller must
+    /// be able to write the session's document there.
     pub fn register_session(
         &self,
         who: &Identity,
@@ -920,8 +1226,33 @@ impl Control {
         if who.read_only {
             return Err(ControlError::Forbidden("read-only token".into()));
         }
-        self.check_workspace(who, workspace)?;
-        let created = self.conn().execute(
+        if self.session(id)?.is_some() {
+            // Someone else's session is taken without saying whose.
+            let row = self
+                .check_session_for(who, id, Action::Write)
+                .map_err(|e| match e {
+                    ControlError::NotFound(_) => {
+                        ControlError::NotFound(format!("no session {id:?}"))
+                    }
+                    other => other,
+                })?;
+            if row.workspace != workspace {
+                return Err(ControlError::Conflict(format!(
+                    "session {id:?} belongs to another workspace"
+                )));
+            }
+            return Ok(row);
+        }
+        let name = format!("session/{id}");
+        self.decide_in(
+            who,
+            workspace,
+            |role| Target::Document { name: &name, role },
+            Action::Write,
+            || ControlError::NotFound(format!("no workspace {workspace:?}")),
+        )?;
+        self.charge_document(who, &name)?;
+        self.conn().execute(
             "INSERT OR IGNORE INTO sessions (id, workspace, owner, title, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id, workspace, who.user, title, now_ms() as i64],
@@ -929,7 +1260,7 @@ impl Control {
         let row = self
             .check_session(who, id)
             .map_err(|_| ControlError::Conflict(format!("session id {id:?} is taken")))?;
-        if created == 0 && row.workspace != workspace {
+        if row.workspace != workspace {
             return Err(ControlError::Conflict(format!(
                 "session {id:?} belongs to another workspace"
             )));
@@ -940,22 +1271,147 @@ impl Control {
     pub fn sessions(&self, who: &Identity, workspace: Option<&str>) -> Result<Vec<SessionRow>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT s.id, s.workspace, s.owner, s.title, s.created_ms FROM sessions s
+            "SELECT s.id, s.workspace, s.owner, s.title, s.created_ms, m.role FROM sessions s
+             LEFT JOIN members m ON m.workspace = s.workspace AND m.user_id = ?2
              WHERE (?1 IS NULL OR s.workspace = ?1)
-               AND (?3 OR EXISTS (SELECT 1 FROM members m
-                                  WHERE m.workspace = s.workspace AND m.user_id = ?2))
+               AND (?3 OR m.user_id IS NOT NULL)
              ORDER BY s.created_ms DESC",
         )?;
         let rows = stmt.query_map(params![workspace, who.user, who.admin], |r| {
-            Ok(SessionRow {
-                id: r.get(0)?,
-                workspace: r.get(1)?,
-                owner: r.get(2)?,
-                title: r.get(3)?,
-                created_ms: r.get(4)?,
-            })
+            Ok((
+                SessionRow {
+                    id: r.get(0)?,
+                    workspace: r.get(1)?,
+                    owner: r.get(2)?,
+                    title: r.get(3)?,
+                    created_ms: r.get(4)?,
+                },
+                r.get::<_, Option<String>>(5)?,
+            ))
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let all: Vec<(SessionRow, Option<String>)> = rows.collect::<rusqlite::Result<_>>()?;
+        // The same rule as for one session: a token scoped to some sessions lists those.
+        Ok(all
+            .into_iter()
+            .filter(|(row, role)| {
+                let name = format!("session/{}", row.id);
+                access::decide(
+                    &who.grant(),
+                    Target::Document {
+                        name: &name,
+                        role: role.as_deref().and_then(Role::parse),
+                    },
+                    Action::Read,
+                )
+                .is_ok()
+            })
+            .map(|(row, _)| row)
+            .collect())
+    }
+
+    // ---- quotas -------------------------------------------------------------------------------
+
+    /// Charges a document to `who` the first time it is seen (later openers are not charged);
+    /// refused once the user's quota is reached. The server itself is never charged.
+    pub fn charge_document(&self, who: &Identity, name: &str) -> Result<()> {
+        if who.token_id == 0 || self.quotas.documents == 0 {
+            return Ok(());
+        }
+        let conn = self.conn();
+        let known = conn
+            .prepare_cached("SELECT 1 FROM document_owners WHERE name = ?1")?
+            .query_row(params![name], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if known {
+            return Ok(());
+        }
+        let used: i64 = conn
+            .prepare_cached("SELECT count(*) FROM document_owners WHERE user_id = ?1")?
+            .query_row(params![who.user], |r| r.get(0))?;
+        if used as u64 >= self.quotas.documents {
+            return Err(ControlError::Forbidden(format!(
+                "document quota reached: {} documents per user",
+                self.quotas.documents
+            )));
+        }
+        conn.execute(
+            "INSERT OR IGNORE INTO document_owners (name, user_id, created_ms) VALUES (?1, ?2, ?3)",
+            params![name, who.user, now_ms() as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Bytes `who` may still upload as new blobs (None: no quota), and whether this blob is
+    /// already charged (then it costs nothing).
+    pub fn blob_allowance(
+        &self,
+        who: &Identity,
+        workspace: &str,
+        hash: &str,
+    ) -> Result<Option<u64>> {
+        if who.token_id == 0 || self.quotas.blob_bytes == 0 {
+            return Ok(None);
+        }
+        let conn = self.conn();
+        let known = conn
+            .prepare_cached("SELECT 1 FROM blob_owners WHERE workspace = ?1 AND hash = ?2")?
+            .query_row(params![workspace, hash], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if known {
+            return Ok(None);
+        }
+        let used: i64 = conn
+            .prepare_cached("SELECT coalesce(sum(size), 0) FROM blob_owners WHERE user_id = ?1")?
+            .query_row(params![who.user], |r| r.get(0))?;
+        Ok(Some(
+            self.quotas.blob_bytes.saturating_sub(used.max(0) as u64),
+        ))
+    }
+
+    /// Records a stored blob against whoever uploaded it first.
+    pub fn record_blob(
+        &self,
+        who: &Identity,
+        workspace: &str,
+        hash: &str,
+        size: u64,
+    ) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO blob_owners (workspace, hash, user_id, size) VALUES (?1, ?2, ?3, ?4)",
+            params![workspace, hash, who.user, size as i64],
+        )?;
+        Ok(())
+    }
+
+    // ---- run settings -----------------------------------------------------------------------
+
+    /// Records a session's run settings once, when it is created; false if it had some (they
+    /// are never rewritten: a later `start_session` with the same id cannot change them).
+    pub fn init_run_settings(&self, session: &str, settings: &RunSettings) -> Result<bool> {
+        let json = serde_json::to_string(settings)
+            .map_err(|e| ControlError::Invalid(format!("run settings: {e}")))?;
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO session_settings (session, settings) VALUES (?1, ?2)",
+            params![session, json],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// The authoritative run settings of a session (None: none were recorded; the runner
+    /// then uses the safest defaults, never the session document's copy).
+    pub fn run_settings(&self, session: &str) -> Result<Option<RunSettings>> {
+        let json: Option<String> = self
+            .conn()
+            .prepare_cached("SELECT settings FROM session_settings WHERE session = ?1")?
+            .query_row(params![session], |r| r.get(0))
+            .optional()?;
+        json.map(|j| {
+            serde_json::from_str(&j)
+                .map_err(|e| ControlError::Invalid(format!("stored run settings: {e}")))
+        })
+        .transpose()
     }
 
     // ---- leases -----------------------------------------------------------------------------
@@ -1204,46 +1660,64 @@ impl Control {
             .collect()
     }
 
-    /// Document-level access, shared by the sync socket and the HTTP API.
+    /// Document-level access for the sync socket and the blob routes, by the one rule:
+    /// read-write where the caller may write the document, read-only where it may only read.
     pub fn document_access(&self, who: &Identity, document: &str) -> Result<Access> {
-        if !who.scope_allows(document) {
-            return Err(ControlError::Forbidden(format!(
-                "token has no access to {document}"
-            )));
-        }
-        let access = if who.read_only {
-            Access::ReadOnly
-        } else {
-            Access::ReadWrite
-        };
-        // An admin may open any document its scopes allow, registered or not (tools, tests,
-        // the cloud runner itself).
-        if who.admin {
-            return Ok(access);
-        }
         let name = jarvis_sync::doc::DocName::parse(document)
             .map_err(|e| ControlError::Invalid(e.to_string()))?;
-        if let Some(s) = name.session_id() {
-            self.check_session(who, s)?;
+        let grant = who.grant();
+        // The workspace the document belongs to, if the server knows one.
+        let workspace = if let Some(s) = name.session_id() {
+            self.session(s)?.map(|row| row.workspace)
         } else if let Some(w) = name.workspace() {
-            self.check_workspace(who, w)?;
+            self.workspace_exists(w)?.then(|| w.to_owned())
         } else {
             return Err(ControlError::Forbidden(format!("no access to {document}")));
+        };
+        let target = match &workspace {
+            Some(w) => Target::Document {
+                name: document,
+                role: self.role(w, &who.user)?,
+            },
+            None => Target::Unowned { name: document },
+        };
+        let refused = |d: access::Denied| match d {
+            access::Denied::NotFound => match name.session_id() {
+                Some(s) if workspace.is_none() => {
+                    ControlError::Forbidden(format!("no session {s:?}"))
+                }
+                _ => ControlError::Forbidden(format!("no access to {document}")),
+            },
+            access::Denied::Scope(_) => {
+                ControlError::Forbidden(format!("token has no access to {document}"))
+            }
+            other => ControlError::Forbidden(other.to_string()),
+        };
+        if access::decide(&grant, target, Action::Write).is_ok() {
+            return Ok(Access::ReadWrite);
         }
-        Ok(access)
+        access::decide(&grant, target, Action::Read).map_err(refused)?;
+        Ok(Access::ReadOnly)
     }
 }
 
 impl Authorizer for Control {
     fn authorize(&self, token: &str, document: &str) -> Result<Access, String> {
-        let who = self.identify(token).map_err(|e| e.to_string())?;
-        self.document_access(&who, document).map_err(|e| match e {
+        let unavailable = |e: ControlError| match e {
             ControlError::Db(e) => {
                 tracing::error!(error = %e, "access check failed");
                 "access check unavailable".to_owned()
             }
             other => other.to_string(),
-        })
+        };
+        let who = self.identify(token).map_err(|e| e.to_string())?;
+        let access = self.document_access(&who, document).map_err(unavailable)?;
+        // A workspace file opened for writing may be a new document: charged to its first
+        // writer, within their quota.
+        if access == Access::ReadWrite && document.contains("/file/") {
+            self.charge_document(&who, document).map_err(unavailable)?;
+        }
+        Ok(access)
     }
 }
 
@@ -1267,8 +1741,14 @@ mod tests {
         let ro = c
             .create_token(ADMIN_USER, None, "b", &["ws/w1/*".into()], true)
             .unwrap();
+        let full = c
+            .create_token(ADMIN_USER, None, "full", &["*".into()], false)
+            .unwrap();
+        let full = c.identify(&full).unwrap();
         let admin = c.identify(&rw).unwrap();
-        c.ensure_workspace(&admin, "w1", "").unwrap();
+        // A scoped token creates no workspace outside its scopes.
+        assert!(c.ensure_workspace(&admin, "w1", "").is_err());
+        c.ensure_workspace(&full, "w1", "").unwrap();
         let who = c.identify(&ro).unwrap();
         assert!(who.read_only);
         c.register_session(&admin, "s1", "w1", "t").unwrap();
@@ -1327,6 +1807,169 @@ mod tests {
     }
 
     #[test]
+    fn viewers_read_editors_write_owners_manage() {
+        let (_d, c) = open();
+        let o = c.create_user("olga", false).unwrap();
+        let e = c.create_user("ed", false).unwrap();
+        let v = c.create_user("vic", false).unwrap();
+        let tok = |u: &User| {
+            c.identify(
+                &c.create_token(&u.id, None, "t", &["*".into()], false)
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        let (io, ie, iv) = (tok(&o), tok(&e), tok(&v));
+        c.ensure_workspace(&io, "w", "").unwrap();
+        c.set_member(&io, "w", "ed", Some("editor")).unwrap();
+        c.set_member(&io, "w", "vic", Some("viewer")).unwrap();
+        c.register_session(&io, "s", "w", "t").unwrap();
+        assert_eq!(
+            c.document_access(&iv, "session/s").unwrap(),
+            Access::ReadOnly
+        );
+        assert_eq!(
+            c.document_access(&iv, "ws/w/index").unwrap(),
+            Access::ReadOnly
+        );
+        assert_eq!(
+            c.document_access(&ie, "ws/w/index").unwrap(),
+            Access::ReadWrite
+        );
+        assert!(c.check_session_for(&iv, "s", Action::Write).is_err());
+        assert!(c.check_session_for(&ie, "s", Action::Write).is_ok());
+        assert!(c.register_session(&iv, "s2", "w", "t").is_err());
+        // Neither an editor nor a viewer changes members (or promotes themselves).
+        assert!(c.set_member(&ie, "w", "ed", Some("owner")).is_err());
+        assert!(c.set_member(&iv, "w", "vic", Some("editor")).is_err());
+        assert!(c.set_member(&io, "w", "vic", Some("admin")).is_err());
+        // A read-only token of the owner manages nothing.
+        let ro = c
+            .identify(
+                &c.create_token(&o.id, None, "ro", &["*".into()], true)
+                    .unwrap(),
+            )
+            .unwrap();
+        assert!(c.set_member(&ro, "w", "vic", None).is_err());
+        assert_eq!(
+            c.document_access(&ro, "ws/w/index").unwrap(),
+            Access::ReadOnly
+        );
+    }
+
+    #[test]
+    fn admin_powers_need_the_full_writable_token() {
+        let (_d, c) = open();
+        let narrow = c
+            .identify(
+                &c.create_token(ADMIN_USER, None, "n", &["ws/team/*".into()], true)
+                    .unwrap(),
+            )
+            .unwrap();
+        assert!(narrow.admin_user && !narrow.admin);
+        let other = c.create_user("bob", false).unwrap();
+        let tb = c
+            .identify(
+                &c.create_token(&other.id, None, "b", &["*".into()], false)
+                    .unwrap(),
+            )
+            .unwrap();
+        c.ensure_workspace(&tb, "bobs", "").unwrap();
+        assert!(c.document_access(&narrow, "ws/bobs/index").is_err());
+        assert!(c.workspaces(&narrow).unwrap().is_empty());
+        // Its revocation power is its own account's, within its own grant.
+        let full = c.tokens(Some(ADMIN_USER)).unwrap();
+        assert!(full.is_empty() || c.revoke_token_as(&narrow, full[0].id).is_err());
+        assert!(c.revoke_token_as(&narrow, tb.token_id).is_err());
+    }
+
+    #[test]
+    fn a_paired_device_gets_at_most_the_approvers_grant() {
+        let (_d, c) = open();
+        let a = c.create_user("alice", false).unwrap();
+        let narrow = c
+            .identify(
+                &c.create_token(&a.id, None, "n", &["session/s1".into()], false)
+                    .unwrap(),
+            )
+            .unwrap();
+        let p = c.start_pairing("phone", "10.0.0.1").unwrap();
+        c.approve_pairing(&narrow, &p.code).unwrap();
+        let (_, token) = c.poll_pairing(&p.device_code).unwrap();
+        let dev = c.identify(&token).unwrap();
+        assert_eq!(dev.scopes, vec!["session/s1".to_owned()]);
+        let ro = c
+            .identify(
+                &c.create_token(&a.id, None, "r", &["*".into()], true)
+                    .unwrap(),
+            )
+            .unwrap();
+        let p = c.start_pairing("tablet", "10.0.0.1").unwrap();
+        assert!(c.approve_pairing(&ro, &p.code).is_err());
+    }
+
+    #[test]
+    fn pending_pairings_are_capped_per_address() {
+        let (_d, c) = open();
+        for _ in 0..MAX_PAIRINGS_PER_ORIGIN {
+            c.start_pairing("x", "10.0.0.1").unwrap();
+        }
+        assert!(c.start_pairing("x", "10.0.0.1").is_err());
+        assert!(c.start_pairing("x", "10.0.0.2").is_ok());
+    }
+
+    #[test]
+    fn documents_and_blobs_are_charged_to_their_first_writer_within_a_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut c, _) = Control::open(&dir.path().join("c.db")).unwrap();
+        c.quotas = Quotas {
+            documents: 3,
+            blob_bytes: 100,
+        };
+        let a = c.create_user("alice", false).unwrap();
+        let b = c.create_user("bob", false).unwrap();
+        let ta = c
+            .create_token(&a.id, None, "a", &["*".into()], false)
+            .unwrap();
+        let tb = c
+            .create_token(&b.id, None, "b", &["*".into()], false)
+            .unwrap();
+        let (ia, ib) = (c.identify(&ta).unwrap(), c.identify(&tb).unwrap());
+        c.ensure_workspace(&ia, "w", "").unwrap();
+        c.set_member(&ia, "w", "bob", Some("editor")).unwrap();
+        c.register_session(&ia, "s", "w", "").unwrap();
+        assert!(c.authorize(&ta, "ws/w/file/f1").is_ok());
+        // The fourth document is over alice's quota; bob opening alice's costs bob nothing.
+        assert!(c.authorize(&ta, "ws/w/file/f2").is_err());
+        assert!(c.authorize(&ta, "ws/w/file/f1").is_ok());
+        assert!(c.authorize(&tb, "ws/w/file/f1").is_ok());
+        assert!(c.authorize(&tb, "ws/w/file/f2").is_ok());
+        assert!(c.ensure_workspace(&ia, "w2", "").is_err());
+        assert!(c.workspaces(&ia).unwrap().iter().all(|w| w.id != "w2"));
+        assert_eq!(c.blob_allowance(&ia, "w", "h1").unwrap(), Some(100));
+        c.record_blob(&ia, "w", "h1", 60).unwrap();
+        assert_eq!(c.blob_allowance(&ia, "w", "h2").unwrap(), Some(40));
+        assert_eq!(c.blob_allowance(&ib, "w", "h1").unwrap(), None);
+    }
+
+    #[test]
+    fn run_settings_are_written_once() {
+        let (_d, c) = open();
+        let first = RunSettings {
+            permission_mode: Some("plan".into()),
+            ..Default::default()
+        };
+        assert!(c.init_run_settings("s", &first).unwrap());
+        let second = RunSettings {
+            permission_mode: Some("allow-all".into()),
+            ..Default::default()
+        };
+        assert!(!c.init_run_settings("s", &second).unwrap());
+        assert_eq!(c.run_settings("s").unwrap(), Some(first));
+        assert_eq!(c.run_settings("t").unwrap(), None);
+    }
+
+    #[test]
     fn pairing_issues_one_device_token() {
         let (_d, c) = open();
         let a = c.create_user("alice", false).unwrap();
@@ -1334,7 +1977,7 @@ mod tests {
             .create_token(&a.id, None, "a", &["*".into()], false)
             .unwrap();
         let ia = c.identify(&ta).unwrap();
-        let p = c.start_pairing("laptop").unwrap();
+        let p = c.start_pairing("laptop", "10.0.0.1").unwrap();
         assert!(matches!(
             c.poll_pairing(&p.device_code),
             Err(ControlError::Pending(_))

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -34,6 +34,7 @@ use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::access::{Action, Target};
 use crate::api::RateLimiter;
 use crate::control::{Control, ControlError, Identity, now_ms};
 
@@ -432,13 +433,15 @@ impl Gateway {
                 )
             })?;
         let who = self.control.identify(token)?;
-        if who.read_only {
-            return Err(GatewayError::new(
+        // The one rule: writable, and a scope that covers the gateway (`gateway` or `*`); a
+        // token scoped to one session cannot spend the team's model budget.
+        who.may(Target::Gateway, Action::Write).map_err(|e| {
+            GatewayError::new(
                 StatusCode::FORBIDDEN,
                 "permission_error",
-                "a read-only token cannot make model requests",
-            ));
-        }
+                format!("this token may not use the gateway: {e}"),
+            )
+        })?;
         if let Err(wait) = self.limiter.check(who.user.clone()) {
             let mut e = GatewayError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -463,31 +466,47 @@ impl Gateway {
 }
 
 pub fn router(gw: Arc<Gateway>) -> Router {
-    let limit = gw.max_body;
     Router::new()
         .route("/v1/messages", post(messages))
         .route("/v1/messages/count_tokens", post(count_tokens))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(gw)
+}
+
+/// The caller is admitted from the headers first; only then is the body read (within the
+/// size limit and the idle timeout), so an anonymous client cannot make the server buffer.
+async fn admit_then_read(
+    gw: &Gateway,
+    req: axum::extract::Request,
+) -> Result<(Identity, Uri, HeaderMap, Bytes), GatewayError> {
+    let limits = crate::limits::of(req.extensions());
+    let (parts, body) = req.into_parts();
+    let who = gw.admit(&parts.headers)?;
+    let body = crate::limits::read_body(&parts.headers, body, gw.max_body, limits.body_idle)
+        .await
+        .map_err(|e| {
+            let kind = if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+                "request_too_large"
+            } else {
+                "invalid_request_error"
+            };
+            GatewayError::new(e.status, kind, e.message)
+        })?;
+    Ok((who, parts.uri, parts.headers, body))
 }
 
 async fn messages(
     State(gw): State<Arc<Gateway>>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    req: axum::extract::Request,
 ) -> Result<Response, GatewayError> {
-    let who = gw.admit(&headers)?;
+    let (who, uri, headers, body) = admit_then_read(&gw, req).await?;
     forward(&gw, &who, Endpoint::Messages, &uri, &headers, body).await
 }
 
 async fn count_tokens(
     State(gw): State<Arc<Gateway>>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    req: axum::extract::Request,
 ) -> Result<Response, GatewayError> {
-    let who = gw.admit(&headers)?;
+    let (who, uri, headers, body) = admit_then_read(&gw, req).await?;
     forward(&gw, &who, Endpoint::CountTokens, &uri, &headers, body).await
 }
 

@@ -2,11 +2,14 @@
 //! `jarvis-cloud` command line. The sync logic itself lives in `jarvis_sync`; this crate owns
 //! sockets, processes and configuration.
 
+pub mod access;
 pub mod agents;
 pub mod api;
+pub mod approvals;
 pub mod blobs;
 pub mod control;
 pub mod gateway;
+pub mod limits;
 pub mod runner;
 pub mod schedule;
 pub mod secrets;

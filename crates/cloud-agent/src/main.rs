@@ -88,7 +88,9 @@ enum UpdateCommand {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Create a token; prints it once, on the last line.
+    /// Create a token; prints what it can do, then the token once, on the last line. Only the
+    /// admin user's `--scope '*'` without `--read-only` has admin powers; `--scope gateway`
+    /// makes a token for the LLM gateway alone.
     Create {
         #[arg(long, env = "JARVIS_DATA_DIR", default_value = "./jarvis-data")]
         data_dir: std::path::PathBuf,
@@ -167,6 +169,19 @@ fn main() -> Result<()> {
                     None => ADMIN_USER.to_owned(),
                 };
                 let token = c.create_token(&user, None, &label, &scopes, read_only)?;
+                // What this recipe can do, before the token itself (scripts read the last
+                // line): no token's power is a surprise.
+                let who = c.identify(&token)?;
+                println!(
+                    "token for user {} ({}), scopes {}{}:",
+                    who.user_name,
+                    who.user,
+                    who.scopes.join(", "),
+                    if who.read_only { ", read-only" } else { "" }
+                );
+                for line in jarvis_cloud::access::describe(&who.grant()) {
+                    println!("  - {line}");
+                }
                 println!("{token}");
                 Ok(())
             }

@@ -423,15 +423,25 @@ impl Cloud {
                 return Outcome::Failed(e.clone());
             }
         };
-        let meta = doc.meta();
-        let model = if meta.model.is_empty() {
-            self.config.default_model.clone()
-        } else {
-            meta.model.clone()
+        // The run settings come from the control plane, never from the session document:
+        // any member's socket can write the document. A session that has none recorded (made
+        // on a device and handed here) runs with the safest: ask for everything.
+        let settings = match self.control.run_settings(session) {
+            Ok(s) => s.unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(%session, error = %e, "reading the run settings failed");
+                return Outcome::Failed(format!("reading the run settings: {e}"));
+            }
         };
-        let mode = doc
-            .setting("permission_mode")
-            .and_then(|m| Mode::parse(&m))
+        let model = settings
+            .model
+            .clone()
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| self.config.default_model.clone());
+        let mode = settings
+            .permission_mode
+            .as_deref()
+            .and_then(Mode::parse)
             .unwrap_or(Mode::Ask);
         // Said in the session itself, so whoever reads it sees how its commands run.
         let sandbox = self.config.sandbox.describe();
@@ -442,17 +452,20 @@ impl Cloud {
             return self.fail_run(doc, why);
         }
         let mut permissions = Permissions::new(mode);
-        for (key, list) in [
-            ("allow", &mut permissions.allow),
-            ("deny", &mut permissions.deny),
-        ] {
-            for r in doc.setting(key).unwrap_or_default().lines() {
-                match Rule::parse(r) {
-                    Ok(rule) => list.push(rule),
-                    Err(e) => {
-                        tracing::warn!(%session, rule = r, error = %e, "skipping a malformed rule")
-                    }
+        for r in &settings.allow {
+            match Rule::parse(r) {
+                Ok(rule) => permissions.allow.push(rule),
+                // An allow rule skipped only asks more.
+                Err(e) => {
+                    tracing::warn!(%session, rule = r, error = %e, "skipping a malformed allow rule")
                 }
+            }
+        }
+        for r in &settings.deny {
+            match Rule::parse(r) {
+                Ok(rule) => permissions.deny.push(rule),
+                // A deny rule skipped would allow what it was meant to refuse: fail closed.
+                Err(e) => return Outcome::Failed(format!("malformed deny rule {r:?}: {e}")),
             }
         }
         let mut tools = ToolBox::new(mirror.root());
@@ -489,7 +502,7 @@ impl Cloud {
             permissions.mode,
         );
         let mut config = RunnerConfig::new(&model, CLOUD_DEVICE);
-        config.budget_micros = doc.setting("budget_micros").and_then(|b| b.parse().ok());
+        config.budget_micros = settings.budget_micros;
         let mut runner = Runner::new(doc.clone(), provider.as_ref(), tools, permissions, config)
             .with_context(setup.context.clone())
             .with_hooks(hooks)

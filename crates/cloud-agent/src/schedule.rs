@@ -44,9 +44,11 @@ use sha2::Digest;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Action;
 use crate::agents::{self, AgentDef, Missed, Trigger};
 use crate::api::{Api, ApiError, Body, Caller, NewSession};
-use crate::control::{ADMIN_USER, CLOUD_DEVICE, ControlError, Identity};
+use crate::control::{CLOUD_DEVICE, ControlError, Identity};
+use crate::limits::ClientAddr;
 
 /// The scheduler's time, in milliseconds since the epoch.
 pub trait Clock: Send + Sync {
@@ -132,10 +134,6 @@ pub struct AgentArgs {
     /// Quiet time after a file change before a files-triggered run starts, in milliseconds.
     #[arg(long, env = "JARVIS_AGENTS_FILE_DEBOUNCE_MS", default_value_t = 2000)]
     pub agents_file_debounce_ms: u64,
-    /// Secret for `POST /webhooks/agents/{workspace}/{name}` (X-Hub-Signature-256); without
-    /// it that endpoint answers 404 (the authenticated API can still trigger runs).
-    #[arg(long, env = "JARVIS_AGENTS_WEBHOOK_SECRET", hide_env_values = true)]
-    pub agents_webhook_secret: Option<String>,
     /// Read the scheduler's time from this file (milliseconds since the epoch); for tests.
     #[arg(long, env = "JARVIS_CLOCK_FILE", hide = true)]
     pub clock_file: Option<PathBuf>,
@@ -147,10 +145,6 @@ impl std::fmt::Debug for AgentArgs {
             .field("max_concurrent", &self.agents_max_concurrent)
             .field("user_daily_budget_usd", &self.agents_user_daily_budget_usd)
             .field("catch_up_s", &self.agents_catch_up_s)
-            .field(
-                "webhook_secret",
-                &self.agents_webhook_secret.as_ref().map(|_| "…"),
-            )
             .finish_non_exhaustive()
     }
 }
@@ -271,17 +265,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn system_identity() -> Identity {
-    Identity {
-        token_id: 0,
-        user: ADMIN_USER.into(),
-        user_name: "system".into(),
-        admin: true,
-        device: Some(CLOUD_DEVICE.into()),
-        read_only: false,
-        scopes: vec!["*".into()],
-    }
-}
+use crate::control::system_identity;
 
 fn day_start(ms: u64) -> u64 {
     ms - ms % 86_400_000
@@ -316,7 +300,12 @@ impl Agents {
                 note TEXT NOT NULL DEFAULT '',
                 UNIQUE (agent, scheduled_ms)
             );
-            CREATE INDEX IF NOT EXISTS agent_runs_by_status ON agent_runs (status);",
+            CREATE INDEX IF NOT EXISTS agent_runs_by_status ON agent_runs (status);
+            CREATE TABLE IF NOT EXISTS agent_webhook_secrets (
+                agent TEXT PRIMARY KEY,
+                secret TEXT NOT NULL,
+                created_ms INTEGER NOT NULL
+            );",
         )
         .context("creating the agent tables")?;
         let clock: Arc<dyn Clock> = match &args.clock_file {
@@ -497,8 +486,24 @@ async fn reload(api: &Api) {
     };
     let mut defs = HashMap::new();
     for w in workspaces {
-        for (name, def) in agents::load(&api.hub, &w.id).await {
-            match def {
+        // Review checkouts hold a stranger's files: nothing in them ever runs.
+        match api.approvals.untrusted(&w.id) {
+            Ok(false) => {}
+            Ok(true) => continue,
+            Err(e) => {
+                tracing::error!(workspace = %w.id, error = %e, "checking a workspace's trust failed; skipping it");
+                continue;
+            }
+        }
+        for d in agents::load_hashed(&api.hub, &w.id).await {
+            let name = d.name.clone();
+            if !approved(api, &w.id, &d) {
+                if d.def.is_ok() {
+                    tracing::info!(workspace = %w.id, agent = %name, "agent waits for an owner's approval");
+                }
+                continue;
+            }
+            match d.def {
                 Ok(def) => {
                     if matches!(def.trigger, Trigger::Files { .. })
                         && let Err(e) = watch(api, &w.id).await
@@ -520,6 +525,40 @@ async fn reload(api: &Api) {
         }
     }
     *lock(&agents.defs) = defs;
+}
+
+/// Whether this exact definition may run: an owner wrote or approved its content.
+fn approved(api: &Api, workspace: &str, d: &agents::Hashed) -> bool {
+    let Some(hash) = &d.hash else { return false };
+    match api.approvals.is_approved(workspace, "agent", &d.path, hash) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(%workspace, agent = %d.name, error = %e, "checking an approval failed");
+            false
+        }
+    }
+}
+
+/// The approved definition of one agent, for a run started by request: missing, invalid and
+/// unapproved are refused.
+async fn approved_def(api: &Api, workspace: &str, name: &str) -> Result<AgentDef, ApiError> {
+    let d = agents::load_hashed(&api.hub, workspace)
+        .await
+        .into_iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| ControlError::NotFound(format!("no agent {name:?} in {workspace:?}")))?;
+    if !approved(api, workspace, &d) || api.approvals.untrusted(workspace).unwrap_or(true) {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: "approval_required",
+            message: format!(
+                "agent {name:?} waits for a workspace owner to approve its current content"
+            ),
+            retry_after: None,
+        });
+    }
+    d.def
+        .map_err(|e| invalid(format!("the definition is invalid: {e}")))
 }
 
 /// Observes a workspace's index (and the file documents of watched paths) on the cloud
@@ -987,15 +1026,7 @@ async fn start_queued(
             * 1e6) as u64;
         let budget = per_run.min(left);
         let owner = match api.control.user_by_name(&run.owner)? {
-            Some(u) => Identity {
-                token_id: 0,
-                user: u.id,
-                user_name: u.name,
-                admin: u.admin,
-                device: Some(CLOUD_DEVICE.into()),
-                read_only: false,
-                scopes: vec!["*".into()],
-            },
+            Some(u) => Identity::acting_for(&u, CLOUD_DEVICE),
             None => {
                 agents.set_status(run.id, "failed", "the workspace's owner no longer exists");
                 continue;
@@ -1082,6 +1113,10 @@ pub fn router(api: Api) -> Router {
             "/api/workspaces/{id}/agents/{name}/runs",
             post(trigger_run).get(agent_runs),
         )
+        .route(
+            "/api/workspaces/{id}/agents/{name}/webhook-secret",
+            post(new_webhook_secret),
+        )
         .route("/webhooks/agents/{id}/{name}", post(signed_trigger))
         .with_state(api)
 }
@@ -1112,9 +1147,11 @@ async fn list_agents(
     Caller(who): Caller,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    api.control.check_workspace(&who, &id)?;
+    api.control.check_workspace_for(&who, &id, Action::Read)?;
     let mut out = Vec::new();
-    for (name, def) in agents::load(&api.hub, &id).await {
+    for d in agents::load_hashed(&api.hub, &id).await {
+        let ok = approved(&api, &id, &d);
+        let (name, def) = (d.name, d.def);
         let key = format!("{id}/{name}");
         let last = api
             .agents
@@ -1128,6 +1165,7 @@ async fn list_agents(
             Ok(def) => json!({
                 "name": name, "definition": def, "next_run_ms": next_run(&def, &api.agents),
                 "scheduled": scheduled, "checked_ms": checked, "last_run": last,
+                "approved": ok, "hash": d.hash,
             }),
             Err(e) => json!({"name": name, "error": e.to_string(), "last_run": last}),
         });
@@ -1144,7 +1182,7 @@ async fn get_agent(
     Caller(who): Caller,
     UrlPath((id, name)): UrlPath<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    api.control.check_workspace(&who, &id)?;
+    api.control.check_workspace_for(&who, &id, Action::Read)?;
     let found = agents::load(&api.hub, &id)
         .await
         .into_iter()
@@ -1173,21 +1211,34 @@ async fn put_agent(
     State(api): State<Api>,
     Caller(who): Caller,
     UrlPath((id, name)): UrlPath<(String, String)>,
-    Body(b): Body<PutAgent>,
+    Body(b): Body<PutAgent, { 256 * 1024 }>,
 ) -> Result<Json<Value>, ApiError> {
-    api.control.check_workspace(&who, &id)?;
-    if who.read_only {
-        return Err(ControlError::Forbidden("read-only token".into()).into());
-    }
+    let role = api.control.check_workspace_for(&who, &id, Action::Write)?;
     let def = agents::parse(&name, &b.definition).map_err(|e| invalid(e.to_string()))?;
+    let path = format!("{}{name}.md", agents::AGENTS_DIR);
     agents::write(&api.hub, &id, &name, &b.definition)
         .await
         .map_err(|e| invalid(format!("writing the definition: {e}")))?;
-    api.control
-        .audit(Some(&who), "agent.put", &format!("{id}/{name}"), "");
+    // An owner's write is its approval; an editor's waits for an owner.
+    let hash = crate::approvals::content_hash(&b.definition);
+    let approved = crate::approvals::writes_approved(role, who.admin)
+        && api
+            .approvals
+            .approve(&id, "agent", &path, &hash, &who.user)
+            .is_ok();
+    api.control.audit(
+        Some(&who),
+        "agent.put",
+        &format!("{id}/{name}"),
+        if approved {
+            "approved"
+        } else {
+            "waits for an owner"
+        },
+    );
     api.agents.poke();
     Ok(Json(json!({
-        "name": name, "path": format!("{}{name}.md", agents::AGENTS_DIR),
+        "name": name, "path": path, "hash": hash, "approved": approved,
         "definition": def, "next_run_ms": next_run(&def, &api.agents),
     })))
 }
@@ -1197,10 +1248,7 @@ async fn delete_agent(
     Caller(who): Caller,
     UrlPath((id, name)): UrlPath<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    api.control.check_workspace(&who, &id)?;
-    if who.read_only {
-        return Err(ControlError::Forbidden("read-only token".into()).into());
-    }
+    api.control.check_workspace_for(&who, &id, Action::Write)?;
     let removed = agents::remove(&api.hub, &id, &name)
         .await
         .map_err(|e| invalid(e.to_string()))?;
@@ -1224,20 +1272,12 @@ async fn trigger_run(
     State(api): State<Api>,
     Caller(who): Caller,
     UrlPath((id, name)): UrlPath<(String, String)>,
-    Body(b): Body<TriggerRun>,
+    Body(b): Body<TriggerRun, { 512 * 1024 }>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    api.control.check_workspace_for(&who, &id, Action::Write)?;
     let w = api.control.workspace(&who, &id)?;
-    if who.read_only {
-        return Err(ControlError::Forbidden("read-only token".into()).into());
-    }
     let key = format!("{id}/{name}");
-    let def = agents::load(&api.hub, &id)
-        .await
-        .into_iter()
-        .find(|(n, _)| *n == name)
-        .ok_or_else(|| ControlError::NotFound(format!("no agent {name:?} in {id:?}")))?
-        .1
-        .map_err(|e| invalid(format!("the definition is invalid: {e}")))?;
+    let def = approved_def(&api, &id, &name).await?;
     let kind = if matches!(def.trigger, Trigger::Webhook) {
         "webhook"
     } else {
@@ -1294,14 +1334,70 @@ fn queue_run(
     Ok((run, at))
 }
 
-/// `POST /webhooks/agents/{workspace}/{name}`: a webhook trigger any sender can call (GitHub,
-/// CI), authenticated by `X-Hub-Signature-256` with `--agents-webhook-secret` instead of a
-/// token. A delivery id (`X-GitHub-Delivery` or `X-Delivery-Id`) is acted on once.
+/// How far a signed agent webhook's timestamp may be from the server's time.
+pub const SIGNATURE_WINDOW_MS: u64 = 5 * 60 * 1000;
+/// Largest signed agent-webhook payload.
+const MAX_TRIGGER_BODY: usize = 1024 * 1024;
+
+/// `POST /api/workspaces/{id}/agents/{name}/webhook-secret`: makes (or replaces) the agent's
+/// own webhook secret and returns it once. Owners only: the secret lets whoever holds it start
+/// this agent, and no other.
+async fn new_webhook_secret(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    UrlPath((id, name)): UrlPath<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    api.control.check_workspace_for(&who, &id, Action::Manage)?;
+    if !agents::valid_name(&name) {
+        return Err(invalid(format!("invalid agent name {name:?}")));
+    }
+    let secret = format!("jw_{}", hex::encode(rand::random::<[u8; 24]>()));
+    api.agents
+        .conn()
+        .execute(
+            "INSERT INTO agent_webhook_secrets (agent, secret, created_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (agent) DO UPDATE SET secret = excluded.secret,
+               created_ms = excluded.created_ms",
+            params![
+                format!("{id}/{name}"),
+                secret,
+                crate::control::now_ms() as i64
+            ],
+        )
+        .map_err(ControlError::Db)?;
+    api.control.audit(
+        Some(&who),
+        "agent.webhook_secret",
+        &format!("{id}/{name}"),
+        "",
+    );
+    Ok(Json(json!({
+        "agent": name, "secret": secret,
+        "url": format!("/webhooks/agents/{id}/{name}"),
+        "sign": "X-Jarvis-Signature: sha256=<hex HMAC-SHA256(secret, \"<timestamp>.<delivery>.\" + body)>, \
+                 X-Jarvis-Timestamp: <unix seconds>, X-Jarvis-Delivery: <unique id>",
+    })))
+}
+
+/// The MAC a signed agent webhook carries: over the timestamp, the delivery id and the body,
+/// so none of them can be swapped or replayed.
+pub fn trigger_message(timestamp: &str, delivery: &str, body: &[u8]) -> Vec<u8> {
+    let mut m = format!("{timestamp}.{delivery}.").into_bytes();
+    m.extend_from_slice(body);
+    m
+}
+
+/// `POST /webhooks/agents/{workspace}/{name}`: a webhook trigger any sender can call (CI, a
+/// script), authenticated by the agent's own secret instead of a token: `X-Jarvis-Signature`
+/// over the timestamp, the delivery id and the body; the timestamp must be within
+/// [`SIGNATURE_WINDOW_MS`] and each delivery id is acted on once, so a captured request cannot
+/// be replayed. Everything that can be refused from the headers is refused before the body is
+/// read.
 async fn signed_trigger(
     State(api): State<Api>,
+    ClientAddr(addr): ClientAddr,
     UrlPath((id, name)): UrlPath<(String, String)>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    req: axum::extract::Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let refuse = |status, code, message: &str| ApiError {
         status,
@@ -1309,49 +1405,91 @@ async fn signed_trigger(
         message: message.to_owned(),
         retry_after: None,
     };
-    let Some(secret) = &api.agents.args.agents_webhook_secret else {
-        return Err(refuse(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "signed agent webhooks are not configured (set JARVIS_AGENTS_WEBHOOK_SECRET)",
-        ));
-    };
-    let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
-    if !crate::webhooks::signature_valid(secret.as_bytes(), &body, header("x-hub-signature-256")) {
+    let _slot = api.anonymous.admit(&addr)?;
+    let limits = crate::limits::of(req.extensions());
+    let (parts, body) = req.into_parts();
+    let header = |k: &str| parts.headers.get(k).and_then(|v| v.to_str().ok());
+    let (Some(delivery), Some(timestamp), Some(signature)) = (
+        header("x-jarvis-delivery"),
+        header("x-jarvis-timestamp"),
+        header("x-jarvis-signature"),
+    ) else {
         return Err(refuse(
             StatusCode::UNAUTHORIZED,
             "invalid_signature",
-            "X-Hub-Signature-256 does not match the payload",
+            "X-Jarvis-Delivery, X-Jarvis-Timestamp and X-Jarvis-Signature are required",
+        ));
+    };
+    if delivery.is_empty() || delivery.len() > 128 {
+        return Err(invalid("X-Jarvis-Delivery is 1 to 128 characters"));
+    }
+    let now = crate::control::now_ms();
+    let fresh = timestamp
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|t| t.checked_mul(1000))
+        .is_some_and(|t| t.abs_diff(now) <= SIGNATURE_WINDOW_MS);
+    if !fresh {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "stale_signature",
+            "X-Jarvis-Timestamp (unix seconds) is not within 5 minutes of the server's time",
         ));
     }
-    // The same answer for a missing workspace or agent: nothing is disclosed to a sender that
-    // only knows the secret.
-    let missing = || ControlError::NotFound(format!("no agent {name:?} in {id:?}"));
+    // The same answer for a missing workspace, agent or secret: nothing is disclosed to a
+    // sender that does not hold this agent's secret.
+    let missing = || {
+        ApiError::from(ControlError::NotFound(format!(
+            "no agent {name:?} in {id:?}"
+        )))
+    };
+    let key = format!("{id}/{name}");
+    let secret: Option<String> = api
+        .agents
+        .conn()
+        .query_row(
+            "SELECT secret FROM agent_webhook_secrets WHERE agent = ?1",
+            params![key],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(ControlError::Db)?;
+    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+        return Err(missing());
+    };
+    let body =
+        crate::limits::read_body(&parts.headers, body, MAX_TRIGGER_BODY, limits.body_idle).await?;
+    let message = trigger_message(timestamp.trim(), delivery, &body);
+    if !crate::webhooks::signature_valid(secret.as_bytes(), &message, Some(signature)) {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "invalid_signature",
+            "X-Jarvis-Signature does not match",
+        ));
+    }
     let w = api
         .control
         .workspace(&system_identity(), &id)
         .map_err(|_| missing())?;
-    let def = agents::load(&api.hub, &id)
-        .await
-        .into_iter()
-        .find(|(n, _)| *n == name)
-        .ok_or_else(missing)?
-        .1
-        .map_err(|e| invalid(format!("the definition is invalid: {e}")))?;
+    let def = approved_def(&api, &id, &name).await?;
     if !matches!(def.trigger, Trigger::Webhook) {
         return Err(invalid(format!("agent {name:?} is not webhook-triggered")));
     }
-    if let Some(delivery) = header("x-github-delivery").or(header("x-delivery-id")) {
-        let first = api
-            .webhooks
-            .first_delivery(delivery, &format!("agent {id}/{name}"), "agent run")
-            .map_err(ControlError::Db)?;
-        if !first {
-            return Ok((
-                StatusCode::OK,
-                Json(json!({"delivery": delivery, "duplicate": true})),
-            ));
-        }
+    let first = api
+        .webhooks
+        .first_delivery(
+            &format!("agent {key} {delivery}"),
+            "agent webhook",
+            "agent run",
+        )
+        .map_err(ControlError::Db)?;
+    if !first {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            "replayed",
+            "this delivery id was already received",
+        ));
     }
     let mut detail = match serde_json::from_slice::<Value>(&body) {
         Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
@@ -1365,17 +1503,15 @@ async fn signed_trigger(
         detail.truncate(cut);
         detail.push_str("\n[payload truncated]");
     }
-    let event = header("x-github-event").unwrap_or("webhook");
     let (run, at) = queue_run(
         &api,
         (&id, &name),
         &w.owner,
         "webhook",
         &detail,
-        &format!("signed webhook ({event})"),
+        &format!("signed webhook ({delivery})"),
     )?;
-    api.control
-        .audit(None, "agent.webhook", &format!("{id}/{name}"), event);
+    api.control.audit(None, "agent.webhook", &key, delivery);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"run": run, "agent": name, "scheduled_ms": at, "trigger": "webhook"})),
@@ -1387,7 +1523,7 @@ async fn agent_runs(
     Caller(who): Caller,
     UrlPath((id, name)): UrlPath<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    api.control.check_workspace(&who, &id)?;
+    api.control.check_workspace_for(&who, &id, Action::Read)?;
     let runs = api
         .agents
         .runs(Some(&format!("{id}/{name}")), 200)

@@ -456,40 +456,38 @@ impl From<SecretError> for ApiError {
 
 /// Who may change a scope: admins the server's, a user their own, a workspace's owner its.
 /// (Kept in one function so the unified authorization rule can replace it.)
+/// Who may list or change the secrets of a scope, by the one authorization rule
+/// (`access::decide`): server secrets need admin powers; a user's own secrets any of their
+/// tokens may list, but only a full-scope writable one may change (a token narrowed to one
+/// session must not swap the credentials every run of the user uses); workspace secrets are
+/// listed by members who may read the workspace and changed by its owners.
 fn authorize(api: &Api, who: &Identity, scope: &Scope, write: bool) -> Result<(), ApiError> {
-    if write && who.read_only {
-        return Err(api_error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "read-only token",
-        ));
-    }
+    use crate::access::{Action, Target};
+    let action = if write { Action::Manage } else { Action::Read };
     match scope {
-        Scope::Server if who.admin => Ok(()),
-        Scope::Server => Err(api_error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "server secrets need an admin token",
-        )),
-        Scope::User(u) if *u == who.user => Ok(()),
-        Scope::User(_) => Err(api_error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "not your secrets",
-        )),
-        Scope::Workspace(id) => {
-            let w = api.control.workspace(who, id)?;
-            if w.role == "owner" {
-                Ok(())
-            } else {
-                Err(api_error(
+        Scope::Server => who.may(Target::Server, action)?,
+        Scope::User(u) => {
+            if *u != who.user {
+                return Err(api_error(
                     StatusCode::FORBIDDEN,
                     "forbidden",
-                    "workspace secrets are managed by the workspace's owner",
-                ))
+                    "not your secrets",
+                ));
+            }
+            who.may(Target::Account, action)?;
+            if write && !who.scopes.iter().any(|s| s == "*") {
+                return Err(api_error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "changing your secrets needs a full-scope token",
+                ));
             }
         }
+        Scope::Workspace(id) => {
+            api.control.check_workspace_for(who, id, action)?;
+        }
     }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -516,11 +514,18 @@ fn set(api: &Api, who: &Identity, scope: Scope, name: &str, value: &str) -> Repl
 
 fn delete(api: &Api, who: &Identity, scope: Scope, name: &str) -> Reply {
     authorize(api, who, &scope, true)?;
-    api.secrets.delete(&scope, name)?;
-    api.control
-        .audit(Some(who), "secret.delete", &scope.target(name), "");
+    // Deleting is idempotent: a secret that is already gone is the outcome asked for.
+    let deleted = match api.secrets.delete(&scope, name) {
+        Ok(()) => true,
+        Err(SecretError::NotFound(_)) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if deleted {
+        api.control
+            .audit(Some(who), "secret.delete", &scope.target(name), "");
+    }
     Ok(Json(
-        json!({"name": name, "scope": scope.parts().0, "deleted": true}),
+        json!({"name": name, "scope": scope.parts().0, "deleted": deleted}),
     ))
 }
 

@@ -14,7 +14,6 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUp
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use futures_util::{SinkExt, StreamExt};
 use jarvis_sync::hub::{CloseReason, Hub, HubConfig, Outbound, close_code};
 use jarvis_sync::store::SqliteStore;
@@ -53,7 +52,28 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// `/metrics` answers an admin user's token whose scopes cover `metrics` (read-only is fine);
+/// a server without the API (benchmarks) has no tokens and answers anyone.
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(api) = &state.api {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or_default();
+        let allowed = api
+            .control
+            .identify(token)
+            .map_err(crate::api::ApiError::from)
+            .and_then(|who| {
+                who.may(crate::access::Target::Metrics, crate::access::Action::Read)
+                    .map_err(crate::api::ApiError::from)
+            });
+        if let Err(e) = allowed {
+            return e.into_response();
+        }
+    }
     let m = state.hub.metrics();
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
@@ -275,6 +295,27 @@ pub struct ServeArgs {
     /// The secret store's key (64 hex digits); default: <data>/secret.key, made at first start.
     #[arg(long, env = "JARVIS_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
+    /// Requests one address may make to the anonymous endpoints (pairing, webhooks) in a
+    /// burst, and per second after it.
+    #[arg(long, env = "JARVIS_ANON_RATE_BURST", default_value_t = 30)]
+    pub anon_rate_burst: u32,
+    #[arg(long, env = "JARVIS_ANON_RATE_PER_SECOND", default_value_t = 5.0)]
+    pub anon_rate_per_second: f64,
+    /// Anonymous request bodies one address may have the server read at once.
+    #[arg(long, env = "JARVIS_ANON_BODIES_PER_ADDRESS", default_value_t = 2)]
+    pub anon_bodies_per_address: usize,
+    /// A request body that sends nothing for this long is refused (408), in milliseconds.
+    #[arg(long, env = "JARVIS_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+    /// Documents one user may create (workspaces, sessions, workspace files); 0: no limit.
+    #[arg(long, env = "JARVIS_MAX_DOCUMENTS_PER_USER", default_value_t = 200_000)]
+    pub max_documents_per_user: u64,
+    /// Bytes of blobs one user may upload; 0: no limit.
+    #[arg(long, env = "JARVIS_MAX_BLOB_BYTES_PER_USER", default_value_t = 20 * 1024 * 1024 * 1024)]
+    pub max_blob_bytes_per_user: u64,
+    /// Request headers must arrive within this long, in milliseconds.
+    #[arg(long, env = "JARVIS_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
     #[command(flatten)]
     pub ui: crate::webui::UiArgs,
     #[command(flatten)]
@@ -323,14 +364,34 @@ pub fn database_path(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("hub.db")
 }
 
-/// Runs the server until `shutdown` is cancelled, then closes sockets and commits everything
-/// queued before returning.
-pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
+/// What [`build`] makes: the router exactly as served (without the web UI's static files, and
+/// without the limits layer [`crate::limits::serve`] adds), and the parts a caller drives or
+/// inspects.
+pub struct Built {
+    pub router: Router,
+    pub state: AppState,
+    pub control: Arc<Control>,
+    pub limits: crate::limits::Limits,
+    gateway_usage: Arc<crate::gateway::UsageLog>,
+}
+
+/// Opens the data directory and builds the server: the hub, the control plane, the cloud
+/// runner (which reaches the hub at `local` over loopback), the API and its background tasks.
+/// `serve` runs this on a real listener; tests drive the router with `oneshot`.
+pub async fn build(
+    args: &ServeArgs,
+    local: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<Built> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let db = database_path(&args.data_dir);
     let store = SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
-    let (control, system_token) = Control::open(&db)?;
+    let (mut control, system_token) = Control::open(&db)?;
+    control.quotas = crate::control::Quotas {
+        documents: args.max_documents_per_user,
+        blob_bytes: args.max_blob_bytes_per_user,
+    };
     if control.token_count()? == 0 {
         let token = control.create_token(
             crate::control::ADMIN_USER,
@@ -345,13 +406,6 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
     config.limits.max_frame_bytes = args.max_frame_bytes;
     let control = Arc::new(control);
     let hub = Hub::new(Arc::new(store), control.clone(), config);
-    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
-        .parse()
-        .with_context(|| format!("invalid listen address {}:{}", args.host, args.port))?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    let local = listener.local_addr()?;
     let limits = Limits {
         memory_bytes: args.sandbox_memory_mb.max(16) << 20,
         processes: args.sandbox_processes.max(8),
@@ -411,6 +465,7 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
             root: args.data_dir.join("blobs"),
             authorizer: control.clone(),
             max_bytes: args.max_blob_bytes,
+            quota: Some(control.clone()),
         }),
         api: Some(crate::api::Api {
             control: control.clone(),
@@ -424,32 +479,58 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
             webhooks: crate::webhooks::Webhooks::open(&db, &args.data_dir, (*args.github).clone())?,
             agents: crate::schedule::Agents::open(&db, (*args.agents).clone())?,
             secrets,
+            approvals: Arc::new(crate::approvals::Approvals::open(&db)?),
+            anonymous: crate::api::Anonymous::new(
+                args.anon_rate_burst,
+                args.anon_rate_per_second,
+                args.anon_bodies_per_address,
+            ),
         }),
     };
     if let Some(api) = &state.api {
         crate::webhooks::resume(api);
         crate::schedule::start(api.clone(), shutdown.clone());
     }
+    let limits = crate::limits::Limits {
+        body_idle: std::time::Duration::from_millis(args.body_timeout_ms.max(1)),
+        header_read: std::time::Duration::from_millis(args.header_timeout_ms.max(1)),
+    };
+    Ok(Built {
+        router: app(state.clone()).merge(crate::updates::router(args.data_dir.clone())),
+        state,
+        control,
+        limits,
+        gateway_usage,
+    })
+}
+
+/// Runs the server until `shutdown` is cancelled, then closes sockets and commits everything
+/// queued before returning.
+pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .with_context(|| format!("invalid listen address {}:{}", args.host, args.port))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    let built = build(&args, local, shutdown.clone()).await?;
     // Tests and scripts read this line to find the port.
     println!("listening on {local}");
     tracing::info!(%local, data_dir = %args.data_dir.display(), "jarvis-cloud serving");
-    let sockets = state.sockets.clone();
-    // Sync frames are small and latency-bound: without TCP_NODELAY, Nagle's algorithm and
-    // delayed ACKs hold frames back for ~40 ms.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    let router = app(state).merge(crate::updates::router(args.data_dir.clone()));
-    axum::serve(listener, crate::webui::with_ui(router, &args.ui))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .context("serving HTTP")?;
+    let sockets = built.state.sockets.clone();
+    let hub = built.state.hub.clone();
+    crate::limits::serve(
+        listener,
+        crate::webui::with_ui(built.router, &args.ui),
+        built.limits,
+        shutdown.clone(),
+    )
+    .await;
     sockets.close();
     sockets.wait().await;
     hub.shutdown().await;
-    gateway_usage.close();
+    built.gateway_usage.close();
     tracing::info!("jarvis-cloud stopped; every queued update is committed");
     Ok(())
 }

@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -32,6 +31,7 @@ use subtle::ConstantTimeEq;
 
 use crate::api::{Api, ApiError, NewSession};
 use crate::control::{Control, ControlError, Identity, now_ms};
+use crate::limits::ClientAddr;
 
 /// Options of the GitHub integration (part of `jarvis-cloud serve`).
 #[derive(Clone, clap::Args)]
@@ -222,16 +222,37 @@ pub struct Webhooks {
     repo_locks: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// A string as an id segment: letters, digits, '-' and '_' (ids take nothing else; a '.' in a
+/// repository's name once made its workspace id invalid, so its pull requests were never
+/// reviewed).
 fn valid_id_part(s: &str) -> String {
     s.chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
                 c
             } else {
                 '-'
             }
         })
         .collect()
+}
+
+/// A short hash of the repository's exact name: keeps `a.b` and `a-b` apart once both are
+/// spelled as ids.
+fn repo_hash(owner: &str, repo: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(format!("{owner}/{repo}").as_bytes())[..4])
+}
+
+/// The review workspace of a pull request: a valid id (at most 64 characters) for any
+/// repository name GitHub allows.
+pub fn review_workspace(owner: &str, repo: &str, number: u64) -> String {
+    let tail = format!("-{number}-{}", repo_hash(owner, repo));
+    let head: String = format!("gh-{}-{}", valid_id_part(owner), valid_id_part(repo))
+        .chars()
+        .take(64 - tail.len())
+        .collect();
+    format!("{head}{tail}")
 }
 
 impl Webhooks {
@@ -280,6 +301,14 @@ impl Webhooks {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The webhook secret; an empty one counts as unset (anyone can sign with an empty key).
+    fn secret(&self) -> Option<&str> {
+        self.args
+            .github_webhook_secret
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+    }
+
     /// Records a delivery; false when it was recorded before (a redelivery).
     pub(crate) fn first_delivery(
         &self,
@@ -314,15 +343,7 @@ impl Webhooks {
                     self.args.github_review_user
                 ))
             })?;
-        Ok(Identity {
-            token_id: 0,
-            user: user.id,
-            user_name: user.name,
-            admin: user.admin,
-            device: Some("github".into()),
-            read_only: false,
-            scopes: vec!["*".into()],
-        })
+        Ok(Identity::acting_for(&user, "github"))
     }
 
     /// Runs git with the token (if any) as an HTTP header from the environment, never in the
@@ -342,7 +363,7 @@ impl Webhooks {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        if let Some(token) = &self.args.github_token {
+        if let Some(token) = self.args.github_token.as_deref().filter(|t| !t.is_empty()) {
             let basic =
                 base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
             cmd.env("GIT_CONFIG_COUNT", "1")
@@ -381,7 +402,11 @@ impl Webhooks {
             .data_dir
             .join("github")
             .join(valid_id_part(&pr.owner))
-            .join(format!("{}.git", valid_id_part(&pr.repo)));
+            .join(format!(
+                "{}-{}.git",
+                valid_id_part(&pr.repo),
+                repo_hash(&pr.owner, &pr.repo)
+            ));
         let cache_s = cache.to_string_lossy().into_owned();
         if !cache.join("HEAD").exists() {
             std::fs::create_dir_all(&cache)?;
@@ -486,7 +511,7 @@ impl Webhooks {
             .header("x-github-api-version", "2022-11-28")
             .header("user-agent", "my-jarvis")
             .json(&json!({"commit_id": head, "body": body, "event": "COMMENT"}));
-        if let Some(t) = &self.args.github_token {
+        if let Some(t) = self.args.github_token.as_deref().filter(|t| !t.is_empty()) {
             req = req.bearer_auth(t);
         }
         let resp = req
@@ -505,11 +530,12 @@ impl Webhooks {
     }
 }
 
+/// GitHub caps payloads at 25 MB.
+const MAX_PAYLOAD: usize = 25 * 1024 * 1024;
+
 pub fn router(api: Api) -> Router {
     Router::new()
         .route("/webhooks/github", post(github))
-        // GitHub caps payloads at 25 MB.
-        .layer(DefaultBodyLimit::max(25 * 1024 * 1024))
         .with_state(api)
 }
 
@@ -522,26 +548,61 @@ fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) ->
     }
 }
 
-async fn github(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
-    match handle(&api, &headers, &body).await {
+async fn github(
+    State(api): State<Api>,
+    ClientAddr(addr): ClientAddr,
+    req: axum::extract::Request,
+) -> Response {
+    match read_and_handle(&api, &addr, req).await {
         Ok((status, v)) => (status, Json(v)).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn handle(
+/// Everything the headers can refuse is refused before the body is read; the body is read
+/// within this address's budget, the size limit and the idle timeout.
+async fn read_and_handle(
     api: &Api,
-    headers: &HeaderMap,
-    body: &[u8],
+    addr: &str,
+    req: axum::extract::Request,
 ) -> Result<(StatusCode, Value), ApiError> {
-    let hooks = &api.webhooks;
-    let Some(secret) = &hooks.args.github_webhook_secret else {
+    let Some(secret) = api.webhooks.secret() else {
         return Err(refuse(
             StatusCode::NOT_FOUND,
             "not_found",
             "GitHub webhooks are not configured (set JARVIS_GITHUB_WEBHOOK_SECRET)",
         ));
     };
+    let limits = crate::limits::of(req.extensions());
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
+    let has = |k: &str| headers.get(k).is_some();
+    if !has("x-hub-signature-256") {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "invalid_signature",
+            "X-Hub-Signature-256 is required",
+        ));
+    }
+    if !has("x-github-event") || !has("x-github-delivery") {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "X-GitHub-Event and X-GitHub-Delivery are required",
+        ));
+    }
+    let _slot = api.anonymous.admit(addr)?;
+    let body = crate::limits::read_body(headers, body, MAX_PAYLOAD, limits.body_idle).await?;
+    handle(api, secret, headers, &body).await
+}
+
+async fn handle(
+    api: &Api,
+    secret: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(StatusCode, Value), ApiError> {
+    let hooks = &api.webhooks;
     let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
     if !signature_valid(secret.as_bytes(), body, header("x-hub-signature-256")) {
         tracing::warn!(delivery = ?header("x-github-delivery"), "GitHub webhook with a missing or wrong signature refused");
@@ -621,13 +682,12 @@ async fn review(
 ) -> Result<(), WebhookError> {
     let hooks = &api.webhooks;
     let who = hooks.reviewer(&api.control)?;
-    let workspace = format!(
-        "gh-{}-{}-{}",
-        valid_id_part(&pr.owner),
-        valid_id_part(&pr.repo),
-        pr.number
-    );
-    let workspace: String = workspace.chars().take(128).collect();
+    let workspace = review_workspace(&pr.owner, &pr.repo, pr.number);
+    // Untrusted before a single file of the checkout exists: a pull request's agents, hooks
+    // or settings are a stranger's code and never load.
+    api.approvals
+        .mark_untrusted(&workspace, &format!("review of {}/{}", pr.owner, pr.repo))
+        .map_err(ControlError::Db)?;
     api.control.ensure_workspace(
         &who,
         &workspace,
@@ -657,7 +717,10 @@ async fn review(
         ),
         model: hooks.args.github_review_model.clone(),
         message: Some(prompt),
+        // Read-only: plan mode, and every tool that is not a read denied outright (deny beats
+        // any allow rule). Recorded in the control plane, so the checkout cannot change it.
         permission_mode: Some("plan".into()),
+        deny: crate::schedule::unlisted_tools(&["read".into(), "grep".into(), "glob".into()]),
         budget_usd: Some(hooks.args.github_review_budget_usd),
         run: Some("cloud".into()),
         ..Default::default()
@@ -852,5 +915,53 @@ mod tests {
         ] {
             assert!(!signature_valid(b"s3cret", body, bad), "{bad:?}");
         }
+    }
+
+    fn args(secret: Option<&str>) -> GithubArgs {
+        GithubArgs {
+            github_webhook_secret: secret.map(str::to_owned),
+            github_token: None,
+            github_api_url: String::new(),
+            github_clone_url: String::new(),
+            github_mention: "@jarvis".into(),
+            github_review_user: "admin".into(),
+            github_review_model: None,
+            github_review_budget_usd: 1.0,
+            github_review_timeout_s: 60,
+        }
+    }
+
+    #[test]
+    fn an_empty_secret_counts_as_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("h.db");
+        for (secret, on) in [
+            (None, false),
+            (Some(""), false),
+            (Some("  "), false),
+            (Some("s"), true),
+        ] {
+            let w = Webhooks::open(&db, dir.path(), args(secret)).unwrap();
+            assert_eq!(w.secret().is_some(), on, "{secret:?}");
+        }
+    }
+
+    #[test]
+    fn every_repository_name_makes_a_valid_review_workspace() {
+        for (owner, repo) in [
+            ("Codertocat", "Hello-World"),
+            ("octo", "app.js"),
+            ("octo", "app-js"),
+            ("o", ".github"),
+            ("o", &"x".repeat(100)),
+        ] {
+            let w = review_workspace(owner, repo, 12345);
+            assert!(crate::control::valid_id(&w), "{owner}/{repo}: {w}");
+        }
+        // '.' and '-' spell the same id segment; the hash keeps the workspaces apart.
+        assert_ne!(
+            review_workspace("octo", "app.js", 1),
+            review_workspace("octo", "app-js", 1)
+        );
     }
 }

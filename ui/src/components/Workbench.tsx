@@ -6,6 +6,7 @@ import { Chat } from './Chat';
 import { FileTree } from './Files';
 import { Preview } from './Preview';
 import { ApproveDevice } from './ApproveDevice';
+import { ApproveConfig } from './ApproveConfig';
 import { DesktopPanel, StatusLine } from './Desktop';
 import { inDesktop, onTrayOpen } from '../lib/desktop';
 
@@ -66,7 +67,7 @@ export function Workbench() {
   const [file, setFile] = useState<string | null>(null);
   const [previewMode, setPreviewMode] = useState<'file' | 'changes'>('file');
   const [tab, setTab] = useState<Tab>(() => (sessionFromUrl() ? 'chat' : 'sessions'));
-  const [dialog, setDialog] = useState<'new' | 'approve' | null>(null);
+  const [dialog, setDialog] = useState<'new' | 'approve' | 'config' | null>(null);
   const [widths, setWidths] = usePanelWidths();
 
   const refresh = useCallback(() => {
@@ -126,6 +127,7 @@ export function Workbench() {
         </div>
       )}
       <div className="spacer" />
+      {!signedOut && workspace && <button className="btn ghost small" onClick={() => setDialog('config')} data-testid="config-open"><span className="hide-phone">Agents</span><span className="show-phone">Agents</span></button>}
       {!signedOut && <button className="btn ghost small" onClick={() => setDialog('approve')} data-testid="approve-device-open"><span className="hide-phone">Approve a device</span><span className="show-phone">Approve</span></button>}
       <span className="who" title={me.device}>{me.name}</span>
       {signedOut
@@ -168,6 +170,7 @@ export function Workbench() {
       )}
       {dialog === 'new' && <NewSession onClose={() => setDialog(null)} onCreated={(id) => { setDialog(null); refresh(); open(id); }} />}
       {dialog === 'approve' && <ApproveDevice onClose={() => setDialog(null)} />}
+      {dialog === 'config' && workspace && <ApproveConfig workspace={workspace} onClose={() => setDialog(null)} />}
     </div>
   );
 }

@@ -16,6 +16,7 @@ export interface SessionSummary {
 }
 export interface Workspace { id: string; name: string }
 export interface Device { id: string; user: string; name: string; created_ms: number; revoked: boolean }
+export interface ConfigFile { kind: string; path: string; name: string; hash: string | null; approved: boolean; error: string | null }
 export interface Pairing { code: string; device_code: string; expires_in: number; interval: number }
 
 /** Another way to the hub: the desktop window goes through the core (desktop.ts). */
@@ -102,6 +103,12 @@ export class Api {
   handoff(id: string, to: string) { return this.call('POST', `/api/sessions/${id}/handoff`, { to, wait_ms: 30000 }); }
   pairStart(name: string) { return this.call<Pairing>('POST', '/api/pair/start', { name }); }
   pairPoll(device_code: string) { return this.call<{ device: Device; token: string }>('POST', '/api/pair/poll', { device_code }); }
+  config(workspace: string) {
+    return this.call<{ untrusted: boolean; config: ConfigFile[] }>('GET', `/api/workspaces/${encodeURIComponent(workspace)}/config`);
+  }
+  approveConfig(workspace: string, kind: string, path: string, hash: string) {
+    return this.call('POST', `/api/workspaces/${encodeURIComponent(workspace)}/config/approve`, { kind, path, hash });
+  }
   pairApprove(code: string) { return this.call<{ device_name: string }>('POST', '/api/pair/approve', { code }); }
 
   /** A workspace blob (image, binary) as an object URL. */
