@@ -325,19 +325,39 @@ pub async fn run_here(
         .unwrap_or_else(|| "ask".into());
     let mode = jarvis_agent::permissions::Mode::parse(&mode_name)
         .ok_or_else(|| anyhow!("unknown permission mode {mode_name:?}"))?;
+    let recorded_rules = |key: &str| -> Vec<String> {
+        recorded[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     let mut permissions = Permissions::new(mode);
-    for r in &opts.allow {
+    // This run's own allow rules, else the session's; the session's deny rules always hold
+    // (a deny set when the session was made is not lifted by moving it to a device).
+    let allow = if opts.allow.is_empty() {
+        recorded_rules("allow")
+    } else {
+        opts.allow.clone()
+    };
+    for r in &allow {
         permissions
             .allow
             .push(jarvis_agent::permissions::Rule::parse(r)?);
     }
-    for r in &opts.deny {
+    for r in opts.deny.iter().cloned().chain(recorded_rules("deny")) {
         permissions
             .deny
-            .push(jarvis_agent::permissions::Rule::parse(r)?);
+            .push(jarvis_agent::permissions::Rule::parse(&r)?);
     }
     let mut config = RunnerConfig::new(&opts.model, &device.id);
-    config.budget_micros = opts.budget_usd.map(|d| (d * 1e6) as u64);
+    config.budget_micros = opts
+        .budget_usd
+        .map(|d| (d * 1e6) as u64)
+        .or_else(|| recorded["budget_micros"].as_u64());
     let mut runner = Runner::new(
         doc.clone(),
         provider,
