@@ -684,7 +684,7 @@ pub struct NewSession {
 async fn create_session(
     State(api): State<Api>,
     Caller(who): Caller,
-    Body(b): Body<NewSession>,
+    Body(b): Body<NewSession, { 1024 * 1024 }>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let (row, state) = start_session(&api, &who, b).await?;
     Ok((
@@ -852,7 +852,7 @@ async fn send_message(
     State(api): State<Api>,
     Caller(who): Caller,
     Path(id): Path<String>,
-    Body(b): Body<SendMessage>,
+    Body(b): Body<SendMessage, { 1024 * 1024 }>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     api.control.check_session_for(&who, &id, Action::Write)?;
     if b.text.trim().is_empty() {
