@@ -488,13 +488,17 @@ async fn set_member(
     Body(b): Body<Member>,
 ) -> ApiResult {
     api.control.set_member(&who, &id, &user, Some(&b.role))?;
+    // A lowered role (editor to viewer) takes write access from open sockets at once.
+    let closed = api.hub.revalidate();
     api.control.audit(
         Some(&who),
         "workspace.member",
         &id,
         &format!("{user} as {}", b.role),
     );
-    Ok(Json(json!({"workspace": id, "user": user, "role": b.role})))
+    Ok(Json(
+        json!({"workspace": id, "user": user, "role": b.role, "sockets_closed": closed}),
+    ))
 }
 
 async fn remove_member(
@@ -626,8 +630,8 @@ async fn session_changes(
             }
             let mut ids = std::collections::BTreeSet::new();
             for n in &names {
-                // The socket's rule (`document_access`), but registered sessions only, for
-                // admins too: scope, then the session's workspace.
+                // The one rule (`access::decide`, through `check_session`): registered
+                // sessions the token's scopes and the user's role let it read.
                 if let Some(id) = n.strip_prefix("session/")
                     && api.control.check_session(&who, id).is_ok()
                 {
