@@ -775,3 +775,68 @@ fn token_create_says_what_each_recipe_can_do() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_lowered_to_viewer_takes_write_access_from_open_sockets() {
+    use jarvis_sync::client::{ClientConfig, SyncClient};
+    let data = tempfile::tempdir().unwrap();
+    let agent =
+        CloudAgent::start_with_env(data.path(), 0, &[("JARVIS_SANDBOX", "limits")]).unwrap();
+    let owner = add_user(data.path(), "olga").unwrap();
+    let editor = add_user(data.path(), "ed").unwrap();
+    let (s, v) = api(
+        &agent,
+        reqwest::Method::POST,
+        "/api/workspaces",
+        &owner,
+        Some(json!({"id": "w"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let role = async |r: &str| {
+        api(
+            &agent,
+            reqwest::Method::PUT,
+            "/api/workspaces/w/members/ed",
+            &owner,
+            Some(json!({"role": r})),
+        )
+        .await
+    };
+    assert_eq!(role("editor").await.0, 200);
+    let store = jarvis_sync::store::SqliteStore::open(&data.path().join("ed.db")).unwrap();
+    let mut config = ClientConfig::new(agent.sync_url(), &editor);
+    config.min_backoff = Duration::from_millis(20);
+    config.max_backoff = Duration::from_millis(200);
+    let client = SyncClient::start(config, Arc::new(store));
+    let doc = client.open("ws/w/file/f1").await.unwrap();
+    let text = jarvis_sync::doc::FileText::new(doc);
+    text.apply_text_diff("by the editor\n");
+    client
+        .flush("ws/w/file/f1", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(!client.document_status("ws/w/file/f1").unwrap().read_only);
+    let (s, v) = role("viewer").await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["sockets_closed"].as_u64().unwrap() >= 1, "{v}");
+    // The client reconnects on its own, read-only now; its edits are not accepted.
+    until(
+        "the socket to come back read-only",
+        Duration::from_secs(20),
+        async || {
+            client
+                .document_status("ws/w/file/f1")
+                .is_some_and(|s| s.authenticated && s.read_only)
+                .then_some(())
+        },
+    )
+    .await;
+    text.apply_text_diff("by the editor\nafter being made a viewer\n");
+    assert!(
+        client
+            .flush("ws/w/file/f1", Duration::from_secs(2))
+            .await
+            .is_err()
+    );
+}

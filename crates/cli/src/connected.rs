@@ -353,19 +353,41 @@ pub async fn run_here(
         .unwrap_or_else(|| "ask".into());
     let mode = jarvis_agent::permissions::Mode::parse(&mode_name)
         .ok_or_else(|| anyhow!("unknown permission mode {mode_name:?}"))?;
+    let recorded_rules = |key: &str| -> Vec<String> {
+        recorded[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     let mut permissions = Permissions::new(mode);
-    for r in &opts.allow {
+    // This run's own allow rules, else the session's; the session's deny rules always hold
+    // (a deny set when the session was made is not lifted by moving it to a device).
+    let allow = if opts.allow.is_empty() {
+        recorded_rules("allow")
+    } else {
+        opts.allow.clone()
+    };
+    for r in &allow {
         permissions
             .allow
             .push(jarvis_agent::permissions::Rule::parse(r)?);
     }
-    for r in &opts.deny {
+    for r in opts.deny.iter().cloned().chain(recorded_rules("deny")) {
         permissions
             .deny
-            .push(jarvis_agent::permissions::Rule::parse(r)?);
+            .push(jarvis_agent::permissions::Rule::parse(&r)?);
     }
     let mut config = RunnerConfig::new(&opts.model, &device.id);
-    config.budget_micros = opts.budget_usd.map(|d| (d * 1e6) as u64);
+    // Run settings as the hub recorded them when the session was created (the authority),
+    // unless this command named its own.
+    config.budget_micros = opts
+        .budget_usd
+        .map(|d| (d * 1e6) as u64)
+        .or_else(|| recorded["budget_micros"].as_u64());
     // The user's own device: the workspace's Claude Code setup and their ~/.claude apply.
     let user_dir = ClaudeSetup::user_dir();
     let setup = ClaudeSetup::load(
@@ -374,7 +396,8 @@ pub async fn run_here(
         Location::Device(device.id.clone()),
         &OwnDevice,
     );
-    let explicit_mode = opts.permission_mode.is_some() || doc.setting("permission_mode").is_some();
+    let explicit_mode =
+        opts.permission_mode.is_some() || recorded["permission_mode"].as_str().is_some();
     let permissions = setup.permissions(permissions.with_root(&dir), explicit_mode, None);
     let mut tools = ToolBox::new(&dir);
     tools.env = setup.settings.env.clone();

@@ -502,13 +502,17 @@ async fn set_member(
     Body(b): Body<Member>,
 ) -> ApiResult {
     api.control.set_member(&who, &id, &user, Some(&b.role))?;
+    // A lowered role (editor to viewer) takes write access from open sockets at once.
+    let closed = api.hub.revalidate();
     api.control.audit(
         Some(&who),
         "workspace.member",
         &id,
         &format!("{user} as {}", b.role),
     );
-    Ok(Json(json!({"workspace": id, "user": user, "role": b.role})))
+    Ok(Json(
+        json!({"workspace": id, "user": user, "role": b.role, "sockets_closed": closed}),
+    ))
 }
 
 async fn remove_member(
@@ -640,8 +644,8 @@ async fn session_changes(
             }
             let mut ids = std::collections::BTreeSet::new();
             for n in &names {
-                // The socket's rule (`document_access`), but registered sessions only, for
-                // admins too: scope, then the session's workspace.
+                // The one rule (`access::decide`, through `check_session`): registered
+                // sessions the token's scopes and the user's role let it read.
                 if let Some(id) = n.strip_prefix("session/")
                     && api.control.check_session(&who, id).is_ok()
                 {
@@ -698,7 +702,7 @@ pub struct NewSession {
 async fn create_session(
     State(api): State<Api>,
     Caller(who): Caller,
-    Body(b): Body<NewSession>,
+    Body(b): Body<NewSession, { 1024 * 1024 }>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let (row, state) = start_session(&api, &who, b).await?;
     Ok((
@@ -869,7 +873,7 @@ async fn send_message(
     State(api): State<Api>,
     Caller(who): Caller,
     Path(id): Path<String>,
-    Body(b): Body<SendMessage>,
+    Body(b): Body<SendMessage, { 1024 * 1024 }>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     api.control.check_session_for(&who, &id, Action::Write)?;
     if b.text.trim().is_empty() {

@@ -166,7 +166,8 @@ pub enum HubError {
 type ConnId = u64;
 
 /// A connection's send side and the (token, document) pairs it was granted.
-type Grants = (Peer, Vec<(String, String)>);
+/// A connection's authenticated documents: (token, document, access granted).
+type Grants = (Peer, Vec<(String, String, Access)>);
 
 /// The send side of a connection, held by subscriptions and pending acknowledgements.
 #[derive(Clone)]
@@ -459,9 +460,17 @@ impl Hub {
         let grants: Vec<Grants> = lock(&self.inner.grants).values().cloned().collect();
         let mut closed = 0;
         for (peer, pairs) in grants {
-            let denied = pairs
-                .iter()
-                .find_map(|(token, doc)| self.inner.authorizer.authorize(token, doc).err());
+            // Withdrawn: refused now, or read-only now where it was granted read-write (a
+            // role lowered to viewer, say).
+            let denied = pairs.iter().find_map(|(token, doc, granted)| {
+                match self.inner.authorizer.authorize(token, doc) {
+                    Err(reason) => Some(reason),
+                    Ok(Access::ReadOnly) if *granted == Access::ReadWrite => {
+                        Some(format!("{doc} is read-only now"))
+                    }
+                    Ok(_) => None,
+                }
+            });
             if let Some(reason) = denied {
                 tracing::info!(conn = peer.id, %reason, "closing a connection whose access was withdrawn");
                 // Queued behind what is already in flight, so the close carries its reason; a
@@ -919,7 +928,7 @@ impl HubConnection {
             .entry(self.peer.id)
             .or_insert_with(|| (self.peer.clone(), Vec::new()))
             .1
-            .push((token.to_owned(), name.clone()));
+            .push((token.to_owned(), name.clone(), access));
         let scope = match access {
             Access::ReadWrite => "read-write",
             Access::ReadOnly => "readonly",
