@@ -194,6 +194,8 @@ async fn a_peer_sets_content_and_the_executable_bit_only() {
         for (name, want) in [
             ("zz-after.txt", "after\n"),
             ("run.sh", "#!/bin/sh\necho pwned\n"),
+            ("world.txt", "anyone may write me\n"),
+            ("sticky.txt", "sticky\n"),
         ] {
             let p = dir.join(name);
             eventually(&format!("{} arrives", p.display()), T, || {
@@ -396,4 +398,33 @@ async fn presence_is_capped_and_only_its_owner_changes_it() {
     // Alice's presence survived all of it, and what the closed sockets announced is gone.
     let mut observer = open(&agent, doc, &ro).await;
     assert_eq!(query(&mut observer, doc).await, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_socket_cannot_abort_the_hub_with_nested_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let ro = create_token(&data, &["session/*"], true).unwrap();
+    let mut agent = CloudAgent::start(&data, 0).unwrap();
+    // 200 KB: one Any value of 100,000 nested arrays. yrs decodes it recursively; on a socket
+    // task's stack that was a stack overflow, which aborts the whole process.
+    let mut update = vec![1, 1, 5, 0, 8, 1, 1, b'm', 1];
+    for _ in 0..100_000 {
+        update.extend([117, 1]);
+    }
+    update.extend([126, 0]);
+    let doc = "session/deep";
+    let mut ws = open(&agent, doc, &ro).await;
+    send(
+        &mut ws,
+        doc,
+        Message::Sync(jarvis_sync::protocol::SyncMessage::Update(update)),
+    )
+    .await;
+    let (code, reason) = next(&mut ws).await.unwrap_err();
+    assert_eq!(code, 4400, "{reason}");
+    assert!(reason.contains("nested too deeply"), "{reason}");
+    assert!(agent.is_running());
+    // And it still serves.
+    let _ = open(&agent, doc, &ro).await;
 }

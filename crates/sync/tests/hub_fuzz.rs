@@ -514,6 +514,8 @@ fn crashers_dir() -> PathBuf {
 struct Tally {
     accepted: usize,
     closes: BTreeMap<u16, usize>,
+    /// Close reasons with numbers taken out, for the summary.
+    reasons: BTreeMap<String, usize>,
     /// Panic site inside yrs (contained) → (count, first input).
     contained: BTreeMap<String, (usize, Kind, Vec<u8>)>,
     escaped: Vec<String>,
@@ -527,6 +529,8 @@ async fn run_input(hub: &Hub, tally: &mut Tally, name: String, ro: bool, kind: K
         Ok(Outcome::Closed(r)) => {
             assert!(ALLOWED.contains(&r.code), "unexpected close {r:?}");
             *tally.closes.entry(r.code).or_default() += 1;
+            let reason: String = r.reason.chars().filter(|c| !c.is_ascii_digit()).collect();
+            *tally.reasons.entry(reason).or_default() += 1;
         }
         Err(e) => tally
             .escaped
@@ -605,6 +609,10 @@ async fn mutated_updates_state_vectors_and_awareness_never_panic_a_task() {
     for (site, (n, kind, _)) in &tally.contained {
         eprintln!("  {n:>6} × {kind:?} {site}");
     }
+    eprintln!("close reasons:");
+    for (reason, n) in &tally.reasons {
+        eprintln!("  {n:>6} × {reason}");
+    }
     assert!(
         tally.escaped.is_empty(),
         "a task panicked: {:?}",
@@ -648,4 +656,18 @@ async fn saved_crashers_never_panic_a_task() {
         );
     }
     assert_serves(&hub, "check/doc").await;
+}
+
+/// The fuzz's seeds are valid: unmutated, every one is accepted (so the hub's checks refuse
+/// hostile input, not Yjs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmutated_inputs_are_accepted() {
+    let hub = new_hub();
+    for (i, (kind, payload)) in corpus().inputs.iter().enumerate() {
+        let outcome = run_one(hub.clone(), format!("v/{i}"), false, *kind, payload.clone()).await;
+        assert!(
+            matches!(outcome, Outcome::Accepted),
+            "seed {i} ({kind:?}) refused: {outcome:?}"
+        );
+    }
 }
