@@ -521,27 +521,41 @@ struct Tally {
     escaped: Vec<String>,
 }
 
-async fn run_input(hub: &Hub, tally: &mut Tally, name: String, ro: bool, kind: Kind, p: Vec<u8>) {
+/// Runs a batch of inputs at once (each on its own document). Panics caught by the hub are
+/// attributed to the batch's first input, so batches of one (the default) keep them exact.
+async fn run_batch(hub: &Hub, tally: &mut Tally, batch: Vec<(String, bool, Kind, Vec<u8>)>) {
     take_panics();
-    let task = tokio::spawn(run_one(hub.clone(), name, ro, kind, p.clone()));
-    match task.await {
-        Ok(Outcome::Accepted) => tally.accepted += 1,
-        Ok(Outcome::Closed(r)) => {
-            assert!(ALLOWED.contains(&r.code), "unexpected close {r:?}");
-            *tally.closes.entry(r.code).or_default() += 1;
-            let reason: String = r.reason.chars().filter(|c| !c.is_ascii_digit()).collect();
-            *tally.reasons.entry(reason).or_default() += 1;
+    let first = batch.first().map(|(_, _, k, p)| (*k, p.clone()));
+    let tasks: Vec<_> = batch
+        .into_iter()
+        .map(|(name, ro, kind, p)| {
+            let task = tokio::spawn(run_one(hub.clone(), name, ro, kind, p.clone()));
+            (kind, p, task)
+        })
+        .collect();
+    for (kind, p, task) in tasks {
+        match task.await {
+            Ok(Outcome::Accepted) => tally.accepted += 1,
+            Ok(Outcome::Closed(r)) => {
+                assert!(ALLOWED.contains(&r.code), "unexpected close {r:?}");
+                *tally.closes.entry(r.code).or_default() += 1;
+                let reason: String = r.reason.chars().filter(|c| !c.is_ascii_digit()).collect();
+                *tally.reasons.entry(reason).or_default() += 1;
+            }
+            Err(e) => tally
+                .escaped
+                .push(format!("{kind:?} {}: {e}", hex::encode(&p))),
         }
-        Err(e) => tally
-            .escaped
-            .push(format!("{kind:?} {}: {e}", hex::encode(&p))),
     }
-    for (at, msg) in take_panics() {
-        let slot = tally
-            .contained
-            .entry(format!("{at}: {msg}"))
-            .or_insert((0, kind, p.clone()));
-        slot.0 += 1;
+    if let Some((kind, p)) = first {
+        for (at, msg) in take_panics() {
+            let slot =
+                tally
+                    .contained
+                    .entry(format!("{at}: {msg}"))
+                    .or_insert((0, kind, p.clone()));
+            slot.0 += 1;
+        }
     }
 }
 
@@ -556,18 +570,27 @@ async fn mutated_updates_state_vectors_and_awareness_never_panic_a_task() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x15b);
     let save = std::env::var("JARVIS_FUZZ_SAVE").is_ok();
+    // Inputs run at once; more hides the hub's thread hand-offs on a long run.
+    let jobs: usize = std::env::var("JARVIS_FUZZ_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1);
     panics();
     let mut rng = Rng(seed);
     let started = Instant::now();
     let mut tally = Tally::default();
     let mut hub = new_hub();
     let mut poisoned = 0;
-    for i in 0..inputs {
-        if i % 100_000 == 0 && i > 0 {
+    let mut generation = 0;
+    let mut i = 0;
+    while i < inputs {
+        if i / 100_000 > (i.saturating_sub(jobs)) / 100_000 {
             eprintln!("fuzz: {i} inputs, {:.1?}", started.elapsed());
         }
-        // A fresh hub now and then keeps memory flat over long runs.
-        if i % 1000 == 0 && i > 0 {
+        // A fresh hub every 1,000 inputs keeps memory flat over long runs.
+        if i / 1000 != generation {
+            generation = i / 1000;
             assert_serves(&hub, "check/doc").await;
             poisoned += hub
                 .metrics()
@@ -576,9 +599,15 @@ async fn mutated_updates_state_vectors_and_awareness_never_panic_a_task() {
             hub.shutdown().await;
             hub = new_hub();
         }
-        let (kind, payload) = mutate(&mut rng);
-        let ro = rng.below(8) == 0;
-        run_input(&hub, &mut tally, format!("f/{i}"), ro, kind, payload).await;
+        let batch: Vec<(String, bool, Kind, Vec<u8>)> = (i..(i + jobs).min(inputs))
+            .map(|n| {
+                let (kind, payload) = mutate(&mut rng);
+                let ro = rng.below(8) == 0;
+                (format!("f/{n}"), ro, kind, payload)
+            })
+            .collect();
+        i += batch.len();
+        run_batch(&hub, &mut tally, batch).await;
         if !tally.escaped.is_empty() {
             break;
         }
@@ -639,15 +668,8 @@ async fn saved_crashers_never_panic_a_task() {
     for (i, f) in files.iter().enumerate() {
         let bytes = std::fs::read(f).unwrap();
         let kind = Kind::from_byte(bytes[0]).unwrap();
-        run_input(
-            &hub,
-            &mut tally,
-            format!("c/{i}"),
-            false,
-            kind,
-            bytes[1..].to_vec(),
-        )
-        .await;
+        let input = (format!("c/{i}"), false, kind, bytes[1..].to_vec());
+        run_batch(&hub, &mut tally, vec![input]).await;
         assert!(
             tally.escaped.is_empty(),
             "{} panicked a task: {:?}",
