@@ -343,6 +343,9 @@ fn mutate(rng: &mut Rng) -> (Kind, Vec<u8>) {
     (*kind, data)
 }
 
+/// The panic record is process-wide: the tests here take turns so none sees another's panics.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Panics raised anywhere in this process (yrs' contained ones included): location → message.
 fn panics() -> &'static Mutex<Vec<(String, String)>> {
     static PANICS: OnceLock<Mutex<Vec<(String, String)>>> = OnceLock::new();
@@ -521,10 +524,12 @@ struct Tally {
     escaped: Vec<String>,
 }
 
-/// Runs a batch of inputs at once (each on its own document). Panics caught by the hub are
-/// attributed to the batch's first input, so batches of one (the default) keep them exact.
+/// Runs a batch of inputs at once (each on its own document). When the hub caught a panic in a
+/// batch of several, each input is run again alone on a fresh hub to find which one it was.
 async fn run_batch(hub: &Hub, tally: &mut Tally, batch: Vec<(String, bool, Kind, Vec<u8>)>) {
     take_panics();
+    let several = batch.len() > 1;
+    let copy = several.then(|| batch.clone());
     let first = batch.first().map(|(_, _, k, p)| (*k, p.clone()));
     let tasks: Vec<_> = batch
         .into_iter()
@@ -547,8 +552,25 @@ async fn run_batch(hub: &Hub, tally: &mut Tally, batch: Vec<(String, bool, Kind,
                 .push(format!("{kind:?} {}: {e}", hex::encode(&p))),
         }
     }
+    let panicked = take_panics();
+    if let (Some(batch), false) = (copy, panicked.is_empty()) {
+        let alone = new_hub();
+        for (name, ro, kind, p) in batch {
+            let _ = run_one(alone.clone(), name, ro, kind, p.clone()).await;
+            for (at, msg) in take_panics() {
+                let slot =
+                    tally
+                        .contained
+                        .entry(format!("{at}: {msg}"))
+                        .or_insert((0, kind, p.clone()));
+                slot.0 += 1;
+            }
+        }
+        alone.shutdown().await;
+        return;
+    }
     if let Some((kind, p)) = first {
-        for (at, msg) in take_panics() {
+        for (at, msg) in panicked {
             let slot =
                 tally
                     .contained
@@ -561,6 +583,7 @@ async fn run_batch(hub: &Hub, tally: &mut Tally, batch: Vec<(String, bool, Kind,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutated_updates_state_vectors_and_awareness_never_panic_a_task() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let inputs: usize = std::env::var("JARVIS_FUZZ_INPUTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -651,6 +674,7 @@ async fn mutated_updates_state_vectors_and_awareness_never_panic_a_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saved_crashers_never_panic_a_task() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     panics();
     let mut files: Vec<PathBuf> = std::fs::read_dir(crashers_dir())
         .unwrap()
@@ -684,6 +708,7 @@ async fn saved_crashers_never_panic_a_task() {
 /// hostile input, not Yjs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmutated_inputs_are_accepted() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let hub = new_hub();
     for (i, (kind, payload)) in corpus().inputs.iter().enumerate() {
         let outcome = run_one(hub.clone(), format!("v/{i}"), false, *kind, payload.clone()).await;
