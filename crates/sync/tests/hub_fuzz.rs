@@ -718,3 +718,19 @@ async fn unmutated_inputs_are_accepted() {
         );
     }
 }
+
+/// The base every input meets is kept as a file too, for the end-to-end replay of the crashers
+/// against the real binary (`tests/tests/peer_safety.rs`); this keeps the two from drifting.
+#[test]
+fn the_base_fixture_is_the_corpus_base() {
+    let path = crashers_dir().join("base.update");
+    if std::env::var("JARVIS_FUZZ_SAVE").is_ok() {
+        std::fs::write(&path, &corpus().base).unwrap();
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        corpus().base,
+        "{} is stale: run with JARVIS_FUZZ_SAVE=1",
+        path.display()
+    );
+}
