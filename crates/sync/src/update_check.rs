@@ -437,3 +437,55 @@ mod tests {
         assert!(check_update_v1(&[0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
     }
 }
+/// A measurement, run by hand (README, "Fuzzing the hub"): the check next to yrs' own decode.
+#[cfg(test)]
+mod cost {
+    #[test]
+    #[ignore = "a measurement; run with --release --ignored"]
+    fn update_check_costs_little_next_to_yrs_decode() {
+        use yrs::updates::decoder::Decode;
+        use yrs::{ReadTxn, StateVector, Text, Transact, Update};
+        let d = yrs::Doc::with_client_id(1);
+        let t = d.get_or_insert_text("t");
+        let mut updates = Vec::new();
+        for i in 0..20_000u32 {
+            let before = d.transact().state_vector();
+            t.insert(&mut d.transact_mut(), (i * 7919) % (i + 1), "ab");
+            updates.push(d.transact().encode_diff_v1(&before));
+        }
+        let full = d
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        // The best of 7 runs each: the machine may be shared.
+        let time = |f: &dyn Fn()| {
+            (0..7)
+                .map(|_| {
+                    let s = std::time::Instant::now();
+                    f();
+                    s.elapsed()
+                })
+                .min()
+                .unwrap_or_default()
+        };
+        let check = time(&|| {
+            for u in &updates {
+                super::check_update_v1(u).unwrap();
+            }
+        });
+        let decode = time(&|| {
+            for u in &updates {
+                Update::decode_v1(u).unwrap();
+            }
+        });
+        let check_full = time(&|| super::check_update_v1(&full).unwrap());
+        let decode_full = time(&|| {
+            Update::decode_v1(&full).unwrap();
+        });
+        eprintln!(
+            "20,000 one-edit updates: check {check:?}, yrs decode {decode:?}; \
+             full state of {} bytes: check {check_full:?}, yrs decode {decode_full:?}",
+            full.len()
+        );
+        assert!(check < decode && check_full < decode_full);
+    }
+}
