@@ -439,6 +439,7 @@ mod tests {
 }
 /// A measurement, run by hand (README, "Fuzzing the hub"): the check next to yrs' own decode.
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod cost {
     #[test]
     #[ignore = "a measurement; run with --release --ignored"]
