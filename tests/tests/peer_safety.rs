@@ -194,6 +194,8 @@ async fn a_peer_sets_content_and_the_executable_bit_only() {
         for (name, want) in [
             ("zz-after.txt", "after\n"),
             ("run.sh", "#!/bin/sh\necho pwned\n"),
+            ("world.txt", "anyone may write me\n"),
+            ("sticky.txt", "sticky\n"),
         ] {
             let p = dir.join(name);
             eventually(&format!("{} arrives", p.display()), T, || {
@@ -396,4 +398,110 @@ async fn presence_is_capped_and_only_its_owner_changes_it() {
     // Alice's presence survived all of it, and what the closed sockets announced is gone.
     let mut observer = open(&agent, doc, &ro).await;
     assert_eq!(query(&mut observer, doc).await, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_socket_cannot_abort_the_hub_with_nested_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let ro = create_token(&data, &["session/*"], true).unwrap();
+    let mut agent = CloudAgent::start(&data, 0).unwrap();
+    // 200 KB: one Any value of 100,000 nested arrays. yrs decodes it recursively; on a socket
+    // task's stack that was a stack overflow, which aborts the whole process.
+    let mut update = vec![1, 1, 5, 0, 8, 1, 1, b'm', 1];
+    for _ in 0..100_000 {
+        update.extend([117, 1]);
+    }
+    update.extend([126, 0]);
+    let doc = "session/deep";
+    let mut ws = open(&agent, doc, &ro).await;
+    send(
+        &mut ws,
+        doc,
+        Message::Sync(jarvis_sync::protocol::SyncMessage::Update(update)),
+    )
+    .await;
+    let (code, reason) = next(&mut ws).await.unwrap_err();
+    assert_eq!(code, 4400, "{reason}");
+    assert!(reason.contains("nested too deeply"), "{reason}");
+    assert!(agent.is_running());
+    // And it still serves.
+    let _ = open(&agent, doc, &ro).await;
+}
+
+/// Every saved fuzz crasher (`crates/sync/tests/crashers/`) against the real binary: each was an
+/// input yrs panicked on, or one that aborted the process; sent to a document holding the
+/// fuzz's base state, each ends at most its own socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_crashers_end_only_their_own_socket() {
+    use jarvis_sync::protocol::SyncMessage;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/sync/tests/crashers");
+    let base = std::fs::read(dir.join("base.update")).unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{files:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let rw = create_token(&data, &["session/*"], false).unwrap();
+    let mut agent = CloudAgent::start(&data, 0).unwrap();
+    for (i, f) in files.iter().enumerate() {
+        let bytes = std::fs::read(f).unwrap();
+        let doc = format!("session/crash{i}");
+        let mut ws = open(&agent, &doc, &rw).await;
+        send(
+            &mut ws,
+            &doc,
+            Message::Sync(SyncMessage::Update(base.clone())),
+        )
+        .await;
+        match next(&mut ws).await {
+            Ok(Message::SyncStatus(true)) => {}
+            other => panic!("the base was not acknowledged: {other:?}"),
+        }
+        let payload = bytes[1..].to_vec();
+        let message = match bytes[0] {
+            0 => Message::Sync(SyncMessage::Update(payload)),
+            1 => Message::Sync(SyncMessage::Step2(payload)),
+            2 => Message::Sync(SyncMessage::Step1(payload)),
+            3 => Message::Awareness(payload),
+            k => panic!("{}: unknown kind {k}", f.display()),
+        };
+        send(&mut ws, &doc, message).await;
+        let (code, reason) = loop {
+            match next(&mut ws).await {
+                Ok(_) => continue,
+                Err(close) => break close,
+            }
+        };
+        assert_eq!(code, 4400, "{}: {reason}", f.display());
+        assert!(agent.is_running(), "{} ended the process", f.display());
+        // The document still opens, with the base and nothing of the refused input.
+        let mut again = open(&agent, &doc, &rw).await;
+        send(&mut again, &doc, Message::Sync(SyncMessage::Step1(vec![0]))).await;
+        let mut got = None;
+        while got.is_none() {
+            if let Message::Sync(SyncMessage::Step2(u)) = next(&mut again).await.unwrap() {
+                got = Some(u);
+            }
+        }
+        let d = yrs::Doc::new();
+        d.transact_mut()
+            .apply_update(yrs::updates::decoder::Decode::decode_v1(&got.unwrap()).unwrap())
+            .unwrap();
+        let b = yrs::Doc::new();
+        b.transact_mut()
+            .apply_update(yrs::updates::decoder::Decode::decode_v1(&base).unwrap())
+            .unwrap();
+        use yrs::ReadTxn;
+        assert_eq!(
+            d.transact().snapshot(),
+            b.transact().snapshot(),
+            "{}: the document changed",
+            f.display()
+        );
+    }
 }

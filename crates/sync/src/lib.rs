@@ -14,3 +14,4 @@ pub mod mirror;
 pub mod paths;
 pub mod protocol;
 pub mod store;
+pub mod update_check;

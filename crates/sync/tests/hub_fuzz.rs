@@ -343,6 +343,9 @@ fn mutate(rng: &mut Rng) -> (Kind, Vec<u8>) {
     (*kind, data)
 }
 
+/// The panic record is process-wide: the tests here take turns so none sees another's panics.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Panics raised anywhere in this process (yrs' contained ones included): location → message.
 fn panics() -> &'static Mutex<Vec<(String, String)>> {
     static PANICS: OnceLock<Mutex<Vec<(String, String)>>> = OnceLock::new();
@@ -514,35 +517,73 @@ fn crashers_dir() -> PathBuf {
 struct Tally {
     accepted: usize,
     closes: BTreeMap<u16, usize>,
+    /// Close reasons with numbers taken out, for the summary.
+    reasons: BTreeMap<String, usize>,
     /// Panic site inside yrs (contained) → (count, first input).
     contained: BTreeMap<String, (usize, Kind, Vec<u8>)>,
     escaped: Vec<String>,
 }
 
-async fn run_input(hub: &Hub, tally: &mut Tally, name: String, ro: bool, kind: Kind, p: Vec<u8>) {
+/// Runs a batch of inputs at once (each on its own document). When the hub caught a panic in a
+/// batch of several, each input is run again alone on a fresh hub to find which one it was.
+async fn run_batch(hub: &Hub, tally: &mut Tally, batch: Vec<(String, bool, Kind, Vec<u8>)>) {
     take_panics();
-    let task = tokio::spawn(run_one(hub.clone(), name, ro, kind, p.clone()));
-    match task.await {
-        Ok(Outcome::Accepted) => tally.accepted += 1,
-        Ok(Outcome::Closed(r)) => {
-            assert!(ALLOWED.contains(&r.code), "unexpected close {r:?}");
-            *tally.closes.entry(r.code).or_default() += 1;
+    let several = batch.len() > 1;
+    let copy = several.then(|| batch.clone());
+    let first = batch.first().map(|(_, _, k, p)| (*k, p.clone()));
+    let tasks: Vec<_> = batch
+        .into_iter()
+        .map(|(name, ro, kind, p)| {
+            let task = tokio::spawn(run_one(hub.clone(), name, ro, kind, p.clone()));
+            (kind, p, task)
+        })
+        .collect();
+    for (kind, p, task) in tasks {
+        match task.await {
+            Ok(Outcome::Accepted) => tally.accepted += 1,
+            Ok(Outcome::Closed(r)) => {
+                assert!(ALLOWED.contains(&r.code), "unexpected close {r:?}");
+                *tally.closes.entry(r.code).or_default() += 1;
+                let reason: String = r.reason.chars().filter(|c| !c.is_ascii_digit()).collect();
+                *tally.reasons.entry(reason).or_default() += 1;
+            }
+            Err(e) => tally
+                .escaped
+                .push(format!("{kind:?} {}: {e}", hex::encode(&p))),
         }
-        Err(e) => tally
-            .escaped
-            .push(format!("{kind:?} {}: {e}", hex::encode(&p))),
     }
-    for (at, msg) in take_panics() {
-        let slot = tally
-            .contained
-            .entry(format!("{at}: {msg}"))
-            .or_insert((0, kind, p.clone()));
-        slot.0 += 1;
+    let panicked = take_panics();
+    if let (Some(batch), false) = (copy, panicked.is_empty()) {
+        let alone = new_hub();
+        for (name, ro, kind, p) in batch {
+            let _ = run_one(alone.clone(), name, ro, kind, p.clone()).await;
+            for (at, msg) in take_panics() {
+                let slot =
+                    tally
+                        .contained
+                        .entry(format!("{at}: {msg}"))
+                        .or_insert((0, kind, p.clone()));
+                slot.0 += 1;
+            }
+        }
+        alone.shutdown().await;
+        return;
+    }
+    if let Some((kind, p)) = first {
+        for (at, msg) in panicked {
+            let slot =
+                tally
+                    .contained
+                    .entry(format!("{at}: {msg}"))
+                    .or_insert((0, kind, p.clone()));
+            slot.0 += 1;
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutated_updates_state_vectors_and_awareness_never_panic_a_task() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let inputs: usize = std::env::var("JARVIS_FUZZ_INPUTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -552,18 +593,27 @@ async fn mutated_updates_state_vectors_and_awareness_never_panic_a_task() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x15b);
     let save = std::env::var("JARVIS_FUZZ_SAVE").is_ok();
+    // Inputs run at once; more hides the hub's thread hand-offs on a long run.
+    let jobs: usize = std::env::var("JARVIS_FUZZ_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1);
     panics();
     let mut rng = Rng(seed);
     let started = Instant::now();
     let mut tally = Tally::default();
     let mut hub = new_hub();
     let mut poisoned = 0;
-    for i in 0..inputs {
-        if i % 100_000 == 0 && i > 0 {
+    let mut generation = 0;
+    let mut i = 0;
+    while i < inputs {
+        if i / 100_000 > (i.saturating_sub(jobs)) / 100_000 {
             eprintln!("fuzz: {i} inputs, {:.1?}", started.elapsed());
         }
-        // A fresh hub now and then keeps memory flat over long runs.
-        if i % 1000 == 0 && i > 0 {
+        // A fresh hub every 1,000 inputs keeps memory flat over long runs.
+        if i / 1000 != generation {
+            generation = i / 1000;
             assert_serves(&hub, "check/doc").await;
             poisoned += hub
                 .metrics()
@@ -572,9 +622,15 @@ async fn mutated_updates_state_vectors_and_awareness_never_panic_a_task() {
             hub.shutdown().await;
             hub = new_hub();
         }
-        let (kind, payload) = mutate(&mut rng);
-        let ro = rng.below(8) == 0;
-        run_input(&hub, &mut tally, format!("f/{i}"), ro, kind, payload).await;
+        let batch: Vec<(String, bool, Kind, Vec<u8>)> = (i..(i + jobs).min(inputs))
+            .map(|n| {
+                let (kind, payload) = mutate(&mut rng);
+                let ro = rng.below(8) == 0;
+                (format!("f/{n}"), ro, kind, payload)
+            })
+            .collect();
+        i += batch.len();
+        run_batch(&hub, &mut tally, batch).await;
         if !tally.escaped.is_empty() {
             break;
         }
@@ -605,6 +661,10 @@ async fn mutated_updates_state_vectors_and_awareness_never_panic_a_task() {
     for (site, (n, kind, _)) in &tally.contained {
         eprintln!("  {n:>6} × {kind:?} {site}");
     }
+    eprintln!("close reasons:");
+    for (reason, n) in &tally.reasons {
+        eprintln!("  {n:>6} × {reason}");
+    }
     assert!(
         tally.escaped.is_empty(),
         "a task panicked: {:?}",
@@ -614,6 +674,7 @@ async fn mutated_updates_state_vectors_and_awareness_never_panic_a_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saved_crashers_never_panic_a_task() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     panics();
     let mut files: Vec<PathBuf> = std::fs::read_dir(crashers_dir())
         .unwrap()
@@ -631,15 +692,8 @@ async fn saved_crashers_never_panic_a_task() {
     for (i, f) in files.iter().enumerate() {
         let bytes = std::fs::read(f).unwrap();
         let kind = Kind::from_byte(bytes[0]).unwrap();
-        run_input(
-            &hub,
-            &mut tally,
-            format!("c/{i}"),
-            false,
-            kind,
-            bytes[1..].to_vec(),
-        )
-        .await;
+        let input = (format!("c/{i}"), false, kind, bytes[1..].to_vec());
+        run_batch(&hub, &mut tally, vec![input]).await;
         assert!(
             tally.escaped.is_empty(),
             "{} panicked a task: {:?}",
@@ -648,4 +702,35 @@ async fn saved_crashers_never_panic_a_task() {
         );
     }
     assert_serves(&hub, "check/doc").await;
+}
+
+/// The fuzz's seeds are valid: unmutated, every one is accepted (so the hub's checks refuse
+/// hostile input, not Yjs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmutated_inputs_are_accepted() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let hub = new_hub();
+    for (i, (kind, payload)) in corpus().inputs.iter().enumerate() {
+        let outcome = run_one(hub.clone(), format!("v/{i}"), false, *kind, payload.clone()).await;
+        assert!(
+            matches!(outcome, Outcome::Accepted),
+            "seed {i} ({kind:?}) refused: {outcome:?}"
+        );
+    }
+}
+
+/// The base every input meets is kept as a file too, for the end-to-end replay of the crashers
+/// against the real binary (`tests/tests/peer_safety.rs`); this keeps the two from drifting.
+#[test]
+fn the_base_fixture_is_the_corpus_base() {
+    let path = crashers_dir().join("base.update");
+    if std::env::var("JARVIS_FUZZ_SAVE").is_ok() {
+        std::fs::write(&path, &corpus().base).unwrap();
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        corpus().base,
+        "{} is stale: run with JARVIS_FUZZ_SAVE=1",
+        path.display()
+    );
 }
