@@ -451,16 +451,19 @@ impl Permissions {
     /// Whether deny rules hide this workspace file from tools that search many files (grep,
     /// glob): Claude Code applies Read rules to them as far as it can; so do we.
     pub fn read_denied(&self, abs: &Path) -> bool {
-        self.deny.iter().any(|r| {
-            r.tools == Tools::Read
-                && match &r.matcher {
-                    Matcher::Any => true,
-                    Matcher::Path(p) => self
-                        .path_forms(&abs.to_string_lossy())
-                        .iter()
-                        .any(|f| p.matches(f, &self.ctx)),
-                    Matcher::Command(_) | Matcher::Never => false,
-                }
+        let mut rules = self
+            .deny
+            .iter()
+            .filter(|r| r.tools == Tools::Read)
+            .peekable();
+        if rules.peek().is_none() {
+            return false;
+        }
+        let forms = self.path_forms(&abs.to_string_lossy());
+        rules.any(|r| match &r.matcher {
+            Matcher::Any => true,
+            Matcher::Path(p) => forms.iter().any(|f| p.matches(f, &self.ctx)),
+            Matcher::Command(_) | Matcher::Never => false,
         })
     }
 
@@ -677,6 +680,8 @@ const WRAPPERS: &[&str] = &[
     "sudo", "doas", "env", "nohup", "nice", "ionice", "timeout", "time", "command", "exec",
     "builtin", "xargs", "stdbuf", "setsid", "chrt", "taskset", "unbuffer", "watch", "strace",
     "ltrace", "nsenter", "chroot", "runuser", "su", "flock", "parallel",
+    // `find … -exec rm {} ;` runs its arguments too.
+    "find",
 ];
 
 /// Shells and builtins that run a string as a command line.
@@ -1220,6 +1225,7 @@ mod tests {
             (D, "Bash(rm:*)", "bash", bash("sudo -u root rm x"), Verdict::Deny("denied by rule Bash(rm:*)".into())),
             (D, "Bash(rm:*)", "bash", bash("timeout 5 rm x"), Verdict::Deny("denied by rule Bash(rm:*)".into())),
             (D, "Bash(rm:*)", "bash", bash("find . | xargs rm"), Verdict::Deny("denied by rule Bash(rm:*)".into())),
+            (D, "Bash(rm:*)", "bash", bash("find . -name '*.o' -exec rm {} \\;"), Verdict::Deny("denied by rule Bash(rm:*)".into())),
             (D, "Bash(rm:*)", "bash", bash("sh -c 'rm -rf x'"), Verdict::Deny("denied by rule Bash(rm:*)".into())),
             (D, "Bash(rm:*)", "bash", bash("bash -c \"true; rm x\""), Verdict::Deny("denied by rule Bash(rm:*)".into())),
             (D, "Bash(rm:*)", "bash", bash("eval rm x"), Verdict::Deny("denied by rule Bash(rm:*)".into())),
