@@ -26,6 +26,8 @@ use serde_json::Value;
 pub const MAX_IMPORT_DEPTH: usize = 5;
 /// A memory file larger than this is cut (a runaway import must not fill the context).
 const MAX_FILE_BYTES: usize = 64 * 1024;
+/// All memory files together; files past this are left out with a warning.
+const MAX_TOTAL_BYTES: usize = 256 * 1024;
 /// Workspace memory file names, in the order they are shown.
 const ROOT_FILES: &[&str] = &[
     "CLAUDE.md",
@@ -198,6 +200,14 @@ impl Loader {
                 return;
             }
         };
+        let total: usize = self.memory.files.iter().map(|f| f.text.len()).sum();
+        if total + text.len() > MAX_TOTAL_BYTES {
+            self.memory.warnings.push(format!(
+                "memory file {label} is left out: memory files together may not exceed \
+                 {MAX_TOTAL_BYTES} bytes"
+            ));
+            return;
+        }
         let imports = imports(&text);
         self.memory.files.push(MemoryFile {
             label: label.clone(),
@@ -532,6 +542,28 @@ mod tests {
             user_dir: None,
         };
         assert!(!cloud.load(&[]).render().contains("user rules"));
+    }
+
+    #[test]
+    fn memory_is_capped_per_file_and_in_total() {
+        let d = tempfile::tempdir().unwrap();
+        let big = "x".repeat(60 * 1024);
+        let names: Vec<String> = (1..=5).map(|i| format!("@big{i}.md")).collect();
+        write(d.path(), "CLAUDE.md", &names.join(" "));
+        for i in 1..=5 {
+            write(d.path(), &format!("big{i}.md"), &big);
+        }
+        write(d.path(), "AGENTS.md", &"y".repeat(100 * 1024));
+        let m = MemorySources {
+            root: d.path().to_path_buf(),
+            user_dir: None,
+        }
+        .load(&[]);
+        let total: usize = m.files.iter().map(|f| f.text.len()).sum();
+        assert!(total <= MAX_TOTAL_BYTES, "{total}");
+        let w = m.warnings.join("\n");
+        assert!(w.contains("big5.md is left out"), "{w}");
+        assert!(w.contains("AGENTS.md is larger than"), "{w}");
     }
 
     #[test]
