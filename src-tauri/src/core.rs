@@ -1354,6 +1354,7 @@ async fn run_offline(
     )
     .with_context(setup.context.clone())
     .with_hooks(hooks)
+    .with_commands(setup.commands.clone())
     .with_notes(setup.notes())
     .with_events(tx);
     let outcome = runner.drive(cancel).await;
