@@ -100,6 +100,14 @@ pub fn load_commands(
     sources.push((root.join(".claude/commands"), ".claude/commands".to_owned()));
     for (dir, prefix) in sources {
         let user = prefix.starts_with('~');
+        if !user && !inside(&dir, root) {
+            if dir.exists() {
+                warnings.push(format!(
+                    "{prefix} is ignored: it resolves outside the workspace"
+                ));
+            }
+            continue;
+        }
         let mut files = Vec::new();
         collect_md(&dir, &dir, 0, &mut files);
         files.sort();
@@ -143,6 +151,14 @@ pub fn load_commands(
     }
     commands.sort_by(|a, b| a.name.cmp(&b.name));
     (commands, warnings)
+}
+
+/// Whether `dir` exists and resolves (through symlinks) inside `root`.
+fn inside(dir: &Path, root: &Path) -> bool {
+    dir.canonicalize()
+        .ok()
+        .zip(root.canonicalize().ok())
+        .is_some_and(|(d, r)| d.starts_with(r))
 }
 
 /// `*.md` files under `dir` (subfolders namespace commands but do not change their names),
@@ -325,6 +341,12 @@ pub fn load_skills(root: &Path) -> (Vec<Skill>, Vec<String>) {
     let mut skills = Vec::new();
     let mut warnings = Vec::new();
     let dir = root.join(".claude/skills");
+    if !inside(&dir, root) {
+        if dir.exists() {
+            warnings.push(".claude/skills is ignored: it resolves outside the workspace".into());
+        }
+        return (skills, warnings);
+    }
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return (skills, warnings);
     };
@@ -483,6 +505,32 @@ mod tests {
         );
         assert_eq!(warnings.len(), 1);
         assert!(render_skills(&skills).contains("- release-notes: Write release notes"));
+    }
+
+    #[test]
+    fn folders_linked_out_of_the_workspace_are_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = d.path().join("ws");
+        write(d.path(), "elsewhere/evil.md", "from outside");
+        write(
+            d.path(),
+            "elsewhere/s/SKILL.md",
+            "---\nname: s\ndescription: outside\n---\n",
+        );
+        std::fs::create_dir_all(ws.join(".claude")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), ws.join(".claude/commands"))
+            .unwrap();
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), ws.join(".claude/skills")).unwrap();
+        let (cmds, warnings) = load_commands(&ws, None, &OwnDevice);
+        assert!(
+            cmds.is_empty() && warnings[0].contains("resolves outside"),
+            "{warnings:?}"
+        );
+        let (skills, warnings) = load_skills(&ws);
+        assert!(
+            skills.is_empty() && warnings[0].contains("resolves outside"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

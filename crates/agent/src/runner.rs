@@ -411,7 +411,8 @@ impl<'a> Runner<'a> {
             let mut extra = String::new();
             if let Some(ctx) = &self.context {
                 // Re-read before every request: an edited CLAUDE.md applies at once.
-                let (text, memory) = ctx.block(&messages);
+                let permissions = &self.permissions;
+                let (text, memory) = ctx.block(&messages, &|p| permissions.read_denied(p));
                 if self.memory_shown.as_ref() != Some(&memory) {
                     if !memory.files.is_empty() {
                         self.note_once(&format!("Memory loaded: {}", memory.summary()));
