@@ -14,9 +14,11 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use jarvis_agent::anthropic::Provider;
+use jarvis_agent::memory::Location;
 use jarvis_agent::permissions::{Mode, Permissions};
 use jarvis_agent::providers::ProviderConfig;
 use jarvis_agent::runner::{RunEvent, Runner, RunnerConfig};
+use jarvis_agent::settings::{ClaudeSetup, OwnDevice};
 use jarvis_agent::tools::ToolBox;
 use jarvis_cli::connected::{self, Api, Device, RunOptions};
 use jarvis_sync::client::{ClientConfig, ConnectionStatus, SyncClient};
@@ -1330,13 +1332,30 @@ async fn run_offline(
     if !prompt.is_empty() {
         Runner::send_user_message(&doc, me, prompt);
     }
+    // The user's own device: the workspace's Claude Code setup and their ~/.claude apply.
+    let user_dir = ClaudeSetup::user_dir();
+    let setup = ClaudeSetup::load(
+        dir,
+        user_dir.as_deref(),
+        Location::Device(me.to_owned()),
+        &OwnDevice,
+    );
+    let explicit_mode = permission_mode.is_some() || doc.setting("permission_mode").is_some();
+    let permissions = setup.permissions(Permissions::new(mode).with_root(dir), explicit_mode, None);
+    let mut tools = ToolBox::new(dir);
+    tools.env = setup.settings.env.clone();
+    let hooks = setup.hooks(dir, tools.sandbox.clone(), session, permissions.mode);
     let mut runner = Runner::new(
         doc,
         provider,
-        ToolBox::new(dir),
-        Permissions::new(mode),
+        tools,
+        permissions,
         RunnerConfig::new(model, me),
     )
+    .with_context(setup.context.clone())
+    .with_hooks(hooks)
+    .with_commands(setup.commands.clone())
+    .with_notes(setup.notes())
     .with_events(tx);
     let outcome = runner.drive(cancel).await;
     Ok(format!("{outcome:?}"))

@@ -30,6 +30,9 @@ pub struct Command {
     pub label: String,
     /// Content hash, for approval of its `allowed-tools`.
     pub hash: String,
+    /// Whether its `allowed-tools` may apply: the user's own commands always, a workspace
+    /// file when `ConfigApproval` approves its content.
+    pub approved: bool,
 }
 
 /// A built-in command: carried out by the caller, not sent to the model.
@@ -83,7 +86,11 @@ pub struct UnknownCommand {
 
 /// The commands of the workspace and (on the user's device) the user; the workspace's win
 /// on a name clash. Returns warnings for files that cannot be used.
-pub fn load_commands(root: &Path, user_dir: Option<&Path>) -> (Vec<Command>, Vec<String>) {
+pub fn load_commands(
+    root: &Path,
+    user_dir: Option<&Path>,
+    approval: &dyn ConfigApproval,
+) -> (Vec<Command>, Vec<String>) {
     let mut commands: Vec<Command> = Vec::new();
     let mut warnings = Vec::new();
     let mut sources = Vec::new();
@@ -92,6 +99,15 @@ pub fn load_commands(root: &Path, user_dir: Option<&Path>) -> (Vec<Command>, Vec
     }
     sources.push((root.join(".claude/commands"), ".claude/commands".to_owned()));
     for (dir, prefix) in sources {
+        let user = prefix.starts_with('~');
+        if !user && !inside(&dir, root) {
+            if dir.exists() {
+                warnings.push(format!(
+                    "{prefix} is ignored: it resolves outside the workspace"
+                ));
+            }
+            continue;
+        }
         let mut files = Vec::new();
         collect_md(&dir, &dir, 0, &mut files);
         files.sort();
@@ -125,6 +141,7 @@ pub fn load_commands(root: &Path, user_dir: Option<&Path>) -> (Vec<Command>, Vec
                 allowed_tools: get("allowed-tools").map(|v| list(&v)).unwrap_or_default(),
                 model: get("model"),
                 body: body.to_owned(),
+                approved: user || approval.approved(&label, &content_hash(&text)),
                 label,
                 hash: content_hash(&text),
             };
@@ -134,6 +151,14 @@ pub fn load_commands(root: &Path, user_dir: Option<&Path>) -> (Vec<Command>, Vec
     }
     commands.sort_by(|a, b| a.name.cmp(&b.name));
     (commands, warnings)
+}
+
+/// Whether `dir` exists and resolves (through symlinks) inside `root`.
+fn inside(dir: &Path, root: &Path) -> bool {
+    dir.canonicalize()
+        .ok()
+        .zip(root.canonicalize().ok())
+        .is_some_and(|(d, r)| d.starts_with(r))
 }
 
 /// `*.md` files under `dir` (subfolders namespace commands but do not change their names),
@@ -233,11 +258,7 @@ fn list(v: &str) -> Vec<String> {
 }
 
 /// Expands what the user typed: a workspace command, a built-in, or plain text.
-pub fn expand(
-    input: &str,
-    commands: &[Command],
-    approval: &dyn ConfigApproval,
-) -> Result<Expanded, UnknownCommand> {
+pub fn expand(input: &str, commands: &[Command]) -> Result<Expanded, UnknownCommand> {
     let Some(rest) = input.trim_start().strip_prefix('/') else {
         return Ok(Expanded::Text(input.to_owned()));
     };
@@ -283,7 +304,7 @@ pub fn expand(
     let mut warnings = Vec::new();
     let mut allow = Vec::new();
     if !cmd.allowed_tools.is_empty() {
-        if approval.approved(&cmd.label, &cmd.hash) {
+        if cmd.approved {
             for r in &cmd.allowed_tools {
                 match Rule::parse(r) {
                     Ok(rule) => allow.push(rule),
@@ -320,6 +341,12 @@ pub fn load_skills(root: &Path) -> (Vec<Skill>, Vec<String>) {
     let mut skills = Vec::new();
     let mut warnings = Vec::new();
     let dir = root.join(".claude/skills");
+    if !inside(&dir, root) {
+        if dir.exists() {
+            warnings.push(".claude/skills is ignored: it resolves outside the workspace".into());
+        }
+        return (skills, warnings);
+    }
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return (skills, warnings);
     };
@@ -403,15 +430,14 @@ mod tests {
             ".claude/commands/clear.md",
             "shadowing a built-in",
         );
-        let (cmds, warnings) = load_commands(d.path(), None);
+        let (cmds, warnings) = load_commands(d.path(), None, &OwnDevice);
         assert_eq!(
             cmds.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
             ["review", "shout"]
         );
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert_eq!(cmds[0].argument_hint.as_deref(), Some("<file>"));
-        let Expanded::Prompt { text, allow, .. } =
-            expand("/review src/lib.rs", &cmds, &OwnDevice).unwrap()
+        let Expanded::Prompt { text, allow, .. } = expand("/review src/lib.rs", &cmds).unwrap()
         else {
             panic!()
         };
@@ -420,35 +446,35 @@ mod tests {
             "Review src/lib.rs carefully; start with src/lib.rs.\n"
         );
         assert_eq!(allow.len(), 2);
+        let (unapproved, _) = load_commands(d.path(), None, &Unapproved);
         let Expanded::Prompt {
             allow, warnings, ..
-        } = expand("/review x", &cmds, &Unapproved).unwrap()
+        } = expand("/review x", &unapproved).unwrap()
         else {
             panic!()
         };
         assert!(allow.is_empty() && warnings[0].contains("not been approved"));
-        let Expanded::Prompt { text, .. } = expand("/shout hello", &cmds, &OwnDevice).unwrap()
-        else {
+        let Expanded::Prompt { text, .. } = expand("/shout hello", &cmds).unwrap() else {
             panic!()
         };
         assert_eq!(text, "SAY: hello!");
         assert!(matches!(
-            expand("/clear", &cmds, &OwnDevice).unwrap(),
+            expand("/clear", &cmds).unwrap(),
             Expanded::Builtin(Builtin::Clear)
         ));
         assert!(matches!(
-            expand("/compact keep the plan", &cmds, &OwnDevice).unwrap(),
+            expand("/compact keep the plan", &cmds).unwrap(),
             Expanded::Builtin(Builtin::Compact(a)) if a == "keep the plan"
         ));
         assert!(matches!(
-            expand("hello /review", &cmds, &OwnDevice).unwrap(),
+            expand("hello /review", &cmds).unwrap(),
             Expanded::Text(_)
         ));
         assert!(matches!(
-            expand("/etc/hosts says what?", &cmds, &OwnDevice).unwrap(),
+            expand("/etc/hosts says what?", &cmds).unwrap(),
             Expanded::Text(_)
         ));
-        let e = expand("/nope x", &cmds, &OwnDevice).unwrap_err();
+        let e = expand("/nope x", &cmds).unwrap_err();
         assert!(
             e.to_string().contains("/review") && e.to_string().contains("/clear"),
             "{e}"
@@ -479,6 +505,32 @@ mod tests {
         );
         assert_eq!(warnings.len(), 1);
         assert!(render_skills(&skills).contains("- release-notes: Write release notes"));
+    }
+
+    #[test]
+    fn folders_linked_out_of_the_workspace_are_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = d.path().join("ws");
+        write(d.path(), "elsewhere/evil.md", "from outside");
+        write(
+            d.path(),
+            "elsewhere/s/SKILL.md",
+            "---\nname: s\ndescription: outside\n---\n",
+        );
+        std::fs::create_dir_all(ws.join(".claude")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), ws.join(".claude/commands"))
+            .unwrap();
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), ws.join(".claude/skills")).unwrap();
+        let (cmds, warnings) = load_commands(&ws, None, &OwnDevice);
+        assert!(
+            cmds.is_empty() && warnings[0].contains("resolves outside"),
+            "{warnings:?}"
+        );
+        let (skills, warnings) = load_skills(&ws);
+        assert!(
+            skills.is_empty() && warnings[0].contains("resolves outside"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@ use serde_json::Value;
 pub const MAX_IMPORT_DEPTH: usize = 5;
 /// A memory file larger than this is cut (a runaway import must not fill the context).
 const MAX_FILE_BYTES: usize = 64 * 1024;
+/// All memory files together; files past this are left out with a warning.
+const MAX_TOTAL_BYTES: usize = 256 * 1024;
 /// Workspace memory file names, in the order they are shown.
 const ROOT_FILES: &[&str] = &[
     "CLAUDE.md",
@@ -98,11 +100,14 @@ pub struct MemorySources {
 
 impl MemorySources {
     /// Reads every memory file that applies now. `touched` are workspace-relative or absolute
-    /// paths the agent has worked on (their folders' nested memory files apply).
-    pub fn load(&self, touched: &[String]) -> Memory {
+    /// paths the agent has worked on (their folders' nested memory files apply). A file
+    /// `hidden` says the agent may not read (a Read deny rule) is left out, so an import cannot
+    /// carry `.env` into the prompt.
+    pub fn load(&self, touched: &[String], hidden: &dyn Fn(&Path) -> bool) -> Memory {
         let mut loader = Loader {
             seen: HashSet::new(),
             memory: Memory::default(),
+            hidden,
         };
         let Ok(root) = self.root.canonicalize() else {
             loader.memory.warnings.push(format!(
@@ -159,12 +164,13 @@ impl MemorySources {
     }
 }
 
-struct Loader {
+struct Loader<'h> {
     seen: HashSet<PathBuf>,
     memory: Memory,
+    hidden: &'h dyn Fn(&Path) -> bool,
 }
 
-impl Loader {
+impl Loader<'_> {
     /// Loads `file` (confined to `base`, shown with `prefix`), then its imports.
     fn file(&mut self, file: &Path, base: &Path, prefix: &str, origin: String, depth: usize) {
         let Ok(real) = file.canonicalize() else {
@@ -179,6 +185,12 @@ impl Loader {
         }
         if !self.seen.insert(real.clone()) {
             // Already loaded (two names for one file, or an import cycle).
+            return;
+        }
+        if (self.hidden)(&real) || (self.hidden)(file) {
+            self.memory.warnings.push(format!(
+                "memory file {label} is left out: a Read deny rule covers it"
+            ));
             return;
         }
         let text = match std::fs::read(&real) {
@@ -198,6 +210,14 @@ impl Loader {
                 return;
             }
         };
+        let total: usize = self.memory.files.iter().map(|f| f.text.len()).sum();
+        if total + text.len() > MAX_TOTAL_BYTES {
+            self.memory.warnings.push(format!(
+                "memory file {label} is left out: memory files together may not exceed \
+                 {MAX_TOTAL_BYTES} bytes"
+            ));
+            return;
+        }
         let imports = imports(&text);
         self.memory.files.push(MemoryFile {
             label: label.clone(),
@@ -421,8 +441,8 @@ impl WorkspaceContext {
     }
 
     /// The second system block's text for this transcript, and the memory it came from.
-    pub fn block(&self, messages: &[Message]) -> (String, Memory) {
-        let mut memory = self.sources.load(&touched_paths(messages));
+    pub fn block(&self, messages: &[Message], hidden: &dyn Fn(&Path) -> bool) -> (String, Memory) {
+        let mut memory = self.sources.load(&touched_paths(messages), hidden);
         let (skills, warnings) = crate::commands::load_skills(&self.sources.root);
         memory.warnings.extend(warnings);
         let mut text = memory.render();
@@ -485,7 +505,7 @@ mod tests {
             root: ws.clone(),
             user_dir: Some(d.path().join("home/.claude")),
         };
-        let m = sources.load(&["pkg/sub/x.rs".into()]);
+        let m = sources.load(&["pkg/sub/x.rs".into()], &|_| false);
         let labels: Vec<_> = m.files.iter().map(|f| f.label.as_str()).collect();
         assert_eq!(
             labels,
@@ -519,7 +539,7 @@ mod tests {
         }
         // A symlink out of the workspace is refused, even as a direct import.
         write(&ws, "CLAUDE.md", "@docs/link.md");
-        let m = sources.load(&[]);
+        let m = sources.load(&[], &|_| false);
         assert!(!m.render().contains("SECRET"), "{:?}", m);
         assert!(
             m.warnings.join("\n").contains("resolves outside"),
@@ -531,7 +551,45 @@ mod tests {
             root: ws.clone(),
             user_dir: None,
         };
-        assert!(!cloud.load(&[]).render().contains("user rules"));
+        assert!(!cloud.load(&[], &|_| false).render().contains("user rules"));
+        // An import of a file a Read deny rule covers stays out of the prompt.
+        write(&ws, ".env", "TOKEN=from-dotenv");
+        write(&ws, "CLAUDE.md", "rules @.env");
+        let mut p =
+            crate::permissions::Permissions::new(crate::permissions::Mode::Ask).with_root(&ws);
+        p.deny
+            .push(crate::permissions::Rule::parse("Read(./.env)").unwrap());
+        let m = cloud.load(&[], &|path| p.read_denied(path));
+        assert!(!m.render().contains("from-dotenv"), "{m:?}");
+        assert!(
+            m.warnings
+                .join("\n")
+                .contains(".env is left out: a Read deny rule"),
+            "{:?}",
+            m.warnings
+        );
+    }
+
+    #[test]
+    fn memory_is_capped_per_file_and_in_total() {
+        let d = tempfile::tempdir().unwrap();
+        let big = "x".repeat(60 * 1024);
+        let names: Vec<String> = (1..=5).map(|i| format!("@big{i}.md")).collect();
+        write(d.path(), "CLAUDE.md", &names.join(" "));
+        for i in 1..=5 {
+            write(d.path(), &format!("big{i}.md"), &big);
+        }
+        write(d.path(), "AGENTS.md", &"y".repeat(100 * 1024));
+        let m = MemorySources {
+            root: d.path().to_path_buf(),
+            user_dir: None,
+        }
+        .load(&[], &|_| false);
+        let total: usize = m.files.iter().map(|f| f.text.len()).sum();
+        assert!(total <= MAX_TOTAL_BYTES, "{total}");
+        let w = m.warnings.join("\n");
+        assert!(w.contains("big5.md is left out"), "{w}");
+        assert!(w.contains("AGENTS.md is larger than"), "{w}");
     }
 
     #[test]

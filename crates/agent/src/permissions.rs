@@ -451,16 +451,19 @@ impl Permissions {
     /// Whether deny rules hide this workspace file from tools that search many files (grep,
     /// glob): Claude Code applies Read rules to them as far as it can; so do we.
     pub fn read_denied(&self, abs: &Path) -> bool {
-        self.deny.iter().any(|r| {
-            r.tools == Tools::Read
-                && match &r.matcher {
-                    Matcher::Any => true,
-                    Matcher::Path(p) => self
-                        .path_forms(&abs.to_string_lossy())
-                        .iter()
-                        .any(|f| p.matches(f, &self.ctx)),
-                    Matcher::Command(_) | Matcher::Never => false,
-                }
+        let mut rules = self
+            .deny
+            .iter()
+            .filter(|r| r.tools == Tools::Read)
+            .peekable();
+        if rules.peek().is_none() {
+            return false;
+        }
+        let forms = self.path_forms(&abs.to_string_lossy());
+        rules.any(|r| match &r.matcher {
+            Matcher::Any => true,
+            Matcher::Path(p) => forms.iter().any(|f| p.matches(f, &self.ctx)),
+            Matcher::Command(_) | Matcher::Never => false,
         })
     }
 
@@ -677,6 +680,8 @@ const WRAPPERS: &[&str] = &[
     "sudo", "doas", "env", "nohup", "nice", "ionice", "timeout", "time", "command", "exec",
     "builtin", "xargs", "stdbuf", "setsid", "chrt", "taskset", "unbuffer", "watch", "strace",
     "ltrace", "nsenter", "chroot", "runuser", "su", "flock", "parallel",
+    // `find … -exec rm {} ;` runs its arguments too.
+    "find",
 ];
 
 /// Shells and builtins that run a string as a command line.
@@ -728,7 +733,7 @@ impl ShellLine {
         if self.incomplete {
             Some("unbalanced quotes or brackets")
         } else if self.commands.iter().any(|c| c.dynamic) {
-            Some("the command name comes from a variable or substitution")
+            Some("the command name comes from a variable, substitution or expansion")
         } else {
             None
         }
@@ -780,6 +785,9 @@ struct Word {
     text: String,
     started: bool,
     dynamic: bool,
+    /// Unquoted glob or brace-expansion characters: the shell may turn it into other words
+    /// (`/bin/r?` is `/bin/rm`, `{rm,x}` is `rm x`).
+    expands: bool,
 }
 
 /// The simple command being read.
@@ -788,6 +796,8 @@ struct Current {
     raw: Vec<String>,
     /// Per word of `raw`: whether an expansion went into it.
     dynamic: Vec<bool>,
+    /// Per word of `raw`: whether the shell may expand it into other words.
+    expands: Vec<bool>,
     /// The next finished word is a redirection target, not an argument.
     redirect: Option<String>,
 }
@@ -812,6 +822,7 @@ impl Current {
         }
         self.raw.push(word.text);
         self.dynamic.push(word.dynamic);
+        self.expands.push(word.expands);
     }
 
     fn finish(&mut self, line: &mut ShellLine) {
@@ -834,8 +845,8 @@ impl Current {
         // arguments (its command) are.
         let program = basename(first);
         let runs_arguments = WRAPPERS.contains(&program) || EVALUATORS.contains(&program);
-        let dynamic =
-            cur.dynamic[skip] || (runs_arguments && cur.dynamic[skip..].iter().any(|d| *d));
+        let unknown = |i: usize| cur.dynamic[i] || cur.expands[i];
+        let dynamic = unknown(skip) || (runs_arguments && (skip..cur.raw.len()).any(unknown));
         line.commands.push(SimpleCommand {
             raw: cur.raw,
             words,
@@ -1030,6 +1041,9 @@ fn parse_list(
             }
             _ => {
                 w.started = true;
+                if matches!(c, '*' | '?' | '[') || (c == '{' && brace_expansion(&s[*pos..])) {
+                    w.expands = true;
+                }
                 w.text.push(c);
                 *pos += 1;
             }
@@ -1040,6 +1054,18 @@ fn parse_list(
     }
     cur.push_word(&mut w, line);
     cur.finish(line);
+}
+
+/// Whether the `{` starting `s` opens a brace expansion (`{a,b}`, `{1..3}`) in this word.
+fn brace_expansion(s: &[char]) -> bool {
+    let word: String = s
+        .iter()
+        .take_while(|c| !c.is_whitespace() && !";&|<>()\"'`".contains(**c))
+        .collect();
+    match word.find('}') {
+        Some(end) => word[..end].contains(',') || word[..end].contains(".."),
+        None => false,
+    }
 }
 
 /// `$(…)`, `$((…))`, `${…}`, `$name` or `` `…` `` at `pos`: substitutions are read as nested
@@ -1220,6 +1246,7 @@ mod tests {
             (D, "Bash(rm:*)", "bash", bash("sudo -u root rm x"), Verdict::Deny("denied by rule Bash(rm:*)".into())),
             (D, "Bash(rm:*)", "bash", bash("timeout 5 rm x"), Verdict::Deny("denied by rule Bash(rm:*)".into())),
             (D, "Bash(rm:*)", "bash", bash("find . | xargs rm"), Verdict::Deny("denied by rule Bash(rm:*)".into())),
+            (D, "Bash(rm:*)", "bash", bash("find . -name '*.o' -exec rm {} \\;"), Verdict::Deny("denied by rule Bash(rm:*)".into())),
             (D, "Bash(rm:*)", "bash", bash("sh -c 'rm -rf x'"), Verdict::Deny("denied by rule Bash(rm:*)".into())),
             (D, "Bash(rm:*)", "bash", bash("bash -c \"true; rm x\""), Verdict::Deny("denied by rule Bash(rm:*)".into())),
             (D, "Bash(rm:*)", "bash", bash("eval rm x"), Verdict::Deny("denied by rule Bash(rm:*)".into())),
@@ -1227,8 +1254,13 @@ mod tests {
             (D, "Bash(rm:*)", "bash", bash("rmdir x"), Verdict::Ask),
             (D, "Bash(rm:*)", "bash", bash("echo rm"), Verdict::Ask),
             (D, "Bash(rm:*)", "bash", bash("echo 'a; rm x'"), Verdict::Ask),
-            (D, "Bash(rm:*)", "bash", bash("$CMD x"), Verdict::Deny("this command cannot be checked against the deny rule Bash(rm:*) (the command name comes from a variable or substitution); write it as plain commands".into())),
-            (D, "Bash(rm:*)", "bash", bash("$(echo rm) x"), Verdict::Deny("this command cannot be checked against the deny rule Bash(rm:*) (the command name comes from a variable or substitution); write it as plain commands".into())),
+            (D, "Bash(rm:*)", "bash", bash("$CMD x"), Verdict::Deny("this command cannot be checked against the deny rule Bash(rm:*) (the command name comes from a variable, substitution or expansion); write it as plain commands".into())),
+            (D, "Bash(rm:*)", "bash", bash("$(echo rm) x"), Verdict::Deny("this command cannot be checked against the deny rule Bash(rm:*) (the command name comes from a variable, substitution or expansion); write it as plain commands".into())),
+            (D, "Bash(rm:*)", "bash", bash("{rm,-rf,x}"), Verdict::Deny("this command cannot be checked against the deny rule Bash(rm:*) (the command name comes from a variable, substitution or expansion); write it as plain commands".into())),
+            (D, "Bash(rm:*)", "bash", bash("/bin/r? -rf x"), Verdict::Deny("this command cannot be checked against the deny rule Bash(rm:*) (the command name comes from a variable, substitution or expansion); write it as plain commands".into())),
+            (D, "Bash(rm:*)", "bash", bash("sudo /bin/r[m] x"), Verdict::Deny("this command cannot be checked against the deny rule Bash(rm:*) (the command name comes from a variable, substitution or expansion); write it as plain commands".into())),
+            (D, "Bash(rm:*)", "bash", bash("ls *.txt {a,b}.md"), Verdict::Ask),
+            (A, "Bash(ls:*)", "bash", bash("ls *.rs"), Verdict::Allow),
             (D, "Bash(rm:*)", "bash", bash("echo 'unclosed"), Verdict::Deny("this command cannot be checked against the deny rule Bash(rm:*) (unbalanced quotes or brackets); write it as plain commands".into())),
             (D, "Bash", "bash", bash("ls"), Verdict::Deny("denied by rule Bash".into())),
             (D, "Bash(git push --force:*)", "bash", bash("git  push --force origin"), Verdict::Deny("denied by rule Bash(git push --force:*)".into())),

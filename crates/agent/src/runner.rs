@@ -161,6 +161,8 @@ pub struct Runner<'a> {
     session_started: bool,
     /// Where "always allow" answers are kept beyond this run.
     allow_store: Option<Arc<dyn AllowStore>>,
+    /// The workspace's slash commands, expanded when a prompt names one (any composer).
+    commands: Vec<crate::commands::Command>,
 }
 
 enum Settled {
@@ -227,7 +229,15 @@ impl<'a> Runner<'a> {
             hook_context: Vec::new(),
             session_started: false,
             allow_store: None,
+            commands: Vec::new(),
         }
+    }
+
+    /// Expands a prompt that names one of these commands (`/review src/lib.rs`), wherever it
+    /// was typed.
+    pub fn with_commands(mut self, commands: Vec<crate::commands::Command>) -> Self {
+        self.commands = commands;
+        self
     }
 
     /// Runs these hooks at their events.
@@ -328,6 +338,7 @@ impl<'a> Runner<'a> {
             self.note_once(&n);
         }
         self.session_start_hooks().await;
+        self.expand_command();
         if let Some(outcome) = self.prompt_hooks().await {
             return outcome;
         }
@@ -400,7 +411,8 @@ impl<'a> Runner<'a> {
             let mut extra = String::new();
             if let Some(ctx) = &self.context {
                 // Re-read before every request: an edited CLAUDE.md applies at once.
-                let (text, memory) = ctx.block(&messages);
+                let permissions = &self.permissions;
+                let (text, memory) = ctx.block(&messages, &|p| permissions.read_denied(p));
                 if self.memory_shown.as_ref() != Some(&memory) {
                     if !memory.files.is_empty() {
                         self.note_once(&format!("Memory loaded: {}", memory.summary()));
@@ -854,6 +866,51 @@ impl<'a> Runner<'a> {
         for n in o.notices {
             self.note(&format!("Hook: {n}"));
         }
+    }
+
+    /// A new prompt that is `/name args` for a workspace command gets the command's text as a
+    /// second block (the model sees both, as Claude Code shows it the command and its
+    /// expansion), and the command's approved `allowed-tools` apply for this run. Each prompt
+    /// once (`commands_prompt` setting).
+    fn expand_command(&mut self) {
+        if self.commands.is_empty() {
+            return;
+        }
+        let messages = self.session.messages();
+        let Some(last) = messages.iter().rev().find(|m| m.role != Role::System) else {
+            return;
+        };
+        let [Block::Text { text }] = last.blocks.as_slice() else {
+            return;
+        };
+        if last.role != Role::User
+            || !text.trim_start().starts_with('/')
+            || self.session.setting("commands_prompt").as_deref() == Some(last.id.as_str())
+        {
+            return;
+        }
+        self.session.set_setting("commands_prompt", &last.id);
+        let Ok(crate::commands::Expanded::Prompt {
+            text: expanded,
+            allow,
+            warnings,
+            ..
+        }) = crate::commands::expand(text, &self.commands)
+        else {
+            // Built-ins belong to the composer; anything else is ordinary text.
+            return;
+        };
+        let block = Block::Text {
+            text: format!("<command-expansion>\n{expanded}\n</command-expansion>"),
+        };
+        if let Err(e) = self.session.append_block(&last.id, &block) {
+            tracing::error!(error = %e, "adding a command's expansion failed");
+            return;
+        }
+        for w in warnings {
+            self.note(&format!("Warning: {w}"));
+        }
+        self.permissions.allow.extend(allow);
     }
 
     /// UserPromptSubmit hooks for a new prompt (each prompt once, even across restarts): a

@@ -255,7 +255,7 @@ impl ClaudeSetup {
         approval: &dyn ConfigApproval,
     ) -> ClaudeSetup {
         let settings = Settings::load(root, user_dir, approval);
-        let (commands, command_warnings) = crate::commands::load_commands(root, user_dir);
+        let (commands, command_warnings) = crate::commands::load_commands(root, user_dir, approval);
         let mut warnings = settings.warnings.clone();
         warnings.extend(command_warnings);
         let context = crate::memory::WorkspaceContext::new(

@@ -62,6 +62,7 @@ fn runner<'a>(
     )
     .with_context(setup.context.clone())
     .with_hooks(hooks)
+    .with_commands(setup.commands.clone())
     .with_notes(setup.notes());
     if let Some(s) = store {
         r = r.with_allow_store(s);
@@ -249,4 +250,67 @@ async fn always_allow_is_kept_for_later_runners() {
     // Another user's store does not have it.
     let bob = FileAllowStore::new(home.path(), "bob", &root.to_string_lossy());
     assert!(bob.entries().is_empty());
+}
+
+#[tokio::test]
+async fn a_command_typed_in_any_composer_is_expanded_by_the_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(
+        root,
+        ".claude/commands/review.md",
+        "---\ndescription: Review a file\nallowed-tools: Bash(git diff:*)\n---\nReview $ARGUMENTS for bugs.\n",
+    );
+    let server = FakeServer::start(vec![
+        FakeResponse::sse(
+            &reply(
+                "",
+                &[("t1", "bash", json!({"command": "git diff src/lib.rs"}))],
+                (1, 1, 0, 0),
+            ),
+            &[64],
+        ),
+        FakeResponse::sse(&reply("Reviewed.", &[], (1, 1, 0, 0)), &[64]),
+        FakeResponse::sse(&reply("Hi.", &[], (1, 1, 0, 0)), &[64]),
+    ])
+    .await
+    .unwrap();
+    let p = provider(&server);
+    // What the web view or the desktop composer writes: the text as typed.
+    let session = SessionDoc::new(Doc::new());
+    Runner::send_user_message(&session, "user", "/review src/lib.rs");
+    let outcome = runner(&session, &p, root, &OwnDevice, None)
+        .run(&CancellationToken::new())
+        .await;
+    // The command's allowed-tools let `git diff` run without asking.
+    assert_eq!(outcome, Outcome::EndTurn);
+    let texts = user_texts(&server.requests()[0].body);
+    assert_eq!(texts[0], "/review src/lib.rs");
+    assert!(
+        texts[1].contains("Review src/lib.rs for bugs."),
+        "{texts:?}"
+    );
+
+    // Unapproved (the cloud): expanded, but its allowed-tools do not apply.
+    let cloud = SessionDoc::new(Doc::new());
+    Runner::send_user_message(&cloud, "user", "/review src/lib.rs");
+    let server2 = FakeServer::start(vec![FakeResponse::sse(
+        &reply(
+            "",
+            &[("t1", "bash", json!({"command": "git diff src/lib.rs"}))],
+            (1, 1, 0, 0),
+        ),
+        &[64],
+    )])
+    .await
+    .unwrap();
+    let p2 = provider(&server2);
+    let outcome = runner(&cloud, &p2, root, &Unapproved, None)
+        .run(&CancellationToken::new())
+        .await;
+    assert!(
+        matches!(outcome, Outcome::ApprovalPending { .. }),
+        "{outcome:?}"
+    );
+    assert!(user_texts(&server2.requests()[0].body)[1].contains("Review src/lib.rs for bugs."));
 }

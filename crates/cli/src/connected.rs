@@ -405,6 +405,7 @@ pub async fn run_here(
     let mut runner = Runner::new(doc.clone(), provider, tools, permissions, config)
         .with_context(setup.context.clone())
         .with_hooks(hooks)
+        .with_commands(setup.commands.clone())
         .with_notes(setup.notes())
         .with_stop(stop.clone())
         .with_fence(fence.clone());

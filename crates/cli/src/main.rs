@@ -343,7 +343,7 @@ fn main() -> Result<()> {
             let mut model = model;
             let mut command_allow = Vec::new();
             let connected = if local { None } else { read_login(&home).ok() };
-            let prompt = match commands::expand(&prompt, &setup.commands, &OwnDevice)? {
+            let prompt = match commands::expand(&prompt, &setup.commands)? {
                 Expanded::Text(t) => t,
                 Expanded::Prompt {
                     text,

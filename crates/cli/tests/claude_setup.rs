@@ -322,3 +322,87 @@ async fn the_users_own_claude_md_applies_on_their_device() {
                 .contains("settings: ~/.claude/settings.json, .claude/settings.json")
     }));
 }
+
+/// Issue 15's spellings that used to pass deny rules, against the real binary: even in
+/// allow-all mode, the rules hold.
+#[tokio::test(flavor = "multi_thread")]
+async fn deny_rules_hold_against_chained_and_respelled_calls() {
+    let calls = [
+        ("d1", "bash", json!({"command": "rm x; true"})),
+        ("d2", "read", json!({"path": "./secrets/key"})),
+        ("d3", "read", json!({"path": "secrets/../secrets/key"})),
+        (
+            "d4",
+            "write",
+            json!({"path": "./protected/b.txt", "content": "no"}),
+        ),
+        (
+            "d5",
+            "edit",
+            json!({"path": "protected//b.txt", "old_string": "keep", "new_string": "no"}),
+        ),
+        ("d6", "bash", json!({"command": "echo `rm x`"})),
+    ];
+    let server = FakeServer::start(vec![
+        FakeResponse::sse(&reply("", &calls, (10, 5, 0, 0)), &[64]),
+        FakeResponse::sse(&reply("Done.", &[], (10, 5, 0, 0)), &[64]),
+    ])
+    .await
+    .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    for (f, text) in [
+        ("x", "keep\n"),
+        ("secrets/key", "s3cr3t-fixture\n"),
+        ("protected/b.txt", "keep\n"),
+    ] {
+        let p = ws.path().join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let out = jarvis(
+        &server,
+        home.path(),
+        ws.path(),
+        &[
+            "run",
+            "go",
+            "--output-format",
+            "stream-json",
+            "--permission-mode",
+            "allow-all",
+            "--deny",
+            "bash(rm:*)",
+            "--deny",
+            "read(secrets/**)",
+            "--deny",
+            "write(protected/**)",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = results(&server.requests()[1].body);
+    assert_eq!(got.len(), calls.len());
+    for (id, content, is_error) in &got {
+        assert!(
+            *is_error && content.starts_with("denied by rule"),
+            "{id}: {content}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("x")).unwrap(),
+        "keep\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("protected/b.txt")).unwrap(),
+        "keep\n"
+    );
+    assert!(
+        !serde_json::to_string(&server.requests()[1].body)
+            .unwrap()
+            .contains("s3cr3t-fixture")
+    );
+}

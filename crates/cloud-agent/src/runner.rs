@@ -506,6 +506,7 @@ impl Cloud {
         let mut runner = Runner::new(doc.clone(), provider.as_ref(), tools, permissions, config)
             .with_context(setup.context.clone())
             .with_hooks(hooks)
+            .with_commands(setup.commands.clone())
             .with_notes(setup.notes())
             .with_stop(stop.clone())
             .with_fence(fence.clone());

@@ -1,7 +1,7 @@
 import { useEffect, useMemo, useRef, useState } from 'react';
 import type { Device, SessionSummary } from '../lib/api';
 import { useApp, useDoc, useDocVersion } from '../lib/hooks';
-import { CONTEXT_TOKENS, contextUsed, readMessages, readMeta, type BlockView, type MessageView } from '../lib/model';
+import { CONTEXT_TOKENS, contextUsed, readIndex, readMessages, readMeta, type BlockView, type MessageView } from '../lib/model';
 import { sessionChanges } from '../lib/session-diff.js';
 import { Markdown } from './Markdown';
 import { deviceName, statusOf, whereLabel } from './labels';
@@ -149,6 +149,19 @@ export function Chat({ session, summary, devices, onShowChanges }: {
     return { results, approvals, toolIds };
   }, [messages]);
   const changed = useMemo(() => sessionChanges(messages).length, [messages]);
+  // The `/` picker: the workspace's Claude Code commands (`.claude/commands/**/*.md`), read
+  // from the synced file index; the runner expands the one a message names.
+  const index = useDoc(meta?.workspace ? `ws/${meta.workspace}/index` : null);
+  const indexVersion = useDocVersion(index?.doc);
+  const commands = useMemo(() => {
+    if (!index) return [] as string[];
+    const names = readIndex(index.doc)
+      .filter((e) => e.kind === 'text' && e.path.startsWith('.claude/commands/') && e.path.endsWith('.md'))
+      .map((e) => e.path.slice(e.path.lastIndexOf('/') + 1, -3));
+    return [...new Set(names)].sort();
+  }, [index, indexVersion]);
+  const typed = /^\/([\w:-]*)$/.exec(draft)?.[1];
+  const picks = typed === undefined ? [] : commands.filter((c) => c.startsWith(typed));
 
   useEffect(() => {
     const el = scroller.current;
@@ -225,11 +238,24 @@ export function Chat({ session, summary, devices, onShowChanges }: {
         {usage && <span>In {fmtTokens(usage.input + usage.cache_read + usage.cache_write)} · Out {fmtTokens(usage.output)}</span>}
         {usage && <span data-testid="cost">{fmtCost(usage.cost_micros)}</span>}
       </div>
+      {picks.length > 0 && (
+        <ul className="command-picker" role="listbox" aria-label="Workspace commands" data-testid="command-picker">
+          {picks.map((c) => (
+            <li key={c} role="option" aria-selected={false}>
+              <button type="button" className="link" onClick={() => setDraft(`/${c} `)} data-testid="command-pick">/{c}</button>
+            </li>
+          ))}
+        </ul>
+      )}
       <form className="composer" onSubmit={(e) => { e.preventDefault(); send(); }}>
         <textarea
-          value={draft} rows={2} placeholder={me.read_only ? 'Read-only access' : 'Message the agent…'} disabled={me.read_only}
+          value={draft} rows={2} placeholder={me.read_only ? 'Read-only access' : 'Message the agent… (/ for commands)'} disabled={me.read_only}
           onChange={(e) => setDraft(e.target.value)} data-testid="composer"
-          onKeyDown={(e) => { if (e.key === 'Enter' && !e.shiftKey && !e.nativeEvent.isComposing) { e.preventDefault(); send(); } }}
+          onKeyDown={(e) => {
+            // Tab completes the first command the picker offers.
+            if (e.key === 'Tab' && picks.length > 0) { e.preventDefault(); setDraft(`/${picks[0]} `); return; }
+            if (e.key === 'Enter' && !e.shiftKey && !e.nativeEvent.isComposing) { e.preventDefault(); send(); }
+          }}
         />
         <button className="btn primary" disabled={!draft.trim() || busy === 'send'} data-testid="send">Send</button>
       </form>
