@@ -245,6 +245,18 @@ async fn a_non_admins_cloud_bash_reaches_nothing_and_leaves_nothing() {
         }
         fake.push(bash(id, cmd, *t));
     }
+    // The file tools run outside the sandbox: links a command planted lead them nowhere.
+    fake.push(bash(
+        "links",
+        &format!("ln -s {d} escape; ln -s {d}/hub.db db.link; echo linked"),
+        5_000,
+    ));
+    fake.push(tool(
+        "via-link-write",
+        "write",
+        json!({"path": "escape/x", "content": "pwned"}),
+    ));
+    fake.push(tool("via-link-read", "read", json!({"path": "db.link"})));
     fake.push(text("Done probing."));
     let (s, v) = api
         .call(
@@ -316,6 +328,13 @@ async fn a_non_admins_cloud_bash_reaches_nothing_and_leaves_nothing() {
         "x\n"
     );
     assert!(!data.join("workspaces/bobs/x").exists() && !data.join("x").exists());
+
+    let (linked, _) = result(&session, "links");
+    assert!(linked.contains("linked"), "{linked}");
+    let (w, w_err) = result(&session, "via-link-write");
+    assert!(w_err && !data.join("x").exists(), "{w}");
+    let (r, r_err) = result(&session, "via-link-read");
+    assert!(r_err && !r.contains("SQLite"), "{r}");
 
     let (net, _) = result(&session, "net");
     assert!(net.contains("probed") && !net.contains("reached"), "{net}");

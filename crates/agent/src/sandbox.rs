@@ -26,6 +26,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// (name, value) pairs of a process environment.
+pub type Env = Vec<(String, String)>;
+
 /// The environment variable that names the bubblewrap binary (default `bwrap` on `PATH`).
 /// Tests point it at a binary that fails to simulate a host without user namespaces.
 pub const BWRAP_ENV: &str = "JARVIS_BWRAP";
@@ -231,11 +234,13 @@ impl Sandbox {
         let Sandbox::Bubblewrap { bwrap, .. } = &probe else {
             return Err("unreachable".into());
         };
-        let args = probe
+        let (args, environment) = probe
             .bwrap_args(&dir, "true", &[], &[])
             .map_err(|e| e.to_string())?;
         let out = std::process::Command::new(bwrap)
             .args(&args)
+            .env_clear()
+            .envs(environment)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -348,9 +353,13 @@ impl Sandbox {
                 (c, None)
             }
             Sandbox::Bubblewrap { bwrap, limits, .. } => {
+                let (bwrap_argv, environment) = self.bwrap_args(workspace, program, args, env)?;
                 let mut argv = vec![bwrap.clone().into_os_string()];
-                argv.extend(self.bwrap_args(workspace, program, args, env)?);
-                (host_command(argv), Some(limits))
+                argv.extend(bwrap_argv);
+                let mut c = host_command(argv);
+                // bubblewrap hands its own (cleared, then exactly this) environment on.
+                c.env_clear().envs(environment);
+                (c, Some(limits))
             }
             Sandbox::Unconfined { limits, .. } => {
                 let home = std::env::temp_dir().join("jarvis-unconfined-home");
@@ -416,13 +425,15 @@ impl Sandbox {
         })
     }
 
+    /// bubblewrap's arguments and the exact environment to start it with: values (secrets)
+    /// travel in the environment, never in an argument other host processes can read.
     fn bwrap_args(
         &self,
         workspace: &Path,
         program: &str,
         args: &[String],
         env: &[(String, String)],
-    ) -> Result<Vec<OsString>, SandboxError> {
+    ) -> Result<(Vec<OsString>, Env), SandboxError> {
         let Sandbox::Bubblewrap { limits, egress, .. } = self else {
             return Err(SandboxError::Refused("not a bubblewrap sandbox".into()));
         };
@@ -514,16 +525,6 @@ impl Sandbox {
         // Everything but the mounts above is read-only (bwrap's root is a scratch tmpfs).
         a.extend(["--remount-ro", "/", "--chdir"].map(OsString::from));
         a.push(ws.into_os_string());
-        a.push("--clearenv".into());
-        for (k, v) in base_env(HOME_INSIDE)
-            .into_iter()
-            .chain(route.env.iter().map(|(k, v)| (k.clone(), v.clone())))
-            .chain(env.iter().cloned())
-        {
-            a.push("--setenv".into());
-            a.push(k.into());
-            a.push(v.into());
-        }
         a.push("--".into());
         // Limits are set inside the user namespace: RLIMIT_NPROC counts the sandbox's own
         // user there, where set outside it would count every process of the host's user.
@@ -533,7 +534,12 @@ impl Sandbox {
         a.extend(route.wrapper.iter().map(OsString::from));
         a.push(program.into());
         a.extend(args.iter().map(OsString::from));
-        Ok(a)
+        let environment = base_env(HOME_INSIDE)
+            .into_iter()
+            .chain(route.env)
+            .chain(env.iter().cloned())
+            .collect();
+        Ok((a, environment))
     }
 }
 
@@ -856,9 +862,16 @@ mod tests {
         let ws = dir.path().join("workspaces/a");
         std::fs::create_dir_all(&ws).unwrap();
         let s = Sandbox::bubblewrap(Limits::default());
-        let args = s
-            .bwrap_args(&ws, "sh", &["-c".into(), "true".into()], &[])
+        let (args, environment) = s
+            .bwrap_args(
+                &ws,
+                "sh",
+                &["-c".into(), "true".into()],
+                &[("TOKEN".into(), "value-7d1e".into())],
+            )
             .unwrap();
+        // A value travels in the environment, never in an argument (/proc/<pid>/cmdline).
+        assert!(environment.contains(&("TOKEN".into(), "value-7d1e".into())));
         let args: Vec<String> = args
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
@@ -870,6 +883,7 @@ mod tests {
             .map(|w| w[1].as_str())
             .collect();
         assert!(!binds.contains(&"/"), "{args:?}");
+        assert!(!args.iter().any(|a| a.contains("value-7d1e")), "{args:?}");
         let data = dir.path().canonicalize().unwrap();
         let data = data.to_string_lossy();
         let ws_real = ws.canonicalize().unwrap();
@@ -882,7 +896,7 @@ mod tests {
             "--unshare-net",
             "--unshare-pid",
             "--die-with-parent",
-            "--clearenv",
+            "--cap-drop",
         ] {
             assert!(args.iter().any(|a| a == flag), "{flag} missing: {args:?}");
         }

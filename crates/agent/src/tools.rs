@@ -99,6 +99,101 @@ pub fn confine(root: &Path, path: &str) -> Result<PathBuf, PathError> {
     Ok(out)
 }
 
+/// Whether an opened file is the one at a path under `root` (canonical). On Linux its real
+/// path comes from the descriptor itself; elsewhere the path is resolved again and must lead
+/// to the same inode (a swap after the open then shows as a different file).
+fn opened_inside(root: &Path, f: &std::fs::File, path: &Path) -> std::io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = path;
+        use std::os::fd::AsRawFd;
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
+        Ok(real.starts_with(root))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let canon = path.canonicalize()?;
+        let (a, b) = (f.metadata()?, std::fs::metadata(&canon)?);
+        Ok(canon.starts_with(root) && a.dev() == b.dev() && a.ino() == b.ino())
+    }
+}
+
+/// Opens a path `confine` accepted, without trusting that it still resolves inside the root: a
+/// command running at the same time (another session's bash in this workspace) can swap a
+/// folder or the file for a symlink to the data dir between the check and the open. The final
+/// component is never followed, and the opened file must really lie under the root.
+fn open_inside(root: &Path, path: &Path, dir: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = libc::O_NOFOLLOW | if dir { libc::O_DIRECTORY } else { 0 };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)?;
+    if !opened_inside(&root.canonicalize()?, &f, path)? {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "resolves outside the workspace",
+        ));
+    }
+    Ok(f)
+}
+
+/// A path that names the opened folder itself, whatever its original path resolves to now
+/// (Linux: the descriptor's /proc entry; elsewhere the checked path).
+fn pinned(dir: &std::fs::File, path: &Path) -> PathBuf {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = path;
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        path.to_path_buf()
+    }
+}
+
+/// Reads a file through [`open_inside`].
+fn read_inside(root: &Path, path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open_inside(root, path, false)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Replaces a file atomically inside its folder, pinned by an open descriptor whose real path
+/// is checked, so neither the temporary file nor the rename can be redirected out of the root.
+fn write_inside(root: &Path, path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no file name",
+        ));
+    };
+    let dir = open_inside(root, parent, true)?;
+    let pinned = pinned(&dir, parent);
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(format!(".jarvis-tmp-{:08x}", rand::random::<u32>()));
+    let tmp = pinned.join(&tmp_name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    let written = f.write_all(content).and_then(|()| f.flush());
+    drop(f);
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, pinned.join(name))) {
+        // Best effort: the temporary file is ours and inside the root.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Todo {
     pub content: String,
@@ -287,8 +382,10 @@ impl ToolBox {
 
     async fn read(&self, p: &str, input: &Value) -> Result<String, String> {
         let path = self.path(p)?;
-        let bytes = tokio::fs::read(&path)
+        let root = self.root.clone();
+        let bytes = tokio::task::spawn_blocking(move || read_inside(&root, &path))
             .await
+            .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot read {p}: {e}"))?;
         let text = String::from_utf8(bytes).map_err(|_| format!("{p} is not a UTF-8 text file"))?;
         let offset = input
@@ -311,14 +408,13 @@ impl ToolBox {
                 .await
                 .map_err(|e| format!("cannot create the folder of {p}: {e}"))?;
         }
-        // Re-check after creating folders: a racing symlink must not redirect the write.
+        // Re-check after creating folders; `write_inside` then pins the folder it writes in.
         let path = self.path(p)?;
-        let tmp = path.with_extension(format!("jarvis-tmp-{}", rand::random::<u32>()));
-        tokio::fs::write(&tmp, content)
+        let root = self.root.clone();
+        let bytes = content.as_bytes().to_vec();
+        tokio::task::spawn_blocking(move || write_inside(&root, &path, &bytes))
             .await
-            .map_err(|e| format!("cannot write {p}: {e}"))?;
-        tokio::fs::rename(&tmp, &path)
-            .await
+            .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot write {p}: {e}"))?;
         Ok(format!("wrote {} bytes to {p}", content.len()))
     }
@@ -331,9 +427,12 @@ impl ToolBox {
             return Err("old_string and new_string are identical".into());
         }
         let path = self.path(p)?;
-        let text = tokio::fs::read_to_string(&path)
+        let root = self.root.clone();
+        let bytes = tokio::task::spawn_blocking(move || read_inside(&root, &path))
             .await
+            .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot read {p}: {e}"))?;
+        let text = String::from_utf8(bytes).map_err(|_| format!("{p} is not a UTF-8 text file"))?;
         let count = text.matches(old).count();
         let updated = match (count, all) {
             (0, _) => return Err(format!("old_string not found in {p}")),
@@ -352,7 +451,12 @@ impl ToolBox {
         let mut out = Vec::new();
         let mut stack = vec![self.root.clone()];
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
+            // Listed through a pinned descriptor: a folder swapped for a symlink after it was
+            // seen is not walked.
+            let Ok(handle) = open_inside(&self.root, &dir, true) else {
+                continue;
+            };
+            let Ok(entries) = std::fs::read_dir(pinned(&handle, &dir)) else {
                 continue;
             };
             for e in entries.flatten() {
@@ -365,8 +469,8 @@ impl ToolBox {
                     continue;
                 }
                 match e.file_type() {
-                    Ok(t) if t.is_dir() => stack.push(e.path()),
-                    Ok(t) if t.is_file() => out.push(e.path()),
+                    Ok(t) if t.is_dir() => stack.push(dir.join(&name)),
+                    Ok(t) if t.is_file() => out.push(dir.join(&name)),
                     _ => {}
                 }
             }
@@ -421,7 +525,10 @@ impl ToolBox {
                 if filter.as_ref().is_some_and(|m| !m.is_match(&rel)) {
                     continue;
                 }
-                let Ok(text) = std::fs::read_to_string(&f) else {
+                let Ok(text) = read_inside(&me.root, &f).map(String::from_utf8) else {
+                    continue;
+                };
+                let Ok(text) = text else {
                     continue;
                 };
                 for (i, line) in text.lines().enumerate() {
@@ -665,6 +772,42 @@ mod tests {
         let inside = t.root().join("src/main.rs");
         let r = run(&t, "read", json!({"path": inside.to_str().unwrap()})).await;
         assert!(!r.is_error, "{r:?}");
+    }
+
+    /// The file helpers hold even when a path passed `confine` and was then swapped for a
+    /// symlink (as a concurrent command could): simulated by skipping `confine`.
+    #[test]
+    fn file_access_never_follows_a_swapped_symlink_out() {
+        let (d, t) = setup();
+        let root = t.root().to_path_buf();
+        std::os::unix::fs::symlink(d.path(), root.join("swapped")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside.txt"), root.join("link.txt")).unwrap();
+        assert!(read_inside(&root, &root.join("swapped/outside.txt")).is_err());
+        assert!(read_inside(&root, &root.join("link.txt")).is_err());
+        assert!(write_inside(&root, &root.join("swapped/outside.txt"), b"pwned").is_err());
+        assert!(write_inside(&root, &root.join("swapped/new.txt"), b"pwned").is_err());
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("outside.txt")).unwrap(),
+            "secret"
+        );
+        assert!(!d.path().join("new.txt").exists());
+        // A walk does not descend into it either.
+        assert!(
+            t.walk()
+                .iter()
+                .all(|f| !f.starts_with(root.join("swapped")))
+        );
+        write_inside(&root, &root.join("src/ok.txt"), b"fine").unwrap();
+        assert_eq!(
+            read_inside(&root, &root.join("src/ok.txt")).unwrap(),
+            b"fine"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(root.join("src"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("jarvis-tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
     }
 
     #[tokio::test]
