@@ -70,6 +70,20 @@ async fn the_cloud_applies_memory_and_deny_rules_but_not_unapproved_hooks() {
         FakeResponse::sse(&reply("Ready.", &[], (10, 5, 0, 0)), &[4096]),
         FakeResponse::sse(&reply("On it.", &calls, (10, 5, 0, 0)), &[4096]),
         FakeResponse::sse(&reply("Done in the cloud.", &[], (10, 5, 0, 0)), &[4096]),
+        // After the owner approved the settings file: its hook now guards protected/.
+        FakeResponse::sse(
+            &reply(
+                "Once more.",
+                &[(
+                    "c2-protected",
+                    "write",
+                    json!({"path": "protected/b.txt", "content": "after approval\n"}),
+                )],
+                (10, 5, 0, 0),
+            ),
+            &[4096],
+        ),
+        FakeResponse::sse(&reply("Done again.", &[], (10, 5, 0, 0)), &[4096]),
     ])
     .await
     .unwrap();
@@ -82,7 +96,6 @@ async fn the_cloud_applies_memory_and_deny_rules_but_not_unapproved_hooks() {
         &[
             ("ANTHROPIC_BASE_URL", &fake.url()),
             ("ANTHROPIC_API_KEY", "test-key"),
-            ("JARVIS_SANDBOX", "limits"),
         ],
     )
     .unwrap();
@@ -226,4 +239,87 @@ async fn the_cloud_applies_memory_and_deny_rules_but_not_unapproved_hooks() {
         notes.iter().any(|n| n.contains("Frobnicate(everything)")),
         "{notes:?}"
     );
+
+    // The owner approves the settings file's exact content through the API; from then on its
+    // hooks run in the cloud (inside the sandbox) and block the write they guard.
+    let config: Value = http
+        .get(format!("{base}/api/workspaces/proj/config"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let settings = config["config"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == ".claude/settings.json")
+        .unwrap_or_else(|| panic!("settings.json is not listed for approval: {config}"))
+        .clone();
+    assert_eq!(settings["kind"], "settings");
+    assert_eq!(settings["approved"], false, "{settings}");
+    let approved = http
+        .post(format!("{base}/api/workspaces/proj/config/approve"))
+        .bearer_auth(&alice)
+        .json(
+            &json!({"kind": "settings", "path": ".claude/settings.json", "hash": settings["hash"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        approved.status().as_u16(),
+        200,
+        "{}",
+        approved.text().await.unwrap()
+    );
+    let created = http
+        .post(format!("{base}/api/sessions"))
+        .bearer_auth(&alice)
+        .json(
+            &json!({"id": "c2", "workspace": "proj", "message": "once more in the cloud",
+                      "permission_mode": "allow-all", "run": "cloud"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        created.status().as_u16(),
+        201,
+        "{}",
+        created.text().await.unwrap()
+    );
+    let mut again = Value::Null;
+    for _ in 0..1500 {
+        let v: Value = http
+            .get(format!("{base}/api/sessions/c2"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["status"] == "done" || v["status"] == "failed" {
+            again = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(again["status"], "done", "{again}");
+    let blocked = blocks(&again, None)
+        .into_iter()
+        .find(|b| b["type"] == "tool_result" && b["tool_use_id"] == "c2-protected")
+        .unwrap_or_else(|| panic!("no result for c2-protected: {again}"));
+    assert_eq!(blocked["is_error"], true, "{blocked}");
+    assert!(
+        blocked["content"]
+            .as_str()
+            .unwrap()
+            .contains("protected/ is read-only"),
+        "{blocked}"
+    );
+    assert!(!cloud_copy.join("protected/b.txt").exists());
 }

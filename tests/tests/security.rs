@@ -174,6 +174,7 @@ async fn a_pull_request_that_plants_an_agent_runs_nothing() {
         ("ANTHROPIC_BASE_URL", llm.url()),
         ("ANTHROPIC_API_KEY", "test-key".into()),
         ("JARVIS_SANDBOX", "limits".into()),
+        ("JARVIS_ALLOW_UNSANDBOXED", "1".into()),
         ("JARVIS_GITHUB_WEBHOOK_SECRET", SECRET.into()),
         ("JARVIS_GITHUB_API_URL", github.url()),
         (
@@ -320,6 +321,7 @@ async fn an_editors_new_agent_waits_for_an_owner() {
         0,
         &[
             ("JARVIS_SANDBOX", "limits"),
+            ("JARVIS_ALLOW_UNSANDBOXED", "1"),
             ("JARVIS_AGENTS_RELOAD_S", "1"),
             ("JARVIS_AGENTS_TICK_MS", "50"),
         ],
@@ -453,6 +455,7 @@ async fn anonymous_oversized_and_stalled_bodies_are_refused_before_they_are_read
         0,
         &[
             ("JARVIS_SANDBOX", "limits"),
+            ("JARVIS_ALLOW_UNSANDBOXED", "1"),
             ("JARVIS_GITHUB_WEBHOOK_SECRET", SECRET),
             ("JARVIS_BODY_TIMEOUT_MS", "500"),
             ("JARVIS_HEADER_TIMEOUT_MS", "500"),
@@ -583,6 +586,7 @@ async fn run_settings_written_into_the_session_document_grant_nothing() {
             ("ANTHROPIC_BASE_URL", url.as_str()),
             ("ANTHROPIC_API_KEY", "test-key"),
             ("JARVIS_SANDBOX", "limits"),
+            ("JARVIS_ALLOW_UNSANDBOXED", "1"),
         ],
     )
     .unwrap();
@@ -668,6 +672,7 @@ async fn a_member_cannot_create_documents_or_blobs_past_their_quota() {
         0,
         &[
             ("JARVIS_SANDBOX", "limits"),
+            ("JARVIS_ALLOW_UNSANDBOXED", "1"),
             ("JARVIS_MAX_DOCUMENTS_PER_USER", "3"),
             ("JARVIS_MAX_BLOB_BYTES_PER_USER", "1000"),
             ("JARVIS_BODY_TIMEOUT_MS", "500"),

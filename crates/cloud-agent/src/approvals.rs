@@ -24,8 +24,94 @@ use crate::access::{Action, Role};
 use crate::api::{Api, ApiError, Body, Caller};
 use crate::control::{ControlError, now_ms};
 
-/// The kinds of configuration that need an owner's approval.
-pub const KINDS: &[&str] = &["agent"];
+/// The kinds of configuration that need an owner's approval: background agents, Claude Code
+/// settings files (allow rules, a wider mode, `env`, hooks) and slash commands (their
+/// `allowed-tools`).
+pub const KINDS: &[&str] = &["agent", "settings", "command"];
+
+/// Which kind of configuration a workspace path is, if any.
+pub fn kind_of(path: &str) -> Option<&'static str> {
+    if path.starts_with(crate::agents::AGENTS_DIR)
+        && path.ends_with(".md")
+        && !path[crate::agents::AGENTS_DIR.len()..].contains('/')
+    {
+        Some("agent")
+    } else if path == ".claude/settings.json" || path == ".claude/settings.local.json" {
+        Some("settings")
+    } else if path.starts_with(".claude/commands/") && path.ends_with(".md") {
+        Some("command")
+    } else {
+        None
+    }
+}
+
+/// The hub's approvals as the agent runtime asks for them, for one workspace: a file takes
+/// effect only when its exact content was approved (and never in an untrusted workspace).
+pub struct WorkspaceApproval {
+    pub approvals: std::sync::Arc<Approvals>,
+    pub workspace: String,
+}
+
+impl jarvis_agent::settings::ConfigApproval for WorkspaceApproval {
+    fn approved(&self, path: &str, hash: &str) -> bool {
+        let Some(kind) = kind_of(path) else {
+            return false;
+        };
+        match self
+            .approvals
+            .is_approved(&self.workspace, kind, path, hash)
+        {
+            Ok(yes) => yes,
+            Err(e) => {
+                // Fails closed: an unreadable approval is no approval.
+                tracing::warn!(workspace = %self.workspace, path, error = %e, "reading an approval failed");
+                false
+            }
+        }
+    }
+}
+
+/// The Claude Code configuration files of a workspace (settings and commands) with the hash of
+/// their current text, from the hub's documents.
+pub async fn claude_config(
+    hub: &jarvis_sync::hub::Hub,
+    workspace: &str,
+) -> Vec<(String, &'static str, String)> {
+    use jarvis_sync::doc::{EntryKind, FileText, WorkspaceIndex};
+    let entries = match hub
+        .read(&format!("ws/{workspace}/index"), |doc| {
+            WorkspaceIndex::new(doc.clone())
+                .list()
+                .into_iter()
+                .filter(|(p, _)| matches!(kind_of(p), Some("settings" | "command")))
+                .collect::<Vec<_>>()
+        })
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(%workspace, error = %e, "reading a workspace index for its configuration failed");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for (path, entry) in entries {
+        let (EntryKind::Text, Some(doc)) = (&entry.kind, &entry.doc) else {
+            continue;
+        };
+        let Ok(text) = hub
+            .read(&format!("ws/{workspace}/file/{doc}"), |d| {
+                FileText::new(d.clone()).text()
+            })
+            .await
+        else {
+            continue;
+        };
+        let kind = kind_of(&path).unwrap_or("settings");
+        out.push((path, kind, content_hash(&text)));
+    }
+    out
+}
 
 /// The hash approvals are keyed by: SHA-256 of the file's text, hex.
 pub fn content_hash(text: &str) -> String {
@@ -42,6 +128,7 @@ pub struct Approval {
     pub approved_ms: i64,
 }
 
+#[derive(Debug)]
 pub struct Approvals {
     conn: Mutex<Connection>,
 }
@@ -196,6 +283,16 @@ pub async fn list(
             "error": d.def.as_ref().err().map(ToString::to_string),
         }));
     }
+    for (path, kind, hash) in claude_config(&api.hub, &id).await {
+        let approval = api
+            .approvals
+            .approval(&id, kind, &path, &hash)
+            .map_err(ControlError::Db)?;
+        out.push(json!({
+            "kind": kind, "path": path, "hash": hash,
+            "approved": approval.is_some() && !untrusted, "approval": approval,
+        }));
+    }
     Ok(Json(
         json!({"workspace": id, "untrusted": untrusted, "config": out}),
     ))
@@ -225,12 +322,31 @@ pub async fn approve(
             format!("kind {:?}: use one of {KINDS:?}", b.kind),
         ));
     }
-    let current = crate::agents::load_hashed(&api.hub, &id)
-        .await
-        .into_iter()
-        .find(|d| d.path == b.path)
-        .ok_or_else(|| ControlError::NotFound(format!("no {} at {:?}", b.kind, b.path)))?;
-    if current.hash.as_deref() != Some(b.hash.as_str()) {
+    if kind_of(&b.path) != Some(b.kind.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "{:?} is not a configuration file of kind {:?}",
+                b.path, b.kind
+            ),
+        ));
+    }
+    let current_hash = if b.kind == "agent" {
+        crate::agents::load_hashed(&api.hub, &id)
+            .await
+            .into_iter()
+            .find(|d| d.path == b.path)
+            .map(|d| d.hash)
+    } else {
+        claude_config(&api.hub, &id)
+            .await
+            .into_iter()
+            .find(|(p, _, _)| *p == b.path)
+            .map(|(_, _, h)| Some(h))
+    }
+    .ok_or_else(|| ControlError::NotFound(format!("no {} at {:?}", b.kind, b.path)))?;
+    if current_hash.as_deref() != Some(b.hash.as_str()) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",

@@ -44,6 +44,8 @@ pub struct CloudConfig {
     pub sandbox: Sandbox,
     /// Where the secrets a workspace's configuration names come from.
     pub secrets: Arc<crate::secrets::SecretStore>,
+    /// Owners' approvals of configuration that runs code (settings, hooks, commands).
+    pub approvals: Arc<crate::approvals::Approvals>,
     /// How long a new holder waits for the handed-off state to arrive.
     pub reach_timeout: Duration,
 }
@@ -391,12 +393,17 @@ impl Cloud {
     }
 
     /// Whether a workspace configuration file (settings allow rules, defaultMode, env, hooks,
-    /// command allowed-tools) may widen what the cloud runs. The place for the hub's owner
-    /// approvals by content hash (the "safe to share" work): until they answer here, nothing
-    /// from a workspace file widens what runs in the cloud; deny and ask rules and memory
-    /// files apply regardless.
-    fn config_approval(&self) -> Box<dyn ConfigApproval> {
-        Box::new(Unapproved)
+    /// command allowed-tools) may widen what the cloud runs: only content an owner approved
+    /// (by hash, through the API), never in an untrusted review checkout; deny and ask rules
+    /// and memory files apply regardless.
+    fn config_approval(&self, session: &str) -> Box<dyn ConfigApproval> {
+        match self.control.session(session) {
+            Ok(Some(row)) => Box::new(crate::approvals::WorkspaceApproval {
+                approvals: self.config.approvals.clone(),
+                workspace: row.workspace,
+            }),
+            _ => Box::new(Unapproved),
+        }
     }
 
     async fn drive(
@@ -476,7 +483,7 @@ impl Cloud {
             mirror.root(),
             None,
             Location::Cloud,
-            self.config_approval().as_ref(),
+            self.config_approval(session).as_ref(),
         );
         let explicit_mode = doc.setting("permission_mode").is_some();
         let permissions = setup.permissions(permissions, explicit_mode, None);

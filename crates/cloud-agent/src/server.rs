@@ -415,6 +415,7 @@ pub async fn build(
     let sandbox = choose_sandbox(&args.sandbox, args.allow_unsandboxed, limits)?;
     let secrets =
         crate::secrets::SecretStore::open(&db, &args.data_dir, args.secret_key.as_deref())?;
+    let approvals = Arc::new(crate::approvals::Approvals::open(&db)?);
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let provider_config =
         jarvis_agent::providers::ProviderConfig::from_env(&env, |p| std::fs::read_to_string(p))
@@ -450,6 +451,7 @@ pub async fn build(
             default_model: args.model.clone(),
             sandbox,
             secrets: secrets.clone(),
+            approvals: approvals.clone(),
             reach_timeout: std::time::Duration::from_secs(60),
         },
         format!("ws://{loopback}/sync"),
@@ -479,7 +481,7 @@ pub async fn build(
             webhooks: crate::webhooks::Webhooks::open(&db, &args.data_dir, (*args.github).clone())?,
             agents: crate::schedule::Agents::open(&db, (*args.agents).clone())?,
             secrets,
-            approvals: Arc::new(crate::approvals::Approvals::open(&db)?),
+            approvals,
             anonymous: crate::api::Anonymous::new(
                 args.anon_rate_burst,
                 args.anon_rate_per_second,
