@@ -112,7 +112,7 @@ async fn login_status_and_two_syncing_devices() {
     assert!(!denied.status.success());
     let err = String::from_utf8_lossy(&denied.stderr);
     assert!(
-        err.contains("access denied") && err.contains("no access to ws/notes/index"),
+        err.contains("you may not use workspace \"notes\"") && err.contains("ws/notes/"),
         "{err}"
     );
 }

@@ -341,7 +341,7 @@ async fn a_signed_pull_request_event_is_reviewed_once_and_the_review_posted() {
         "print(eval(input()))\n"
     );
     // The planted settings are in the review workspace, and none of their hooks ran.
-    let review_ws = s.data.join("workspaces/gh-Codertocat-Hello-World-2");
+    let review_ws = s.data.join(format!("workspaces/{ws}"));
     assert!(review_ws.join(".claude/settings.json").is_file());
     assert!(
         !review_ws.join("planted-hook-ran").exists(),
