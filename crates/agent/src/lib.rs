@@ -5,6 +5,8 @@
 //! is in the session document (`jarvis_sync::doc::SessionDoc`); nothing lives only in a process.
 
 pub mod anthropic;
+pub mod compaction;
+pub mod models;
 pub mod permissions;
 pub mod providers;
 pub mod runner;

@@ -240,8 +240,8 @@ impl ToolBox {
             ),
             def(
                 "write",
-                "Create or overwrite a file of the workspace with the given content.",
-                json!({"type":"object","properties":{"path":{"type":"string"},"content":{"type":"string"}},"required":["path","content"]}),
+                "Create or overwrite a file of the workspace with the given content. With append: true, add the content to the end of the file instead (write a large file in parts).",
+                json!({"type":"object","properties":{"path":{"type":"string"},"content":{"type":"string"},"append":{"type":"boolean"}},"required":["path","content"]}),
             ),
             def(
                 "edit",
@@ -284,6 +284,11 @@ impl ToolBox {
                 None => Err("read needs a string 'path'".into()),
             },
             "write" => match (s("path"), s("content")) {
+                (Some(p), Some(c))
+                    if input.get("append").and_then(Value::as_bool) == Some(true) =>
+                {
+                    self.append(p, c).await
+                }
                 (Some(p), Some(c)) => self.write(p, c).await,
                 _ => Err("write needs string 'path' and 'content'".into()),
             },
@@ -391,6 +396,35 @@ impl ToolBox {
             .await
             .map_err(|e| format!("cannot write {p}: {e}"))?;
         Ok(format!("wrote {} bytes to {p}", content.len()))
+    }
+
+    /// Appends to a file (created if missing): how a file too big for one reply is written.
+    async fn append(&self, p: &str, content: &str) -> Result<String, String> {
+        use tokio::io::AsyncWriteExt;
+        let path = self.path(p)?;
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| format!("cannot create the folder of {p}: {e}"))?;
+        }
+        let path = self.path(p)?;
+        let mut f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+            .map_err(|e| format!("cannot open {p}: {e}"))?;
+        f.write_all(content.as_bytes())
+            .await
+            .map_err(|e| format!("cannot append to {p}: {e}"))?;
+        f.flush()
+            .await
+            .map_err(|e| format!("cannot append to {p}: {e}"))?;
+        let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+        Ok(format!(
+            "appended {} bytes to {p} (now {len} bytes)",
+            content.len()
+        ))
     }
 
     async fn edit(&self, p: &str, old: &str, new: &str, all: bool) -> Result<String, String> {

@@ -331,6 +331,7 @@ pub async fn run_here(
     }
     let mut config = RunnerConfig::new(&opts.model, &device.id);
     config.budget_micros = opts.budget_usd.map(|d| (d * 1e6) as u64);
+    config.apply_session_settings(&doc);
     let mut runner = Runner::new(
         doc.clone(),
         provider,

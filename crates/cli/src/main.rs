@@ -59,11 +59,17 @@ enum Command {
         /// Deny rules. Repeatable.
         #[arg(long = "deny")]
         deny: Vec<String>,
-        #[arg(long, env = "ANTHROPIC_MODEL", default_value = "claude-sonnet-4-5")]
-        model: String,
+        /// The model (default: the session's, else the current default). On a follow-up
+        /// (`--session`) it changes the session's model from here on.
+        #[arg(long, env = "ANTHROPIC_MODEL")]
+        model: Option<String>,
         /// Stop before a request once the session has cost this many US dollars.
         #[arg(long)]
         budget_usd: Option<f64>,
+        /// Model requests one run may make (default: no limit; the budget is the stop). Kept
+        /// as a session setting, so every runner of the session applies it.
+        #[arg(long)]
+        max_turns: Option<u32>,
         /// Workspace id (logged in; default: the folder's name, or the session's workspace).
         #[arg(long)]
         workspace: Option<String>,
@@ -95,7 +101,7 @@ enum Command {
         dir: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "text")]
         output_format: OutputFormat,
-        #[arg(long, env = "ANTHROPIC_MODEL", default_value = "claude-sonnet-4-5")]
+        #[arg(long, env = "ANTHROPIC_MODEL", default_value = jarvis_agent::models::DEFAULT_MODEL)]
         model: String,
         /// Permission mode for the part run here (default: the session's own).
         #[arg(long)]
@@ -320,6 +326,7 @@ fn main() -> Result<()> {
             deny,
             model,
             budget_usd,
+            max_turns,
             workspace,
             local,
         } => {
@@ -337,7 +344,7 @@ fn main() -> Result<()> {
                         dir,
                         workspace,
                         session,
-                        model,
+                        model: model.unwrap_or_else(|| jarvis_agent::models::DEFAULT_MODEL.into()),
                         permission_mode: Some(permission_mode),
                         allow,
                         deny,
@@ -365,17 +372,49 @@ fn main() -> Result<()> {
                 ProviderConfig::from_env(&env, |p| std::fs::read_to_string(p))?.build()?;
             let id = session.unwrap_or_else(|| format!("{:016x}", rand_id()));
             let doc = session_doc(&store, &id)?;
+            let known = doc.meta().model;
+            let model = model
+                .or_else(|| (!known.is_empty()).then_some(known.clone()))
+                .unwrap_or_else(|| jarvis_agent::models::DEFAULT_MODEL.to_owned());
             if doc.meta().workspace.is_empty() {
                 doc.set_workspace(&dir.to_string_lossy());
-                doc.set_model(&model);
                 doc.set_title(&prompt.chars().take(80).collect::<String>());
             }
-            if !prompt.is_empty() {
+            if known != model {
+                doc.set_model(&model);
+            }
+            if let Some(n) = max_turns {
+                doc.set_setting("max_turns", &n.to_string());
+            }
+            let compact = compact_command(&prompt);
+            if !prompt.is_empty() && compact.is_none() {
                 Runner::send_user_message(&doc, "cli", &prompt);
             }
             let mut config = RunnerConfig::new(&model, "cli");
             config.budget_micros = budget_usd.map(|d| (d * 1e6) as u64);
+            config.apply_session_settings(&doc);
             let runtime = tokio::runtime::Runtime::new()?;
+            if let Some(focus) = compact {
+                let mut runner = Runner::new(
+                    doc.clone(),
+                    provider.as_ref(),
+                    ToolBox::new(&dir),
+                    permissions,
+                    config,
+                );
+                let done = runtime.block_on(runner.compact(focus, &CancellationToken::new()));
+                return match done {
+                    jarvis_agent::runner::Compacted::Done { tokens_before } => {
+                        eprintln!("session {id}: compacted ({tokens_before} tokens summarised)");
+                        Ok(())
+                    }
+                    jarvis_agent::runner::Compacted::Nothing => {
+                        eprintln!("session {id}: nothing to compact");
+                        Ok(())
+                    }
+                    other => bail!("compacting session {id} did not finish: {other:?}"),
+                };
+            }
             let outcome = runtime.block_on(run(
                 doc.clone(),
                 provider.as_ref(),
@@ -410,6 +449,16 @@ fn main() -> Result<()> {
             }
         }
     }
+}
+
+/// `/compact [focus]` as a prompt: Some(focus) (None when no focus is given).
+fn compact_command(prompt: &str) -> Option<Option<&str>> {
+    let rest = prompt.trim().strip_prefix("/compact")?;
+    if !rest.is_empty() && !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let focus = rest.trim();
+    Some((!focus.is_empty()).then_some(focus))
 }
 
 /// What `jarvis login` stores: the hub and this device's token, in a file readable only by

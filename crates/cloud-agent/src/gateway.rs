@@ -350,7 +350,10 @@ fn write_usage(mut conn: Connection, rx: std::sync::mpsc::Receiver<UsageRecord>,
                        cost_micros) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )?;
                 for r in &batch {
-                    let u = r.usage(&pricing);
+                    // Each request at its model's list prices (the model table), else the default.
+                    let p = jarvis_agent::models::ModelInfo::lookup(&r.model)
+                        .map_or(pricing, |m| m.pricing);
+                    let u = r.usage(&p);
                     stmt.execute(params![
                         now_ms() as i64,
                         r.user,

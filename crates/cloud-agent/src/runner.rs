@@ -418,6 +418,7 @@ impl Cloud {
         tools.sandbox = self.config.sandbox.clone();
         let mut config = RunnerConfig::new(&model, CLOUD_DEVICE);
         config.budget_micros = doc.setting("budget_micros").and_then(|b| b.parse().ok());
+        config.apply_session_settings(doc);
         let mut runner = Runner::new(doc.clone(), provider.as_ref(), tools, permissions, config)
             .with_stop(stop.clone())
             .with_fence(fence.clone());
