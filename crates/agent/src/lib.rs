@@ -10,6 +10,7 @@ pub mod models;
 pub mod permissions;
 pub mod providers;
 pub mod runner;
+pub mod shells;
 pub mod sse;
 pub mod testing;
 pub mod tools;

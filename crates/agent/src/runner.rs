@@ -278,6 +278,11 @@ impl<'a> Runner<'a> {
         self.session.set_status(&SessionStatus::Running);
         self.warn_if_deprecated();
         let outcome = self.run_inner(cancel).await;
+        // Background commands live as long as the run: an approval wait keeps them, anything
+        // else (the end, an interrupt, a handoff, a lost lease) stops them.
+        if !matches!(outcome, Outcome::ApprovalPending { .. }) {
+            self.stop_background(&outcome).await;
+        }
         if self.fenced() {
             return Outcome::LeaseLost;
         }
@@ -615,6 +620,32 @@ impl<'a> Runner<'a> {
             _ = self.stop.cancelled() => Err(Compacted::Yielded),
             _ = cancel.cancelled() => Err(Compacted::Interrupted),
         }
+    }
+
+    /// Stops every background command, with a notice naming them.
+    async fn stop_background(&self, outcome: &Outcome) {
+        let stopped = self.tools.shells.stop_all().await;
+        if stopped.is_empty() || self.fenced() {
+            return;
+        }
+        self.session.set_background(&[]);
+        let why = match outcome {
+            Outcome::Interrupted => "the run was interrupted",
+            Outcome::Yielded => "the session moved to another runner",
+            _ => "the run ended",
+        };
+        let list: Vec<String> = stopped
+            .iter()
+            .map(|(id, cmd)| format!("{id} ({cmd})"))
+            .collect();
+        self.notice(
+            "background_stopped",
+            &format!(
+                "Stopped background commands because {why}: {}. Start them again in a new \
+                 run if they are still needed.",
+                list.join(", ")
+            ),
+        );
     }
 
     /// Once per session and model: a notice when the model is deprecated or retired.
@@ -1080,6 +1111,9 @@ impl<'a> Runner<'a> {
                     let out = self.tools.run(name, &input, cancel).await;
                     if self.fenced() {
                         return Settled::Interrupted;
+                    }
+                    if matches!(name.as_str(), "bash" | "kill_shell") {
+                        self.session.set_background(&self.tools.shells.list());
                     }
                     if cancel.is_cancelled() && out.is_error {
                         // Interrupted mid-tool: record it, so a restart does not re-run it.

@@ -41,7 +41,11 @@ impl ToolOutput {
 
 /// Tools that change nothing; safe to re-run after a crash and allowed in plan mode.
 pub fn is_read_only(tool: &str) -> bool {
-    matches!(tool, "read" | "glob" | "grep" | "todo")
+    // bash_output and kill_shell only touch background shells this runner started.
+    matches!(
+        tool,
+        "read" | "glob" | "grep" | "todo" | "bash_output" | "kill_shell"
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -204,7 +208,12 @@ fn ulimit_prefix(l: &Limits) -> String {
 #[derive(Clone)]
 pub struct ToolBox {
     root: PathBuf,
+    /// A bash call's timeout when the model names none.
     pub bash_timeout: Duration,
+    /// The longest timeout the model may ask for (per workspace; 10 minutes by default).
+    pub bash_timeout_max: Duration,
+    /// Background commands (`run_in_background`), shared by clones of this tool box.
+    pub shells: crate::shells::Shells,
     pub output_cap: usize,
     pub sandbox: Sandbox,
     todos: Arc<Mutex<Vec<Todo>>>,
@@ -215,6 +224,8 @@ impl ToolBox {
         ToolBox {
             root: root.into(),
             bash_timeout: Duration::from_secs(120),
+            bash_timeout_max: Duration::from_secs(600),
+            shells: crate::shells::Shells::default(),
             output_cap: 30_000,
             sandbox: Sandbox::None,
             todos: Arc::default(),
@@ -260,8 +271,18 @@ impl ToolBox {
             ),
             def(
                 "bash",
-                "Run a shell command in the workspace root, with a timeout.",
-                json!({"type":"object","properties":{"command":{"type":"string"},"timeout_ms":{"type":"integer"}},"required":["command"]}),
+                "Run a shell command in the workspace root, with a timeout (default 2 minutes, at most 10). With run_in_background: true it returns a shell id at once; read its output with bash_output and stop it with kill_shell (it is stopped when the run ends).",
+                json!({"type":"object","properties":{"command":{"type":"string"},"timeout_ms":{"type":"integer"},"run_in_background":{"type":"boolean"}},"required":["command"]}),
+            ),
+            def(
+                "bash_output",
+                "New output of a background shell since the last read, and whether it still runs. Optional filter: a regular expression; only matching lines are returned.",
+                json!({"type":"object","properties":{"shell_id":{"type":"string"},"filter":{"type":"string"}},"required":["shell_id"]}),
+            ),
+            def(
+                "kill_shell",
+                "Stop a background shell and every process it started.",
+                json!({"type":"object","properties":{"shell_id":{"type":"string"}},"required":["shell_id"]}),
             ),
             def(
                 "todo",
@@ -311,15 +332,36 @@ impl ToolBox {
                 None => Err("grep needs a string 'pattern'".into()),
             },
             "bash" => match s("command") {
+                Some(c)
+                    if input.get("run_in_background").and_then(Value::as_bool) == Some(true) =>
+                {
+                    self.shells.start(self.shell_command(c), c).map(|id| {
+                        format!(
+                            "Started in the background as {id}. Read its output with \
+                             bash_output {{\"shell_id\": \"{id}\"}}; stop it with kill_shell."
+                        )
+                    })
+                }
                 Some(c) => {
                     let timeout = input
                         .get("timeout_ms")
                         .and_then(Value::as_u64)
                         .map(Duration::from_millis)
-                        .map_or(self.bash_timeout, |t| t.min(self.bash_timeout));
+                        .map_or(self.bash_timeout, |t| t.min(self.bash_timeout_max));
                     return self.bash(c, timeout, cancel).await;
                 }
                 None => Err("bash needs a string 'command'".into()),
+            },
+            "bash_output" => match s("shell_id") {
+                Some(id) => match s("filter").map(regex::Regex::new).transpose() {
+                    Ok(filter) => self.shells.read(id, filter.as_ref()),
+                    Err(e) => Err(format!("invalid filter: {e}")),
+                },
+                None => Err("bash_output needs a string 'shell_id'".into()),
+            },
+            "kill_shell" => match s("shell_id") {
+                Some(id) => self.shells.kill(id).await,
+                None => Err("kill_shell needs a string 'shell_id'".into()),
             },
             "todo" => match input
                 .get("todos")
@@ -552,6 +594,19 @@ impl ToolBox {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> ToolOutput {
+        let mut cmd = self.shell_command(command);
+        cmd.current_dir(&self.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        self.bash_spawned(cmd, timeout, cancel).await
+    }
+
+    /// `sh -c command` wrapped by the sandbox, in the workspace root (foreground and
+    /// background commands alike).
+    pub(crate) fn shell_command(&self, command: &str) -> tokio::process::Command {
         let mut cmd = match &self.sandbox {
             Sandbox::None => {
                 let mut c = tokio::process::Command::new("sh");
@@ -574,12 +629,16 @@ impl ToolBox {
                 c
             }
         };
-        cmd.current_dir(&self.root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+        cmd.current_dir(&self.root);
+        cmd
+    }
+
+    async fn bash_spawned(
+        &self,
+        mut cmd: tokio::process::Command,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> ToolOutput {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => return ToolOutput::err(format!("cannot start sh: {e}")),

@@ -607,3 +607,148 @@ async fn prompt_too_long_from_the_provider_compacts_and_asks_again() {
     );
     assert!(*statuses.last().unwrap() < 6_000);
 }
+
+/// Every process whose command line contains `needle` (Linux /proc).
+fn processes_with(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(needle)
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_server_answers_a_later_call_and_nothing_survives_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hello.txt"),
+        "hello from the background server",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // A unique sleep length marks the grandchild that leaves the process group with setsid.
+    let sleeper = format!("{}.{}", 600 + port % 97, port);
+    let server_cmd =
+        format!("setsid sleep {sleeper} & exec python3 -m http.server {port} --bind 127.0.0.1");
+    let fetch = format!(
+        "python3 -c \"import urllib.request,time\nfor i in range(200):\n  try:\n    print(urllib.request.urlopen('http://127.0.0.1:{port}/hello.txt').read().decode()); break\n  except Exception: time.sleep(0.05)\""
+    );
+    let doc = SessionDoc::new(yrs::Doc::new());
+    let listed = Arc::new(Mutex::new(Vec::new()));
+    let (d, l) = (doc.clone(), listed.clone());
+    let seen = Arc::new(AtomicU32::new(0));
+    let responder = move |r: &RecordedRequest| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        let call = |id: &str, name: &str, input: Value| {
+            FakeResponse::sse(&reply("", &[(id, name, input)], (50, 10, 0, 0)), &[256])
+        };
+        match n {
+            0 => call(
+                "toolu_bg",
+                "bash",
+                json!({"command": server_cmd, "run_in_background": true}),
+            ),
+            1 => {
+                *l.lock().unwrap() = d.background();
+                call(
+                    "toolu_fetch",
+                    "bash",
+                    json!({"command": fetch, "timeout_ms": 30_000}),
+                )
+            }
+            2 => {
+                let text = r.body["messages"].to_string();
+                let id = regex::Regex::new(r"sh-[0-9a-f]{8}")
+                    .unwrap()
+                    .find(&text)
+                    .unwrap()
+                    .as_str()
+                    .to_owned();
+                call("toolu_out", "bash_output", json!({"shell_id": id}))
+            }
+            _ => FakeResponse::sse(&reply("The server answered.", &[], (50, 5, 0, 0)), &[256]),
+        }
+    };
+    let server = FakeServer::start_with(
+        vec![],
+        FakeOptions {
+            keep_alive: true,
+            responder: Some(Arc::new(responder)),
+        },
+    )
+    .await
+    .unwrap();
+    Runner::send_user_message(&doc, "laptop", "Serve the folder and fetch hello.txt.");
+    let p = provider(&server);
+    let mut runner = Runner::new(
+        doc.clone(),
+        &p,
+        ToolBox::new(dir.path()),
+        Permissions::new(Mode::AllowAll),
+        config(200_000, 4096),
+    );
+    assert!(processes_with(&sleeper).is_empty());
+    assert_eq!(
+        runner.run(&CancellationToken::new()).await,
+        Outcome::EndTurn
+    );
+    let results: Vec<(String, String)> = doc
+        .messages()
+        .iter()
+        .flat_map(|m| m.blocks.clone())
+        .filter_map(|b| match b {
+            Block::ToolResult {
+                tool_use_id,
+                content,
+                ..
+            } => Some((tool_use_id, content)),
+            _ => None,
+        })
+        .collect();
+    let fetched = &results
+        .iter()
+        .find(|(id, _)| id == "toolu_fetch")
+        .unwrap()
+        .1;
+    assert!(
+        fetched.contains("hello from the background server"),
+        "{fetched}"
+    );
+    let output = &results.iter().find(|(id, _)| id == "toolu_out").unwrap().1;
+    assert!(output.contains("running"), "{output}");
+    // The session listed the shell while it ran, and lists nothing now.
+    let during = listed.lock().unwrap().clone();
+    assert_eq!(during.len(), 1);
+    assert!(during[0].1.contains("http.server"));
+    assert!(doc.background().is_empty());
+    let notice = doc
+        .messages()
+        .into_iter()
+        .flat_map(|m| m.blocks)
+        .find_map(|b| match b {
+            Block::Notice { kind, text } if kind == "background_stopped" => Some(text),
+            _ => None,
+        })
+        .unwrap();
+    assert!(notice.contains(&during[0].0), "{notice}");
+    // Nothing of it remains: not the server, not the setsid grandchild.
+    assert!(
+        processes_with(&sleeper).is_empty(),
+        "the setsid grandchild survived"
+    );
+    assert!(
+        processes_with(&format!("http.server {port}")).is_empty(),
+        "the server survived"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}

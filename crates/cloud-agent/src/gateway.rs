@@ -167,6 +167,9 @@ impl Upstream {
                 secret_access_key,
                 session_token,
             )),
+            ProviderConfig::BedrockChain { base_url, region } => {
+                Upstream::Bedrock(BedrockProvider::from_chain(&base_url, &region))
+            }
             ProviderConfig::Vertex {
                 base_url,
                 region,
@@ -639,6 +642,7 @@ async fn forward(
                 "application/json"
             };
             let base = [("content-type", "application/json"), ("accept", accept)];
+            bedrock.refresh_credentials().await.map_err(bad_gateway)?;
             let signed = bedrock.sign(&url, &base, &body).map_err(bad_gateway)?;
             let mut req = gw.client.post(url).body(body);
             for (k, v) in base.iter().copied() {
