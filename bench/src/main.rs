@@ -32,8 +32,11 @@ enum Cli {
     Handoff(handoff::HandoffArgs),
     /// LLM gateway overhead: first byte and CPU per request, direct against through the gateway.
     Gateway(gateway::GatewayArgs),
+    /// Prompt cache over a long session with one compaction, against Anthropic's cache rules.
+    Cache(cache::CacheArgs),
 }
 
+mod cache;
 mod gateway;
 mod handoff;
 mod mirror;
@@ -539,6 +542,12 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?;
             return rt.block_on(gateway::run(a));
+        }
+        Cli::Cache(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            return rt.block_on(cache::run(a));
         }
     };
     if args.quick {

@@ -53,7 +53,9 @@ fn aws_fake(issued: &'static Issued) -> impl Fn(&RecordedRequest) -> FakeRespons
                 resp
             }
             ("GET", "/ecs/credentials") => FakeResponse::raw(200, &creds_json(issued)),
-            ("PUT", "/latest/api/token") => text(200, IMDS_TOKEN),
+            ("PUT", "/latest/api/token") => {
+                text(200, IMDS_TOKEN).with_header("x-aws-ec2-metadata-token-ttl-seconds", "21600")
+            }
             ("GET", p) if p.starts_with("/latest/meta-data/iam/") => {
                 // IMDSv2: every read carries the session token.
                 if r.headers

@@ -67,11 +67,39 @@ pub fn effective_messages(
         }
         None => (0, None),
     };
-    head.into_iter()
+    let kept: Vec<Message> = head
+        .into_iter()
         .chain(messages.into_iter().skip(start).filter(|m| {
             !cut.contains(&m.id) || m.blocks.iter().any(|b| matches!(b, Block::ToolUse { .. }))
         }))
-        .collect()
+        .collect();
+    results_after_their_calls(kept)
+}
+
+/// Moves each results message (`{assistant}-results`) to just after its assistant message: a
+/// user message sent while the calls ran was written before their results, and is delivered
+/// after them.
+fn results_after_their_calls(messages: Vec<Message>) -> Vec<Message> {
+    let mut results: std::collections::HashMap<String, Message> = std::collections::HashMap::new();
+    let mut rest = Vec::with_capacity(messages.len());
+    for m in messages {
+        if m.role == Role::User
+            && let Some(a) = m.id.strip_suffix("-results")
+        {
+            results.insert(a.to_owned(), m);
+        } else {
+            rest.push(m);
+        }
+    }
+    let mut out = Vec::with_capacity(rest.len() + results.len());
+    for m in rest {
+        let r = results.remove(&m.id);
+        out.push(m);
+        out.extend(r);
+    }
+    // Results whose assistant message is not in view (replaced by a summary) are dropped:
+    // the summary covers them.
+    out
 }
 
 /// Bytes of the request as sent (JSON), the basis of every estimate.
@@ -212,6 +240,21 @@ mod tests {
         let ids: Vec<&str> = eff.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["a2-summary", "s2", "u3"]);
         assert!(matches!(&eff[0].blocks[0], Block::Text { text } if text.contains("S2")));
+    }
+
+    #[test]
+    fn a_message_sent_during_tool_calls_follows_their_results() {
+        let all = vec![
+            msg("u1", Role::User, vec![text("go")]),
+            msg("a1", Role::Assistant, vec![text("calling")]),
+            msg("u2", Role::User, vec![text("also do this")]),
+            msg("a1-results", Role::User, vec![text("result")]),
+        ];
+        let ids: Vec<String> = effective_messages(all, &Default::default())
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, ["u1", "a1", "a1-results", "u2"]);
     }
 
     #[test]

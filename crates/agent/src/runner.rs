@@ -299,6 +299,30 @@ impl<'a> Runner<'a> {
         outcome
     }
 
+    /// A model or permission mode changed from another device (`PATCH /api/sessions/{id}`, a
+    /// CLI follow-up) takes effect before the next request.
+    fn apply_session_changes(&mut self) {
+        let model = self.session.meta().model;
+        if !model.is_empty() && model != self.config.model {
+            let info = ModelInfo::resolve(&model);
+            tracing::info!(from = %self.config.model, to = %model, "the session's model changed");
+            self.config.model = model;
+            self.config.max_tokens = info.max_output;
+            self.config.context_window = info.context_window;
+            self.config.pricing = info.pricing;
+            self.config.end_of_life = info.end_of_life;
+            self.meter.reset();
+            self.warn_if_deprecated();
+        }
+        if let Some(mode) = self
+            .session
+            .setting("permission_mode")
+            .and_then(|m| crate::permissions::Mode::parse(&m))
+        {
+            self.permissions.mode = mode;
+        }
+    }
+
     async fn run_inner(&mut self, cancel: &CancellationToken) -> Outcome {
         let mut requests: u32 = 0;
         // A compaction is followed by a request before another may start, so a transcript whose
@@ -323,6 +347,7 @@ impl<'a> Runner<'a> {
             if self.stop.is_cancelled() {
                 return Outcome::Yielded;
             }
+            self.apply_session_changes();
             // A reply cut by a handoff is kept for the reader but not sent to the model (it is
             // asked again) unless it got as far as complete tool calls; everything up to the
             // latest compaction is replaced by its summary.
@@ -1019,15 +1044,13 @@ impl<'a> Runner<'a> {
             return Settled::Done;
         };
         let assistant = &messages[ai];
-        // A user message written after the assistant's (not our results) means the user moved
-        // on; the conversion to the API fills in results for calls left unsettled.
+        // A user message written after the assistant's is queued, not a cancellation: the
+        // calls still run and the message is delivered after their results. Only a call that
+        // waits for an approval is dropped (the user wrote instead of answering).
         let rid = results_id(&assistant.id);
-        if messages[ai + 1..]
+        let moved_on = messages[ai + 1..]
             .iter()
-            .any(|m| m.role == Role::User && m.id != rid)
-        {
-            return Settled::Done;
-        }
+            .any(|m| m.role == Role::User && m.id != rid && !m.id.starts_with("c-"));
         let done: Vec<String> = messages[ai + 1..]
             .iter()
             .filter(|m| m.id == rid)
@@ -1102,8 +1125,22 @@ impl<'a> Runner<'a> {
                 Some((_, Some(Decision::Deny))) => {
                     Verdict::Deny("The user denied this tool call.".to_owned())
                 }
+                Some((approval_id, None)) if moved_on => {
+                    if let Err(e) = self.session.answer_approval(
+                        approval_id,
+                        Decision::Deny,
+                        &self.config.device,
+                        now_ms(),
+                    ) {
+                        tracing::warn!(error = %e, "closing a superseded approval failed");
+                    }
+                    Verdict::Deny(NOT_RUN_NEW_MESSAGE.to_owned())
+                }
                 Some((approval_id, None)) => return Settled::Pending(approval_id.clone()),
-                None => self.permissions.check(name, &input),
+                None => match self.permissions.check(name, &input) {
+                    Verdict::Ask if moved_on => Verdict::Deny(NOT_RUN_NEW_MESSAGE.to_owned()),
+                    v => v,
+                },
             };
             match verdict {
                 Verdict::Allow => {
@@ -1265,6 +1302,10 @@ impl<'a> Runner<'a> {
         }
     }
 }
+
+/// The result of a call that waited for an approval when the user sent a message instead.
+const NOT_RUN_NEW_MESSAGE: &str = "Not run: the user sent a new message instead of answering \
+the approval.";
 
 /// Sent (as a user turn) after a text reply cut by `max_tokens`.
 pub const CONTINUE_PROMPT: &str = "[Your reply reached the output limit and was cut off. \

@@ -752,3 +752,82 @@ async fn a_background_server_answers_a_later_call_and_nothing_survives_the_run()
     );
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_sent_during_a_running_bash_call_is_queued_after_its_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    // The command runs until the test lets it finish (after the follow-up is written).
+    let cmd = "while [ ! -f go ]; do sleep 0.02; done; echo bash-finished-intact";
+    let server = FakeServer::start(vec![
+        FakeResponse::sse(
+            &reply(
+                "",
+                &[("toolu_wait", "bash", json!({"command": cmd}))],
+                (50, 10, 0, 0),
+            ),
+            &[256],
+        ),
+        FakeResponse::sse(
+            &reply("Done, and noted your follow-up.", &[], (50, 5, 0, 0)),
+            &[256],
+        ),
+    ])
+    .await
+    .unwrap();
+    let doc = SessionDoc::new(yrs::Doc::new());
+    Runner::send_user_message(&doc, "laptop", "Run the long command.");
+    let p = provider(&server);
+    let mut runner = Runner::new(
+        doc.clone(),
+        &p,
+        ToolBox::new(dir.path()),
+        Permissions::new(Mode::AllowAll),
+        config(200_000, 4096),
+    );
+    let phone = doc.clone();
+    let follow_up = tokio::spawn(async move {
+        // Wait (with a deadline) until the call runs, then write from "another device".
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let running = phone
+                .messages()
+                .iter()
+                .flat_map(|m| m.blocks.clone())
+                .any(|b| matches!(b, Block::ToolUse { status, .. } if status == "running"));
+            if running {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the call never ran");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Runner::send_user_message(&phone, "phone", "Also update the README afterwards.");
+        std::fs::write(go, "").unwrap();
+    });
+    assert_eq!(
+        runner.run(&CancellationToken::new()).await,
+        Outcome::EndTurn
+    );
+    follow_up.await.unwrap();
+    let result = doc
+        .messages()
+        .into_iter()
+        .flat_map(|m| m.blocks)
+        .find_map(|b| match b {
+            Block::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+            } if tool_use_id == "toolu_wait" => Some((content, is_error)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(result, ("bash-finished-intact\n".to_owned(), false));
+    // The model got the result first, then the follow-up, in one user turn.
+    let messages = server.requests()[1].body["messages"].clone();
+    let last = messages.as_array().unwrap().last().unwrap()["content"].clone();
+    assert_eq!(last[0]["type"], "tool_result");
+    assert_eq!(last[0]["content"], "bash-finished-intact\n");
+    assert_eq!(last[1]["text"], "Also update the README afterwards.");
+    assert!(!messages.to_string().contains("Not run"));
+}

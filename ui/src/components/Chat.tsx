@@ -96,7 +96,20 @@ function Message({ m, results, approvals, toolIds, session, readOnly, myDevice, 
   const visible = m.blocks.filter((b) => b.type !== 'tool_result' && !(b.type === 'approval' && toolIds.has(b.tool_use_id)));
   if (m.role === 'user' && visible.length === 0) return null;
   if (m.role === 'system') {
-    return <div className="msg system" data-testid="msg-system">{m.blocks.map((b, i) => b.type === 'text' ? <span key={i}>{b.text}</span> : null)}</div>;
+    return <div className="msg system" data-testid="msg-system">{m.blocks.map((b, i) => {
+      if (b.type === 'text') return <span key={i}>{b.text}</span>;
+      if (b.type === 'notice') return <span key={i} data-testid={`notice-${b.kind}`}>{b.text}</span>;
+      if (b.type === 'compaction') {
+        // Collapsed: what it replaced; the summary the model continues from on demand.
+        return (
+          <details key={i} className="compaction" data-testid="compaction">
+            <summary>Compacted {b.replaced} earlier message{b.replaced === 1 ? '' : 's'} ({fmtTokens(b.tokens_before)} tokens){b.trigger === 'manual' ? ' on request' : ''}{b.focus ? `, focus: ${b.focus}` : ''}; they stay above but are no longer sent to the model</summary>
+            <Markdown source={b.summary} testId="compaction-summary" />
+          </details>
+        );
+      }
+      return null;
+    })}</div>;
   }
   return (
     <div className={`msg ${m.role}`} data-testid={`msg-${m.role}`}>
@@ -167,7 +180,8 @@ export function Chat({ session, summary, devices, onShowChanges }: {
   const runner = runningHere ? me.device : summary?.runner ?? (meta?.runner && meta.runner.expires > Date.now() ? meta.runner.device : null);
   const where = whereLabel(runner, me.device, devices);
   const nameOf = (id: string) => deviceName(id, me.device, devices);
-  const ctx = contextUsed(messages);
+  const ctx = meta?.context?.tokens ?? contextUsed(messages);
+  const windowTokens = meta?.context?.window || CONTEXT_TOKENS;
   const usage = meta?.usage;
   const canRunHere = inDesktop;
   // In the desktop window the core hands over: it flushes the folder first (to the cloud) or
@@ -214,8 +228,9 @@ export function Chat({ session, summary, devices, onShowChanges }: {
         {status === 'running' && <div className="typing" aria-label="working"><span /><span /><span /></div>}
       </div>
       <div className="usage" data-testid="usage">
-        <div className="ctx-bar" title={`${ctx} of ${CONTEXT_TOKENS} tokens of context`}><div style={{ width: `${Math.min(100, (ctx / CONTEXT_TOKENS) * 100)}%` }} /></div>
-        <span>Context {fmtTokens(ctx)} / {fmtTokens(CONTEXT_TOKENS)}</span>
+        <div className="ctx-bar" title={`${ctx} of ${windowTokens} tokens of context`}><div style={{ width: `${Math.min(100, (ctx / windowTokens) * 100)}%` }} /></div>
+        <span>Context {fmtTokens(ctx)} / {fmtTokens(windowTokens)}</span>
+        {meta && meta.background.length > 0 && <span data-testid="background" title={meta.background.map(([id, cmd]) => `${id}: ${cmd}`).join('\n')}>{meta.background.length} background command{meta.background.length > 1 ? 's' : ''}</span>}
         {usage && <span>In {fmtTokens(usage.input + usage.cache_read + usage.cache_write)} · Out {fmtTokens(usage.output)}</span>}
         {usage && <span data-testid="cost">{fmtCost(usage.cost_micros)}</span>}
       </div>
