@@ -34,6 +34,24 @@ pub fn summary_turn(summary: &str) -> String {
     )
 }
 
+/// `/compact [focus]` typed as a message (from any device): Some(focus).
+pub fn compact_command(text: &str) -> Option<Option<String>> {
+    let rest = text.trim().strip_prefix("/compact")?;
+    if !rest.is_empty() && !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let focus = rest.trim();
+    Some((!focus.is_empty()).then(|| focus.to_owned()))
+}
+
+/// The command a message carries, if it is a user's `/compact` message.
+pub fn command_of(m: &Message) -> Option<Option<String>> {
+    match (m.role, m.blocks.as_slice()) {
+        (Role::User, [Block::Text { text }]) => compact_command(text),
+        _ => None,
+    }
+}
+
 /// The transcript as requests see it: messages cut by a handoff are dropped unless they got as
 /// far as complete tool calls, and everything up to the latest compaction is replaced by its
 /// summary (as a user message).
@@ -70,7 +88,10 @@ pub fn effective_messages(
     let kept: Vec<Message> = head
         .into_iter()
         .chain(messages.into_iter().skip(start).filter(|m| {
-            !cut.contains(&m.id) || m.blocks.iter().any(|b| matches!(b, Block::ToolUse { .. }))
+            // Commands are for the runner, never sent to the model.
+            command_of(m).is_none()
+                && (!cut.contains(&m.id)
+                    || m.blocks.iter().any(|b| matches!(b, Block::ToolUse { .. })))
         }))
         .collect();
     results_after_their_calls(kept)

@@ -348,6 +348,9 @@ impl<'a> Runner<'a> {
                 return Outcome::Yielded;
             }
             self.apply_session_changes();
+            if let Some(outcome) = self.compact_command(cancel).await {
+                return outcome;
+            }
             // A reply cut by a handoff is kept for the reader but not sent to the model (it is
             // asked again) unless it got as far as complete tool calls; everything up to the
             // latest compaction is replaced by its summary.
@@ -466,6 +469,46 @@ impl<'a> Runner<'a> {
     /// The transcript as the next request carries it (see [`compaction::effective_messages`]).
     fn request_messages(&self) -> Vec<Message> {
         compaction::effective_messages(self.session.messages(), &self.session.cut_messages())
+    }
+
+    /// A `/compact [focus]` message as the user's latest word (sent from any device): compacts
+    /// the transcript before it and ends the turn. Handled once: a compaction (or a notice)
+    /// written after it marks it done.
+    async fn compact_command(&mut self, cancel: &CancellationToken) -> Option<Outcome> {
+        let all = self.session.messages();
+        let at = all.iter().rposition(|m| {
+            m.role == Role::User && !m.id.ends_with("-results") && !m.id.starts_with("c-")
+        })?;
+        let focus = compaction::command_of(&all[at])?;
+        let handled = all[at + 1..].iter().any(|m| {
+            m.blocks.iter().any(|b| {
+                matches!(b, Block::Compaction { .. })
+                    || matches!(b, Block::Notice { kind, .. } if kind == "compact")
+            })
+        });
+        if handled {
+            return Some(Outcome::EndTurn);
+        }
+        let messages = self.request_messages();
+        Some(
+            match self
+                .compact_inner("manual", focus.as_deref(), &messages, cancel)
+                .await
+            {
+                Compacted::Done { .. } => Outcome::EndTurn,
+                Compacted::Nothing => {
+                    self.notice("compact", "Nothing to compact yet.");
+                    Outcome::EndTurn
+                }
+                Compacted::Interrupted => Outcome::Interrupted,
+                Compacted::Yielded => Outcome::Yielded,
+                Compacted::LeaseLost => Outcome::LeaseLost,
+                Compacted::Failed(reason) => {
+                    self.notice("compact", &format!("Compacting failed: {reason}"));
+                    Outcome::Failed(reason)
+                }
+            },
+        )
     }
 
     /// `/compact [focus]`: replaces the transcript so far by a summary now.

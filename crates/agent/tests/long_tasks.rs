@@ -831,3 +831,107 @@ async fn a_follow_up_sent_during_a_running_bash_call_is_queued_after_its_result(
     assert_eq!(last[1]["text"], "Also update the README afterwards.");
     assert!(!messages.to_string().contains("Not run"));
 }
+
+#[tokio::test]
+async fn a_deprecated_model_gets_one_notice_per_session() {
+    let server = FakeServer::start(vec![
+        FakeResponse::sse(&reply("One.", &[], (10, 2, 0, 0)), &[64]),
+        FakeResponse::sse(&reply("Two.", &[], (10, 2, 0, 0)), &[64]),
+    ])
+    .await
+    .unwrap();
+    let doc = SessionDoc::new(yrs::Doc::new());
+    let p = provider(&server);
+    let dir = tempfile::tempdir().unwrap();
+    for prompt in ["first", "second"] {
+        Runner::send_user_message(&doc, "laptop", prompt);
+        // The table's limits and prices for the old default; the fake answers anyway.
+        let mut c = RunnerConfig::new("claude-sonnet-4-5", "laptop");
+        c.flush_interval = Duration::from_millis(1);
+        assert_eq!(c.context_window, 200_000);
+        let mut runner = Runner::new(
+            doc.clone(),
+            &p,
+            ToolBox::new(dir.path()),
+            Permissions::new(Mode::Ask),
+            c,
+        );
+        assert_eq!(
+            runner.run(&CancellationToken::new()).await,
+            Outcome::EndTurn
+        );
+    }
+    let notices: Vec<String> = doc
+        .messages()
+        .into_iter()
+        .flat_map(|m| m.blocks)
+        .filter_map(|b| match b {
+            Block::Notice { kind, text } if kind == "model_deprecated" => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(notices[0].contains("2026-11-30") && notices[0].contains("claude-sonnet-5-5"));
+    assert_eq!(server.requests()[0].body["max_tokens"], 64_000);
+}
+
+#[tokio::test]
+async fn compact_sent_as_a_message_from_any_device_compacts_once_and_idles() {
+    let server = FakeServer::start(vec![
+        FakeResponse::sse(&reply("Hello.", &[], (10, 2, 0, 0)), &[64]),
+        FakeResponse::sse(
+            &reply(
+                "Summary: greeted the user; tests pending.",
+                &[],
+                (10, 8, 0, 0),
+            ),
+            &[64],
+        ),
+        FakeResponse::sse(
+            &reply("Continuing from the summary.", &[], (10, 4, 0, 0)),
+            &[64],
+        ),
+    ])
+    .await
+    .unwrap();
+    let doc = SessionDoc::new(yrs::Doc::new());
+    let p = provider(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |doc: SessionDoc| {
+        let p = &p;
+        let root = dir.path().to_owned();
+        async move {
+            let mut runner = Runner::new(
+                doc,
+                p,
+                ToolBox::new(root),
+                Permissions::new(Mode::Ask),
+                config(200_000, 4096),
+            );
+            runner.run(&CancellationToken::new()).await
+        }
+    };
+    Runner::send_user_message(&doc, "laptop", "Hi there.");
+    assert_eq!(run(doc.clone()).await, Outcome::EndTurn);
+    // From the phone: a command, not a message for the model.
+    Runner::send_user_message(&doc, "phone", "/compact the tests");
+    assert_eq!(run(doc.clone()).await, Outcome::EndTurn);
+    assert_eq!(compactions(&doc), 1);
+    let summary_req = server.requests()[1].body.to_string();
+    assert!(summary_req.contains("Focus the summary on: the tests"));
+    assert!(
+        !summary_req.contains("/compact"),
+        "the command reached the model"
+    );
+    // Handled once: running again asks nothing.
+    assert_eq!(run(doc.clone()).await, Outcome::EndTurn);
+    assert_eq!(server.requests().len(), 2);
+    // The next message is answered from the summary, without the replaced transcript.
+    Runner::send_user_message(&doc, "laptop", "Go on.");
+    assert_eq!(run(doc.clone()).await, Outcome::EndTurn);
+    let next = server.requests()[2].body["messages"].to_string();
+    assert!(
+        next.contains("tests pending") && !next.contains("Hi there."),
+        "{next}"
+    );
+}

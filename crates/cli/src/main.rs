@@ -386,7 +386,7 @@ fn main() -> Result<()> {
             if let Some(n) = max_turns {
                 doc.set_setting("max_turns", &n.to_string());
             }
-            let compact = compact_command(&prompt);
+            let compact = jarvis_agent::compaction::compact_command(&prompt);
             if !prompt.is_empty() && compact.is_none() {
                 Runner::send_user_message(&doc, "cli", &prompt);
             }
@@ -402,7 +402,8 @@ fn main() -> Result<()> {
                     permissions,
                     config,
                 );
-                let done = runtime.block_on(runner.compact(focus, &CancellationToken::new()));
+                let done =
+                    runtime.block_on(runner.compact(focus.as_deref(), &CancellationToken::new()));
                 return match done {
                     jarvis_agent::runner::Compacted::Done { tokens_before } => {
                         eprintln!("session {id}: compacted ({tokens_before} tokens summarised)");
@@ -449,16 +450,6 @@ fn main() -> Result<()> {
             }
         }
     }
-}
-
-/// `/compact [focus]` as a prompt: Some(focus) (None when no focus is given).
-fn compact_command(prompt: &str) -> Option<Option<&str>> {
-    let rest = prompt.trim().strip_prefix("/compact")?;
-    if !rest.is_empty() && !rest.starts_with(char::is_whitespace) {
-        return None;
-    }
-    let focus = rest.trim();
-    Some((!focus.is_empty()).then_some(focus))
 }
 
 /// What `jarvis login` stores: the hub and this device's token, in a file readable only by
