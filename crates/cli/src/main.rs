@@ -50,9 +50,10 @@ enum Command {
         session: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
         output_format: OutputFormat,
-        /// ask, accept-edits, plan or allow-all.
-        #[arg(long, default_value = "ask")]
-        permission_mode: String,
+        /// ask, accept-edits, plan or allow-all (default: the session's, else ask). On a
+        /// follow-up it changes the session's mode from here on.
+        #[arg(long)]
+        permission_mode: Option<String>,
         /// Allow rules such as 'bash(cargo test:*)'. Repeatable.
         #[arg(long = "allow")]
         allow: Vec<String>,
@@ -345,7 +346,7 @@ fn main() -> Result<()> {
                         workspace,
                         session,
                         model: model.unwrap_or_else(|| jarvis_agent::models::DEFAULT_MODEL.into()),
-                        permission_mode: Some(permission_mode),
+                        permission_mode,
                         allow,
                         deny,
                         budget_usd,
@@ -355,9 +356,13 @@ fn main() -> Result<()> {
                     output_format,
                 ));
             }
-            let mode = Mode::parse(&permission_mode)
-                .with_context(|| format!("unknown permission mode {permission_mode:?}"))?;
-            let mut permissions = Permissions::new(mode);
+            if let Some(m) = &permission_mode
+                && Mode::parse(m).is_none()
+            {
+                bail!("unknown permission mode {m:?}: ask, accept-edits, plan or allow-all");
+            }
+            // Decided once the session document is open (its own mode is the default).
+            let mut permissions = Permissions::new(Mode::Ask);
             for r in &allow {
                 permissions.allow.push(Rule::parse(r)?);
             }
@@ -385,6 +390,13 @@ fn main() -> Result<()> {
             }
             if let Some(n) = max_turns {
                 doc.set_setting("max_turns", &n.to_string());
+            }
+            // The mode travels with the session: a flag sets it, else the session's own applies.
+            if let Some(m) = &permission_mode {
+                doc.set_setting("permission_mode", m);
+            }
+            if let Some(mode) = doc.setting("permission_mode").and_then(|m| Mode::parse(&m)) {
+                permissions.mode = mode;
             }
             let compact = jarvis_agent::compaction::compact_command(&prompt);
             if !prompt.is_empty() && compact.is_none() {

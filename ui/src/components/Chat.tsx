@@ -1,7 +1,7 @@
 import { useEffect, useMemo, useRef, useState } from 'react';
 import type { Device, SessionSummary } from '../lib/api';
 import { useApp, useDoc, useDocVersion } from '../lib/hooks';
-import { CONTEXT_TOKENS, contextUsed, readMessages, readMeta, type BlockView, type MessageView } from '../lib/model';
+import { CONTEXT_TOKENS, MODELS, PERMISSION_MODES, contextUsed, readMessages, readMeta, type BlockView, type MessageView } from '../lib/model';
 import { sessionChanges } from '../lib/session-diff.js';
 import { Markdown } from './Markdown';
 import { deviceName, statusOf, whereLabel } from './labels';
@@ -211,6 +211,18 @@ export function Chat({ session, summary, devices, onShowChanges }: {
           <span className={`badge tone-${st.tone}`} data-testid="chat-status">{st.label}</span>
           <span className={`where where-${where.kind}`} data-testid="chat-where">{where.label}</span>
           {meta?.workspace && <span className="muted small">{meta.workspace}</span>}
+          {meta && !inDesktop && (
+            <>
+              <select className="small" value={meta.model} disabled={!!busy || me.read_only} title="Model (applied before the next request)" data-testid="model-select"
+                onChange={(e) => { const model = e.target.value; void act('model', () => api.updateSession(session, { model })); }}>
+                {[...new Set([meta.model, ...MODELS].filter(Boolean))].map((m) => <option key={m} value={m}>{m}</option>)}
+              </select>
+              <select className="small" value={meta.permission_mode} disabled={!!busy || me.read_only} title="Permission mode" data-testid="mode-select"
+                onChange={(e) => { const permission_mode = e.target.value; void act('mode', () => api.updateSession(session, { permission_mode })); }}>
+                {PERMISSION_MODES.map((m) => <option key={m} value={m}>{m}</option>)}
+              </select>
+            </>
+          )}
           {changed > 0 && <button className="link small" onClick={onShowChanges} data-testid="show-changes">{changed} file{changed > 1 ? 's' : ''} changed</button>}
         </div>
         <div className="chat-actions">

@@ -15,7 +15,12 @@ export interface MetaView {
   context: { tokens: number; window: number } | null;
   /** Background commands the runner has running: id → command line. */
   background: [string, string][];
+  permission_mode: string;
 }
+
+/** Models offered in the chat header (the session's own is always offered too). */
+export const MODELS = ['claude-sonnet-5-5', 'claude-opus-5-5', 'claude-haiku-4-5'];
+export const PERMISSION_MODES = ['ask', 'accept-edits', 'plan', 'allow-all'];
 export type BlockView =
   | { type: 'text'; text: string }
   | { type: 'thinking'; text: string }
@@ -49,6 +54,7 @@ export function readMeta(doc: Y.Doc): MetaView {
       ? { device: r.device, epoch: num(r.epoch), expires: num(r.expires) } : null,
     handoff: h && typeof h === 'object' && typeof h.to === 'string' ? { to: h.to, by: str(h.by) } : null,
     usage: usageOf(m.get('usage')),
+    permission_mode: str(m.get('setting.permission_mode')) || 'ask',
     context: m.get('context_window') !== undefined
       ? { tokens: num(m.get('context_tokens')), window: num(m.get('context_window')) } : null,
     background: (() => {
