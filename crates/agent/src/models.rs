@@ -238,13 +238,32 @@ impl ModelInfo {
             })
     }
 
-    /// A model the table does not know (an OpenAI-compatible server, a newer Claude): small
-    /// enough limits that nothing is sent that a typical model would reject, default prices.
+    /// A model the table does not know (an OpenAI-compatible server, a newer Claude): the
+    /// limits configured by `JARVIS_CONTEXT_WINDOW` and `JARVIS_MAX_OUTPUT_TOKENS`, else small
+    /// enough ones that nothing is sent that a typical model would reject; default prices.
     pub fn fallback(model: &str) -> ModelInfo {
+        let var = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        Self::fallback_with(
+            model,
+            var("JARVIS_CONTEXT_WINDOW"),
+            var("JARVIS_MAX_OUTPUT_TOKENS"),
+        )
+    }
+
+    /// [`ModelInfo::fallback`] with the configured limits passed in.
+    pub fn fallback_with(model: &str, window: Option<u64>, max_output: Option<u64>) -> ModelInfo {
+        let window = window.filter(|w| *w >= 1_024).unwrap_or(128 * K);
+        let max_output = max_output
+            .filter(|m| *m > 0)
+            .map_or(8_192, |m| m.min(window / 2).min(u64::from(u32::MAX)) as u32);
         ModelInfo {
             id: model.to_owned(),
-            context_window: 128 * K,
-            max_output: 8_192,
+            context_window: window,
+            max_output,
             pricing: Pricing::default(),
             end_of_life: None,
             known: false,
@@ -352,6 +371,14 @@ mod tests {
             200_000
         );
         assert!(ModelInfo::lookup("gpt-oss-120b").is_none());
+        // OpenAI-compatible models: limits by configuration.
+        let local = ModelInfo::fallback_with("qwen3-coder", Some(32_768), Some(4_096));
+        assert_eq!((local.context_window, local.max_output), (32_768, 4_096));
+        let default = ModelInfo::fallback_with("qwen3-coder", None, None);
+        assert_eq!(
+            (default.context_window, default.max_output),
+            (128_000, 8_192)
+        );
         assert!(!ModelInfo::resolve("gpt-oss-120b").known);
     }
 
