@@ -230,9 +230,8 @@ async fn a_handoff_during_a_compaction_resumes_in_the_cloud_and_finishes() {
 
     // The cloud compacts by itself and finishes.
     let http = reqwest::Client::new();
-    let mut session = Value::Null;
     let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let session = loop {
         let v: Value = http
             .get(format!("{base}/api/sessions/s1"))
             .bearer_auth(&alice)
@@ -243,12 +242,11 @@ async fn a_handoff_during_a_compaction_resumes_in_the_cloud_and_finishes() {
             .await
             .unwrap();
         if v["status"] == "done" {
-            session = v;
-            break;
+            break v;
         }
         assert!(Instant::now() < deadline, "the cloud did not finish: {v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     let blocks: Vec<Value> = session["messages"]
         .as_array()
         .unwrap()
