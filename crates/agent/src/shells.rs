@@ -10,8 +10,36 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
+
+/// The longest a foreground bash call may run, whatever a workspace configures.
+pub const BASH_TIMEOUT_CEILING: Duration = Duration::from_secs(600);
+
+/// A workspace's bash timeouts, Claude Code's way: `env.BASH_DEFAULT_TIMEOUT_MS` and
+/// `env.BASH_MAX_TIMEOUT_MS` in `.claude/settings.json` (default 2 and 10 minutes). Both are
+/// capped at [`BASH_TIMEOUT_CEILING`], so a checked-out branch cannot make a call run longer.
+pub fn workspace_bash_timeouts(root: &std::path::Path) -> (Duration, Duration) {
+    let env = std::fs::read_to_string(root.join(".claude/settings.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .map(|v| v["env"].clone())
+        .unwrap_or_default();
+    let ms = |k: &str| {
+        let v = &env[k];
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            .map(Duration::from_millis)
+            .map(|d| d.min(BASH_TIMEOUT_CEILING))
+            .filter(|d| !d.is_zero())
+    };
+    let max = ms("BASH_MAX_TIMEOUT_MS").unwrap_or(BASH_TIMEOUT_CEILING);
+    let default = ms("BASH_DEFAULT_TIMEOUT_MS")
+        .unwrap_or(Duration::from_secs(120))
+        .min(max);
+    (default, max)
+}
 
 /// The environment variable that marks every process of one background shell.
 pub const MARKER_VAR: &str = "JARVIS_BACKGROUND_SHELL";
@@ -237,4 +265,42 @@ fn marked_processes(marker: &str) -> Vec<i32> {
                 .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
         })
         .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_timeouts_are_read_and_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            workspace_bash_timeouts(dir.path()),
+            (Duration::from_secs(120), Duration::from_secs(600))
+        );
+        std::fs::create_dir_all(dir.path().join(".claude")).unwrap();
+        let settings = dir.path().join(".claude/settings.json");
+        std::fs::write(
+            &settings,
+            r#"{"env": {"BASH_DEFAULT_TIMEOUT_MS": "300000", "BASH_MAX_TIMEOUT_MS": 450000}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            workspace_bash_timeouts(dir.path()),
+            (Duration::from_secs(300), Duration::from_secs(450))
+        );
+        // A branch asking for hours gets the ceiling; a default above the max is cut to it.
+        std::fs::write(
+            &settings,
+            r#"{"env": {"BASH_DEFAULT_TIMEOUT_MS": 36000000, "BASH_MAX_TIMEOUT_MS": 36000000}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            workspace_bash_timeouts(dir.path()),
+            (BASH_TIMEOUT_CEILING, BASH_TIMEOUT_CEILING)
+        );
+        std::fs::write(&settings, "not json").unwrap();
+        assert_eq!(workspace_bash_timeouts(dir.path()).1, BASH_TIMEOUT_CEILING);
+    }
 }

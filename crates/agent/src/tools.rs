@@ -221,10 +221,12 @@ pub struct ToolBox {
 
 impl ToolBox {
     pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        let (bash_timeout, bash_timeout_max) = crate::shells::workspace_bash_timeouts(&root);
         ToolBox {
-            root: root.into(),
-            bash_timeout: Duration::from_secs(120),
-            bash_timeout_max: Duration::from_secs(600),
+            root,
+            bash_timeout,
+            bash_timeout_max,
             shells: crate::shells::Shells::default(),
             output_cap: 30_000,
             sandbox: Sandbox::None,
