@@ -34,9 +34,12 @@ enum Cli {
     Gateway(gateway::GatewayArgs),
     /// Server memory under anonymous request-body and slow-header attacks (issue 15).
     AnonBodies(anon::AnonArgs),
+    /// Prompt cache over a long session with one compaction, against Anthropic's cache rules.
+    Cache(cache::CacheArgs),
 }
 
 mod anon;
+mod cache;
 mod gateway;
 mod handoff;
 mod mirror;
@@ -548,6 +551,12 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?;
             return rt.block_on(anon::run(a));
+        }
+        Cli::Cache(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            return rt.block_on(cache::run(a));
         }
     };
     if args.quick {

@@ -306,7 +306,7 @@ pub fn run() {
             let model = env
                 .get("ANTHROPIC_MODEL")
                 .cloned()
-                .unwrap_or_else(|| "claude-sonnet-4-5".into());
+                .unwrap_or_else(|| jarvis_agent::models::DEFAULT_MODEL.into());
             let config = CoreConfig {
                 data_dir: dir,
                 keychain_service: std::env::var("JARVIS_KEYCHAIN_SERVICE")

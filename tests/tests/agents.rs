@@ -517,6 +517,8 @@ async fn budgets_count_cache_writes_and_runs_respect_the_concurrency_limit() {
         ("JARVIS_AGENTS_TICK_MS", "50".to_owned()),
         ("JARVIS_AGENTS_USER_DAILY_BUDGET_USD", "2".to_owned()),
         ("JARVIS_AGENTS_MAX_CONCURRENT", "1".to_owned()),
+        // Priced by the model table: $3.75 per million cache-write tokens.
+        ("ANTHROPIC_MODEL", "claude-sonnet-4-6".to_owned()),
     ];
     let agent = start(&data, &env);
     let admin = create_token(&data, &["*"], false).unwrap();

@@ -241,8 +241,9 @@ async fn streams_chunk_by_chunk_forwards_headers_and_records_usage_per_user() {
         ),
         (&json!(100), &json!(20), &json!(40), &json!(300))
     );
-    // 100 × 3 + 20 × 15 + 40 × 3.75 + 300 × 0.30 micro-dollars.
-    assert_eq!(a["cost_micros"], 840);
+    // Priced by the model table; the fake reports `fake-model`, which it does not know, so at
+    // the default model's prices: 100 × 2 + 20 × 10 + 40 × 2.50 + 300 × 0.20 micro-dollars.
+    assert_eq!(a["cost_micros"], 560);
     let b = &last["gateway"]["by_user"][&bob_id];
     assert_eq!(
         (&b["input_tokens"], &b["cache_write_tokens"]),

@@ -6,13 +6,16 @@
 
 pub mod anthropic;
 pub mod commands;
+pub mod compaction;
 pub mod hooks;
 pub mod memory;
+pub mod models;
 pub mod permissions;
 pub mod providers;
 pub mod runner;
 pub mod sandbox;
 pub mod settings;
+pub mod shells;
 pub mod sse;
 pub mod testing;
 pub mod tools;

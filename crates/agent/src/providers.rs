@@ -22,6 +22,9 @@ use crate::anthropic::{
 };
 use crate::sse::SseParser;
 
+/// AWS credentials as the signer takes them (re-exported for tests that check signatures).
+pub use aws_credential_types::Credentials as AwsCredentials;
+
 /// Which provider, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderConfig {
@@ -43,6 +46,10 @@ pub enum ProviderConfig {
         secret_access_key: String,
         session_token: Option<String>,
     },
+    /// Bedrock with credentials from the whole AWS chain (profiles with roles or SSO, web
+    /// identity, ECS task roles, EC2 instance roles over IMDSv2), resolved by `aws-config`
+    /// when the first request is made and refreshed before they expire.
+    BedrockChain { base_url: String, region: String },
     Vertex {
         base_url: String,
         region: String,
@@ -107,41 +114,50 @@ impl ProviderConfig {
                 .ok_or_else(|| missing("AWS_REGION"))?;
             // The credential chain as far as it goes without network: environment variables,
             // then the shared credentials file (AWS_PROFILE or "default").
-            let (access_key_id, secret_access_key, session_token) = match (
-                get("AWS_ACCESS_KEY_ID"),
-                get("AWS_SECRET_ACCESS_KEY"),
-            ) {
-                (Some(a), Some(s)) => (a, s, get("AWS_SESSION_TOKEN")),
-                _ => {
-                    let path = get("AWS_SHARED_CREDENTIALS_FILE")
-                        .or_else(|| get("HOME").map(|h| format!("{h}/.aws/credentials")))
-                        .ok_or_else(|| missing("AWS_ACCESS_KEY_ID"))?;
-                    let profile = get("AWS_PROFILE").unwrap_or_else(|| "default".into());
-                    let text = read_file(&path).map_err(|e| {
-                            ProviderError::Config(format!(
-                                "no AWS credentials: AWS_ACCESS_KEY_ID is not set and {path} cannot be read ({e})"
-                            ))
-                        })?;
-                    let section = ini_section(&text, &profile);
-                    let field = |k: &str| section.get(k).cloned();
-                    (
-                        field("aws_access_key_id").ok_or_else(|| {
-                            ProviderError::Config(format!(
-                                "profile [{profile}] in {path} has no aws_access_key_id"
-                            ))
-                        })?,
-                        field("aws_secret_access_key").ok_or_else(|| {
-                            ProviderError::Config(format!(
-                                "profile [{profile}] in {path} has no aws_secret_access_key"
-                            ))
-                        })?,
-                        field("aws_session_token"),
-                    )
-                }
+            let base_url = get("ANTHROPIC_BEDROCK_BASE_URL")
+                .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com"));
+            // Static keys in a profile of the shared file are used as they are; a profile
+            // without them (role, SSO, credential_process), a missing file, or no file at all
+            // leaves the rest of the AWS chain to aws-config.
+            let chain = || ProviderConfig::BedrockChain {
+                base_url: base_url.clone(),
+                region: region.clone(),
             };
+            let (access_key_id, secret_access_key, session_token) =
+                match (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) {
+                    (Some(a), Some(s)) => (a, s, get("AWS_SESSION_TOKEN")),
+                    _ => {
+                        let Some(path) = get("AWS_SHARED_CREDENTIALS_FILE")
+                            .or_else(|| get("HOME").map(|h| format!("{h}/.aws/credentials")))
+                        else {
+                            return Ok(chain());
+                        };
+                        let profile = get("AWS_PROFILE").unwrap_or_else(|| "default".into());
+                        let Ok(text) = read_file(&path) else {
+                            return Ok(chain());
+                        };
+                        let section = ini_section(&text, &profile);
+                        if !section.contains_key("aws_access_key_id") {
+                            return Ok(chain());
+                        }
+                        let field = |k: &str| section.get(k).cloned();
+                        (
+                            field("aws_access_key_id").ok_or_else(|| {
+                                ProviderError::Config(format!(
+                                    "profile [{profile}] in {path} has no aws_access_key_id"
+                                ))
+                            })?,
+                            field("aws_secret_access_key").ok_or_else(|| {
+                                ProviderError::Config(format!(
+                                    "profile [{profile}] in {path} has no aws_secret_access_key"
+                                ))
+                            })?,
+                            field("aws_session_token"),
+                        )
+                    }
+                };
             return Ok(ProviderConfig::Bedrock {
-                base_url: get("ANTHROPIC_BEDROCK_BASE_URL")
-                    .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com")),
+                base_url,
                 access_key_id,
                 secret_access_key,
                 session_token,
@@ -234,6 +250,9 @@ impl ProviderConfig {
                 secret_access_key,
                 session_token,
             )),
+            ProviderConfig::BedrockChain { base_url, region } => {
+                Box::new(BedrockProvider::from_chain(&base_url, &region))
+            }
             ProviderConfig::Vertex {
                 base_url,
                 region,
@@ -288,8 +307,33 @@ pub struct BedrockProvider {
     client: reqwest::Client,
     base_url: String,
     region: String,
-    credentials: aws_credential_types::Credentials,
+    credentials: BedrockCredentials,
 }
+
+enum BedrockCredentials {
+    Static(aws_credential_types::Credentials),
+    /// The AWS default chain, built on first use; the last credentials it gave are kept until
+    /// five minutes before they expire.
+    Chain {
+        chain: tokio::sync::OnceCell<aws_credential_types::provider::SharedCredentialsProvider>,
+        current: Mutex<Option<aws_credential_types::Credentials>>,
+    },
+}
+
+/// An error with its sources (the chain's errors say what each provider tried in the sources).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Credentials this close to expiry are refreshed before a request.
+const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
 /// The parts of an HTTP request that SigV4 signs.
 #[derive(Debug, Clone, Copy)]
@@ -347,13 +391,91 @@ impl BedrockProvider {
             client: reqwest::Client::new(),
             base_url: base_url.trim_end_matches('/').to_owned(),
             region: region.to_owned(),
-            credentials: aws_credential_types::Credentials::new(
+            credentials: BedrockCredentials::Static(aws_credential_types::Credentials::new(
                 access_key_id,
                 secret_access_key,
                 session_token,
                 None,
                 "environment",
-            ),
+            )),
+        }
+    }
+
+    /// Credentials from the AWS default chain (see [`ProviderConfig::BedrockChain`]).
+    pub fn from_chain(base_url: &str, region: &str) -> Self {
+        BedrockProvider {
+            client: reqwest::Client::new(),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            region: region.to_owned(),
+            credentials: BedrockCredentials::Chain {
+                chain: tokio::sync::OnceCell::new(),
+                current: Mutex::new(None),
+            },
+        }
+    }
+
+    /// Makes sure the credentials [`BedrockProvider::sign`] uses are current (a no-op for
+    /// static ones): asks the chain when there are none yet or they expire soon.
+    pub async fn refresh_credentials(&self) -> Result<(), ProviderError> {
+        use aws_credential_types::provider::ProvideCredentials;
+        let BedrockCredentials::Chain { chain, current } = &self.credentials else {
+            return Ok(());
+        };
+        let fresh = |c: &aws_credential_types::Credentials| {
+            c.expiry()
+                .is_none_or(|t| t > SystemTime::now() + REFRESH_MARGIN)
+        };
+        if current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(fresh)
+        {
+            return Ok(());
+        }
+        let region = self.region.clone();
+        let chain = chain
+            .get_or_init(|| async move {
+                use aws_smithy_http_client::tls;
+                let http = aws_smithy_http_client::Builder::new()
+                    .tls_provider(tls::Provider::Rustls(
+                        tls::rustls_provider::CryptoMode::Ring,
+                    ))
+                    .build_https();
+                let region = aws_types::region::Region::new(region);
+                let conf = aws_config::provider_config::ProviderConfig::without_region()
+                    .with_region(Some(region.clone()))
+                    .with_http_client(http);
+                let chain =
+                    aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                        .configure(conf)
+                        .region(region)
+                        .build()
+                        .await;
+                aws_credential_types::provider::SharedCredentialsProvider::new(chain)
+            })
+            .await;
+        let creds = chain.provide_credentials().await.map_err(|e| {
+            ProviderError::Config(format!(
+                "no AWS credentials from the environment, profiles, SSO, web identity, ECS or \
+                 EC2 instance metadata: {}",
+                error_chain(&e)
+            ))
+        })?;
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(creds);
+        Ok(())
+    }
+
+    fn current_credentials(&self) -> Result<aws_credential_types::Credentials, ProviderError> {
+        match &self.credentials {
+            BedrockCredentials::Static(c) => Ok(c.clone()),
+            BedrockCredentials::Chain { current, .. } => current
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .ok_or_else(|| {
+                    ProviderError::Config("AWS credentials were not resolved yet".into())
+                }),
         }
     }
 
@@ -385,7 +507,7 @@ impl BedrockProvider {
         body: &[u8],
     ) -> Result<Vec<(String, String)>, ProviderError> {
         sigv4_headers(
-            &self.credentials,
+            &self.current_credentials()?,
             &self.region,
             "bedrock",
             SignedParts {
@@ -407,6 +529,7 @@ impl Provider for BedrockProvider {
     ) -> BoxFuture<'a, Result<EventStream, ProviderError>> {
         Box::pin(async move {
             let body = platform_body(request, "bedrock-2023-05-31", false)?;
+            self.refresh_credentials().await?;
             let url = self.invoke_url(&request.model, true);
             let base = [
                 ("content-type", "application/json"),

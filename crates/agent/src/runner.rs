@@ -19,48 +19,20 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::anthropic::{
-    ApiMessage, ApiUsage, BlockStart, ContentBlock, Delta, MessagesRequest, Provider, StreamEvent,
-    SystemBlock,
+    ApiMessage, ApiUsage, BlockStart, ContentBlock, Delta, MessagesRequest, Provider,
+    ProviderError, StreamEvent, SystemBlock,
 };
+use crate::compaction::{self, Meter};
 use crate::hooks::{Event as HookEvent, Hooks, PermissionDecision};
 use crate::memory::{Memory, WorkspaceContext};
+use crate::models::ModelInfo;
+pub use crate::models::Pricing;
 use crate::permissions::{Permissions, Verdict};
 use crate::settings::AllowStore;
 use crate::tools::{ToolBox, is_read_only};
 
 /// How often Stop hooks may send the model back to work within one run.
 const MAX_STOP_BLOCKS: u32 = 3;
-
-/// Prices in US dollars per million tokens (so also micro-dollars per token).
-#[derive(Debug, Clone, Copy)]
-pub struct Pricing {
-    pub input: f64,
-    pub output: f64,
-    pub cache_write: f64,
-    pub cache_read: f64,
-}
-
-impl Default for Pricing {
-    fn default() -> Self {
-        // Sonnet-class list prices; configurable per model.
-        Pricing {
-            input: 3.0,
-            output: 15.0,
-            cache_write: 3.75,
-            cache_read: 0.30,
-        }
-    }
-}
-
-impl Pricing {
-    pub fn cost_micros(&self, u: &Usage) -> u64 {
-        (u.input_tokens as f64 * self.input
-            + u.output_tokens as f64 * self.output
-            + u.cache_write_tokens as f64 * self.cache_write
-            + u.cache_read_tokens as f64 * self.cache_read)
-            .round() as u64
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -71,29 +43,74 @@ pub struct RunnerConfig {
     pub device: String,
     /// Stop before a request once the session's cost reaches this (micro-dollars).
     pub budget_micros: Option<u64>,
-    /// Model requests one `run` may make.
-    pub max_requests: u32,
+    /// Model requests one `run` may make (`--max-turns`); None: no limit, the budget is the
+    /// stop.
+    pub max_turns: Option<u32>,
     /// Streamed text is written to the document at most this often.
     pub flush_interval: Duration,
     pub pricing: Pricing,
+    /// Input tokens one request may carry (from the model table).
+    pub context_window: u64,
+    /// Compact before a request expected to pass this fraction of the window.
+    pub compact_at: f64,
+    /// Retirement date of the model, if it is deprecated (from the model table).
+    pub end_of_life: Option<&'static str>,
+    /// Retries of a stream that fails part-way (overloaded, connection dropped).
+    pub stream_retries: u32,
+    /// First backoff of those retries (doubled each time).
+    pub stream_backoff: Duration,
 }
 
+/// Default of [`RunnerConfig::compact_at`]: near the limit, leaving room for the summary.
+pub const DEFAULT_COMPACT_AT: f64 = 0.85;
+
 impl RunnerConfig {
+    /// A configuration with the model's limits and prices from the model table.
     pub fn new(model: &str, device: &str) -> Self {
+        Self::for_model(model, &ModelInfo::resolve(model), device)
+    }
+
+    /// `model` is sent as written (a Bedrock or Vertex spelling stays one); `info` gives the
+    /// limits and prices.
+    pub fn for_model(model: &str, info: &ModelInfo, device: &str) -> Self {
         RunnerConfig {
             model: model.to_owned(),
             system_prompt: "You are My Jarvis, an agent working in the user's folder with the \
                             tools provided. Be careful and concise."
                 .to_owned(),
-            max_tokens: 8192,
+            max_tokens: info.max_output,
             device: device.to_owned(),
             budget_micros: None,
-            max_requests: 50,
+            max_turns: None,
             flush_interval: Duration::from_millis(40),
-            pricing: Pricing::default(),
+            pricing: info.pricing,
+            context_window: info.context_window,
+            compact_at: DEFAULT_COMPACT_AT,
+            end_of_life: info.end_of_life,
+            stream_retries: 4,
+            stream_backoff: Duration::from_millis(500),
+        }
+    }
+
+    /// Reads the session's own limits (`max_turns`, `compact_at`), so every runner of the
+    /// session applies the same ones.
+    pub fn apply_session_settings(&mut self, session: &SessionDoc) {
+        if let Some(n) = session.setting("max_turns").and_then(|v| v.parse().ok()) {
+            self.max_turns = Some(n);
+        }
+        if let Some(f) = session
+            .setting("compact_at")
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|f| *f > 0.1 && *f <= 1.0)
+        {
+            self.compact_at = f;
         }
     }
 }
+
+/// The authority for a session's permission mode, asked before each request: `None` keeps
+/// the mode the run has.
+pub type ModeSource = Arc<dyn Fn() -> Option<crate::permissions::Mode> + Send + Sync>;
 
 /// Why `run` returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +164,10 @@ pub struct Runner<'a> {
     stop: CancellationToken,
     /// Cancelled when the lease is lost: stop at once and write nothing more.
     fence: CancellationToken,
+    /// Where the session's permission mode is read before each request when the document is
+    /// not the authority (the hub's control plane for connected and cloud runs); None: the
+    /// session document's setting applies (a local session on the user's own device).
+    mode_source: Option<ModeSource>,
     /// Memory files and the environment, added after the system prompt (see `memory`).
     context: Option<WorkspaceContext>,
     /// What the session was last told about loaded memory, so it is told again only on change.
@@ -163,6 +184,7 @@ pub struct Runner<'a> {
     allow_store: Option<Arc<dyn AllowStore>>,
     /// The workspace's slash commands, expanded when a prompt names one (any composer).
     commands: Vec<crate::commands::Command>,
+    meter: Meter,
 }
 
 enum Settled {
@@ -179,6 +201,24 @@ enum Streamed {
     Interrupted,
     Cut,
     Fenced,
+    /// The provider said the prompt is too long (nothing was written).
+    TooLong,
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compacted {
+    /// A compaction block was written.
+    Done {
+        tokens_before: u64,
+    },
+    /// Nothing to compact (the transcript is empty or already just a summary).
+    Nothing,
+    Interrupted,
+    /// A handoff asked to stop; nothing was written, the next runner compacts again.
+    Yielded,
+    LeaseLost,
+    Failed(String),
 }
 
 fn new_id(prefix: &str) -> String {
@@ -222,6 +262,7 @@ impl<'a> Runner<'a> {
             events: None,
             stop: CancellationToken::new(),
             fence: CancellationToken::new(),
+            mode_source: None,
             context: None,
             memory_shown: None,
             notes: Vec::new(),
@@ -230,6 +271,7 @@ impl<'a> Runner<'a> {
             session_started: false,
             allow_store: None,
             commands: Vec::new(),
+            meter: Meter::default(),
         }
     }
 
@@ -271,6 +313,13 @@ impl<'a> Runner<'a> {
     }
 
     /// See the `fence` field: cancelled when this runner's lease is gone.
+    /// Reads the session's permission mode from an authority other than the document before
+    /// each request (see [`ModeSource`]).
+    pub fn with_mode_source(mut self, source: ModeSource) -> Self {
+        self.mode_source = Some(source);
+        self
+    }
+
     pub fn with_fence(mut self, fence: CancellationToken) -> Self {
         self.fence = fence;
         self
@@ -316,7 +365,13 @@ impl<'a> Runner<'a> {
             return Outcome::LeaseLost;
         }
         self.session.set_status(&SessionStatus::Running);
+        self.warn_if_deprecated();
         let outcome = self.run_inner(cancel).await;
+        // Background commands live as long as the run: an approval wait keeps them, anything
+        // else (the end, an interrupt, a handoff, a lost lease) stops them.
+        if !matches!(outcome, Outcome::ApprovalPending { .. }) {
+            self.stop_background(&outcome).await;
+        }
         if self.fenced() {
             return Outcome::LeaseLost;
         }
@@ -333,6 +388,36 @@ impl<'a> Runner<'a> {
         outcome
     }
 
+    /// A model or permission mode changed from another device (`PATCH /api/sessions/{id}`, a
+    /// CLI follow-up) takes effect before the next request.
+    fn apply_session_changes(&mut self) {
+        let model = self.session.meta().model;
+        if !model.is_empty() && model != self.config.model {
+            let info = ModelInfo::resolve(&model);
+            tracing::info!(from = %self.config.model, to = %model, "the session's model changed");
+            self.config.model = model;
+            self.config.max_tokens = info.max_output;
+            self.config.context_window = info.context_window;
+            self.config.pricing = info.pricing;
+            self.config.end_of_life = info.end_of_life;
+            self.meter.reset();
+            self.warn_if_deprecated();
+        }
+        // The mode widens what runs without asking: it comes from the authority when there is
+        // one (any member can write the document's copy), from the document only on the
+        // user's own device.
+        let mode = match &self.mode_source {
+            Some(source) => source(),
+            None => self
+                .session
+                .setting("permission_mode")
+                .and_then(|m| crate::permissions::Mode::parse(&m)),
+        };
+        if let Some(mode) = mode {
+            self.permissions.mode = mode;
+        }
+    }
+
     async fn run_inner(&mut self, cancel: &CancellationToken) -> Outcome {
         for n in std::mem::take(&mut self.notes) {
             self.note_once(&n);
@@ -342,8 +427,11 @@ impl<'a> Runner<'a> {
         if let Some(outcome) = self.prompt_hooks().await {
             return outcome;
         }
-        let mut requests = 0;
+        let mut requests: u32 = 0;
         let mut stop_blocks = 0;
+        // A compaction is followed by a request before another may start, so a transcript whose
+        // tail alone is too big fails instead of compacting forever.
+        let mut compacted_last = false;
         loop {
             if self.fenced() {
                 return Outcome::LeaseLost;
@@ -363,18 +451,14 @@ impl<'a> Runner<'a> {
             if self.stop.is_cancelled() {
                 return Outcome::Yielded;
             }
+            self.apply_session_changes();
+            if let Some(outcome) = self.compact_command(cancel).await {
+                return outcome;
+            }
             // A reply cut by a handoff is kept for the reader but not sent to the model (it is
-            // asked again) unless it got as far as complete tool calls.
-            let cut = self.session.cut_messages();
-            let messages: Vec<Message> = self
-                .session
-                .messages()
-                .into_iter()
-                .filter(|m| {
-                    !cut.contains(&m.id)
-                        || m.blocks.iter().any(|b| matches!(b, Block::ToolUse { .. }))
-                })
-                .collect();
+            // asked again) unless it got as far as complete tool calls; everything up to the
+            // latest compaction is replaced by its summary.
+            let messages = self.request_messages();
             match messages.iter().rev().find(|m| m.role != Role::System) {
                 Some(m) if m.role == Role::User => {}
                 // Nothing to answer: the model had the last word (unless a Stop hook objects).
@@ -397,16 +481,29 @@ impl<'a> Runner<'a> {
             if let Some(budget) = self.config.budget_micros
                 && self.session.meta().usage.cost_micros >= budget
             {
-                self.note(&format!(
-                    "Budget of ${:.2} reached; stopping before the next request.",
-                    budget as f64 / 1e6
-                ));
+                self.notice(
+                    "budget",
+                    &format!(
+                        "Budget of ${:.2} reached; stopping before the next request. Raise the \
+                         session's budget and send a message to continue.",
+                        budget as f64 / 1e6
+                    ),
+                );
                 return Outcome::BudgetExhausted;
             }
-            if requests >= self.config.max_requests {
+            if let Some(max) = self.config.max_turns
+                && requests >= max
+            {
+                self.notice(
+                    "max_turns",
+                    &format!(
+                        "Stopped after {max} model requests, the limit for one run \
+                         (--max-turns / the session's max_turns setting). Send a message to \
+                         continue, or raise the limit."
+                    ),
+                );
                 return Outcome::RequestLimit;
             }
-            requests += 1;
             let mut request = build_request(&self.config, &messages);
             let mut extra = String::new();
             if let Some(ctx) = &self.context {
@@ -430,14 +527,79 @@ impl<'a> Runner<'a> {
                 ));
             }
             crate::memory::add_to_request(&mut request, extra);
+            let estimate = self.meter.estimate(&request);
+            if estimate as f64 > self.config.compact_at * self.config.context_window as f64
+                && !compacted_last
+            {
+                match self.compact_inner("auto", None, &messages, cancel).await {
+                    Compacted::Done { .. } => {
+                        compacted_last = true;
+                        continue;
+                    }
+                    Compacted::Nothing => {}
+                    Compacted::Interrupted => return Outcome::Interrupted,
+                    Compacted::Yielded => return Outcome::Yielded,
+                    Compacted::LeaseLost => return Outcome::LeaseLost,
+                    Compacted::Failed(reason) => {
+                        self.notice(
+                            "context",
+                            &format!(
+                                "The transcript is near the model's context window and \
+                                 compacting it failed: {reason}. Run /compact or start a new \
+                                 session."
+                            ),
+                        );
+                        return Outcome::Failed(reason);
+                    }
+                }
+            }
+            // The reply may use what the window leaves, up to the model's maximum output.
+            let room = self.config.context_window.saturating_sub(estimate);
+            request.max_tokens = (self.config.max_tokens as u64).min(room.max(1024)) as u32;
+            self.session
+                .set_context(estimate, self.config.context_window);
+            requests += 1;
             match self.stream_reply(&request, cancel).await {
-                Ok(Streamed::Complete) => continue,
+                Ok(Streamed::Complete) => compacted_last = false,
                 Ok(Streamed::Interrupted) => return Outcome::Interrupted,
                 Ok(Streamed::Cut) => return Outcome::Yielded,
                 Ok(Streamed::Fenced) => return Outcome::LeaseLost,
+                Ok(Streamed::TooLong) if !compacted_last => {
+                    // The estimate was low: compact now and ask again.
+                    match self.compact_inner("auto", None, &messages, cancel).await {
+                        Compacted::Done { .. } => compacted_last = true,
+                        Compacted::Interrupted => return Outcome::Interrupted,
+                        Compacted::Yielded => return Outcome::Yielded,
+                        Compacted::LeaseLost => return Outcome::LeaseLost,
+                        Compacted::Nothing | Compacted::Failed(_) => {
+                            let reason = "the prompt is too long for the model and could not \
+                                          be compacted"
+                                .to_owned();
+                            self.notice("context", &format!("Stopped: {reason}. Start a new session or choose a model with a larger window."));
+                            return Outcome::Failed(reason);
+                        }
+                    }
+                }
+                Ok(Streamed::TooLong) => {
+                    let reason =
+                        "the prompt is too long for the model even after compaction".to_owned();
+                    self.notice(
+                        "context",
+                        &format!(
+                            "Stopped: {reason}. The latest messages alone exceed the window; \
+                             start a new session or choose a model with a larger window."
+                        ),
+                    );
+                    return Outcome::Failed(reason);
+                }
                 Err(_) if self.fenced() => return Outcome::LeaseLost,
                 Err(reason) => {
-                    self.note(&format!("The model request failed: {reason}"));
+                    self.notice(
+                        "request_failed",
+                        &format!(
+                            "The model request failed: {reason}. Send a message to try again."
+                        ),
+                    );
                     return Outcome::Failed(reason);
                 }
             }
@@ -458,13 +620,14 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// A system note in the transcript (errors, budget stops); never sent to the model.
+    /// A system note in the transcript (loaded setup, hook output, warnings); never sent to
+    /// the model.
     fn note(&self, text: &str) {
         if self.fenced() {
             return;
         }
         self.emit(RunEvent::Note(text.to_owned()));
-        let _ = self.session.append_message(&Message {
+        if let Err(e) = self.session.append_message(&Message {
             id: new_id("s-"),
             role: Role::System,
             author: self.config.device.clone(),
@@ -472,35 +635,373 @@ impl<'a> Runner<'a> {
             blocks: vec![Block::Text {
                 text: text.to_owned(),
             }],
-        });
+        }) {
+            tracing::error!(error = %e, "writing a note failed");
+        }
     }
 
-    /// Streams one reply into a new assistant message. Ok(false): interrupted (partial kept).
+    /// The transcript as the next request carries it (see [`compaction::effective_messages`]).
+    fn request_messages(&self) -> Vec<Message> {
+        compaction::effective_messages(self.session.messages(), &self.session.cut_messages())
+    }
+
+    /// A `/compact [focus]` message as the user's latest word (sent from any device): compacts
+    /// the transcript before it and ends the turn. Handled once: a compaction (or a notice)
+    /// written after it marks it done.
+    async fn compact_command(&mut self, cancel: &CancellationToken) -> Option<Outcome> {
+        let all = self.session.messages();
+        let at = all.iter().rposition(|m| {
+            m.role == Role::User && !m.id.ends_with("-results") && !m.id.starts_with("c-")
+        })?;
+        let focus = compaction::command_of(&all[at])?;
+        let handled = all[at + 1..].iter().any(|m| {
+            m.blocks.iter().any(|b| {
+                matches!(b, Block::Compaction { .. })
+                    || matches!(b, Block::Notice { kind, .. } if kind == "compact")
+            })
+        });
+        if handled {
+            return Some(Outcome::EndTurn);
+        }
+        let messages = self.request_messages();
+        Some(
+            match self
+                .compact_inner("manual", focus.as_deref(), &messages, cancel)
+                .await
+            {
+                Compacted::Done { .. } => Outcome::EndTurn,
+                Compacted::Nothing => {
+                    self.notice("compact", "Nothing to compact yet.");
+                    Outcome::EndTurn
+                }
+                Compacted::Interrupted => Outcome::Interrupted,
+                Compacted::Yielded => Outcome::Yielded,
+                Compacted::LeaseLost => Outcome::LeaseLost,
+                Compacted::Failed(reason) => {
+                    self.notice("compact", &format!("Compacting failed: {reason}"));
+                    Outcome::Failed(reason)
+                }
+            },
+        )
+    }
+
+    /// `/compact [focus]`: replaces the transcript so far by a summary now.
+    pub async fn compact(&mut self, focus: Option<&str>, cancel: &CancellationToken) -> Compacted {
+        if self.fenced() {
+            return Compacted::LeaseLost;
+        }
+        let messages = self.request_messages();
+        self.compact_inner("manual", focus, &messages, cancel).await
+    }
+
+    /// Asks the model for a summary of `messages` and stores it as a compaction block. Nothing
+    /// is written unless the summary is complete, so a handoff or a crash in the middle leaves
+    /// the document as it was and the next runner simply compacts again.
+    async fn compact_inner(
+        &mut self,
+        trigger: &str,
+        focus: Option<&str>,
+        messages: &[Message],
+        cancel: &CancellationToken,
+    ) -> Compacted {
+        let Some(upto) = messages
+            .iter()
+            .rev()
+            .find(|m| !m.id.ends_with("-summary") && m.role != Role::System)
+            .map(|m| m.id.clone())
+        else {
+            return Compacted::Nothing;
+        };
+        let replaced = messages
+            .iter()
+            .filter(|m| m.role != Role::System && !m.id.ends_with("-summary"))
+            .count() as u32;
+        let base = build_request(&self.config, messages);
+        if base.messages.is_empty() {
+            return Compacted::Nothing;
+        }
+        let tokens_before = self.meter.estimate(&base);
+        let room = self
+            .config
+            .context_window
+            .saturating_sub(tokens_before + 1024);
+        let max_summary = (self.config.max_tokens as u64)
+            .min(16_384)
+            .min(room.max(1024)) as u32;
+        let mut request = compaction::summary_request(base, focus, max_summary);
+        let mut retries = 0;
+        // If even the summary request is too long (the provider's window is smaller than we
+        // knew), the oldest half of what it covers is left out, at a user turn boundary.
+        let mut skip = 0;
+        let (summary, usage) = loop {
+            match self.collect_text(&request, cancel).await {
+                Ok(r) => break r,
+                Err(CollectError::Stopped(c)) => return c,
+                Err(CollectError::Provider(e)) if compaction::is_prompt_too_long(&e) => {
+                    match compaction::later_start(messages, skip + (messages.len() - skip) / 2) {
+                        Some(next) if next > skip => skip = next,
+                        _ => return Compacted::Failed(e.to_string()),
+                    }
+                    let base = build_request(&self.config, &messages[skip..]);
+                    request = compaction::summary_request(base, focus, max_summary);
+                }
+                Err(CollectError::Provider(e))
+                    if retryable(&e) && retries < self.config.stream_retries =>
+                {
+                    retries += 1;
+                    if let Err(c) = self.backoff(retries, cancel).await {
+                        return c;
+                    }
+                }
+                Err(CollectError::Provider(e)) => return Compacted::Failed(e.to_string()),
+            }
+        };
+        if self.fenced() {
+            return Compacted::LeaseLost;
+        }
+        let mut u = Usage {
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cache_read_tokens: usage.cache_read_input_tokens.unwrap_or(0),
+            cache_write_tokens: usage.cache_creation_input_tokens.unwrap_or(0),
+            cost_micros: 0,
+        };
+        u.cost_micros = self.config.pricing.cost_micros(&u);
+        self.session.add_usage(&u);
+        if summary.trim().is_empty() {
+            return Compacted::Failed("the model returned an empty summary".into());
+        }
+        let appended = self.session.append_message(&Message {
+            id: new_id("k-"),
+            role: Role::System,
+            author: self.config.device.clone(),
+            created_ms: now_ms(),
+            blocks: vec![Block::Compaction {
+                summary,
+                upto,
+                replaced,
+                tokens_before,
+                trigger: trigger.to_owned(),
+                focus: focus.map(str::to_owned),
+            }],
+        });
+        if let Err(e) = appended {
+            return Compacted::Failed(e.to_string());
+        }
+        self.meter.reset();
+        Compacted::Done { tokens_before }
+    }
+
+    /// Streams a reply and returns its text (tool calls ignored) and usage, writing nothing.
+    async fn collect_text(
+        &self,
+        request: &MessagesRequest,
+        cancel: &CancellationToken,
+    ) -> Result<(String, ApiUsage), CollectError> {
+        let stopped = |s: &Self| {
+            if s.fenced() {
+                CollectError::Stopped(Compacted::LeaseLost)
+            } else if s.stop.is_cancelled() {
+                CollectError::Stopped(Compacted::Yielded)
+            } else {
+                CollectError::Stopped(Compacted::Interrupted)
+            }
+        };
+        let mut stream = tokio::select! {
+            biased;
+            _ = self.fence.cancelled() => return Err(stopped(self)),
+            _ = self.stop.cancelled() => return Err(stopped(self)),
+            s = self.provider.stream(request, cancel.clone()) => match s {
+                Ok(s) => s,
+                Err(ProviderError::Cancelled) => return Err(stopped(self)),
+                Err(e) => return Err(CollectError::Provider(e)),
+            },
+        };
+        let mut text = String::new();
+        let mut usage = ApiUsage::default();
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.fence.cancelled() => return Err(stopped(self)),
+                _ = self.stop.cancelled() => return Err(stopped(self)),
+                _ = cancel.cancelled() => return Err(stopped(self)),
+                n = stream.next() => n,
+            };
+            match next {
+                Some(Ok(StreamEvent::MessageStart { message })) => usage = message.usage,
+                Some(Ok(StreamEvent::ContentBlockDelta {
+                    delta: Delta::TextDelta { text: t },
+                    ..
+                })) => text.push_str(&t),
+                Some(Ok(StreamEvent::MessageDelta { usage: u, .. })) => merge_usage(&mut usage, &u),
+                Some(Ok(StreamEvent::MessageStop)) => return Ok((text, usage)),
+                Some(Ok(StreamEvent::Error { error })) => {
+                    return Err(CollectError::Provider(ProviderError::Api {
+                        kind: error.kind,
+                        message: error.message,
+                    }));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(ProviderError::Cancelled)) => return Err(stopped(self)),
+                Some(Err(e)) => return Err(CollectError::Provider(e)),
+                None => return Err(CollectError::Provider(ProviderError::Truncated)),
+            }
+        }
+    }
+
+    /// Waits before retry `attempt` (exponential, capped), unless stopped meanwhile.
+    async fn backoff(&self, attempt: u32, cancel: &CancellationToken) -> Result<(), Compacted> {
+        let wait = self
+            .config
+            .stream_backoff
+            .saturating_mul(1 << attempt.saturating_sub(1).min(6))
+            .min(Duration::from_secs(30));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => Ok(()),
+            _ = self.fence.cancelled() => Err(Compacted::LeaseLost),
+            _ = self.stop.cancelled() => Err(Compacted::Yielded),
+            _ = cancel.cancelled() => Err(Compacted::Interrupted),
+        }
+    }
+
+    /// Stops every background command, with a notice naming them.
+    async fn stop_background(&self, outcome: &Outcome) {
+        let stopped = self.tools.shells.stop_all().await;
+        if stopped.is_empty() || self.fenced() {
+            return;
+        }
+        self.session.set_background(&[]);
+        let why = match outcome {
+            Outcome::Interrupted => "the run was interrupted",
+            Outcome::Yielded => "the session moved to another runner",
+            _ => "the run ended",
+        };
+        let list: Vec<String> = stopped
+            .iter()
+            .map(|(id, cmd)| format!("{id} ({cmd})"))
+            .collect();
+        self.notice(
+            "background_stopped",
+            &format!(
+                "Stopped background commands because {why}: {}. Start them again in a new \
+                 run if they are still needed.",
+                list.join(", ")
+            ),
+        );
+    }
+
+    /// Once per session and model: a notice when the model is deprecated or retired.
+    fn warn_if_deprecated(&self) {
+        let Some(info) = ModelInfo::lookup(&self.config.model) else {
+            return;
+        };
+        let Some(text) = info.deprecation_warning(&crate::models::today_utc()) else {
+            return;
+        };
+        if self.session.setting("deprecation_warned").as_deref() == Some(info.id.as_str()) {
+            return;
+        }
+        tracing::warn!(model = %info.id, "{text}");
+        self.notice("model_deprecated", &text);
+        self.session.set_setting("deprecation_warned", &info.id);
+    }
+
+    /// A typed system note (see [`Block::Notice`]); never sent to the model.
+    pub fn notice(&self, kind: &str, text: &str) {
+        if self.fenced() {
+            return;
+        }
+        if let Err(e) = self.session.append_message(&Message {
+            id: new_id("s-"),
+            role: Role::System,
+            author: self.config.device.clone(),
+            created_ms: now_ms(),
+            blocks: vec![Block::Notice {
+                kind: kind.to_owned(),
+                text: text.to_owned(),
+            }],
+        }) {
+            tracing::error!(error = %e, "writing a notice failed");
+        }
+    }
+
+    /// Streams one reply into a new assistant message; a stream that fails part-way
+    /// (overloaded, connection dropped) is retried with backoff into the same message, its
+    /// partial blocks removed first, so the document holds one full reply.
     async fn stream_reply(
         &mut self,
         request: &MessagesRequest,
         cancel: &CancellationToken,
     ) -> Result<Streamed, String> {
+        let mut msg_id: Option<String> = None;
+        let mut attempt = 0;
+        loop {
+            let err = match self.stream_attempt(request, cancel, &mut msg_id).await {
+                Ok(s) => return Ok(s),
+                Err(e) => e,
+            };
+            if self.fenced() {
+                return Ok(Streamed::Fenced);
+            }
+            if !retryable(&err) || attempt >= self.config.stream_retries {
+                return Err(err.to_string());
+            }
+            attempt += 1;
+            tracing::warn!(error = %err, attempt, "the reply stream failed part-way; retrying");
+            if let Some(id) = &msg_id {
+                self.session.clear_blocks(id).map_err(|e| e.to_string())?;
+            }
+            match self.backoff(attempt, cancel).await {
+                Ok(()) => {}
+                Err(Compacted::LeaseLost) => return Ok(Streamed::Fenced),
+                Err(Compacted::Yielded) => {
+                    if let Some(id) = &msg_id {
+                        self.session.mark_cut(id).map_err(|e| e.to_string())?;
+                    }
+                    return Ok(Streamed::Cut);
+                }
+                Err(_) => return Ok(Streamed::Interrupted),
+            }
+        }
+    }
+
+    /// One attempt of [`Runner::stream_reply`]; `msg_id` is the assistant message, created on
+    /// the first attempt that gets a stream and reused by retries.
+    async fn stream_attempt(
+        &mut self,
+        request: &MessagesRequest,
+        cancel: &CancellationToken,
+        msg_id: &mut Option<String>,
+    ) -> Result<Streamed, ProviderError> {
+        let doc_err = |e: jarvis_sync::doc::DocError| ProviderError::Malformed(e.to_string());
         let mut stream = tokio::select! {
             biased;
             _ = self.fence.cancelled() => return Ok(Streamed::Fenced),
             _ = self.stop.cancelled() => return Ok(Streamed::Cut),
             s = self.provider.stream(request, cancel.clone()) => match s {
                 Ok(s) => s,
-                Err(crate::anthropic::ProviderError::Cancelled) => return Ok(Streamed::Interrupted),
-                Err(e) => return Err(e.to_string()),
+                Err(ProviderError::Cancelled) => return Ok(Streamed::Interrupted),
+                Err(e) if compaction::is_prompt_too_long(&e) => return Ok(Streamed::TooLong),
+                Err(e) => return Err(e),
             },
         };
-        let msg_id = new_id("a-");
-        self.session
-            .append_message(&Message {
-                id: msg_id.clone(),
-                role: Role::Assistant,
-                author: self.config.device.clone(),
-                created_ms: now_ms(),
-                blocks: vec![],
-            })
-            .map_err(|e| e.to_string())?;
+        let msg_id = match msg_id {
+            Some(id) => id.clone(),
+            None => {
+                let id = new_id("a-");
+                self.session
+                    .append_message(&Message {
+                        id: id.clone(),
+                        role: Role::Assistant,
+                        author: self.config.device.clone(),
+                        created_ms: now_ms(),
+                        blocks: vec![],
+                    })
+                    .map_err(doc_err)?;
+                *msg_id = Some(id.clone());
+                id
+            }
+        };
         let mut state = StreamState::default();
         // One cancellation future for the whole stream: making a new one per event costs a
         // waiter registration and removal each time.
@@ -522,11 +1023,9 @@ impl<'a> Runner<'a> {
             };
             let event = match next {
                 Some(Ok(e)) => e,
-                Some(Err(crate::anthropic::ProviderError::Cancelled)) => {
-                    break Ok(Streamed::Interrupted);
-                }
-                Some(Err(e)) => break Err(e.to_string()),
-                None => break Err("the stream ended before message_stop".to_owned()),
+                Some(Err(ProviderError::Cancelled)) => break Ok(Streamed::Interrupted),
+                Some(Err(e)) => break Err(e),
+                None => break Err(ProviderError::Truncated),
             };
             match event {
                 StreamEvent::MessageStart { message } => state.usage = message.usage,
@@ -544,7 +1043,7 @@ impl<'a> Runner<'a> {
                                         text: String::new(),
                                     },
                                 )
-                                .map_err(|e| e.to_string())?;
+                                .map_err(doc_err)?;
                             Open::Text(b, text)
                         }
                         BlockStart::Thinking { thinking } => {
@@ -557,7 +1056,7 @@ impl<'a> Runner<'a> {
                                         signature: None,
                                     },
                                 )
-                                .map_err(|e| e.to_string())?;
+                                .map_err(doc_err)?;
                             Open::Thinking(b, thinking)
                         }
                         BlockStart::ToolUse { id, name } => Open::Tool {
@@ -586,7 +1085,7 @@ impl<'a> Runner<'a> {
                         (Some(Open::Thinking(b, _)), Delta::SignatureDelta { signature }) => {
                             self.session
                                 .set_thinking_signature(b, &signature)
-                                .map_err(|e| e.to_string())?;
+                                .map_err(doc_err)?;
                         }
                         (Some(Open::Tool { json, .. }), Delta::InputJsonDelta { partial_json }) => {
                             json.push_str(&partial_json)
@@ -594,51 +1093,27 @@ impl<'a> Runner<'a> {
                         _ => {}
                     }
                     if state.since_flush() >= self.config.flush_interval {
-                        self.flush(&mut state)?;
+                        self.flush(&mut state).map_err(ProviderError::Malformed)?;
                     }
                 }
                 StreamEvent::ContentBlockStop { index } => {
-                    self.flush(&mut state)?;
+                    self.flush(&mut state).map_err(ProviderError::Malformed)?;
                     if let Some(Open::Tool { id, name, json }) = state.open.remove(&index) {
-                        let input = if json.trim().is_empty() {
-                            "{}".to_owned()
-                        } else {
-                            json
-                        };
-                        self.emit(RunEvent::ToolUse {
-                            id: id.clone(),
-                            name: name.clone(),
-                            input: input.clone(),
-                        });
-                        self.session
-                            .append_block(
-                                &msg_id,
-                                &Block::ToolUse {
-                                    id,
-                                    name,
-                                    input,
-                                    status: "pending".into(),
-                                },
-                            )
-                            .map_err(|e| e.to_string())?;
+                        // Held until the reply ends: a call whose input was cut by max_tokens
+                        // is recorded as cut, not run with half its input.
+                        state.tools.push((id, name, json));
                     }
                 }
                 StreamEvent::MessageDelta { delta, usage } => {
-                    // message_delta usage is cumulative; some providers (OpenAI-compatible
-                    // ones, newer API versions) only report input and cache counts here.
-                    let u = &mut state.usage;
-                    u.output_tokens = usage.output_tokens.max(u.output_tokens);
-                    u.input_tokens = usage.input_tokens.max(u.input_tokens);
-                    u.cache_read_input_tokens =
-                        usage.cache_read_input_tokens.max(u.cache_read_input_tokens);
-                    u.cache_creation_input_tokens = usage
-                        .cache_creation_input_tokens
-                        .max(u.cache_creation_input_tokens);
+                    merge_usage(&mut state.usage, &usage);
                     state.stop_reason = delta.stop_reason;
                 }
                 StreamEvent::MessageStop => break Ok(Streamed::Complete),
                 StreamEvent::Error { error } => {
-                    break Err(format!("{}: {}", error.kind, error.message));
+                    break Err(ProviderError::Api {
+                        kind: error.kind,
+                        message: error.message,
+                    });
                 }
                 StreamEvent::Ping | StreamEvent::Unknown => {}
             }
@@ -646,16 +1121,110 @@ impl<'a> Runner<'a> {
         if self.fenced() {
             return Ok(Streamed::Fenced);
         }
-        // Whatever happened, the text streamed so far stays in the transcript.
-        self.flush(&mut state)?;
+        // Whatever happened, the text streamed so far stays in the transcript (a retry clears
+        // it before streaming again).
+        self.flush(&mut state).map_err(ProviderError::Malformed)?;
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => return Err(e),
+        };
+        let cut_by_limit = state.stop_reason.as_deref() == Some("max_tokens");
+        // Tool calls still open when the stream ended were cut mid-input too.
+        let mut tools = std::mem::take(&mut state.tools);
+        let mut still_open: Vec<_> = state.open.drain().collect();
+        still_open.sort_by_key(|(i, _)| *i);
+        for (_, open) in still_open {
+            if let Open::Tool { id, name, json } = open {
+                tools.push((id, name, json));
+            }
+        }
+        let mut cut_calls = Vec::new();
+        for (id, name, json) in tools {
+            let complete = json.trim().is_empty()
+                || serde_json::from_str::<Value>(&json).is_ok_and(|v| v.is_object());
+            let input = if json.trim().is_empty() {
+                "{}".to_owned()
+            } else {
+                json
+            };
+            let cut = cut_by_limit && !complete;
+            if !cut {
+                self.emit(RunEvent::ToolUse {
+                    id: id.clone(),
+                    name: name.clone(),
+                    input: input.clone(),
+                });
+            }
+            self.session
+                .append_block(
+                    &msg_id,
+                    &Block::ToolUse {
+                        id: id.clone(),
+                        name,
+                        input,
+                        status: if cut { "cut" } else { "pending" }.into(),
+                    },
+                )
+                .map_err(doc_err)?;
+            if cut {
+                cut_calls.push(id);
+            }
+        }
         self.record_usage(&msg_id, &state.usage);
-        if let Ok(Streamed::Cut) = result {
-            self.session.mark_cut(&msg_id).map_err(|e| e.to_string())?;
+        self.meter.observe(
+            request,
+            state.usage.input_tokens
+                + state.usage.cache_read_input_tokens.unwrap_or(0)
+                + state.usage.cache_creation_input_tokens.unwrap_or(0),
+        );
+        if let Streamed::Cut = result {
+            self.session.mark_cut(&msg_id).map_err(doc_err)?;
         }
-        if let Ok(Streamed::Complete) = result {
+        if let Streamed::Complete = result {
             tracing::debug!(stop_reason = ?state.stop_reason, "reply complete");
+            if cut_by_limit {
+                self.after_max_tokens(&msg_id, &cut_calls, request.max_tokens);
+            }
         }
-        result
+        Ok(result)
+    }
+
+    /// A reply cut at `max_tokens`: cut tool calls get a result that says so (the model can
+    /// split the work); cut text gets a request to continue where it stopped.
+    fn after_max_tokens(&self, msg_id: &str, cut_calls: &[String], max_tokens: u32) {
+        for id in cut_calls {
+            self.result(
+                msg_id,
+                id,
+                &format!(
+                    "Not run: your reply reached the output limit ({max_tokens} tokens) while \
+                     writing this call's input, so the input was cut off. Split the work into \
+                     smaller calls, e.g. write a large file in parts: `write` the first part, \
+                     then `write` with \"append\": true for each further part."
+                ),
+                true,
+            );
+            if let Err(e) = self.session.set_tool_status(id, "cut") {
+                tracing::error!(error = %e, "marking a cut tool call failed");
+            }
+        }
+        let has_calls = self
+            .session
+            .message(msg_id)
+            .is_some_and(|m| m.blocks.iter().any(|b| matches!(b, Block::ToolUse { .. })));
+        if !has_calls
+            && let Err(e) = self.session.append_message(&Message {
+                id: new_id("c-"),
+                role: Role::User,
+                author: self.config.device.clone(),
+                created_ms: now_ms(),
+                blocks: vec![Block::Text {
+                    text: CONTINUE_PROMPT.to_owned(),
+                }],
+            })
+        {
+            tracing::error!(error = %e, "asking the model to continue failed");
+        }
     }
 
     fn flush(&self, state: &mut StreamState) -> Result<(), String> {
@@ -692,15 +1261,13 @@ impl<'a> Runner<'a> {
             return Settled::Done;
         };
         let assistant = &messages[ai];
-        // A user message written after the assistant's (not our results) means the user moved
-        // on; the conversion to the API fills in results for calls left unsettled.
+        // A user message written after the assistant's is queued, not a cancellation: the
+        // calls still run and the message is delivered after their results. Only a call that
+        // waits for an approval is dropped (the user wrote instead of answering).
         let rid = results_id(&assistant.id);
-        if messages[ai + 1..]
+        let moved_on = messages[ai + 1..]
             .iter()
-            .any(|m| m.role == Role::User && m.id != rid)
-        {
-            return Settled::Done;
-        }
+            .any(|m| m.role == Role::User && m.id != rid && !m.id.starts_with("c-"));
         let done: Vec<String> = messages[ai + 1..]
             .iter()
             .filter(|m| m.id == rid)
@@ -781,9 +1348,21 @@ impl<'a> Runner<'a> {
                 Some((_, Some(Decision::Deny))) => {
                     Verdict::Deny("The user denied this tool call.".to_owned())
                 }
+                Some((approval_id, None)) if moved_on => {
+                    if let Err(e) = self.session.answer_approval(
+                        approval_id,
+                        Decision::Deny,
+                        &self.config.device,
+                        now_ms(),
+                    ) {
+                        tracing::warn!(error = %e, "closing a superseded approval failed");
+                    }
+                    Verdict::Deny(NOT_RUN_NEW_MESSAGE.to_owned())
+                }
                 Some((approval_id, None)) => return Settled::Pending(approval_id.clone()),
                 None => match self.permissions.check(name, &input) {
                     deny @ Verdict::Deny(_) => deny,
+                    Verdict::Ask if moved_on => Verdict::Deny(NOT_RUN_NEW_MESSAGE.to_owned()),
                     verdict => self.pre_tool_hooks(name, &input, verdict).await,
                 },
             };
@@ -793,6 +1372,9 @@ impl<'a> Runner<'a> {
                     let mut out = self.tools.run(name, &input, cancel).await;
                     if self.fenced() {
                         return Settled::Interrupted;
+                    }
+                    if matches!(name.as_str(), "bash" | "kill_shell") {
+                        self.session.set_background(&self.tools.shells.list());
                     }
                     if !cancel.is_cancelled() {
                         self.post_tool_hooks(id, name, &input, &mut out).await;
@@ -1151,8 +1733,49 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// The result of a call that waited for an approval when the user sent a message instead.
+const NOT_RUN_NEW_MESSAGE: &str = "Not run: the user sent a new message instead of answering \
+the approval.";
+
+/// Sent (as a user turn) after a text reply cut by `max_tokens`.
+pub const CONTINUE_PROMPT: &str = "[Your reply reached the output limit and was cut off. \
+Continue exactly where it stopped, without repeating anything.]";
+
+enum CollectError {
+    Stopped(Compacted),
+    Provider(ProviderError),
+}
+
+/// A failure worth asking again: overload and server errors, a dropped connection.
+fn retryable(e: &ProviderError) -> bool {
+    match e {
+        ProviderError::Api { kind, .. } => {
+            matches!(
+                kind.as_str(),
+                "overloaded_error" | "api_error" | "rate_limit_error"
+            )
+        }
+        ProviderError::Http(_) | ProviderError::Truncated => true,
+        ProviderError::Status { status, .. } => matches!(status, 429 | 500 | 502 | 503 | 504 | 529),
+        _ => false,
+    }
+}
+
+/// message_delta usage is cumulative; some providers (OpenAI-compatible ones, newer API
+/// versions) only report input and cache counts there.
+fn merge_usage(u: &mut ApiUsage, usage: &ApiUsage) {
+    u.output_tokens = usage.output_tokens.max(u.output_tokens);
+    u.input_tokens = usage.input_tokens.max(u.input_tokens);
+    u.cache_read_input_tokens = usage.cache_read_input_tokens.max(u.cache_read_input_tokens);
+    u.cache_creation_input_tokens = usage
+        .cache_creation_input_tokens
+        .max(u.cache_creation_input_tokens);
+}
+
 #[derive(Default)]
 struct StreamState {
+    /// Tool calls whose block ended, in order.
+    tools: Vec<(String, String, String)>,
     open: HashMap<u32, Open>,
     usage: ApiUsage,
     stop_reason: Option<String>,

@@ -45,11 +45,20 @@ impl FakeResponse {
         self
     }
 
+    /// Sends the chunks, then closes the connection without ending the body (a connection
+    /// dropped mid-stream).
+    pub fn with_dropped_connection(self) -> Self {
+        self.with_header(DROP_HEADER, "1")
+    }
+
     pub fn with_header(mut self, k: &str, v: &str) -> Self {
         self.headers.push((k.into(), v.into()));
         self
     }
 }
+
+/// Internal marker of [`FakeResponse::with_dropped_connection`]; never sent.
+const DROP_HEADER: &str = "x-fake-drop-connection";
 
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
@@ -221,8 +230,27 @@ pub struct FakeOptions {
     pub responder: Option<Responder>,
 }
 
+/// The fake's token rule: one token per 4 bytes of the request body as sent (rounded up).
+/// The runner's estimate uses the same rule (`compaction::BYTES_PER_TOKEN`), anchored on the
+/// counts this server reports, so the meter can be checked against it.
+pub fn count_tokens(raw_body: &[u8]) -> u64 {
+    (raw_body.len() as u64).div_ceil(crate::compaction::BYTES_PER_TOKEN)
+}
+
+/// The real API's answer to a prompt over the window.
+pub fn prompt_too_long(tokens: u64, window: u64) -> FakeResponse {
+    FakeResponse::raw(
+        400,
+        &json!({"type": "error", "error": {"type": "invalid_request_error",
+            "message": format!("prompt is too long: {tokens} tokens > {window} maximum")}})
+        .to_string(),
+    )
+}
+
 pub struct FakeServer {
     pub addr: SocketAddr,
+    /// See [`FakeServer::set_context_window`]; 0: no window.
+    context_window: Arc<std::sync::atomic::AtomicU64>,
     script: Arc<Mutex<VecDeque<FakeResponse>>>,
     requests: Arc<Mutex<Vec<RecordedRequest>>>,
     task: tokio::task::JoinHandle<()>,
@@ -247,22 +275,32 @@ impl FakeServer {
         let addr = listener.local_addr()?;
         let script = Arc::new(Mutex::new(VecDeque::from(script)));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (s, r) = (script.clone(), requests.clone());
+        let context_window = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (s, r, w) = (script.clone(), requests.clone(), context_window.clone());
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 let _ = sock.set_nodelay(true);
-                let (s, r, o) = (s.clone(), r.clone(), options.clone());
+                let (s, r, o, w) = (s.clone(), r.clone(), options.clone(), w.clone());
                 tokio::spawn(async move {
-                    let _ = serve(sock, s, r, o).await;
+                    let _ = serve(sock, s, r, o, w).await;
                 });
             }
         });
         Ok(FakeServer {
             addr,
+            context_window,
             script,
             requests,
             task,
         })
+    }
+
+    /// The model's context window in tokens, counted by [`count_tokens`]. With it, the server
+    /// answers `POST /v1/messages/count_tokens`, and a Messages request over the window gets
+    /// the real API's `400 invalid_request_error` "prompt is too long" (never a script entry).
+    pub fn set_context_window(&self, tokens: u64) {
+        self.context_window
+            .store(tokens, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn url(&self) -> String {
@@ -289,6 +327,7 @@ async fn serve(
     script: Arc<Mutex<VecDeque<FakeResponse>>>,
     requests: Arc<Mutex<Vec<RecordedRequest>>>,
     options: FakeOptions,
+    context_window: Arc<std::sync::atomic::AtomicU64>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 8192];
@@ -335,7 +374,24 @@ async fn serve(
             body,
             raw_body,
         };
-        let scripted = script.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+        let window = context_window.load(std::sync::atomic::Ordering::Relaxed);
+        let counted = (window > 0).then_some(window).and_then(|window| {
+            let tokens = count_tokens(&request.raw_body);
+            if request.path.starts_with("/v1/messages/count_tokens") {
+                Some(FakeResponse::raw(
+                    200,
+                    &json!({"input_tokens": tokens}).to_string(),
+                ))
+            } else if tokens > window {
+                Some(prompt_too_long(tokens, window))
+            } else {
+                None
+            }
+        });
+        let scripted = match counted {
+            Some(r) => Some(r),
+            None => script.lock().unwrap_or_else(|p| p.into_inner()).pop_front(),
+        };
         let resp = scripted
             .or_else(|| options.responder.as_ref().map(|f| f(&request)))
             .unwrap_or_else(|| FakeResponse::raw(500, r#"{"type":"error","error":{"type":"api_error","message":"fake script exhausted"}}"#));
@@ -344,7 +400,7 @@ async fn serve(
             .unwrap_or_else(|p| p.into_inner())
             .push(request);
         let mut head = format!("HTTP/1.1 {} X\r\n", resp.status);
-        for (k, v) in &resp.headers {
+        for (k, v) in resp.headers.iter().filter(|(k, _)| k != DROP_HEADER) {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         let close = if options.keep_alive {
@@ -365,6 +421,10 @@ async fn serve(
             sock.write_all(c).await?;
             sock.write_all(b"\r\n").await?;
             sock.flush().await?;
+        }
+        if resp.headers.iter().any(|(k, _)| k == DROP_HEADER) {
+            // The connection dies mid-body: no terminating chunk.
+            return Ok(());
         }
         sock.write_all(b"0\r\n\r\n").await?;
         sock.flush().await?;

@@ -41,7 +41,11 @@ impl ToolOutput {
 
 /// Tools that change nothing; safe to re-run after a crash and allowed in plan mode.
 pub fn is_read_only(tool: &str) -> bool {
-    matches!(tool, "read" | "glob" | "grep" | "todo")
+    // bash_output and kill_shell only touch background shells this runner started.
+    matches!(
+        tool,
+        "read" | "glob" | "grep" | "todo" | "bash_output" | "kill_shell"
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -206,7 +210,12 @@ pub use crate::sandbox::{Limits, ProcessScope, Sandbox};
 #[derive(Clone)]
 pub struct ToolBox {
     root: PathBuf,
+    /// A bash call's timeout when the model names none.
     pub bash_timeout: Duration,
+    /// The longest timeout the model may ask for (per workspace; 10 minutes by default).
+    pub bash_timeout_max: Duration,
+    /// Background commands (`run_in_background`), shared by clones of this tool box.
+    pub shells: crate::shells::Shells,
     pub output_cap: usize,
     pub sandbox: Sandbox,
     /// Extra environment for every command: a settings file's `env`, and the secrets the
@@ -227,9 +236,13 @@ pub type Hidden = Arc<dyn Fn(&Path) -> bool + Send + Sync>;
 
 impl ToolBox {
     pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        let (bash_timeout, bash_timeout_max) = crate::shells::workspace_bash_timeouts(&root);
         ToolBox {
-            root: root.into(),
-            bash_timeout: Duration::from_secs(120),
+            root,
+            bash_timeout,
+            bash_timeout_max,
+            shells: crate::shells::Shells::default(),
             output_cap: 30_000,
             sandbox: Sandbox::Host,
             env: Vec::new(),
@@ -264,8 +277,8 @@ impl ToolBox {
             ),
             def(
                 "write",
-                "Create or overwrite a file of the workspace with the given content.",
-                json!({"type":"object","properties":{"path":{"type":"string"},"content":{"type":"string"}},"required":["path","content"]}),
+                "Create or overwrite a file of the workspace with the given content. With append: true, add the content to the end of the file instead (write a large file in parts).",
+                json!({"type":"object","properties":{"path":{"type":"string"},"content":{"type":"string"},"append":{"type":"boolean"}},"required":["path","content"]}),
             ),
             def(
                 "edit",
@@ -284,8 +297,18 @@ impl ToolBox {
             ),
             def(
                 "bash",
-                "Run a shell command in the workspace root, with a timeout.",
-                json!({"type":"object","properties":{"command":{"type":"string"},"timeout_ms":{"type":"integer"}},"required":["command"]}),
+                "Run a shell command in the workspace root, with a timeout (default 2 minutes, at most 10). With run_in_background: true it returns a shell id at once; read its output with bash_output and stop it with kill_shell (it is stopped when the run ends).",
+                json!({"type":"object","properties":{"command":{"type":"string"},"timeout_ms":{"type":"integer"},"run_in_background":{"type":"boolean"}},"required":["command"]}),
+            ),
+            def(
+                "bash_output",
+                "New output of a background shell since the last read, and whether it still runs. Optional filter: a regular expression; only matching lines are returned.",
+                json!({"type":"object","properties":{"shell_id":{"type":"string"},"filter":{"type":"string"}},"required":["shell_id"]}),
+            ),
+            def(
+                "kill_shell",
+                "Stop a background shell and every process it started.",
+                json!({"type":"object","properties":{"shell_id":{"type":"string"}},"required":["shell_id"]}),
             ),
             def(
                 "todo",
@@ -308,6 +331,11 @@ impl ToolBox {
                 None => Err("read needs a string 'path'".into()),
             },
             "write" => match (s("path"), s("content")) {
+                (Some(p), Some(c))
+                    if input.get("append").and_then(Value::as_bool) == Some(true) =>
+                {
+                    self.append(p, c).await
+                }
                 (Some(p), Some(c)) => self.write(p, c).await,
                 _ => Err("write needs string 'path' and 'content'".into()),
             },
@@ -330,15 +358,38 @@ impl ToolBox {
                 None => Err("grep needs a string 'pattern'".into()),
             },
             "bash" => match s("command") {
+                Some(c)
+                    if input.get("run_in_background").and_then(Value::as_bool) == Some(true) =>
+                {
+                    self.shells
+                        .start(&self.scope, |extra| self.shell_command(c, extra), c)
+                        .map(|id| {
+                            format!(
+                                "Started in the background as {id}. Read its output with \
+                             bash_output {{\"shell_id\": \"{id}\"}}; stop it with kill_shell."
+                            )
+                        })
+                }
                 Some(c) => {
                     let timeout = input
                         .get("timeout_ms")
                         .and_then(Value::as_u64)
                         .map(Duration::from_millis)
-                        .map_or(self.bash_timeout, |t| t.min(self.bash_timeout));
+                        .map_or(self.bash_timeout, |t| t.min(self.bash_timeout_max));
                     return self.bash(c, timeout, cancel).await;
                 }
                 None => Err("bash needs a string 'command'".into()),
+            },
+            "bash_output" => match s("shell_id") {
+                Some(id) => match s("filter").map(regex::Regex::new).transpose() {
+                    Ok(filter) => self.shells.read(id, filter.as_ref()),
+                    Err(e) => Err(format!("invalid filter: {e}")),
+                },
+                None => Err("bash_output needs a string 'shell_id'".into()),
+            },
+            "kill_shell" => match s("shell_id") {
+                Some(id) => self.shells.kill(id).await,
+                None => Err("kill_shell needs a string 'shell_id'".into()),
             },
             "todo" => match input
                 .get("todos")
@@ -417,6 +468,35 @@ impl ToolBox {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot write {p}: {e}"))?;
         Ok(format!("wrote {} bytes to {p}", content.len()))
+    }
+
+    /// Appends to a file (created if missing): how a file too big for one reply is written.
+    async fn append(&self, p: &str, content: &str) -> Result<String, String> {
+        use tokio::io::AsyncWriteExt;
+        let path = self.path(p)?;
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| format!("cannot create the folder of {p}: {e}"))?;
+        }
+        let path = self.path(p)?;
+        let mut f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+            .map_err(|e| format!("cannot open {p}: {e}"))?;
+        f.write_all(content.as_bytes())
+            .await
+            .map_err(|e| format!("cannot append to {p}: {e}"))?;
+        f.flush()
+            .await
+            .map_err(|e| format!("cannot append to {p}: {e}"))?;
+        let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+        Ok(format!(
+            "appended {} bytes to {p} (now {len} bytes)",
+            content.len()
+        ))
     }
 
     async fn edit(&self, p: &str, old: &str, new: &str, all: bool) -> Result<String, String> {
@@ -561,14 +641,9 @@ impl ToolBox {
     ) -> ToolOutput {
         let limits = self.sandbox.limits().cloned();
         let timeout = limits.as_ref().map_or(timeout, |l| timeout.min(l.wall));
-        let mut cmd = match self.sandbox.command(
-            &self.root,
-            "sh",
-            &["-c".to_owned(), command.to_owned()],
-            &self.env,
-        ) {
+        let mut cmd = match self.shell_command(command, &[]) {
             Ok(c) => c,
-            Err(e) => return ToolOutput::err(format!("bash is not available: {e}")),
+            Err(e) => return ToolOutput::err(e),
         };
         cmd.command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = match self.scope.spawn(cmd) {
@@ -641,6 +716,28 @@ impl ToolBox {
             }
             Err(reason) => ToolOutput::err(reason),
         }
+    }
+
+    /// `sh -c command` wrapped by the sandbox, in the workspace root, with the tool box's
+    /// environment plus `extra` (foreground and background commands alike).
+    pub(crate) fn shell_command(
+        &self,
+        command: &str,
+        extra: &[(String, String)],
+    ) -> Result<crate::sandbox::SandboxCommand, String> {
+        let mut env = self.env.clone();
+        env.extend(extra.iter().cloned());
+        let mut cmd = self
+            .sandbox
+            .command(
+                &self.root,
+                "sh",
+                &["-c".to_owned(), command.to_owned()],
+                &env,
+            )
+            .map_err(|e| format!("bash is not available: {e}"))?;
+        cmd.command.current_dir(&self.root);
+        Ok(cmd)
     }
 
     fn redacted(&self, mut text: String) -> String {

@@ -403,7 +403,8 @@ fn selection_follows_claude_code_variables() {
         matches!(cfg, ProviderConfig::Bedrock { ref access_key_id, ref session_token, .. }
         if access_key_id == "AKIDWORK" && session_token.as_deref() == Some("t"))
     );
-    let err = ProviderConfig::from_env(
+    // A profile without static keys (a role, SSO) or no file: the rest of the AWS chain.
+    let cfg = ProviderConfig::from_env(
         &env(&[
             ("CLAUDE_CODE_USE_BEDROCK", "1"),
             ("AWS_REGION", "eu-west-1"),
@@ -412,9 +413,19 @@ fn selection_follows_claude_code_variables() {
         ]),
         |_| Ok(file.to_owned()),
     )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("profile [nope]"), "{err}");
+    .unwrap();
+    assert!(
+        matches!(cfg, ProviderConfig::BedrockChain { ref region, .. } if region == "eu-west-1")
+    );
+    let cfg = ProviderConfig::from_env(
+        &env(&[
+            ("CLAUDE_CODE_USE_BEDROCK", "1"),
+            ("AWS_REGION", "eu-west-1"),
+        ]),
+        no_file,
+    )
+    .unwrap();
+    assert!(matches!(cfg, ProviderConfig::BedrockChain { .. }));
     let err = ProviderConfig::from_env(&env(&[("CLAUDE_CODE_USE_BEDROCK", "1")]), no_file)
         .unwrap_err()
         .to_string();

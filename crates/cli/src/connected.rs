@@ -388,6 +388,7 @@ pub async fn run_here(
         .budget_usd
         .map(|d| (d * 1e6) as u64)
         .or_else(|| recorded["budget_micros"].as_u64());
+    config.apply_session_settings(&doc);
     // The user's own device: the workspace's Claude Code setup and their ~/.claude apply.
     let user_dir = ClaudeSetup::user_dir();
     let setup = ClaudeSetup::load(
@@ -408,7 +409,10 @@ pub async fn run_here(
         .with_commands(setup.commands.clone())
         .with_notes(setup.notes())
         .with_stop(stop.clone())
-        .with_fence(fence.clone());
+        .with_fence(fence.clone())
+        // The mode read from the hub at the start holds for this run (any member can write
+        // the document's copy); a change through the API applies from the next run here.
+        .with_mode_source(Arc::new(|| None));
     if let Some(tx) = events {
         runner = runner.with_events(tx);
     }

@@ -53,8 +53,9 @@ enum Command {
         session: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
         output_format: OutputFormat,
-        /// ask, accept-edits, plan, dont-ask or allow-all (default: the workspace's
-        /// .claude/settings.json defaultMode, else ask).
+        /// ask, accept-edits, plan, dont-ask or allow-all (default: the session's, else the
+        /// workspace's .claude/settings.json defaultMode, else ask). On a follow-up it changes
+        /// the session's mode from here on.
         #[arg(long)]
         permission_mode: Option<String>,
         /// Allow rules such as 'Bash(cargo test:*)'. Repeatable.
@@ -63,11 +64,17 @@ enum Command {
         /// Deny rules. Repeatable.
         #[arg(long = "deny")]
         deny: Vec<String>,
-        #[arg(long, env = "ANTHROPIC_MODEL", default_value = "claude-sonnet-4-5")]
-        model: String,
+        /// The model (default: the session's, else the current default). On a follow-up
+        /// (`--session`) it changes the session's model from here on.
+        #[arg(long, env = "ANTHROPIC_MODEL")]
+        model: Option<String>,
         /// Stop before a request once the session has cost this many US dollars.
         #[arg(long)]
         budget_usd: Option<f64>,
+        /// Model requests one run may make (default: no limit; the budget is the stop). Kept
+        /// as a session setting, so every runner of the session applies it.
+        #[arg(long)]
+        max_turns: Option<u32>,
         /// Workspace id (logged in; default: the folder's name, or the session's workspace).
         #[arg(long)]
         workspace: Option<String>,
@@ -99,7 +106,7 @@ enum Command {
         dir: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "text")]
         output_format: OutputFormat,
-        #[arg(long, env = "ANTHROPIC_MODEL", default_value = "claude-sonnet-4-5")]
+        #[arg(long, env = "ANTHROPIC_MODEL", default_value = jarvis_agent::models::DEFAULT_MODEL)]
         model: String,
         /// Permission mode for the part run here (default: the session's own).
         #[arg(long)]
@@ -324,6 +331,7 @@ fn main() -> Result<()> {
             deny,
             model,
             budget_usd,
+            max_turns,
             workspace,
             local,
         } => {
@@ -353,9 +361,11 @@ fn main() -> Result<()> {
                 } => {
                     notes.extend(warnings.into_iter().map(|w| format!("Warning: {w}")));
                     command_allow = allow;
-                    model = m.unwrap_or(model);
+                    model = m.or(model);
                     text
                 }
+                // The session's runner compacts on `/compact [focus]` (local or connected).
+                Expanded::Builtin(commands::Builtin::Compact(_)) => prompt.clone(),
                 Expanded::Builtin(_) if connected.is_some() => {
                     bail!("built-in commands run in local sessions only for now (use --local)")
                 }
@@ -377,7 +387,7 @@ fn main() -> Result<()> {
                         dir,
                         workspace,
                         session,
-                        model,
+                        model: model.unwrap_or_else(|| jarvis_agent::models::DEFAULT_MODEL.into()),
                         permission_mode,
                         allow,
                         deny,
@@ -389,9 +399,17 @@ fn main() -> Result<()> {
                 ));
             }
             let explicit_mode = permission_mode.is_some();
-            let mode_name = permission_mode.unwrap_or_else(|| "ask".into());
-            let mode = Mode::parse(&mode_name)
-                .with_context(|| format!("unknown permission mode {mode_name:?}"))?;
+            if let Some(m) = &permission_mode
+                && Mode::parse(m).is_none()
+            {
+                bail!(
+                    "unknown permission mode {m:?}: ask, accept-edits, plan, dont-ask or allow-all"
+                );
+            }
+            let mode = permission_mode
+                .as_deref()
+                .and_then(Mode::parse)
+                .unwrap_or(Mode::Ask);
             let mut permissions = Permissions::new(mode).with_root(&dir);
             for r in &allow {
                 permissions.allow.push(Rule::parse(r)?);
@@ -401,28 +419,68 @@ fn main() -> Result<()> {
             }
             permissions.allow.extend(command_allow);
             let allow_store = Arc::new(FileAllowStore::new(&home, "local", &dir.to_string_lossy()));
-            let permissions =
+            let mut permissions =
                 setup.permissions(permissions, explicit_mode, Some(allow_store.as_ref()));
             let env: HashMap<String, String> = std::env::vars().collect();
             let provider =
                 ProviderConfig::from_env(&env, |p| std::fs::read_to_string(p))?.build()?;
             let id = session.unwrap_or_else(|| format!("{:016x}", rand_id()));
             let doc = session_doc(&store, &id)?;
+            let known = doc.meta().model;
+            let model = model
+                .or_else(|| (!known.is_empty()).then_some(known.clone()))
+                .unwrap_or_else(|| jarvis_agent::models::DEFAULT_MODEL.to_owned());
             if doc.meta().workspace.is_empty() {
                 doc.set_workspace(&dir.to_string_lossy());
-                doc.set_model(&model);
                 doc.set_title(&prompt.chars().take(80).collect::<String>());
             }
-            if !prompt.is_empty() {
+            if known != model {
+                doc.set_model(&model);
+            }
+            if let Some(n) = max_turns {
+                doc.set_setting("max_turns", &n.to_string());
+            }
+            // The mode travels with the session: a flag sets it, else the session's own applies.
+            if let Some(m) = &permission_mode {
+                doc.set_setting("permission_mode", m);
+            }
+            if let Some(mode) = doc.setting("permission_mode").and_then(|m| Mode::parse(&m)) {
+                permissions.mode = mode;
+            }
+            let compact = jarvis_agent::compaction::compact_command(&prompt);
+            if !prompt.is_empty() && compact.is_none() {
                 Runner::send_user_message(&doc, "cli", &prompt);
             }
             let mut config = RunnerConfig::new(&model, "cli");
             config.budget_micros = budget_usd.map(|d| (d * 1e6) as u64);
+            config.apply_session_settings(&doc);
             let mut tools = ToolBox::new(&dir);
             tools.env = setup.settings.env.clone();
             let hooks = setup.hooks(&dir, tools.sandbox.clone(), &id, permissions.mode);
             let context = setup.context.clone();
             let runtime = tokio::runtime::Runtime::new()?;
+            if let Some(focus) = compact {
+                let mut runner = Runner::new(
+                    doc.clone(),
+                    provider.as_ref(),
+                    ToolBox::new(&dir),
+                    permissions,
+                    config,
+                );
+                let done =
+                    runtime.block_on(runner.compact(focus.as_deref(), &CancellationToken::new()));
+                return match done {
+                    jarvis_agent::runner::Compacted::Done { tokens_before } => {
+                        eprintln!("session {id}: compacted ({tokens_before} tokens summarised)");
+                        Ok(())
+                    }
+                    jarvis_agent::runner::Compacted::Nothing => {
+                        eprintln!("session {id}: nothing to compact");
+                        Ok(())
+                    }
+                    other => bail!("compacting session {id} did not finish: {other:?}"),
+                };
+            }
             let outcome = runtime.block_on(run(
                 doc.clone(),
                 provider.as_ref(),
@@ -932,7 +990,8 @@ fn builtin(
             session_doc_of("/model")?.set_model(&m);
             println!("model: {m}");
         }
-        Builtin::Compact(_) => bail!("/compact is not available in `jarvis run` yet"),
+        // Sent to the runner as the prompt instead (see `Run`): it compacts the transcript.
+        Builtin::Compact(_) => bail!("/compact is run by the session's runner"),
         Builtin::Help => {
             for (name, what) in commands::BUILTINS {
                 println!("/{name}\t{what}");

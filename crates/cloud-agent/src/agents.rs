@@ -11,7 +11,7 @@
 //! paths: ["src/**/*.rs"]   # files: globs over workspace paths
 //! tools: [read, grep, glob, "bash(cargo test:*)"]   # allow rules
 //! permission_mode: plan    # ask | accept-edits | plan | allow-all (default plan)
-//! model: claude-sonnet-4-5
+//! model: claude-sonnet-5-5
 //! budget_usd: 0.50         # per run
 //! daily_budget_usd: 2      # per agent and UTC day
 //! missed: run_once         # run_once | skip (see the scheduler)

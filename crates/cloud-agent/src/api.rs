@@ -273,7 +273,7 @@ pub fn router(api: Api) -> Router {
         )
         .route("/api/sessions", get(list_sessions).post(create_session))
         .route("/api/sessions/changes", get(session_changes))
-        .route("/api/sessions/{id}", get(get_session))
+        .route("/api/sessions/{id}", get(get_session).patch(update_session))
         .route("/api/sessions/{id}/settings", get(get_settings))
         .route("/api/sessions/{id}/messages", post(send_message))
         .route("/api/sessions/{id}/interrupt", post(interrupt))
@@ -910,6 +910,68 @@ async fn send_message(
         StatusCode::ACCEPTED,
         Json(json!({"message": message_id, "runner": runs_on})),
     ))
+}
+
+#[derive(Deserialize)]
+struct SessionUpdate {
+    model: Option<String>,
+    permission_mode: Option<String>,
+}
+
+/// Changes a session's model or permission mode from any device; the runner applies them
+/// before its next model request (`Runner::apply_session_changes`).
+async fn update_session(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Body(b): Body<SessionUpdate>,
+) -> ApiResult {
+    api.control
+        .check_session_for(&who, &id, crate::access::Action::Write)?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m);
+    if let Some(m) = &b.permission_mode
+        && Mode::parse(m).is_none()
+    {
+        return Err(bad(format!(
+            "unknown permission mode {m:?}: ask, accept-edits, plan or allow-all"
+        )));
+    }
+    if let Some(m) = &b.model
+        && (m.is_empty()
+            || m.len() > 200
+            || !m
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"._:@/-".contains(&c)))
+    {
+        return Err(bad(format!("invalid model id {m:?}")));
+    }
+    if b.permission_mode.as_deref() == Some("allow-all")
+        && let Some(why) = api.cloud.sandbox().refusal()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "sandbox_unavailable",
+            format!("allow-all sessions cannot run in the cloud on this server: {why}"),
+        ));
+    }
+    // The control plane is the authority runners read; the document gets a display copy.
+    api.control
+        .update_run_settings(&id, b.permission_mode.as_deref(), b.model.as_deref())?;
+    let (model, mode) = api
+        .hub
+        .edit(&format!("session/{id}"), |doc| {
+            let s = SessionDoc::new(doc.clone());
+            if let Some(m) = &b.model {
+                s.set_model(m);
+            }
+            if let Some(m) = &b.permission_mode {
+                s.set_setting("permission_mode", m);
+            }
+            (s.meta().model, s.setting("permission_mode"))
+        })
+        .await?;
+    api.control.audit(Some(&who), "session.update", &id, &model);
+    Ok(Json(json!({"model": model, "permission_mode": mode})))
 }
 
 async fn interrupt(

@@ -1399,6 +1399,31 @@ impl Control {
         Ok(n == 1)
     }
 
+    /// Changes a session's permission mode and/or model in its authoritative run settings
+    /// (`PATCH /api/sessions/{id}`); the caller has checked the right to.
+    pub fn update_run_settings(
+        &self,
+        session: &str,
+        permission_mode: Option<&str>,
+        model: Option<&str>,
+    ) -> Result<RunSettings> {
+        let mut settings = self.run_settings(session)?.unwrap_or_default();
+        if let Some(m) = permission_mode {
+            settings.permission_mode = Some(m.to_owned());
+        }
+        if let Some(m) = model {
+            settings.model = Some(m.to_owned());
+        }
+        let json = serde_json::to_string(&settings)
+            .map_err(|e| ControlError::Invalid(format!("run settings: {e}")))?;
+        self.conn().execute(
+            "INSERT INTO session_settings (session, settings) VALUES (?1, ?2)
+             ON CONFLICT(session) DO UPDATE SET settings = excluded.settings",
+            params![session, json],
+        )?;
+        Ok(settings)
+    }
+
     /// The authoritative run settings of a session (None: none were recorded; the runner
     /// then uses the safest defaults, never the session document's copy).
     pub fn run_settings(&self, session: &str) -> Result<Option<RunSettings>> {

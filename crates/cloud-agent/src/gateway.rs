@@ -168,6 +168,9 @@ impl Upstream {
                 secret_access_key,
                 session_token,
             )),
+            ProviderConfig::BedrockChain { base_url, region } => {
+                Upstream::Bedrock(BedrockProvider::from_chain(&base_url, &region))
+            }
             ProviderConfig::Vertex {
                 base_url,
                 region,
@@ -351,7 +354,10 @@ fn write_usage(mut conn: Connection, rx: std::sync::mpsc::Receiver<UsageRecord>,
                        cost_micros) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )?;
                 for r in &batch {
-                    let u = r.usage(&pricing);
+                    // Each request at its model's list prices (the model table), else the default.
+                    let p = jarvis_agent::models::ModelInfo::lookup(&r.model)
+                        .map_or(pricing, |m| m.pricing);
+                    let u = r.usage(&p);
                     stmt.execute(params![
                         now_ms() as i64,
                         r.user,
@@ -655,6 +661,7 @@ async fn forward(
                 "application/json"
             };
             let base = [("content-type", "application/json"), ("accept", accept)];
+            bedrock.refresh_credentials().await.map_err(bad_gateway)?;
             let signed = bedrock.sign(&url, &base, &body).map_err(bad_gateway)?;
             let mut req = gw.client.post(url).body(body);
             for (k, v) in base.iter().copied() {

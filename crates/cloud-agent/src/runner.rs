@@ -510,18 +510,37 @@ impl Cloud {
         );
         let mut config = RunnerConfig::new(&model, CLOUD_DEVICE);
         config.budget_micros = settings.budget_micros;
+        config.apply_session_settings(doc);
         let mut runner = Runner::new(doc.clone(), provider.as_ref(), tools, permissions, config)
             .with_context(setup.context.clone())
             .with_hooks(hooks)
             .with_commands(setup.commands.clone())
             .with_notes(setup.notes())
             .with_stop(stop.clone())
-            .with_fence(fence.clone());
+            .with_fence(fence.clone())
+            .with_mode_source(self.mode_source(session));
         let cancel = self.shutdown.child_token();
         let outcome = runner.drive(&cancel).await;
         // Nothing a run started outlives it.
         scope.kill_all();
         outcome
+    }
+
+    /// The session's permission mode as the control plane holds it (changed through `PATCH
+    /// /api/sessions/{id}`), read before each request; a mode this server must refuse (allow-all
+    /// without a sandbox) is not taken up.
+    fn mode_source(self: &Arc<Self>, session: &str) -> jarvis_agent::runner::ModeSource {
+        let (cloud, session) = (self.clone(), session.to_owned());
+        Arc::new(move || {
+            let mode = cloud
+                .control
+                .run_settings(&session)
+                .ok()
+                .flatten()
+                .and_then(|s| s.permission_mode)
+                .and_then(|m| Mode::parse(&m))?;
+            cloud.mode_refusal(Some(mode)).is_none().then_some(mode)
+        })
     }
 
     /// Ends a turn that cannot run, saying why in the session.

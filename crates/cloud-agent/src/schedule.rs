@@ -1097,6 +1097,9 @@ pub fn unlisted_tools(tools: &[String]) -> Vec<String> {
         .into_iter()
         .map(|d| d.name)
         .filter(|n| n != "todo" && !named.contains(n.as_str()))
+        // Reading and stopping background commands come with bash: they act only on commands
+        // a permitted bash call started.
+        .filter(|n| !(named.contains("bash") && matches!(n.as_str(), "bash_output" | "kill_shell")))
         .collect()
 }
 
@@ -1622,6 +1625,19 @@ mod tests {
     fn tools_not_named_are_denied() {
         let deny = unlisted_tools(&["read".into(), "grep".into(), "bash(cargo test:*)".into()]);
         assert_eq!(deny, vec!["write", "edit", "glob"]);
+        let deny = unlisted_tools(&["read".into()]);
+        assert_eq!(
+            deny,
+            vec![
+                "write",
+                "edit",
+                "glob",
+                "grep",
+                "bash",
+                "bash_output",
+                "kill_shell"
+            ]
+        );
         assert!(unlisted_tools(&[]).is_empty());
     }
 

@@ -269,7 +269,7 @@ pub struct ServeArgs {
     #[arg(long, env = "JARVIS_RATE_PER_SECOND", default_value_t = 20.0)]
     pub rate_per_second: f64,
     /// Model for cloud sessions that name none.
-    #[arg(long, env = "ANTHROPIC_MODEL", default_value = "claude-sonnet-4-5")]
+    #[arg(long, env = "ANTHROPIC_MODEL", default_value = jarvis_agent::models::DEFAULT_MODEL)]
     pub model: String,
     /// Containment for commands of cloud sessions: auto (bubblewrap when it can create its
     /// namespaces here), bwrap, limits (no namespaces: needs --allow-unsandboxed). Without

@@ -1,7 +1,7 @@
 import { useEffect, useMemo, useRef, useState } from 'react';
 import type { Device, SessionSummary } from '../lib/api';
 import { useApp, useDoc, useDocVersion } from '../lib/hooks';
-import { CONTEXT_TOKENS, contextUsed, readIndex, readMessages, readMeta, type BlockView, type MessageView } from '../lib/model';
+import { CONTEXT_TOKENS, MODELS, PERMISSION_MODES, contextUsed, readIndex, readMessages, readMeta, type BlockView, type MessageView } from '../lib/model';
 import { sessionChanges } from '../lib/session-diff.js';
 import { Markdown } from './Markdown';
 import { deviceName, statusOf, whereLabel } from './labels';
@@ -96,7 +96,20 @@ function Message({ m, results, approvals, toolIds, session, readOnly, myDevice, 
   const visible = m.blocks.filter((b) => b.type !== 'tool_result' && !(b.type === 'approval' && toolIds.has(b.tool_use_id)));
   if (m.role === 'user' && visible.length === 0) return null;
   if (m.role === 'system') {
-    return <div className="msg system" data-testid="msg-system">{m.blocks.map((b, i) => b.type === 'text' ? <span key={i}>{b.text}</span> : null)}</div>;
+    return <div className="msg system" data-testid="msg-system">{m.blocks.map((b, i) => {
+      if (b.type === 'text') return <span key={i}>{b.text}</span>;
+      if (b.type === 'notice') return <span key={i} data-testid={`notice-${b.kind}`}>{b.text}</span>;
+      if (b.type === 'compaction') {
+        // Collapsed: what it replaced; the summary the model continues from on demand.
+        return (
+          <details key={i} className="compaction" data-testid="compaction">
+            <summary>Compacted {b.replaced} earlier message{b.replaced === 1 ? '' : 's'} ({fmtTokens(b.tokens_before)} tokens){b.trigger === 'manual' ? ' on request' : ''}{b.focus ? `, focus: ${b.focus}` : ''}; they stay above but are no longer sent to the model</summary>
+            <Markdown source={b.summary} testId="compaction-summary" />
+          </details>
+        );
+      }
+      return null;
+    })}</div>;
   }
   return (
     <div className={`msg ${m.role}`} data-testid={`msg-${m.role}`}>
@@ -180,7 +193,8 @@ export function Chat({ session, summary, devices, onShowChanges }: {
   const runner = runningHere ? me.device : summary?.runner ?? (meta?.runner && meta.runner.expires > Date.now() ? meta.runner.device : null);
   const where = whereLabel(runner, me.device, devices);
   const nameOf = (id: string) => deviceName(id, me.device, devices);
-  const ctx = contextUsed(messages);
+  const ctx = meta?.context?.tokens ?? contextUsed(messages);
+  const windowTokens = meta?.context?.window || CONTEXT_TOKENS;
   const usage = meta?.usage;
   const canRunHere = inDesktop;
   // In the desktop window the core hands over: it flushes the folder first (to the cloud) or
@@ -215,6 +229,17 @@ export function Chat({ session, summary, devices, onShowChanges }: {
             <span className="badge tone-fail" title={meta.sandbox} data-testid="chat-sandbox">
               {meta.sandbox.startsWith('UNCONFINED') ? 'Commands unsandboxed' : 'Commands refused: no sandbox'}
             </span>
+          {meta && !inDesktop && (
+            <>
+              <select className="small" value={meta.model} disabled={!!busy || me.read_only} title="Model (applied before the next request)" data-testid="model-select"
+                onChange={(e) => { const model = e.target.value; void act('model', () => api.updateSession(session, { model })); }}>
+                {[...new Set([meta.model, ...MODELS].filter(Boolean))].map((m) => <option key={m} value={m}>{m}</option>)}
+              </select>
+              <select className="small" value={meta.permission_mode} disabled={!!busy || me.read_only} title="Permission mode" data-testid="mode-select"
+                onChange={(e) => { const permission_mode = e.target.value; void act('mode', () => api.updateSession(session, { permission_mode })); }}>
+                {PERMISSION_MODES.map((m) => <option key={m} value={m}>{m}</option>)}
+              </select>
+            </>
           )}
           {changed > 0 && <button className="link small" onClick={onShowChanges} data-testid="show-changes">{changed} file{changed > 1 ? 's' : ''} changed</button>}
         </div>
@@ -233,8 +258,9 @@ export function Chat({ session, summary, devices, onShowChanges }: {
         {status === 'running' && <div className="typing" aria-label="working"><span /><span /><span /></div>}
       </div>
       <div className="usage" data-testid="usage">
-        <div className="ctx-bar" title={`${ctx} of ${CONTEXT_TOKENS} tokens of context`}><div style={{ width: `${Math.min(100, (ctx / CONTEXT_TOKENS) * 100)}%` }} /></div>
-        <span>Context {fmtTokens(ctx)} / {fmtTokens(CONTEXT_TOKENS)}</span>
+        <div className="ctx-bar" title={`${ctx} of ${windowTokens} tokens of context`}><div style={{ width: `${Math.min(100, (ctx / windowTokens) * 100)}%` }} /></div>
+        <span>Context {fmtTokens(ctx)} / {fmtTokens(windowTokens)}</span>
+        {meta && meta.background.length > 0 && <span data-testid="background" title={meta.background.map(([id, cmd]) => `${id}: ${cmd}`).join('\n')}>{meta.background.length} background command{meta.background.length > 1 ? 's' : ''}</span>}
         {usage && <span>In {fmtTokens(usage.input + usage.cache_read + usage.cache_write)} · Out {fmtTokens(usage.output)}</span>}
         {usage && <span data-testid="cost">{fmtCost(usage.cost_micros)}</span>}
       </div>

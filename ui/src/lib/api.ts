@@ -97,6 +97,10 @@ export class Api {
   ensureWorkspace(id: string) { return this.call<Workspace>('POST', '/api/workspaces', { id, name: id }); }
   send(id: string, text: string) { return this.call('POST', `/api/sessions/${id}/messages`, { text }); }
   interrupt(id: string) { return this.call('POST', `/api/sessions/${id}/interrupt`, {}); }
+  /** Mid-session control: the runner applies a new model or permission mode before its next request. */
+  updateSession(id: string, b: { model?: string; permission_mode?: string }) {
+    return this.call<{ model: string; permission_mode: string | null }>('PATCH', `/api/sessions/${id}`, b);
+  }
   answer(id: string, approval: string, decision: 'allow' | 'deny' | 'always_allow') {
     return this.call('POST', `/api/sessions/${id}/approvals/${approval}`, { decision });
   }

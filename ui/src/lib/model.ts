@@ -13,13 +13,24 @@ export interface MetaView {
   /** How the cloud runs this session's commands (written by the cloud runner; "" elsewhere). */
   sandbox: string;
   usage: { input: number; output: number; cache_read: number; cache_write: number; cost_micros: number };
+  /** The runner's context meter (tokens of the next request, the model's window); null before one ran. */
+  context: { tokens: number; window: number } | null;
+  /** Background commands the runner has running: id → command line. */
+  background: [string, string][];
+  permission_mode: string;
 }
+
+/** Models offered in the chat header (the session's own is always offered too). */
+export const MODELS = ['claude-sonnet-5-5', 'claude-opus-5-5', 'claude-haiku-4-5'];
+export const PERMISSION_MODES = ['ask', 'accept-edits', 'plan', 'allow-all'];
 export type BlockView =
   | { type: 'text'; text: string }
   | { type: 'thinking'; text: string }
   | { type: 'tool_use'; id: string; name: string; input: string; status: string }
   | { type: 'tool_result'; tool_use_id: string; content: string; is_error: boolean }
   | { type: 'approval'; id: string; tool_use_id: string; tool: string; summary: string; decision: string | null; decided_by: string | null }
+  | { type: 'compaction'; summary: string; replaced: number; tokens_before: number; trigger: string; focus: string | null }
+  | { type: 'notice'; kind: string; text: string }
   | { type: 'unknown'; kind: string };
 export interface MessageView {
   id: string; role: string; author: string; created: number; cut: boolean;
@@ -46,6 +57,15 @@ export function readMeta(doc: Y.Doc): MetaView {
     handoff: h && typeof h === 'object' && typeof h.to === 'string' ? { to: h.to, by: str(h.by) } : null,
     sandbox: str(m.get('setting.sandbox')),
     usage: usageOf(m.get('usage')),
+    permission_mode: str(m.get('setting.permission_mode')) || 'ask',
+    context: m.get('context_window') !== undefined
+      ? { tokens: num(m.get('context_tokens')), window: num(m.get('context_window')) } : null,
+    background: (() => {
+      const b = m.get('background');
+      return b && typeof b === 'object' && !(b instanceof Y.AbstractType)
+        ? Object.entries(b as Record<string, unknown>).filter(([, v]) => typeof v === 'string').map(([k, v]) => [k, v as string] as [string, string]).sort()
+        : [];
+    })(),
   };
 }
 
@@ -61,6 +81,11 @@ function readBlock(b: unknown): BlockView {
       type, id: str(b.get('id')), tool_use_id: str(b.get('tool_use_id')), tool: str(b.get('tool')), summary: str(b.get('summary')),
       decision: str(b.get('decision')) || null, decided_by: str(b.get('decided_by')) || null,
     };
+    case 'compaction': return {
+      type, summary: str(b.get('summary')), replaced: num(b.get('replaced')), tokens_before: num(b.get('tokens_before')),
+      trigger: str(b.get('trigger')), focus: str(b.get('focus')) || null,
+    };
+    case 'notice': return { type, kind: str(b.get('kind')), text: str(b.get('text')) };
     default: return { type: 'unknown', kind: type || 'malformed' };
   }
 }
@@ -98,7 +123,7 @@ export function readIndex(doc: Y.Doc): FileEntry[] {
   return out;
 }
 
-/** The context window the bar measures against (Claude models: 200k tokens). */
+/** The context window the bar measures against when the runner has not reported one yet. */
 export const CONTEXT_TOKENS = 200_000;
 
 /** Tokens the last model turn sent (what the context holds now). */

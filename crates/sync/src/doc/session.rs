@@ -193,6 +193,27 @@ pub enum Block {
         decided_by: Option<String>,
         decided_at: Option<u64>,
     },
+    /// A summary that stands in for the messages up to and including `upto` in every later
+    /// model request (automatic or `/compact` compaction). The messages stay for readers; a
+    /// view shows this block collapsed, with how many messages and tokens it replaced.
+    Compaction {
+        summary: String,
+        /// Id of the last message the summary covers.
+        upto: String,
+        /// How many messages it replaced, and the size of the request it replaced (tokens).
+        replaced: u32,
+        tokens_before: u64,
+        /// `auto`, or `manual` for `/compact`.
+        trigger: String,
+        /// What the user asked the summary to focus on (`/compact <focus>`).
+        focus: Option<String>,
+    },
+    /// A typed system note (a limit that ended a run, a deprecated model, a stopped background
+    /// command): `kind` says which, so a view can act on it; `text` says what to do.
+    Notice {
+        kind: String,
+        text: String,
+    },
     /// A block a newer peer wrote, or one too malformed to read; kept, shown, never acted on.
     Unknown {
         kind: String,
@@ -391,6 +412,18 @@ impl SessionDoc {
         }
     }
 
+    /// Removes every block of a message: a reply whose stream failed part-way is streamed again
+    /// from the start into the same message, so readers never see its text twice.
+    pub fn clear_blocks(&self, message_id: &str) -> Result<(), DocError> {
+        let mut txn = self.doc.transact_mut();
+        let blocks = self.blocks_of(&txn, message_id)?;
+        let n = blocks.len(&txn);
+        if n > 0 {
+            blocks.remove_range(&mut txn, 0, n);
+        }
+        Ok(())
+    }
+
     /// Marks a reply that was cut short by a handoff: kept for the reader, and a runner that
     /// continues the session asks the model again instead of taking it as the last word.
     pub fn mark_cut(&self, message_id: &str) -> Result<(), DocError> {
@@ -438,6 +471,53 @@ impl SessionDoc {
             ),
         ]));
         self.set("usage", value);
+    }
+
+    /// The context meter: how many input tokens the next model request is expected to carry,
+    /// and the model's window. Written by the runner before each request.
+    pub fn set_context(&self, tokens: u64, window: u64) {
+        let mut txn = self.doc.transact_mut();
+        self.meta
+            .insert(&mut txn, "context_tokens", Any::from(tokens as i64));
+        self.meta
+            .insert(&mut txn, "context_window", Any::from(window as i64));
+    }
+
+    /// `(tokens, window)` as last written by [`SessionDoc::set_context`].
+    pub fn context(&self) -> Option<(u64, u64)> {
+        let txn = self.doc.transact();
+        Some((
+            read::u64(&self.meta, &txn, "context_tokens")?,
+            read::u64(&self.meta, &txn, "context_window")?,
+        ))
+    }
+
+    /// Background commands the runner has running, for every device to list: id → summary
+    /// (the command line). Written only by the session's runner.
+    pub fn set_background(&self, shells: &[(String, String)]) {
+        let value = Any::from(
+            shells
+                .iter()
+                .map(|(id, cmd)| (id.clone(), Any::from(cmd.as_str())))
+                .collect::<HashMap<String, Any>>(),
+        );
+        self.set("background", value);
+    }
+
+    pub fn background(&self) -> Vec<(String, String)> {
+        let txn = self.doc.transact();
+        let mut out: Vec<(String, String)> = match self.meta.get(&txn, "background") {
+            Some(Out::Any(Any::Map(m))) => m
+                .iter()
+                .filter_map(|(k, v)| match v {
+                    Any::String(s) => Some((k.clone(), s.to_string())),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        out.sort();
+        out
     }
 
     /// Number of messages.
@@ -788,6 +868,29 @@ fn write_block(txn: &mut TransactionMut, blocks: &ArrayRef, block: &Block) -> Op
             }
             None
         }
+        Block::Compaction {
+            summary,
+            upto,
+            replaced,
+            tokens_before,
+            trigger,
+            focus,
+        } => {
+            b.insert(txn, "type", "compaction");
+            b.insert(txn, "upto", upto.as_str());
+            b.insert(txn, "replaced", Any::from(i64::from(*replaced)));
+            b.insert(txn, "tokens_before", Any::from(*tokens_before as i64));
+            b.insert(txn, "trigger", trigger.as_str());
+            if let Some(f) = focus {
+                b.insert(txn, "focus", f.as_str());
+            }
+            Some(b.insert(txn, "summary", TextPrelim::new(summary.as_str())))
+        }
+        Block::Notice { kind, text } => {
+            b.insert(txn, "type", "notice");
+            b.insert(txn, "kind", kind.as_str());
+            Some(b.insert(txn, "text", TextPrelim::new(text.as_str())))
+        }
         Block::Unknown { kind } => {
             b.insert(txn, "type", kind.as_str());
             None
@@ -861,6 +964,23 @@ fn read_block<T: ReadTxn>(txn: &T, b: &MapRef) -> Block {
                 decided_by: s("decided_by"),
                 decided_at: read::u64(b, txn, "decided_at"),
             },
+            _ => unknown(),
+        },
+        "compaction" => match (text("summary"), s("upto")) {
+            (Some(summary), Some(upto)) => Block::Compaction {
+                summary,
+                upto,
+                replaced: read::u64(b, txn, "replaced")
+                    .and_then(|n| u32::try_from(n).ok())
+                    .unwrap_or(0),
+                tokens_before: read::u64(b, txn, "tokens_before").unwrap_or(0),
+                trigger: s("trigger").unwrap_or_default(),
+                focus: s("focus"),
+            },
+            _ => unknown(),
+        },
+        "notice" => match (s("kind"), text("text")) {
+            (Some(kind), Some(text)) => Block::Notice { kind, text },
             _ => unknown(),
         },
         _ => unknown(),
@@ -1039,6 +1159,38 @@ mod tests {
             runner.answer_approval("nope", Decision::Allow, "x", 0),
             Err(DocError::UnknownApproval(_))
         ));
+    }
+
+    #[test]
+    fn compaction_and_notice_blocks_round_trip() {
+        let s = SessionDoc::new(Doc::new());
+        let blocks = vec![
+            Block::Compaction {
+                summary: "Did A, then B.".into(),
+                upto: "a-1".into(),
+                replaced: 7,
+                tokens_before: 18_000,
+                trigger: "auto".into(),
+                focus: Some("tests".into()),
+            },
+            Block::Notice {
+                kind: "max_turns".into(),
+                text: "Stopped after 3 requests.".into(),
+            },
+        ];
+        s.append_message(&msg("s-1", Role::System, blocks.clone()))
+            .unwrap();
+        let other = SessionDoc::new(Doc::new());
+        sync_replicas(s.doc(), other.doc());
+        assert_eq!(other.message("s-1").unwrap().blocks, blocks);
+        s.set_context(1234, 20_000);
+        s.set_background(&[("sh-1".into(), "python -m http.server".into())]);
+        sync_replicas(s.doc(), other.doc());
+        assert_eq!(other.context(), Some((1234, 20_000)));
+        assert_eq!(
+            other.background(),
+            vec![("sh-1".to_owned(), "python -m http.server".to_owned())]
+        );
     }
 
     #[test]
