@@ -308,6 +308,8 @@ fn matrix() -> Vec<Row> {
         // Every event is filtered by the same rule; the stream itself needs a token.
         row(M::GET, "/api/sessions/changes", SIGNED_IN),
         row(M::GET, "/api/sessions/{id}", READERS),
+        // Changing the model or the permission mode steers the session: editors.
+        row(M::PATCH, "/api/sessions/{id}", WRITERS),
         row(M::GET, "/api/sessions/{id}/settings", READERS),
         row(M::POST, "/api/sessions/{id}/messages", WRITERS),
         row(M::POST, "/api/sessions/{id}/interrupt", WRITERS),
@@ -398,6 +400,7 @@ fn route_table() -> BTreeSet<(String, String)> {
                 ("post(", "POST"),
                 ("put(", "PUT"),
                 ("delete(", "DELETE"),
+                ("patch(", "PATCH"),
             ] {
                 // `get(` at a word start: not `target(`.
                 let found = methods.match_indices(needle).any(|(k, _)| {
@@ -465,6 +468,7 @@ fn body_for(method: &Method, path: &str, caller: &str, f: &Fixture) -> (String, 
             "hash": jarvis_cloud::approvals::content_hash("---\ntrigger: webhook\n---\nSay hello.\n"),
         })),
         ("PUT", p) if p.contains("/secrets/") => Some(json!({"value": "matrix-secret"})),
+        ("PATCH", _) => Some(json!({"permission_mode": "plan"})),
         ("PUT", p) if p.contains("/agents/") => {
             Some(json!({"definition": "---\ntrigger: webhook\n---\nRun.\n"}))
         }
