@@ -164,6 +164,7 @@ async fn a_handoff_during_a_compaction_resumes_in_the_cloud_and_finishes() {
             ("ANTHROPIC_BASE_URL", &fake.url()),
             ("ANTHROPIC_API_KEY", "test-key"),
             ("JARVIS_SANDBOX", "limits"),
+            ("JARVIS_ALLOW_UNSANDBOXED", "1"),
             ("JARVIS_CONTEXT_WINDOW", WINDOW),
         ],
     )

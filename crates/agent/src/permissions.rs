@@ -84,6 +84,10 @@ enum Tools {
     Glob,
     Grep,
     Todo,
+    /// Reading a background command's output (Claude Code's BashOutput).
+    BashOutput,
+    /// Stopping a background command (Claude Code's KillShell, formerly KillBash).
+    KillShell,
     /// No tool of ours (the tool of an "always allow" entry that names none).
     Unknown,
 }
@@ -97,6 +101,8 @@ impl Tools {
             "glob" | "ls" => Tools::Glob,
             "grep" => Tools::Grep,
             "todo" | "todowrite" => Tools::Todo,
+            "bash_output" | "bashoutput" => Tools::BashOutput,
+            "kill_shell" | "killshell" | "killbash" => Tools::KillShell,
             // Skills are loaded by reading their SKILL.md here; there is no skill tool.
             _ => return None,
         })
@@ -110,6 +116,8 @@ impl Tools {
             Tools::Glob => tool == "glob",
             Tools::Grep => tool == "grep",
             Tools::Todo => tool == "todo",
+            Tools::BashOutput => tool == "bash_output",
+            Tools::KillShell => tool == "kill_shell",
             Tools::Unknown => false,
         }
     }
@@ -336,7 +344,10 @@ impl Rule {
             return Err(err("MCP tools are not supported here"));
         }
         let tools = Tools::parse(tool).ok_or_else(|| {
-            err("no such tool here (tools: Read, Edit, Write, Bash, Glob, Grep, TodoWrite)")
+            err(
+                "no such tool here (tools: Read, Edit, Write, Bash, BashOutput, KillShell, Glob, \
+                 Grep, TodoWrite)",
+            )
         })?;
         let matcher = match spec {
             None | Some("*") => Matcher::Any,
@@ -1323,6 +1334,8 @@ mod tests {
             (Q, "Read(src/**)", "read", path("src/lib.rs"), Verdict::Ask),
             (A, "Grep", "grep", json!({"pattern": "x"}), Verdict::Allow),
             (A, "TodoWrite", "todo", json!({}), Verdict::Allow),
+            (A, "BashOutput", "bash_output", json!({"shell_id": "sh-1"}), Verdict::Allow),
+            (A, "kill_shell", "kill_shell", json!({"shell_id": "sh-1"}), Verdict::Allow),
         ];
         for (list, rule, tool, input, want) in cases {
             let (mut a, mut q, mut dn) = (vec![], vec![], vec![]);
