@@ -34,12 +34,15 @@ enum Cli {
     Gateway(gateway::GatewayArgs),
     /// Server memory under anonymous request-body and slow-header attacks (issue 15).
     AnonBodies(anon::AnonArgs),
+    /// Server memory under a presence (awareness) flood from read-only sockets (issue 15).
+    PresenceFlood(presence::PresenceArgs),
 }
 
 mod anon;
 mod gateway;
 mod handoff;
 mod mirror;
+mod presence;
 
 #[derive(Parser, Clone)]
 struct RelayArgs {
@@ -548,6 +551,12 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?;
             return rt.block_on(anon::run(a));
+        }
+        Cli::PresenceFlood(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            return rt.block_on(presence::run(a));
         }
     };
     if args.quick {
