@@ -485,7 +485,7 @@ pub async fn serve(
         let service = hyper::service::service_fn(
             move |mut req: axum::http::Request<hyper::body::Incoming>| {
                 let client = proxies.client_ip(peer.ip(), req.headers());
-                if client == peer.ip() {
+                if !proxies.trusts(canonical(peer.ip())) {
                     note_ignored_forwarding(peer.ip(), req.headers());
                 }
                 req.extensions_mut().insert(ConnectInfo(peer));
