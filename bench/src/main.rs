@@ -36,6 +36,8 @@ enum Cli {
     AnonBodies(anon::AnonArgs),
     /// Prompt cache over a long session with one compaction, against Anthropic's cache rules.
     Cache(cache::CacheArgs),
+    /// Server memory under a presence (awareness) flood from read-only sockets (issue 15).
+    PresenceFlood(presence::PresenceArgs),
 }
 
 mod anon;
@@ -43,6 +45,7 @@ mod cache;
 mod gateway;
 mod handoff;
 mod mirror;
+mod presence;
 
 #[derive(Parser, Clone)]
 struct RelayArgs {
@@ -557,6 +560,12 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?;
             return rt.block_on(cache::run(a));
+        }
+        Cli::PresenceFlood(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            return rt.block_on(presence::run(a));
         }
     };
     if args.quick {

@@ -561,6 +561,109 @@ async fn pairing_lock_out_by_one_address_does_not_lock_out_another() {
     assert!(v["code"].as_str().is_some_and(|c| c.len() == 9), "{v}");
 }
 
+/// Asks `/api/pair/start` from `from` (a loopback address), naming `forwarded` in
+/// `X-Forwarded-For`, until it is refused; the number of requests that were answered 200.
+async fn pair_until_refused(agent: &CloudAgent, from: [u8; 4], forwarded: &str) -> usize {
+    let c = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(from))
+        .build()
+        .unwrap();
+    for n in 0..200 {
+        let r = c
+            .post(agent.http_url("/api/pair/start"))
+            .header("X-Forwarded-For", forwarded)
+            .json(&json!({"name": "spam"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status().as_u16() != 200 {
+            assert!(refused(r.status().as_u16()), "{}", r.status());
+            return n;
+        }
+    }
+    panic!("{forwarded} from {from:?} was never refused");
+}
+
+/// Refused by the address's budget: its rate (429) or its pending pairings (409).
+fn refused(status: u16) -> bool {
+    status == 429 || status == 409
+}
+
+async fn pair_status(agent: &CloudAgent, from: [u8; 4], forwarded: &str) -> u16 {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(from))
+        .build()
+        .unwrap()
+        .post(agent.http_url("/api/pair/start"))
+        .header("X-Forwarded-For", forwarded)
+        .json(&json!({"name": "my laptop"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Behind a reverse proxy every client's peer is the proxy. With the proxy trusted, clients it
+/// names get budgets of their own; without the setting (the default) the header is ignored, so
+/// they share the proxy's one budget, and a peer that is not a trusted proxy cannot pick a
+/// budget by writing the header itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxys_clients_get_their_own_anonymous_budgets() {
+    // No refill during the test: a budget spent stays spent.
+    let slow = [
+        ("JARVIS_SANDBOX", "limits"),
+        ("JARVIS_ANON_RATE_PER_SECOND", "0.001"),
+    ];
+    let data = tempfile::tempdir().unwrap();
+    let mut env = slow.to_vec();
+    env.push(("JARVIS_TRUSTED_PROXIES", "127.0.0.1"));
+    let trusted = CloudAgent::start_with_env(data.path(), 0, &env).unwrap();
+    let proxy = [127, 0, 0, 1];
+    let spent = pair_until_refused(&trusted, proxy, "203.0.113.1").await;
+    assert!(spent >= 1, "the first client was refused at once");
+    assert!(refused(pair_status(&trusted, proxy, "203.0.113.1").await));
+    // Another client behind the same proxy, and one whose own spoofed entry sits left of
+    // what the proxy appended, still pair.
+    assert_eq!(pair_status(&trusted, proxy, "203.0.113.2").await, 200);
+    assert_eq!(
+        pair_status(&trusted, proxy, "203.0.113.1, 203.0.113.3").await,
+        200
+    );
+    // A peer that is not a trusted proxy: its header is ignored, so changing it every time
+    // does not escape its one budget.
+    let stranger = [127, 0, 0, 2];
+    let c = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(stranger))
+        .build()
+        .unwrap();
+    let mut spoof_refused = false;
+    for i in 0..200 {
+        let r = c
+            .post(trusted.http_url("/api/pair/start"))
+            .header("X-Forwarded-For", format!("198.51.100.{}", i % 250))
+            .json(&json!({"name": "spam"}))
+            .send()
+            .await
+            .unwrap();
+        if refused(r.status().as_u16()) {
+            spoof_refused = true;
+            break;
+        }
+    }
+    assert!(
+        spoof_refused,
+        "a spoofed X-Forwarded-For escaped the peer's budget"
+    );
+    drop(trusted);
+
+    // The setting off: the same two clients share the proxy's budget.
+    let data = tempfile::tempdir().unwrap();
+    let shared = CloudAgent::start_with_env(data.path(), 0, &slow).unwrap();
+    pair_until_refused(&shared, proxy, "203.0.113.1").await;
+    assert!(refused(pair_status(&shared, proxy, "203.0.113.2").await));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_settings_written_into_the_session_document_grant_nothing() {
     use jarvis_sync::client::{ClientConfig, SyncClient};

@@ -58,22 +58,218 @@ pub fn address_key(ip: IpAddr) -> String {
     }
 }
 
-/// The caller's address key (from the connection; see [`serve`]).
+/// The caller's address key (see [`serve`]: the connection's peer, or the client a trusted
+/// proxy names).
 pub struct ClientAddr(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        // Every connection `serve` accepts carries its address; a router driven some other
-        // way (a test's `oneshot` without MockConnectInfo) shares one key.
+        // Every request `serve` accepts carries its client's address; a router driven some
+        // other way (a test's `oneshot` without MockConnectInfo) shares one key.
         let key = parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| address_key(c.0.ip()))
+            .get::<ClientIp>()
+            .map(|c| c.0)
+            .or_else(|| {
+                parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.ip())
+            })
+            .map(address_key)
             .unwrap_or_else(|| "unknown".into());
         Ok(ClientAddr(key))
     }
+}
+
+/// The client's address as [`TrustedProxies::client_ip`] found it, on every request `serve`
+/// accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+/// Which header a trusted proxy names the client in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For`: the right-most entry that is not a trusted proxy (each proxy appends
+    /// the address it saw; everything left of that is whatever the client wrote).
+    #[default]
+    XForwardedFor,
+    /// Fly.io's `Fly-Client-IP`, which Fly's proxy sets (replacing any the client sent).
+    /// Only where Fly's proxy is the one in front: any other proxy passes a client's own
+    /// `Fly-Client-IP` through.
+    FlyClientIp,
+}
+
+/// Proxies whose word on the client's address is taken. Empty (the default): every header is
+/// ignored and the TCP peer is the client, because a client must not choose its own budget.
+/// Behind a reverse proxy every client's peer is the proxy, so they would all share one
+/// anonymous budget; naming the proxy's addresses here gives each client its own.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies {
+    nets: Vec<(IpAddr, u8)>,
+    header: ClientIpHeader,
+}
+
+/// `10.0.0.0/8`, `fd00::/8` or a bare address (all its bits).
+fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (ip, bits) = match s.split_once('/') {
+        Some((ip, bits)) => (ip, Some(bits)),
+        None => (s, None),
+    };
+    let ip: IpAddr = ip
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an address or CIDR range"))?;
+    let ip = canonical(ip);
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let bits = match bits {
+        None => max,
+        Some(b) => b
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|b| *b <= max)
+            .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+    };
+    Ok((ip, bits))
+}
+
+/// An IPv4 address reaching a dual-stack socket arrives as `::ffff:a.b.c.d`; compare it as the
+/// IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn in_net(ip: IpAddr, (net, bits): (IpAddr, u8)) -> bool {
+    let mask = |width: u32| -> u128 {
+        if bits == 0 {
+            0
+        } else {
+            (u128::MAX << (width - u32::from(bits))) & (u128::MAX >> (128 - width))
+        }
+    };
+    match (canonical(ip), net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let m = mask(32);
+            u128::from(u32::from(a)) & m == u128::from(u32::from(n)) & m
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let m = mask(128);
+            u128::from(a) & m == u128::from(n) & m
+        }
+        _ => false,
+    }
+}
+
+impl TrustedProxies {
+    /// `list`: comma-separated addresses and CIDR ranges (empty: trust no proxy); `header`:
+    /// `x-forwarded-for` or `fly-client-ip`.
+    pub fn parse(list: &str, header: &str) -> Result<Self, String> {
+        let nets = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(parse_cidr)
+            .collect::<Result<Vec<_>, _>>()?;
+        let header = match header.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" | "" => ClientIpHeader::XForwardedFor,
+            "fly-client-ip" => ClientIpHeader::FlyClientIp,
+            other => {
+                return Err(format!(
+                    "unknown client address header {other:?} (x-forwarded-for or fly-client-ip)"
+                ));
+            }
+        };
+        // Trusting every address with X-Forwarded-For makes every hop "a proxy", and the
+        // left-most entry, which the client wrote, the client: anyone picks their own budget.
+        // (Fly-Client-IP is set by Fly's proxy itself, so there a /0 only trusts that the
+        // proxy is the only way in.)
+        if header == ClientIpHeader::XForwardedFor && nets.iter().any(|(_, bits)| *bits == 0) {
+            return Err(
+                "a /0 range with x-forwarded-for would let every client name its own \
+                        address: list the proxy's own ranges"
+                    .into(),
+            );
+        }
+        Ok(TrustedProxies { nets, header })
+    }
+
+    /// Whether any proxy is trusted (off by default).
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.nets.iter().any(|n| in_net(ip, *n))
+    }
+
+    /// The client of a request that came from `peer`: `peer` itself unless `peer` is a
+    /// trusted proxy that names the client in the configured header. In `X-Forwarded-For`
+    /// (every such header, in order, as one list) that is the right-most entry that is not a
+    /// trusted proxy; an entry that is not an address where one is needed means the chain
+    /// cannot be read, and the peer is the client.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = canonical(peer);
+        if !self.trusts(peer) {
+            return peer;
+        }
+        match self.header {
+            ClientIpHeader::FlyClientIp => headers
+                .get("fly-client-ip")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<IpAddr>().ok())
+                .map_or(peer, canonical),
+            ClientIpHeader::XForwardedFor => {
+                let mut entries = Vec::new();
+                for v in headers.get_all("x-forwarded-for") {
+                    let Ok(v) = v.to_str() else { return peer };
+                    entries.extend(v.split(',').map(str::trim));
+                }
+                let mut client = peer;
+                for entry in entries.into_iter().rev() {
+                    let Some(ip) = parse_forwarded_entry(entry) else {
+                        return peer;
+                    };
+                    client = ip;
+                    if !self.trusts(ip) {
+                        return ip;
+                    }
+                }
+                // Every hop was a trusted proxy: the left-most is the closest to a client.
+                client
+            }
+        }
+    }
+}
+
+/// Says once per process that a forwarding header came from a peer that is not a trusted
+/// proxy, with the peer's address: behind a reverse proxy, that is the address (or range) to
+/// trust, and until then every client shares its budget.
+fn note_ignored_forwarding(peer: IpAddr, headers: &HeaderMap) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if (headers.contains_key("x-forwarded-for") || headers.contains_key("fly-client-ip"))
+        && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::info!(
+            %peer,
+            "a request came with X-Forwarded-For or Fly-Client-IP from an address that is not a \
+             trusted proxy: ignored, so the per-address anonymous limits count this peer; behind \
+             a reverse proxy, set JARVIS_TRUSTED_PROXIES to its addresses"
+        );
+    }
+}
+
+/// One `X-Forwarded-For` entry: an address, possibly with a port (`1.2.3.4:5`, `[::1]:5`).
+fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    entry.parse::<SocketAddr>().ok().map(|s| canonical(s.ip()))
 }
 
 /// Token buckets per address, bounded: when the table is full, buckets that have refilled
@@ -250,12 +446,14 @@ pub fn of(extensions: &axum::http::Extensions) -> Limits {
 
 /// Serves `router` on `listener` until `shutdown`, with a header read timeout on every
 /// connection (axum's own `serve` sets none, so half-sent headers would hold a connection
-/// forever) and the peer's address on every request (`ConnectInfo<SocketAddr>`). Returns when
-/// every connection has closed.
+/// forever), the peer's address on every request (`ConnectInfo<SocketAddr>`) and the client's
+/// ([`ClientIp`]: the peer, or whom a trusted proxy names). Returns when every connection has
+/// closed.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     limits: Limits,
+    proxies: TrustedProxies,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -263,6 +461,7 @@ pub async fn serve(
 
     let connections = tokio_util::task::TaskTracker::new();
     let router = layer(router, limits);
+    let proxies = Arc::new(proxies);
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -282,9 +481,15 @@ pub async fn serve(
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
         let router = router.clone();
+        let proxies = proxies.clone();
         let service = hyper::service::service_fn(
             move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                let client = proxies.client_ip(peer.ip(), req.headers());
+                if !proxies.trusts(canonical(peer.ip())) {
+                    note_ignored_forwarding(peer.ip(), req.headers());
+                }
                 req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(ClientIp(client));
                 router.clone().oneshot(req.map(Body::new))
             },
         );
@@ -319,6 +524,98 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or(IpAddr::from([0; 4]))
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                "x-forwarded-for",
+                v.parse()
+                    .unwrap_or(header::HeaderValue::from_static("invalid")),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn headers_from_an_untrusted_peer_are_ignored() {
+        let none = TrustedProxies::default();
+        let h = xff(&["203.0.113.9"]);
+        assert_eq!(none.client_ip(ip("198.51.100.7"), &h), ip("198.51.100.7"));
+        let fly = TrustedProxies::parse("10.0.0.0/8", "fly-client-ip").unwrap_or_default();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "fly-client-ip",
+            header::HeaderValue::from_static("203.0.113.9"),
+        );
+        // A client outside the trusted range names itself: ignored.
+        assert_eq!(fly.client_ip(ip("198.51.100.7"), &h), ip("198.51.100.7"));
+        // Fly's proxy names it: taken.
+        assert_eq!(fly.client_ip(ip("10.1.2.3"), &h), ip("203.0.113.9"));
+        // Configured for Fly, X-Forwarded-For is not read at all.
+        assert_eq!(
+            fly.client_ip(ip("10.1.2.3"), &xff(&["203.0.113.5"])),
+            ip("10.1.2.3")
+        );
+    }
+
+    #[test]
+    fn the_client_is_the_right_most_untrusted_entry() {
+        let p = TrustedProxies::parse("127.0.0.1, 10.0.0.0/8,fd00::/8", "x-forwarded-for")
+            .unwrap_or_default();
+        let peer = ip("127.0.0.1");
+        // The client's own (spoofed) entries sit left of what the proxies appended.
+        let h = xff(&["1.1.1.1, 2.2.2.2", "203.0.113.9, 10.0.0.5"]);
+        assert_eq!(p.client_ip(peer, &h), ip("203.0.113.9"));
+        assert_eq!(
+            p.client_ip(peer, &xff(&["203.0.113.9:4711"])),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            p.client_ip(peer, &xff(&["[2001:db8::1]:443, fd00::2"])),
+            ip("2001:db8::1")
+        );
+        // An IPv4 peer on a dual-stack socket is still the trusted 127.0.0.1.
+        assert_eq!(
+            p.client_ip(ip("::ffff:127.0.0.1"), &xff(&["203.0.113.9"])),
+            ip("203.0.113.9")
+        );
+        // No header, an unreadable hop, or only proxies: never an address the client chose.
+        assert_eq!(p.client_ip(peer, &HeaderMap::new()), peer);
+        assert_eq!(p.client_ip(peer, &xff(&["203.0.113.9, junk"])), peer);
+        assert_eq!(
+            p.client_ip(peer, &xff(&["junk, 203.0.113.9"])),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            p.client_ip(peer, &xff(&["10.0.0.7, 10.0.0.5"])),
+            ip("10.0.0.7")
+        );
+    }
+
+    #[test]
+    fn trusted_ranges_parse_and_match_exactly() {
+        assert!(TrustedProxies::parse("10.0.0.0/33", "").is_err());
+        assert!(TrustedProxies::parse("fd00::/129", "").is_err());
+        assert!(TrustedProxies::parse("proxy.internal", "").is_err());
+        assert!(TrustedProxies::parse("10.0.0.1", "forwarded").is_err());
+        let p = TrustedProxies::parse("172.16.0.0/12,::1", "").unwrap_or_default();
+        assert!(p.trusts(ip("172.31.255.255")));
+        assert!(!p.trusts(ip("172.32.0.0")));
+        assert!(p.trusts(ip("::1")));
+        assert!(!p.trusts(ip("::2")));
+        // With X-Forwarded-For, trusting everyone is trusting the client's own entry.
+        assert!(TrustedProxies::parse("0.0.0.0/0", "x-forwarded-for").is_err());
+        assert!(TrustedProxies::parse("::/0", "").is_err());
+        let all = TrustedProxies::parse("0.0.0.0/0", "fly-client-ip").unwrap_or_default();
+        assert!(all.trusts(ip("8.8.8.8")));
+        assert!(!all.trusts(ip("2001:db8::1")));
+        assert!(TrustedProxies::parse("", "").is_ok_and(|p| p.nets.is_empty()));
+    }
 
     #[test]
     fn one_address_spends_only_its_own_budget() {

@@ -316,6 +316,24 @@ pub struct ServeArgs {
     /// Request headers must arrive within this long, in milliseconds.
     #[arg(long, env = "JARVIS_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,
+    /// Reverse proxies (addresses and CIDR ranges, comma-separated) whose word on the client's
+    /// address is taken for the per-address anonymous limits. Empty (the default): the TCP
+    /// peer is the client and forwarding headers are ignored. Set it only to the proxy's own
+    /// ranges: anyone inside them can name any address.
+    #[arg(
+        long = "trusted-proxy",
+        env = "JARVIS_TRUSTED_PROXIES",
+        default_value = ""
+    )]
+    pub trusted_proxies: String,
+    /// Where a trusted proxy names the client: x-forwarded-for (its right-most entry that is
+    /// not a trusted proxy) or fly-client-ip (only behind Fly.io's proxy).
+    #[arg(
+        long,
+        env = "JARVIS_CLIENT_IP_HEADER",
+        default_value = "x-forwarded-for"
+    )]
+    pub client_ip_header: String,
     #[command(flatten)]
     pub ui: crate::webui::UiArgs,
     #[command(flatten)]
@@ -512,6 +530,17 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("invalid listen address {}:{}", args.host, args.port))?;
+    let proxies =
+        crate::limits::TrustedProxies::parse(&args.trusted_proxies, &args.client_ip_header)
+            .map_err(anyhow::Error::msg)
+            .context("--trusted-proxy / --client-ip-header")?;
+    if !proxies.is_empty() {
+        tracing::info!(
+            proxies = %args.trusted_proxies,
+            header = %args.client_ip_header,
+            "anonymous limits count the client a trusted proxy names"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
@@ -526,6 +555,7 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
         listener,
         crate::webui::with_ui(built.router, &args.ui),
         built.limits,
+        proxies,
         shutdown.clone(),
     )
     .await;

@@ -101,7 +101,11 @@ async fn fixture() -> Fixture {
     // The cloud runner reaches the hub over this listener, as in production.
     let (router, limits) = (built.router.clone(), built.limits);
     tokio::spawn(jarvis_cloud::limits::serve(
-        listener, router, limits, shutdown,
+        listener,
+        router,
+        limits,
+        jarvis_cloud::limits::TrustedProxies::default(),
+        shutdown,
     ));
     let c = built.control.clone();
     let user = |name: &str| c.create_user(name, false).unwrap();
