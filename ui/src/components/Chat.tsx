@@ -229,6 +229,7 @@ export function Chat({ session, summary, devices, onShowChanges }: {
             <span className="badge tone-fail" title={meta.sandbox} data-testid="chat-sandbox">
               {meta.sandbox.startsWith('UNCONFINED') ? 'Commands unsandboxed' : 'Commands refused: no sandbox'}
             </span>
+          )}
           {meta && !inDesktop && (
             <>
               <select className="small" value={meta.model} disabled={!!busy || me.read_only} title="Model (applied before the next request)" data-testid="model-select"
