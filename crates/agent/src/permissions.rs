@@ -559,7 +559,8 @@ impl Permissions {
         }
     }
 
-    /// The allow rule for a recorded "always allow" entry.
+    /// The allow rule for a recorded "always allow" entry (`{"tool": "bash", "prefix": "npm
+    /// test"}`, an answer's prefix option, becomes `Bash(npm test:*)`).
     pub fn entry_rule(entry: &Value) -> Rule {
         let s = |k: &str| entry.get(k).and_then(Value::as_str);
         let tool = s("tool").unwrap_or("");
@@ -575,6 +576,18 @@ impl Permissions {
             return never(t);
         }
         match (t, s("command"), s("path")) {
+            // A "prefix" answer (kept on the hub): `Bash(npm test:*)`.
+            (Tools::Bash, None, _) if s("prefix").is_some() => {
+                let p = s("prefix").unwrap_or_default();
+                match CommandPattern::parse(&format!("{p}:*")) {
+                    Ok(pat) => Rule {
+                        text: format!("{tool}({p}:*)"),
+                        tools: t,
+                        matcher: Matcher::Command(pat),
+                    },
+                    Err(_) => never(t),
+                }
+            }
             (Tools::Bash, Some(c), _) => Rule {
                 text: format!("{tool}({c})"),
                 tools: t,
