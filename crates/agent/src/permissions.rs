@@ -1423,6 +1423,20 @@ mod tests {
     }
 
     #[test]
+    fn always_allow_prefix_entry_is_a_prefix_rule() {
+        let mut p = Permissions::new(Mode::Ask);
+        let rule = Permissions::entry_rule(&json!({"tool": "bash", "prefix": "npm test"}));
+        assert_eq!(rule.to_string(), "bash(npm test:*)");
+        p.allow.push(rule);
+        let check = |c: &str| p.check("bash", &json!({"command": c}));
+        assert_eq!(check("npm test"), Verdict::Allow);
+        assert_eq!(check("npm test -- --ci"), Verdict::Allow);
+        assert_eq!(check("npm testx"), Verdict::Ask);
+        assert_eq!(check("npm test && rm -rf x"), Verdict::Ask);
+        assert_eq!(check("npm run build"), Verdict::Ask);
+    }
+
+    #[test]
     fn always_allow_is_exact() {
         let d = workspace();
         let mut p = Permissions::new(Mode::Ask).with_root(d.path());

@@ -164,15 +164,21 @@ pub fn command_prefix(command: &str) -> Option<String> {
 /// The entry an "always allow" answer records for approval `approval` of a session: the exact
 /// call (see `Permissions::always_allow_entry`), or with `prefix` a bash command's prefix.
 pub fn answer_entry(doc: &SessionDoc, approval: &str, prefix: bool) -> Option<Value> {
+    // The call is the one in the approval's own message (as the runner reads it), never a
+    // block of the same id elsewhere in the document.
     let messages = doc.messages();
-    let blocks = || messages.iter().flat_map(|m| m.blocks.iter());
-    let tool_use_id = blocks().find_map(|b| match b {
+    let message = messages.iter().rev().find(|m| {
+        m.blocks
+            .iter()
+            .any(|b| matches!(b, Block::Approval { id, .. } if id == approval))
+    })?;
+    let tool_use_id = message.blocks.iter().find_map(|b| match b {
         Block::Approval {
             id, tool_use_id, ..
         } if id == approval => Some(tool_use_id.clone()),
         _ => None,
     })?;
-    let (name, input) = blocks().find_map(|b| match b {
+    let (name, input) = message.blocks.iter().find_map(|b| match b {
         Block::ToolUse {
             id, name, input, ..
         } if *id == tool_use_id => Some((name.clone(), input.clone())),
