@@ -421,9 +421,20 @@ impl Cloud {
             Err(e) => return Err(format!("reading the session's owner: {e}")),
         };
         let rules = &self.config.user_rules;
-        let entries = rules
-            .entries(&row.owner, &row.workspace)
-            .map_err(|e| format!("reading \"always allow\" rules: {e}"))?;
+        // A review checkout's code is a stranger's: an answer given there once does not run
+        // the next pull request's `npm test` unasked.
+        let untrusted = self
+            .config
+            .approvals
+            .untrusted(&row.workspace)
+            .map_err(|e| format!("reading the workspace's trust: {e}"))?;
+        let entries = if untrusted {
+            Vec::new()
+        } else {
+            rules
+                .entries(&row.owner, &row.workspace)
+                .map_err(|e| format!("reading \"always allow\" rules: {e}"))?
+        };
         let memory = rules
             .memory(&row.owner)
             .map_err(|e| format!("reading the owner's memory: {e}"))?;
