@@ -137,6 +137,7 @@ async fn always_allow_prefix_survives_handoff_for_its_user_only() {
         text("Tests ran in the cloud."),
         // Bob's cloud session in the same workspace.
         bash("b1", "npm test"),
+        text("Bob's tests ran."),
     ])
     .await
     .unwrap();
@@ -325,6 +326,47 @@ async fn always_allow_prefix_survives_handoff_for_its_user_only() {
     // The device's own request (before any answer) never had the hub memory: on a device
     // the user's own ~/.claude applies.
     assert!(device.iter().all(|b| !b.contains("ALICE-HUB-MEMORY")));
+
+    // Alice answers "always" in bob's session: the rule is hers (who answered), not bob's.
+    let approvals = blocks_of(&waiting, "approval");
+    let (s, v) = call(
+        &base,
+        "POST",
+        &format!(
+            "/api/sessions/b1/approvals/{}",
+            approvals[0]["id"].as_str().unwrap()
+        ),
+        &alice,
+        Some(json!({"decision": "always_allow"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = call(
+        &base,
+        "GET",
+        "/api/workspaces/proj/always-allow",
+        &bob,
+        None,
+    )
+    .await;
+    assert_eq!(v["rules"], json!([]), "{v}");
+    let (_, v) = call(
+        &base,
+        "GET",
+        "/api/workspaces/proj/always-allow",
+        &alice,
+        None,
+    )
+    .await;
+    let rules: Vec<&str> = v["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["bash(npm test:*)", "bash(npm test)"], "{v}");
+    let done = until_status(&base, &bob, "b1", &["done", "failed"]).await;
+    assert_eq!(done["status"], "done", "{done}");
 
     // Removing the rule through the API: gone for later runs.
     let (s, v) = call(
