@@ -93,8 +93,8 @@ pub struct MemorySources {
     /// The workspace root.
     pub root: PathBuf,
     /// The user's `~/.claude` folder, only when the session runs on the user's own device.
-    /// In the cloud the per-user memory would come from the hub instead (see README: not
-    /// built yet), never from the runner's own home.
+    /// In the cloud it is the session owner's memory kept on the hub (the cloud runner writes
+    /// it into a folder of the run's and passes that), never the runner's own home.
     pub user_dir: Option<PathBuf>,
 }
 

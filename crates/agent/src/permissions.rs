@@ -570,7 +570,8 @@ impl Permissions {
         }
     }
 
-    /// The allow rule for a recorded "always allow" entry.
+    /// The allow rule for a recorded "always allow" entry (`{"tool": "bash", "prefix": "npm
+    /// test"}`, an answer's prefix option, becomes `Bash(npm test:*)`).
     pub fn entry_rule(entry: &Value) -> Rule {
         let s = |k: &str| entry.get(k).and_then(Value::as_str);
         let tool = s("tool").unwrap_or("");
@@ -586,6 +587,18 @@ impl Permissions {
             return never(t);
         }
         match (t, s("command"), s("path")) {
+            // A "prefix" answer (kept on the hub): `Bash(npm test:*)`.
+            (Tools::Bash, None, _) if s("prefix").is_some() => {
+                let p = s("prefix").unwrap_or_default();
+                match CommandPattern::parse(&format!("{p}:*")) {
+                    Ok(pat) => Rule {
+                        text: format!("{tool}({p}:*)"),
+                        tools: t,
+                        matcher: Matcher::Command(pat),
+                    },
+                    Err(_) => never(t),
+                }
+            }
             (Tools::Bash, Some(c), _) => Rule {
                 text: format!("{tool}({c})"),
                 tools: t,
@@ -1420,6 +1433,20 @@ mod tests {
         assert_eq!(Mode::parse("bypassPermissions"), Some(Mode::AllowAll));
         assert_eq!(Mode::parse("default"), Some(Mode::Ask));
         assert_eq!(Mode::parse("yolo"), None);
+    }
+
+    #[test]
+    fn always_allow_prefix_entry_is_a_prefix_rule() {
+        let mut p = Permissions::new(Mode::Ask);
+        let rule = Permissions::entry_rule(&json!({"tool": "bash", "prefix": "npm test"}));
+        assert_eq!(rule.to_string(), "bash(npm test:*)");
+        p.allow.push(rule);
+        let check = |c: &str| p.check("bash", &json!({"command": c}));
+        assert_eq!(check("npm test"), Verdict::Allow);
+        assert_eq!(check("npm test -- --ci"), Verdict::Allow);
+        assert_eq!(check("npm testx"), Verdict::Ask);
+        assert_eq!(check("npm test && rm -rf x"), Verdict::Ask);
+        assert_eq!(check("npm run build"), Verdict::Ask);
     }
 
     #[test]

@@ -358,9 +358,36 @@ pub trait AllowStore: Send + Sync {
     fn add(&self, entry: &Value) -> Result<(), String>;
 }
 
+/// A connected or cloud session's answers, as the hub keeps them for the session's user and
+/// workspace (read when the run starts: the cloud from its control DB, a device through
+/// `GET /api/workspaces/{id}/always-allow`). `add` records nothing here: the hub records an
+/// "always" answer where it is given, for the authenticated person who gave it — a runner
+/// writing it again would have to trust the document's `decided_by`, which any member's socket
+/// can write.
+#[derive(Debug, Default, Clone)]
+pub struct HubAllowStore {
+    entries: Vec<Value>,
+}
+
+impl HubAllowStore {
+    pub fn new(entries: Vec<Value>) -> Self {
+        HubAllowStore { entries }
+    }
+}
+
+impl AllowStore for HubAllowStore {
+    fn entries(&self) -> Vec<Value> {
+        self.entries.clone()
+    }
+
+    fn add(&self, _: &Value) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// One JSON file per (user, workspace) on this device, e.g.
-/// `$JARVIS_HOME/always-allow/<user>/<workspace hash>.json`. Connected sessions would keep it
-/// on the hub instead (not built yet: see README).
+/// `$JARVIS_HOME/always-allow/<user>/<workspace hash>.json`, for local `jarvis run` sessions
+/// the hub never sees (connected ones use `HubAllowStore`).
 pub struct FileAllowStore {
     pub path: PathBuf,
 }

@@ -12,7 +12,7 @@ use jarvis_agent::anthropic::Provider;
 use jarvis_agent::memory::Location;
 use jarvis_agent::permissions::Permissions;
 use jarvis_agent::runner::{Outcome, RunEvent, Runner, RunnerConfig};
-use jarvis_agent::settings::{ClaudeSetup, OwnDevice};
+use jarvis_agent::settings::{ClaudeSetup, HubAllowStore, OwnDevice};
 use jarvis_agent::tools::ToolBox;
 use jarvis_sync::client::{ClientConfig, SyncClient};
 use jarvis_sync::doc::{Block, Decision, SessionDoc, UpdateSignal};
@@ -399,7 +399,20 @@ pub async fn run_here(
     );
     let explicit_mode =
         opts.permission_mode.is_some() || recorded["permission_mode"].as_str().is_some();
-    let permissions = setup.permissions(permissions.with_root(&dir), explicit_mode, None);
+    // This user's "always allow" answers in this workspace, as the hub keeps them (the hub
+    // records them where they are answered; another member's never come back here).
+    let allow = device
+        .api
+        .get(&format!("/api/workspaces/{workspace}/always-allow"))
+        .await
+        .context("reading this workspace's \"always allow\" rules")?;
+    let allow = HubAllowStore::new(
+        allow["rules"]
+            .as_array()
+            .map(|a| a.iter().map(|r| r["entry"].clone()).collect())
+            .unwrap_or_default(),
+    );
+    let permissions = setup.permissions(permissions.with_root(&dir), explicit_mode, Some(&allow));
     let mut tools = ToolBox::new(&dir);
     tools.env = setup.settings.env.clone();
     let hooks = setup.hooks(&dir, tools.sandbox.clone(), &session, permissions.mode);

@@ -146,6 +146,10 @@ enum Command {
         deny: bool,
         #[arg(long)]
         always: bool,
+        /// With --always on a shell command: allow its prefix (`npm test:*`), not only this
+        /// exact command. Kept on the hub for you and this workspace.
+        #[arg(long, requires = "always")]
+        prefix: bool,
     },
 }
 
@@ -288,6 +292,7 @@ fn main() -> Result<()> {
             approval,
             deny,
             always,
+            prefix,
         } => {
             let decision = match (deny, always) {
                 (true, _) => Decision::Deny,
@@ -300,7 +305,7 @@ fn main() -> Result<()> {
                 let api = connected::Api::new(&login.hub, &login.token);
                 let remote = runtime.block_on(api.post(
                     &format!("/api/sessions/{session}/approvals/{approval}"),
-                    json!({"decision": decision.as_str()}),
+                    json!({"decision": decision.as_str(), "prefix": prefix}),
                 ));
                 match remote {
                     Ok(_) => {

@@ -41,6 +41,8 @@ pub struct Api {
     pub agents: Arc<crate::schedule::Agents>,
     pub secrets: Arc<crate::secrets::SecretStore>,
     pub approvals: Arc<crate::approvals::Approvals>,
+    /// "Always allow" rules per user and workspace, and users' memory for cloud runs.
+    pub user_rules: Arc<crate::user_rules::UserRules>,
     /// Budgets of the endpoints anyone may call (pairing, webhooks), per address.
     pub anonymous: Arc<Anonymous>,
 }
@@ -282,6 +284,16 @@ pub fn router(api: Api) -> Router {
         .route("/api/sessions/{id}/lease", get(get_lease).post(lease_op))
         .route("/api/usage", get(usage))
         .route("/api/audit", get(audit))
+        .route(
+            "/api/workspaces/{id}/always-allow",
+            get(crate::user_rules::list)
+                .post(crate::user_rules::add)
+                .delete(crate::user_rules::remove),
+        )
+        .route(
+            "/api/me/memory",
+            get(crate::user_rules::get_memory).put(crate::user_rules::put_memory),
+        )
         .route("/api/workspaces/{id}/config", get(crate::approvals::list))
         .route(
             "/api/workspaces/{id}/config/approve",
@@ -994,6 +1006,10 @@ async fn interrupt(
 #[derive(Deserialize)]
 struct Answer {
     decision: String,
+    /// With `always_allow` on a bash command: allow the command's prefix (`npm test:*`), not
+    /// only this exact line.
+    #[serde(default)]
+    prefix: bool,
 }
 
 async fn answer(
@@ -1002,7 +1018,7 @@ async fn answer(
     Path((id, approval)): Path<(String, String)>,
     Body(b): Body<Answer>,
 ) -> ApiResult {
-    api.control.check_session_for(&who, &id, Action::Write)?;
+    let row = api.control.check_session_for(&who, &id, Action::Write)?;
     let decision = Decision::parse(&b.decision).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -1032,6 +1048,19 @@ async fn answer(
                 "not_found",
                 e.to_string(),
             ));
+        }
+    }
+    if decision == Decision::AlwaysAllow {
+        // Kept on the hub for whoever answered (this authenticated caller), never in a synced
+        // file; every later run of theirs in this workspace, here or on a device, loads it.
+        let entry = api
+            .hub
+            .read(&format!("session/{id}"), |doc| {
+                crate::user_rules::answer_entry(&SessionDoc::new(doc.clone()), &approval, b.prefix)
+            })
+            .await?;
+        if let Some(entry) = entry {
+            api.user_rules.add(&who.user, &row.workspace, &entry)?;
         }
     }
     api.control.audit(

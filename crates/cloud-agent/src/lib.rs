@@ -15,5 +15,6 @@ pub mod schedule;
 pub mod secrets;
 pub mod server;
 pub mod updates;
+pub mod user_rules;
 pub mod webhooks;
 pub mod webui;

@@ -46,6 +46,8 @@ pub struct CloudConfig {
     pub secrets: Arc<crate::secrets::SecretStore>,
     /// Owners' approvals of configuration that runs code (settings, hooks, commands).
     pub approvals: Arc<crate::approvals::Approvals>,
+    /// Session owners' "always allow" rules and memory text (see `user_rules`).
+    pub user_rules: Arc<crate::user_rules::UserRules>,
     /// How long a new holder waits for the handed-off state to arrive.
     pub reach_timeout: Duration,
 }
@@ -406,6 +408,58 @@ impl Cloud {
         }
     }
 
+    /// The session owner's memory text (written as the only file of a folder of this
+    /// session's, outside the workspace, standing in for their `~/.claude`) and their "always
+    /// allow" rules for the session's workspace, from the control DB.
+    fn owner_setup(
+        &self,
+        session: &str,
+    ) -> Result<(Option<PathBuf>, jarvis_agent::settings::HubAllowStore), String> {
+        let row = match self.control.session(session) {
+            Ok(Some(row)) => row,
+            Ok(None) => return Ok((None, jarvis_agent::settings::HubAllowStore::default())),
+            Err(e) => return Err(format!("reading the session's owner: {e}")),
+        };
+        let rules = &self.config.user_rules;
+        // A review checkout's code is a stranger's: an answer given there once does not run
+        // the next pull request's `npm test` unasked.
+        let untrusted = self
+            .config
+            .approvals
+            .untrusted(&row.workspace)
+            .map_err(|e| format!("reading the workspace's trust: {e}"))?;
+        let entries = if untrusted {
+            Vec::new()
+        } else {
+            rules
+                .entries(&row.owner, &row.workspace)
+                .map_err(|e| format!("reading \"always allow\" rules: {e}"))?
+        };
+        let memory = rules
+            .memory(&row.owner)
+            .map_err(|e| format!("reading the owner's memory: {e}"))?;
+        let dir = self
+            .config
+            .data_dir
+            .join("user-memory")
+            .join(&crate::approvals::content_hash(session)[..32]);
+        let dir = match memory {
+            Some(text) => {
+                std::fs::create_dir_all(&dir)
+                    .and_then(|()| std::fs::write(dir.join("CLAUDE.md"), text))
+                    .map_err(|e| format!("preparing the owner's memory: {e}"))?;
+                Some(dir)
+            }
+            None => match std::fs::remove_dir_all(&dir) {
+                Ok(()) => None,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                // A stale copy must not stand in for memory the owner removed.
+                Err(e) => return Err(format!("removing the owner's old memory: {e}")),
+            },
+        };
+        Ok((dir, jarvis_agent::settings::HubAllowStore::new(entries)))
+    }
+
     async fn drive(
         self: &Arc<Self>,
         session: &str,
@@ -479,14 +533,21 @@ impl Cloud {
         tools.sandbox = self.config.sandbox.clone();
         // The workspace's Claude Code setup. No user ~/.claude here (this is not the user's
         // machine); what widens what runs waits for an owner's approval.
+        // The session owner's own hub setup: their memory text stands in for their
+        // ~/.claude/CLAUDE.md, their "always allow" rules for this workspace join the matcher.
+        // Another member's session loads that member's, never these.
+        let (user_dir, allow) = match self.owner_setup(session) {
+            Ok(x) => x,
+            Err(why) => return self.fail_run(doc, why),
+        };
         let setup = ClaudeSetup::load(
             mirror.root(),
-            None,
+            user_dir.as_deref(),
             Location::Cloud,
             self.config_approval(session).as_ref(),
         );
         let explicit_mode = doc.setting("permission_mode").is_some();
-        let permissions = setup.permissions(permissions, explicit_mode, None);
+        let permissions = setup.permissions(permissions, explicit_mode, Some(&allow));
         // A settings file's approved `defaultMode` may widen the mode: checked again.
         if let Some(why) = self.mode_refusal(Some(permissions.mode)) {
             return self.fail_run(doc, why);

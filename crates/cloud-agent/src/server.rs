@@ -434,6 +434,7 @@ pub async fn build(
     let secrets =
         crate::secrets::SecretStore::open(&db, &args.data_dir, args.secret_key.as_deref())?;
     let approvals = Arc::new(crate::approvals::Approvals::open(&db)?);
+    let user_rules = Arc::new(crate::user_rules::UserRules::open(&db)?);
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let provider_config =
         jarvis_agent::providers::ProviderConfig::from_env(&env, |p| std::fs::read_to_string(p))
@@ -470,6 +471,7 @@ pub async fn build(
             sandbox,
             secrets: secrets.clone(),
             approvals: approvals.clone(),
+            user_rules: user_rules.clone(),
             reach_timeout: std::time::Duration::from_secs(60),
         },
         format!("ws://{loopback}/sync"),
@@ -500,6 +502,7 @@ pub async fn build(
             agents: crate::schedule::Agents::open(&db, (*args.agents).clone())?,
             secrets,
             approvals,
+            user_rules,
             anonymous: crate::api::Anonymous::new(
                 args.anon_rate_burst,
                 args.anon_rate_per_second,

@@ -324,6 +324,14 @@ fn matrix() -> Vec<Row> {
         listed(M::GET, "/api/usage", READERS, "\"session\":\"s\""),
         row(M::GET, "/api/audit", NOBODY),
         row(M::GET, "/api/workspaces/{id}/config", READERS),
+        // "Always allow" rules: each caller's own, in a workspace it may read / write in.
+        row(M::GET, "/api/workspaces/{id}/always-allow", READERS),
+        row(M::POST, "/api/workspaces/{id}/always-allow", WRITERS),
+        row(M::DELETE, "/api/workspaces/{id}/always-allow", WRITERS),
+        // The caller's own memory for cloud runs: read with any token, replace with a
+        // writable one.
+        row(M::GET, "/api/me/memory", SIGNED_IN),
+        row(M::PUT, "/api/me/memory", [A, A, D, D, A, A]),
         // Approving configuration that runs code: owners only.
         row(M::POST, "/api/workspaces/{id}/config/approve", NOBODY),
         row(M::GET, "/api/workspaces/{id}/agents", READERS),
@@ -471,6 +479,10 @@ fn body_for(method: &Method, path: &str, caller: &str, f: &Fixture) -> (String, 
             "kind": "agent", "path": ".jarvis/agents/a.md",
             "hash": jarvis_cloud::approvals::content_hash("---\ntrigger: webhook\n---\nSay hello.\n"),
         })),
+        ("POST", p) | ("DELETE", p) if p.ends_with("/always-allow") => {
+            Some(json!({"entry": {"tool": "bash", "prefix": "npm test"}}))
+        }
+        ("PUT", "/api/me/memory") => Some(json!({"text": format!("memory of {caller}")})),
         ("PUT", p) if p.contains("/secrets/") => Some(json!({"value": "matrix-secret"})),
         ("PATCH", _) => Some(json!({"permission_mode": "plan"})),
         ("PUT", p) if p.contains("/agents/") => {
