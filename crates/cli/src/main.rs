@@ -680,6 +680,7 @@ async fn sync(
     );
     let line = indicatif::ProgressBar::new_spinner();
     let mut conn = client.connection();
+    let mut last_waiting = Vec::new();
     loop {
         let files = mirror.index().list().len();
         let state = match &*conn.borrow() {
@@ -692,10 +693,24 @@ async fn sync(
         let pending = client
             .document_status(&format!("ws/{workspace}/index"))
             .map_or(0, |s| s.pending());
+        let waiting = mirror.waiting_uploads();
+        let uploads = waiting_line(&waiting);
         line.set_message(format!(
-            "{state} · {files} files · {pending} index edits not yet acknowledged"
+            "{state} · {files} files · {pending} index edits not yet acknowledged{}",
+            uploads
+                .as_deref()
+                .map(|u| format!(" · {u}"))
+                .unwrap_or_default()
         ));
         line.tick();
+        if waiting != last_waiting {
+            // Also as a plain line: the spinner is invisible without a terminal.
+            match &uploads {
+                Some(u) => println!("{u}"),
+                None => println!("every upload has reached the hub"),
+            }
+            last_waiting = waiting;
+        }
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = conn.changed() => {}
@@ -710,6 +725,25 @@ async fn sync(
     drop(mirror);
     println!("stopped; everything is acknowledged by the hub");
     Ok(())
+}
+
+/// "2 files waiting to upload (a.bin: upload failed: hub unreachable; …)", or None.
+fn waiting_line(waiting: &[(String, String)]) -> Option<String> {
+    if waiting.is_empty() {
+        return None;
+    }
+    let shown: Vec<String> = waiting
+        .iter()
+        .take(3)
+        .map(|(p, r)| format!("{p}: {r}"))
+        .collect();
+    let more = if waiting.len() > 3 { "; …" } else { "" };
+    Some(format!(
+        "{} file{} waiting to upload ({}{more}), retrying",
+        waiting.len(),
+        if waiting.len() == 1 { "" } else { "s" },
+        shown.join("; ")
+    ))
 }
 
 async fn status(home: &std::path::Path, store: &Arc<dyn Store>) -> Result<()> {

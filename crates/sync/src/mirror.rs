@@ -12,6 +12,12 @@
 //! Deletions are tombstones in the index; an edit beats a delete (a file edited on one device
 //! while deleted on another comes back with the edit).
 //!
+//! A change found on disk — while running, or at start-up after the mirror was stopped or
+//! killed — is applied as an edit from the file's sync base (`mirror_base`), never as "make the
+//! document equal my file", so what other devices did meanwhile is kept. Where there is no base
+//! to merge from (lost state, a first sync into a non-empty folder) and the contents differ,
+//! both are kept: the document's version at the path, this folder's as a conflict copy.
+//!
 //! Text files (UTF-8, up to 2 MiB) are Y.Text documents. Binary and larger files are
 //! content-addressed blobs uploaded to the hub (`PUT /blobs/<hash>`) and fetched by hash; when
 //! two devices change one blob concurrently, both versions are kept: the one the index settles on
@@ -23,10 +29,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use yrs::Doc;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, ReadTxn, Transact};
 
 use crate::client::{REMOTE_ORIGIN, SyncClient};
 use crate::doc::{DocName, EntryKind, FileEntry, FileText, WorkspaceIndex};
+use crate::mirror_base::{Bases, distance};
 use crate::paths::{atomic_write, check_relative, is_temp_name, resolve_for_write};
 
 /// Largest file kept as text.
@@ -84,18 +92,28 @@ struct Inner {
     http: reqwest::Client,
     /// Names conflict copies.
     device: String,
+    /// Per text document, the state the folder's copy last agreed with.
+    bases: Bases,
+    /// Path → whether the file was executable at the sync point, so a local `chmod` is told
+    /// from a remote one.
+    known_exec: Mutex<HashMap<String, bool>>,
+    exec_key: String,
+    /// Path → why its upload has not reached the hub yet; retried in the background.
+    waiting: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// A running mirror; dropping it stops watching.
 pub struct FileMirror {
     inner: Arc<Inner>,
     task: tokio::task::JoinHandle<()>,
+    retry: tokio::task::JoinHandle<()>,
     _watcher: notify::RecommendedWatcher,
 }
 
 impl Drop for FileMirror {
     fn drop(&mut self) {
         self.task.abort();
+        self.retry.abort();
     }
 }
 
@@ -157,10 +175,10 @@ impl FileMirror {
         // restarted mirror would take a stale file for a local edit and undo remote changes
         // made while it was stopped.
         let client_store = client.store();
-        let known_key = format!(
-            "mirror-known:{workspace}:{}",
-            blake3::hash(root.to_string_lossy().as_bytes()).to_hex()
-        );
+        let folder_hash = blake3::hash(root.to_string_lossy().as_bytes()).to_hex();
+        let known_key = format!("mirror-known:{workspace}:{folder_hash}");
+        let exec_key = format!("mirror-exec:{workspace}:{folder_hash}");
+        remove_stale_temps(&root);
         let inner = Arc::new(Inner {
             root: root.clone(),
             workspace: workspace.to_owned(),
@@ -176,6 +194,10 @@ impl FileMirror {
             work: tx.clone(),
             http: reqwest::Client::new(),
             device: device_name(),
+            bases: Bases::new(client_store.clone(), workspace, &folder_hash[..16]),
+            known_exec: Mutex::new(load_exec(&client_store, &exec_key)),
+            exec_key,
+            waiting: Mutex::default(),
         });
         let paths_tx = tx.clone();
         inner
@@ -188,9 +210,7 @@ impl FileMirror {
                     let _ = paths_tx.send(Work::RemotePaths(paths));
                 }
             });
-        inner.import(progress.as_deref()).await;
-        inner.to_disk(&HashSet::new()).await;
-        inner.save_known().await;
+        // Watch before the first pass: a change made while it runs is queued, not missed.
         let watch_tx = tx.clone();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
@@ -203,12 +223,29 @@ impl FileMirror {
                 Err(e) => tracing::warn!(error = %e, "file watcher error"),
             })?;
         notify::Watcher::watch(&mut watcher, &root, notify::RecursiveMode::Recursive)?;
+        inner.import(progress.as_deref()).await;
+        inner.to_disk(&HashSet::new()).await;
+        inner.save_known().await;
         let task = tokio::spawn(Inner::run(inner.clone(), rx));
+        let retry = tokio::spawn(Inner::retry_uploads(Arc::downgrade(&inner)));
         Ok(FileMirror {
             inner,
             task,
+            retry,
             _watcher: watcher,
         })
+    }
+
+    /// Files whose upload has not reached the hub yet, with the last reason; each is retried
+    /// in the background until it succeeds.
+    pub fn waiting_uploads(&self) -> Vec<(String, String)> {
+        self.inner
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(p, r)| (p.clone(), r.clone()))
+            .collect()
     }
 
     pub fn root(&self) -> &Path {
@@ -249,6 +286,52 @@ fn load_known(store: &Arc<dyn crate::store::Store>, key: &str) -> HashMap<String
     map.into_iter()
         .filter_map(|(k, v)| blake3::Hash::from_hex(v).ok().map(|h| (k, h)))
         .collect()
+}
+
+fn load_exec(store: &Arc<dyn crate::store::Store>, key: &str) -> HashMap<String, bool> {
+    match store.get_meta(key) {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        _ => HashMap::new(),
+    }
+}
+
+/// Removes the temporary files a killed mirror left in the folder (a download or write that
+/// never reached its rename): they are never the only copy of anything.
+fn remove_stale_temps(root: &Path) {
+    let walker = ignore::WalkBuilder::new(root)
+        .hidden(false)
+        .git_ignore(false)
+        .ignore(false)
+        .parents(false)
+        .filter_entry(|e| !DEFAULT_IGNORES.contains(&e.file_name().to_string_lossy().as_ref()))
+        .build();
+    for entry in walker.flatten() {
+        if entry.file_type().is_some_and(|t| t.is_file())
+            && is_temp_name(&entry.file_name().to_string_lossy())
+        {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed a partial write left by a crash")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a partial write")
+                }
+            }
+        }
+    }
+}
+
+fn is_exec(mode: u32) -> bool {
+    mode & 0o111 != 0
+}
+
+/// `mode` with the executable bits set where it is readable, or cleared.
+fn with_exec(mode: u32, exec: bool) -> u32 {
+    if exec {
+        mode | ((mode & 0o444) >> 2)
+    } else {
+        mode & !0o111
+    }
 }
 
 fn device_name() -> String {
@@ -505,13 +588,29 @@ impl Inner {
         }
     }
 
-    /// Saves `known` to the device store if it changed (once per pass, not per file).
+    /// Saves the sync bases, then `known`, to the device store if they changed (once per
+    /// pass, not per file). Bases first: a hash saved without its base would later make the
+    /// folder's copy look unchanged against a base that was never stored.
     async fn save_known(&self) {
+        if let Err(e) = self.bases.flush() {
+            tracing::warn!(error = %e, "saving the mirror's sync bases failed; retried after the next change");
+            return;
+        }
         if !self
             .known_dirty
             .swap(false, std::sync::atomic::Ordering::SeqCst)
         {
             return;
+        }
+        let exec: HashMap<String, bool> = self
+            .known_exec
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Ok(bytes) = serde_json::to_vec(&exec)
+            && let Err(e) = self.client.store().put_meta(&self.exec_key, &bytes)
+        {
+            tracing::warn!(error = %e, "saving the mirror's file modes failed");
         }
         let map: HashMap<String, String> = self
             .known
@@ -544,6 +643,247 @@ impl Inner {
             .copied()
     }
 
+    fn known_exec(&self, rel: &str) -> Option<bool> {
+        self.known_exec
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(rel)
+            .copied()
+    }
+
+    fn set_known_exec(&self, rel: &str, exec: Option<bool>) {
+        let mut map = self.known_exec.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = match exec {
+            Some(x) => map.insert(rel.to_owned(), x) != Some(x),
+            None => map.remove(rel).is_some(),
+        };
+        if changed {
+            self.known_dirty
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Content unchanged here: a `chmod` made here since the sync point goes to the index.
+    fn exec_to_doc(&self, rel: &str, meta: &std::fs::Metadata, entry: Option<&FileEntry>) {
+        let Some(e) = entry.filter(|e| !e.deleted) else {
+            return;
+        };
+        let here = is_exec(mode_of(meta));
+        match self.known_exec(rel) {
+            Some(base) if base == here => {}
+            // No record (a folder synced by an older build): only agreement is certain.
+            None if is_exec(e.mode) != here => {}
+            _ => {
+                if is_exec(e.mode) != here {
+                    let mut e = e.clone();
+                    e.mode = with_exec(e.mode, here);
+                    e.modified_ms = now_ms();
+                    if let Err(err) = self.index.upsert(rel, &e) {
+                        tracing::warn!(path = rel, error = %err, "cannot index");
+                        return;
+                    }
+                }
+                self.set_known_exec(rel, Some(here));
+            }
+        }
+    }
+
+    /// Content already on disk: a `chmod` made elsewhere reaches the file, unless this folder
+    /// changed the bit itself since the sync point (its change is on the way to the index).
+    fn exec_to_disk(&self, rel: &str, target: &Path, mode: u32) {
+        let Ok(meta) = std::fs::metadata(target) else {
+            return;
+        };
+        let want = is_exec(mode);
+        let here = is_exec(mode_of(&meta));
+        if here == want {
+            self.set_known_exec(rel, Some(want));
+            return;
+        }
+        if self.known_exec(rel).is_some_and(|base| base != here) {
+            return;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = with_exec(meta.permissions().mode() & 0o777, want);
+            if let Err(e) = std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode))
+            {
+                tracing::warn!(path = rel, error = %e, "cannot change the file mode");
+                return;
+            }
+        }
+        self.set_known_exec(rel, Some(want));
+    }
+
+    fn set_waiting(&self, rel: &str, reason: Option<String>) {
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        match reason {
+            Some(r) => {
+                w.insert(rel.to_owned(), r);
+            }
+            None => {
+                w.remove(rel);
+            }
+        }
+    }
+
+    /// Retries failed uploads until they succeed: a file whose upload failed must not wait for
+    /// its next edit, or the other devices might never get it.
+    async fn retry_uploads(me: std::sync::Weak<Inner>) {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(wait).await;
+            let Some(inner) = me.upgrade() else {
+                return;
+            };
+            let paths: Vec<PathBuf> = inner
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .map(|p| inner.root.join(p))
+                .collect();
+            wait = if paths.is_empty() {
+                Duration::from_secs(1)
+            } else {
+                let _ = inner.work.send(Work::Disk(paths));
+                (wait * 2).min(Duration::from_secs(30))
+            };
+        }
+    }
+
+    /// Whether a live entry's content moved on since this folder's sync point; None when it
+    /// already holds exactly what the folder holds (`disk`).
+    async fn moved_elsewhere(&self, rel: &str, e: &FileEntry, disk: blake3::Hash) -> Option<bool> {
+        let known = self.known(rel);
+        let current = match (e.kind, e.hash.as_deref(), e.doc.as_deref()) {
+            (EntryKind::Blob, Some(h), _) => blake3::Hash::from_hex(h).ok(),
+            (EntryKind::Text, _, Some(d)) => self
+                .file_text(d)
+                .await
+                .map(|f| blake3::hash(f.text().as_bytes())),
+            _ => None,
+        };
+        match current {
+            Some(c) if c == disk => None,
+            Some(c) => Some(known != Some(c)),
+            None => Some(false),
+        }
+    }
+
+    /// Both changed and there is no way to merge (a blob, or no base): the document's version
+    /// stays at the path and this folder's becomes `name (conflict <device> <date>).ext`,
+    /// which then syncs like any new file, so every device ends up with both.
+    async fn keep_local_as_conflict(&self, rel: &str) {
+        let ms = now_ms();
+        let mut copy = conflict_name(rel, &self.device, ms);
+        let mut n = 2;
+        while self.root.join(&copy).exists() && n < 100 {
+            copy = conflict_name(rel, &format!("{} {n}", self.device), ms);
+            n += 1;
+        }
+        let copy_path = match resolve_for_write(&self.root, &copy) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot name a conflict copy; leaving the file as is");
+                return;
+            }
+        };
+        if let Err(e) = std::fs::rename(self.root.join(rel), &copy_path) {
+            tracing::warn!(path = rel, error = %e, "cannot keep the conflict copy; leaving the file as is");
+            return;
+        }
+        tracing::info!(
+            path = rel,
+            copy,
+            "changed here and elsewhere: kept this device's version as a copy"
+        );
+        Box::pin(self.disk_to_doc(&copy)).await;
+        self.set_known(rel, None);
+        self.forget_seen(rel);
+        let _ = self.work.send(Work::RemotePaths(vec![rel.to_owned()]));
+    }
+
+    /// Brings the text on disk into file document `doc_id` as an edit from the folder's sync
+    /// base. `live_entry`: the index points at this document for this path (otherwise the file
+    /// is new here or back after a delete elsewhere, and every line of it is this device's).
+    /// False when nothing was imported (kept as a conflict copy, or the document's content has
+    /// not arrived yet).
+    async fn merge_text(
+        &self,
+        rel: &str,
+        doc_id: &str,
+        file: &FileText,
+        text: &str,
+        entry: Option<&FileEntry>,
+    ) -> bool {
+        let live_entry = entry.is_some_and(|e| !e.deleted && e.doc.as_deref() == Some(doc_id));
+        let covered = self.bases.covered(doc_id);
+        let (current, state, sv) = file.text_with_state(&covered);
+        if current == text {
+            self.bases.record_state(doc_id, state, sv);
+            return true;
+        }
+        let known = self.known(rel);
+        let is_base = |t: &str| known == Some(blake3::hash(t.as_bytes()));
+        if !live_entry || is_base(&current) {
+            // Nothing arrived since the sync point: an edit on the document itself.
+            let (before, before_sv, edit) = file.apply_text_diff_update(text, &covered);
+            self.bases.record_state(doc_id, before, before_sv);
+            self.bases.record_edit(doc_id, edit);
+            return true;
+        }
+        if known.is_none() && current.is_empty() && entry.is_some_and(|e| e.size > 0) {
+            // The hub's copy of the document has not arrived; decide when it has.
+            return false;
+        }
+        let base = match self.bases.load(doc_id) {
+            Ok(b) => b.map(FileText::new).filter(|b| is_base(&b.text())),
+            Err(e) => {
+                tracing::warn!(path = rel, error = %e, "the sync base is unreadable");
+                None
+            }
+        };
+        let Some(base) = base else {
+            // Changed here and in the document, with nothing to merge from.
+            self.keep_local_as_conflict(rel).await;
+            return false;
+        };
+        let base_text = base.text();
+        if distance(&current, text) < distance(&base_text, text) {
+            // The folder already holds what the document gained since the recorded base (a
+            // crash between writing the file and saving its base): edit the document itself.
+            let (before, before_sv, edit) = file.apply_text_diff_update(text, &covered);
+            self.bases.record_state(doc_id, before, before_sv);
+            self.bases.record_edit(doc_id, edit);
+            return true;
+        }
+        let base_sv = base.doc().transact().state_vector();
+        let (_, _, edit) = base.apply_text_diff_update(text, &base_sv);
+        let applied = yrs::Update::decode_v1(&edit)
+            .map_err(|e| e.to_string())
+            .and_then(|u| {
+                file.doc()
+                    .transact_mut()
+                    .apply_update(u)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = applied {
+            tracing::warn!(path = rel, error = %e, "cannot merge the file's change");
+            return false;
+        }
+        tracing::info!(
+            path = rel,
+            "merged this folder's change with edits made elsewhere since"
+        );
+        self.bases.record_edit(doc_id, edit);
+        // The merged text differs from the file: write it back on the next pass.
+        self.forget_seen(rel);
+        let _ = self.work.send(Work::Remote(Some(doc_id.to_owned())));
+        true
+    }
+
     /// Brings one path's disk state into the documents.
     async fn disk_to_doc(&self, rel: &str) {
         let abs = self.root.join(rel);
@@ -558,10 +898,23 @@ impl Inner {
             Ok(m) if m.is_file() => m,
             Ok(_) => return, // directories and symlinks are not synced
             Err(_) => {
+                self.set_waiting(rel, None);
                 // Gone from disk: a deletion, if we had it.
                 if let Some(mut e) = entry.filter(|e| !e.deleted)
                     && let Some(last) = self.known(rel)
                 {
+                    if self.moved_elsewhere(rel, &e, last).await == Some(true) {
+                        // Deleted here, edited elsewhere since: the edit wins, and comes back
+                        // on the next pass.
+                        tracing::info!(
+                            path = rel,
+                            "deleted here but edited elsewhere: keeping the edit"
+                        );
+                        self.set_known(rel, None);
+                        self.forget_seen(rel);
+                        let _ = self.work.send(Work::RemotePaths(vec![rel.to_owned()]));
+                        return;
+                    }
                     // The tombstone remembers the content that was deleted: a device whose
                     // copy differs edited it concurrently, and its edit wins.
                     e.deleted = true;
@@ -585,6 +938,8 @@ impl Inner {
             if self.known(rel) != Some(hash) {
                 self.blob_to_doc(rel, BlobSource::File(&abs), hash, &meta)
                     .await;
+            } else {
+                self.exec_to_doc(rel, &meta, entry.as_ref());
             }
             return;
         }
@@ -599,6 +954,7 @@ impl Inner {
         if self.known(rel) == Some(hash) {
             // Our own write, or nothing new since the last sync point. (Even when the entry
             // was deleted elsewhere meanwhile: unchanged content must not revive it.)
+            self.exec_to_doc(rel, &meta, entry.as_ref());
             return;
         }
         let text = match String::from_utf8(bytes) {
@@ -609,6 +965,23 @@ impl Inner {
                 return;
             }
         };
+        if let Some(e) = entry
+            .as_ref()
+            .filter(|e| !e.deleted && e.kind == EntryKind::Blob)
+        {
+            // A blob in the workspace, text here.
+            match self.moved_elsewhere(rel, e, hash).await {
+                Some(true) => {
+                    self.keep_local_as_conflict(rel).await;
+                    return;
+                }
+                Some(false) => {}
+                None => {
+                    self.set_known(rel, Some(hash));
+                    return;
+                }
+            }
+        }
         let doc_id = match &entry {
             Some(FileEntry {
                 kind: EntryKind::Text,
@@ -620,7 +993,12 @@ impl Inner {
         let Some(file) = self.file_text(&doc_id).await else {
             return;
         };
-        file.apply_text_diff(&text);
+        if !self
+            .merge_text(rel, &doc_id, &file, &text, entry.as_ref())
+            .await
+        {
+            return;
+        }
         let new_entry = FileEntry {
             kind: EntryKind::Text,
             doc: Some(doc_id),
@@ -641,6 +1019,7 @@ impl Inner {
             tracing::warn!(path = rel, error = %e, "cannot index");
         }
         self.set_known(rel, Some(hash));
+        self.set_known_exec(rel, Some(is_exec(new_entry.mode)));
     }
 
     fn blob_request(&self, method: reqwest::Method, hash: &str) -> reqwest::RequestBuilder {
@@ -659,6 +1038,23 @@ impl Inner {
         meta: &std::fs::Metadata,
     ) {
         let hex = hash.to_hex().to_string();
+        if let Some(e) = self.index.get(rel).ok().flatten().filter(|e| !e.deleted) {
+            match self.moved_elsewhere(rel, &e, hash).await {
+                // Changed here and elsewhere since the sync point: keep both.
+                Some(true) => {
+                    self.set_waiting(rel, None);
+                    self.keep_local_as_conflict(rel).await;
+                    return;
+                }
+                Some(false) => {}
+                None => {
+                    self.set_waiting(rel, None);
+                    self.set_known(rel, Some(hash));
+                    self.exec_to_doc(rel, meta, Some(&e));
+                    return;
+                }
+            }
+        }
         let body = match source {
             BlobSource::Bytes(b) => reqwest::Body::from(b.to_vec()),
             BlobSource::File(p) => match tokio::fs::File::open(p).await {
@@ -679,14 +1075,17 @@ impl Inner {
             Ok(r) => {
                 let status = r.status();
                 let body = r.text().await.unwrap_or_default();
-                tracing::warn!(path = rel, %status, body, "blob upload refused; will retry on the next change");
+                tracing::warn!(path = rel, %status, body, "blob upload refused; retrying in the background");
+                self.set_waiting(rel, Some(format!("upload refused ({status})")));
                 return;
             }
             Err(e) => {
-                tracing::warn!(path = rel, error = %e, "blob upload failed; will retry on the next change");
+                tracing::warn!(path = rel, error = %e, "blob upload failed; retrying in the background");
+                self.set_waiting(rel, Some("upload failed: hub unreachable".into()));
                 return;
             }
         }
+        self.set_waiting(rel, None);
         let new_entry = FileEntry {
             kind: EntryKind::Blob,
             doc: None,
@@ -702,6 +1101,7 @@ impl Inner {
             return;
         }
         self.set_known(rel, Some(hash));
+        self.set_known_exec(rel, Some(is_exec(new_entry.mode)));
     }
 
     /// Streams a blob to a temporary file beside `target`, checks its hash, and renames it
@@ -772,6 +1172,7 @@ impl Inner {
         let disk_hash = hash_file(target).ok();
         if disk_hash.is_some_and(|h| h.to_hex().as_str() == hex) {
             self.set_known(path, disk_hash);
+            self.exec_to_disk(path, target, entry.mode);
             return;
         }
         let known = self.known(path);
@@ -804,7 +1205,10 @@ impl Inner {
             }
         }
         match self.download_to(hex, target, entry.mode).await {
-            Some(hash) => self.set_known(path, Some(hash)),
+            Some(hash) => {
+                self.set_known(path, Some(hash));
+                self.set_known_exec(path, Some(is_exec(entry.mode)));
+            }
             // Try again on the next pass instead of forgetting the entry.
             None => self.forget_seen(path),
         }
@@ -942,18 +1346,24 @@ impl Inner {
         let Some(file) = self.file_text(doc_id).await else {
             return;
         };
-        let text = file.text();
+        // The text and the state it belongs to, read together: that state becomes the base.
+        let (text, state, sv) = file.text_with_state(&self.bases.covered(doc_id));
         let hash = blake3::hash(text.as_bytes());
         if disk_hash == Some(hash) && self.known(&path) == Some(hash) {
+            self.exec_to_disk(&path, &target, entry.mode);
             return;
         }
-        if disk_hash != Some(hash)
-            && let Err(e) = atomic_write(&target, text.as_bytes(), Some(entry.mode))
-        {
-            tracing::warn!(path, error = %e, "cannot write");
-            self.forget_seen(&path);
-            return;
+        if disk_hash != Some(hash) {
+            if let Err(e) = atomic_write(&target, text.as_bytes(), Some(entry.mode)) {
+                tracing::warn!(path, error = %e, "cannot write");
+                self.forget_seen(&path);
+                return;
+            }
+            self.set_known_exec(&path, Some(is_exec(entry.mode)));
+        } else {
+            self.exec_to_disk(&path, &target, entry.mode);
         }
+        self.bases.record_state(doc_id, state, sv);
         self.set_known(&path, Some(hash));
     }
 }
