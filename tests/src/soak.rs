@@ -68,10 +68,24 @@ pub struct SoakReport {
 /// What happened to one file, in the test's own order of operations.
 #[derive(Default)]
 struct FileLog {
-    /// (marker, op number)
-    markers: Vec<(String, u64)>,
-    last_delete: Option<u64>,
+    /// (marker, device, op number)
+    markers: Vec<(String, usize, u64)>,
+    /// (device, op number)
+    deletes: Vec<(usize, u64)>,
     last_edit: Option<u64>,
+}
+
+impl FileLog {
+    /// A marker may be gone when its own folder deleted the file after writing it (it may
+    /// never have left that folder), or when the file was deleted after it and nobody edited
+    /// the file after that delete (the delete stands).
+    fn exempt(&self, device: usize, op: u64) -> bool {
+        let own_delete = self.deletes.iter().any(|&(d, t)| d == device && t > op);
+        let last_delete = self.deletes.iter().map(|&(_, t)| t).max();
+        let delete_stands =
+            last_delete.is_some_and(|del| del > op && self.last_edit.is_none_or(|ed| ed < del));
+        own_delete || delete_stands
+    }
 }
 
 fn start_hub(data: &Path, port: u16) -> Result<CloudAgent> {
@@ -134,6 +148,8 @@ pub async fn run(base: &Path, cfg: &SoakConfig) -> Result<SoakReport> {
     let mut log: HashMap<String, FileLog> = HashMap::new();
     let mut op: u64 = 0;
     let mut next_marker = 0usize;
+    // Every operation, written to `ops.log` beside the devices for whoever investigates.
+    let mut trace = Vec::new();
     while report.device_restarts + report.hub_restarts < cfg.restarts {
         op += 1;
         let roll = rng.random_range(0..100u32);
@@ -152,15 +168,21 @@ pub async fn run(base: &Path, cfg: &SoakConfig) -> Result<SoakReport> {
             let mut new = lines.join("\n");
             new.push('\n');
             devices[d].write(f, new)?;
+            trace.push(format!(
+                "{op} {} {marker} into {f} at line {at} (running: {})",
+                devices[d].name,
+                devices[d].is_running()
+            ));
             let e = log.entry(f.clone()).or_default();
-            e.markers.push((marker, op));
+            e.markers.push((marker, d, op));
             e.last_edit = Some(op);
         } else if roll < 65 {
             let d = rng.random_range(0..devices.len());
             let f = &files[rng.random_range(0..files.len())];
             if devices[d].path(f).exists() {
                 std::fs::remove_file(devices[d].path(f))?;
-                log.entry(f.clone()).or_default().last_delete = Some(op);
+                trace.push(format!("{op} {} deletes {f}", devices[d].name));
+                log.entry(f.clone()).or_default().deletes.push((d, op));
                 report.deletes += 1;
             }
         } else if roll < 92 {
@@ -174,15 +196,21 @@ pub async fn run(base: &Path, cfg: &SoakConfig) -> Result<SoakReport> {
                     Stop::Kill
                 };
                 devices[d].stop(how)?;
+                trace.push(format!("{op} {} stopped ({how:?})", devices[d].name));
             } else {
                 devices[d].start()?;
+                trace.push(format!("{op} {} started", devices[d].name));
                 report.device_restarts += 1;
             }
         } else {
             match hub.take() {
-                Some(h) => h.kill9()?,
+                Some(h) => {
+                    h.kill9()?;
+                    trace.push(format!("{op} hub killed"));
+                }
                 None => {
                     hub = Some(start_hub(&data, port)?);
+                    trace.push(format!("{op} hub started"));
                     report.hub_restarts += 1;
                 }
             }
@@ -190,6 +218,7 @@ pub async fn run(base: &Path, cfg: &SoakConfig) -> Result<SoakReport> {
         let pause = rng.random_range(0..200u64);
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
+    std::fs::write(base.join("ops.log"), trace.join("\n"))?;
     if hub.is_none() {
         hub = Some(start_hub(&data, port)?);
         report.hub_restarts += 1;
@@ -216,12 +245,9 @@ pub async fn run(base: &Path, cfg: &SoakConfig) -> Result<SoakReport> {
         .join("\n");
     let mut missing = Vec::new();
     for (f, l) in &log {
-        let exempt = l
-            .last_delete
-            .is_some_and(|del| l.last_edit.is_none_or(|ed| ed < del));
-        for (m, _) in &l.markers {
+        for (m, d, t) in &l.markers {
             report.markers += 1;
-            if exempt {
+            if l.exempt(*d, *t) {
                 report.exempt += 1;
             } else if !all.lines().any(|line| line == m) {
                 missing.push(format!("{m} (in {f})"));

@@ -13,7 +13,11 @@ async fn soak(restarts: u32) {
     let cfg = SoakConfig::new(restarts);
     let report = match run(tmp.path(), &cfg).await {
         Ok(r) => r,
-        Err(e) => panic!("{e:#}"),
+        Err(e) => {
+            // Keep the folders, stores and logs for whoever investigates.
+            let kept = tmp.keep();
+            panic!("{e:#}\n(kept in {})", kept.display());
+        }
     };
     eprintln!("soak: {report:?}");
     assert!(report.device_restarts + report.hub_restarts >= restarts);

@@ -718,6 +718,8 @@ async fn sync(
         }
     }
     line.finish_and_clear();
+    // Finish the pass in progress, so its sync state is saved with the changes it made.
+    mirror.settle(false).await;
     client
         .flush_all(std::time::Duration::from_secs(10))
         .await

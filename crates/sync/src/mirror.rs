@@ -806,10 +806,16 @@ impl Inner {
     }
 
     /// Brings the text on disk into file document `doc_id` as an edit from the folder's sync
-    /// base. `live_entry`: the index points at this document for this path (otherwise the file
-    /// is new here or back after a delete elsewhere, and every line of it is this device's).
+    /// base. `entry`: the index entry at this path. When it points at another document, or is
+    /// a tombstone this folder already carried out, the file is new here and every line of it
+    /// is this device's; a tombstone this folder had not seen is merged like a live entry (an
+    /// edit beats a delete, and the document may hold edits made elsewhere before the delete).
     /// False when nothing was imported (kept as a conflict copy, or the document's content has
     /// not arrived yet).
+    ///
+    /// Crash safety: an edit is saved into the base before it is applied to the document, so
+    /// after a crash between the two the base holds exactly the folder's text and is merged
+    /// into the document (updates are idempotent) instead of being applied twice.
     async fn merge_text(
         &self,
         rel: &str,
@@ -818,70 +824,105 @@ impl Inner {
         text: &str,
         entry: Option<&FileEntry>,
     ) -> bool {
-        let live_entry = entry.is_some_and(|e| !e.deleted && e.doc.as_deref() == Some(doc_id));
+        let known = self.known(rel);
+        let fresh = match entry {
+            Some(e) if e.doc.as_deref() == Some(doc_id) => e.deleted && known.is_none(),
+            _ => true,
+        };
         let covered = self.bases.covered(doc_id);
         let (current, state, sv) = file.text_with_state(&covered);
         if current == text {
             self.bases.record_state(doc_id, state, sv);
             return true;
         }
-        let known = self.known(rel);
-        let is_base = |t: &str| known == Some(blake3::hash(t.as_bytes()));
-        if !live_entry || is_base(&current) {
-            // Nothing arrived since the sync point: an edit on the document itself.
-            let (before, before_sv, edit) = file.apply_text_diff_update(text, &covered);
-            self.bases.record_state(doc_id, before, before_sv);
-            self.bases.record_edit(doc_id, edit);
+        if fresh {
+            self.edit_document(doc_id, file, text, &covered);
             return true;
         }
-        if known.is_none() && current.is_empty() && entry.is_some_and(|e| e.size > 0) {
-            // The hub's copy of the document has not arrived; decide when it has.
-            return false;
-        }
+        let is_base = |t: &str| known == Some(blake3::hash(t.as_bytes()));
         let base = match self.bases.load(doc_id) {
-            Ok(b) => b.map(FileText::new).filter(|b| is_base(&b.text())),
+            Ok(b) => b.map(FileText::new).filter(|b| {
+                let t = b.text();
+                is_base(&t) || t == text
+            }),
             Err(e) => {
                 tracing::warn!(path = rel, error = %e, "the sync base is unreadable");
                 None
             }
         };
         let Some(base) = base else {
+            if is_base(&current) {
+                // No base recorded (a folder synced by an older build), but nothing arrived
+                // since the sync point: an edit on the document itself is exact.
+                self.edit_document(doc_id, file, text, &covered);
+                return true;
+            }
+            if known.is_none() && current.is_empty() && entry.is_some_and(|e| e.size > 0) {
+                // The hub's copy of the document has not arrived; decide when it has.
+                return false;
+            }
             // Changed here and in the document, with nothing to merge from.
             self.keep_local_as_conflict(rel).await;
             return false;
         };
         let base_text = base.text();
-        if distance(&current, text) < distance(&base_text, text) {
+        if base_text == text {
+            // The folder's change is in the base already; a crash may have kept it from the
+            // document. Merging the base in adds whatever is missing, and nothing twice.
+            let whole = base
+                .doc()
+                .transact()
+                .encode_state_as_update_v1(&yrs::StateVector::default());
+            if let Err(e) = self.apply_to_document(file, &whole) {
+                tracing::warn!(path = rel, error = %e, "cannot merge the sync base");
+                return false;
+            }
+            return true;
+        }
+        if !is_base(&current) && distance(&current, text) < distance(&base_text, text) {
             // The folder already holds what the document gained since the recorded base (a
-            // crash between writing the file and saving its base): edit the document itself.
-            let (before, before_sv, edit) = file.apply_text_diff_update(text, &covered);
-            self.bases.record_state(doc_id, before, before_sv);
-            self.bases.record_edit(doc_id, edit);
+            // crash right after writing the file, before its base was saved).
+            self.edit_document(doc_id, file, text, &covered);
             return true;
         }
         let base_sv = base.doc().transact().state_vector();
         let (_, _, edit) = base.apply_text_diff_update(text, &base_sv);
-        let applied = yrs::Update::decode_v1(&edit)
-            .map_err(|e| e.to_string())
-            .and_then(|u| {
-                file.doc()
-                    .transact_mut()
-                    .apply_update(u)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = applied {
+        self.bases.record_edit(doc_id, edit.clone());
+        if let Err(e) = self.bases.flush() {
+            tracing::warn!(path = rel, error = %e, "cannot save the sync base; the change waits");
+            return false;
+        }
+        if let Err(e) = self.apply_to_document(file, &edit) {
             tracing::warn!(path = rel, error = %e, "cannot merge the file's change");
             return false;
         }
-        tracing::info!(
-            path = rel,
-            "merged this folder's change with edits made elsewhere since"
-        );
-        self.bases.record_edit(doc_id, edit);
-        // The merged text differs from the file: write it back on the next pass.
-        self.forget_seen(rel);
-        let _ = self.work.send(Work::Remote(Some(doc_id.to_owned())));
+        if !is_base(&current) {
+            tracing::info!(
+                path = rel,
+                "merged this folder's change with edits made elsewhere since"
+            );
+            // The merged text differs from the file: write it back on the next pass.
+            self.forget_seen(rel);
+            let _ = self.work.send(Work::Remote(Some(doc_id.to_owned())));
+        }
         true
+    }
+
+    /// An edit computed on the document itself (nothing to merge it with); the base becomes
+    /// the state before it plus the edit.
+    fn edit_document(&self, doc_id: &str, file: &FileText, text: &str, covered: &yrs::StateVector) {
+        let (before, before_sv, edit) = file.apply_text_diff_update(text, covered);
+        self.bases.record_state(doc_id, before, before_sv);
+        self.bases.record_edit(doc_id, edit);
+    }
+
+    /// Applies an update as this device's own edit (stored and sent by the client).
+    fn apply_to_document(&self, file: &FileText, update: &[u8]) -> Result<(), String> {
+        let u = yrs::Update::decode_v1(update).map_err(|e| e.to_string())?;
+        file.doc()
+            .transact_mut()
+            .apply_update(u)
+            .map_err(|e| e.to_string())
     }
 
     /// Brings one path's disk state into the documents.
@@ -1354,6 +1395,13 @@ impl Inner {
             return;
         }
         if disk_hash != Some(hash) {
+            // The file may have been saved since it was read above (the document lookup can
+            // wait): writing now would overwrite that save. Its watcher event is queued; the
+            // next pass merges it first and then writes.
+            if std::fs::read(&target).ok().map(|b| blake3::hash(&b)) != disk_hash {
+                self.forget_seen(&path);
+                return;
+            }
             if let Err(e) = atomic_write(&target, text.as_bytes(), Some(entry.mode)) {
                 tracing::warn!(path, error = %e, "cannot write");
                 self.forget_seen(&path);
@@ -1364,6 +1412,11 @@ impl Inner {
             self.exec_to_disk(&path, &target, entry.mode);
         }
         self.bases.record_state(doc_id, state, sv);
+        // Saved at once, not at the end of the pass: until it is, a crash leaves a file
+        // whose base is older than its content.
+        if let Err(e) = self.bases.flush() {
+            tracing::warn!(path, error = %e, "cannot save the sync base");
+        }
         self.set_known(&path, Some(hash));
     }
 }
