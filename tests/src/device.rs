@@ -223,21 +223,34 @@ pub fn snapshot(dir: &Path) -> Result<Snapshot> {
 pub async fn converge(
     devices: &[&SyncDevice],
     timeout: Duration,
+    also: impl FnMut(&Snapshot) -> bool,
+) -> Result<Snapshot> {
+    let folders: Vec<(&str, &Path)> = devices
+        .iter()
+        .map(|d| (d.name.as_str(), d.dir.as_path()))
+        .collect();
+    converge_folders(&folders, timeout, also).await
+}
+
+/// [`converge`] for named folders, whoever keeps them (a desktop core, the cloud runner).
+pub async fn converge_folders(
+    folders: &[(&str, &Path)],
+    timeout: Duration,
     mut also: impl FnMut(&Snapshot) -> bool,
 ) -> Result<Snapshot> {
     let deadline = Instant::now() + timeout;
     loop {
-        let snaps: Vec<Snapshot> = devices
+        let snaps: Vec<Snapshot> = folders
             .iter()
-            .map(|d| d.snapshot())
+            .map(|(_, d)| snapshot(d))
             .collect::<Result<_>>()?;
         if snaps.windows(2).all(|w| w[0] == w[1]) && also(&snaps[0]) {
             return Ok(snaps.into_iter().next().unwrap_or_default());
         }
         if Instant::now() > deadline {
             let mut report = String::new();
-            for (d, s) in devices.iter().zip(&snaps) {
-                report.push_str(&format!("--- {} ({})\n", d.name, d.dir.display()));
+            for ((name, dir), s) in folders.iter().zip(&snaps) {
+                report.push_str(&format!("--- {name} ({})\n", dir.display()));
                 for (p, (bytes, exec)) in s {
                     let shown = String::from_utf8(bytes.clone())
                         .map(|t| format!("{t:?}"))
