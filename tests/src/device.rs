@@ -186,15 +186,22 @@ pub fn snapshot(dir: &Path) -> Result<Snapshot> {
     let mut out = BTreeMap::new();
     let mut dirs = vec![dir.to_path_buf()];
     while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
+        // A folder not created yet, or an entry renamed or removed while we read: the next
+        // poll reads again.
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for e in entries {
+            let Ok(e) = e else { continue };
             let name = e.file_name().to_string_lossy().into_owned();
             if [".git", "node_modules", "target"].contains(&name.as_str())
                 || (name.starts_with('.') && name.contains(".jarvis-tmp-"))
             {
                 continue;
             }
-            let kind = e.file_type()?;
+            let Ok(kind) = e.file_type() else { continue };
             if kind.is_dir() {
                 dirs.push(e.path());
             } else if kind.is_file() {
@@ -203,13 +210,12 @@ pub fn snapshot(dir: &Path) -> Result<Snapshot> {
                     .strip_prefix(dir)?
                     .to_string_lossy()
                     .replace('\\', "/");
-                // A file renamed or removed while we read is read again on the next poll.
-                let Ok(bytes) = std::fs::read(e.path()) else {
+                let (Ok(bytes), Ok(meta)) = (std::fs::read(e.path()), e.metadata()) else {
                     continue;
                 };
                 let exec = {
                     use std::os::unix::fs::PermissionsExt;
-                    e.metadata()?.permissions().mode() & 0o111 != 0
+                    meta.permissions().mode() & 0o111 != 0
                 };
                 out.insert(rel, (bytes, exec));
             }

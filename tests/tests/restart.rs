@@ -123,3 +123,61 @@ async fn the_cloud_runner_restarted_loses_nothing() {
     comeback::check(&all, None).unwrap();
     drop(agent);
 }
+
+/// An upload that fails is retried in the background until it succeeds — not only at the file's
+/// next edit — and the status line says what is waiting. Partial uploads a killed server left
+/// behind are removed when it starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upload_is_retried_and_partial_uploads_are_cleaned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let token = create_token(&data, &["ws/notes/*"], false).unwrap();
+    let hub = CloudAgent::start(&data, 0).unwrap();
+    let port = hub.port;
+    let url = format!("http://127.0.0.1:{port}");
+    let mut a = SyncDevice::new("a", tmp.path(), &url, &token, "notes").unwrap();
+    let mut b = SyncDevice::new("b", tmp.path(), &url, &token, "notes").unwrap();
+    a.write("readme.md", "hello\n").unwrap();
+    a.start().unwrap();
+    b.start().unwrap();
+    converge(&[&a, &b], Duration::from_secs(60), |s| s.len() == 1)
+        .await
+        .unwrap();
+
+    hub.kill9().unwrap();
+    // Half an upload, as a server killed mid-upload leaves it.
+    let part = data
+        .join("blobs/notes/ab")
+        .join(format!(".{}.0badc0de.part", "ab".repeat(32)));
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    std::fs::write(&part, vec![7u8; 1 << 20]).unwrap();
+    // A binary file saved while the hub is down: its upload fails.
+    a.write("photo.bin", comeback::binary_version(9)).unwrap();
+    jarvis_e2e::eventually(
+        "the status line says the upload waits",
+        Duration::from_secs(30),
+        || {
+            a.log()
+                .contains("1 file waiting to upload (photo.bin: upload failed")
+        },
+    )
+    .await
+    .unwrap();
+
+    let _hub = CloudAgent::start(&data, port).unwrap();
+    assert!(!part.exists(), "the partial upload was removed at start-up");
+    // No further edit of photo.bin: the retry alone brings it to the other device.
+    let all = converge(&[&a, &b], Duration::from_secs(60), |s| {
+        s.contains_key("photo.bin")
+    })
+    .await
+    .unwrap();
+    assert_eq!(all["photo.bin"].0, comeback::binary_version(9));
+    jarvis_e2e::eventually(
+        "the status line says nothing waits",
+        Duration::from_secs(10),
+        || a.log().contains("every upload has reached the hub"),
+    )
+    .await
+    .unwrap();
+}
