@@ -62,6 +62,9 @@ pub struct SoakReport {
     pub exempt: usize,
     pub deletes: usize,
     pub files_at_end: usize,
+    /// `(conflict …)` files at the end. The soak edits only text, which always merges, so any
+    /// copy means a device lost its sync base; the caller should expect none.
+    pub conflict_copies: usize,
     pub elapsed: Duration,
 }
 
@@ -176,7 +179,7 @@ pub async fn run(base: &Path, cfg: &SoakConfig) -> Result<SoakReport> {
             let e = log.entry(f.clone()).or_default();
             e.markers.push((marker, d, op));
             e.last_edit = Some(op);
-        } else if roll < 65 {
+        } else if roll < 62 {
             let d = rng.random_range(0..devices.len());
             let f = &files[rng.random_range(0..files.len())];
             if devices[d].path(f).exists() {
@@ -255,6 +258,7 @@ pub async fn run(base: &Path, cfg: &SoakConfig) -> Result<SoakReport> {
         }
     }
     report.files_at_end = end.len();
+    report.conflict_copies = end.keys().filter(|p| p.contains(" (conflict ")).count();
     report.elapsed = started.elapsed();
     drop(hub);
     if !missing.is_empty() {

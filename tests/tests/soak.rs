@@ -20,8 +20,12 @@ async fn soak(restarts: u32) {
         }
     };
     eprintln!("soak: {report:?}");
+    if std::env::var("JARVIS_SOAK_KEEP").is_ok() {
+        eprintln!("soak: kept in {}", tmp.keep().display());
+    }
     assert!(report.device_restarts + report.hub_restarts >= restarts);
     assert!(report.markers > 0, "the soak wrote nothing: {report:?}");
+    assert_eq!(report.conflict_copies, 0, "text always merges: {report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -840,11 +840,11 @@ impl Inner {
             return true;
         }
         let is_base = |t: &str| known == Some(blake3::hash(t.as_bytes()));
+        // A stored base is always a state this folder really had: written after the file was,
+        // or with an edit before the document got it. It may be newer than `known`, which is
+        // saved after it (a crash in between), never older.
         let base = match self.bases.load(doc_id) {
-            Ok(b) => b.map(FileText::new).filter(|b| {
-                let t = b.text();
-                is_base(&t) || t == text
-            }),
+            Ok(b) => b.map(FileText::new),
             Err(e) => {
                 tracing::warn!(path = rel, error = %e, "the sync base is unreadable");
                 None
@@ -866,17 +866,18 @@ impl Inner {
             return false;
         };
         let base_text = base.text();
+        // An edit saved into the base may not have reached the document (a crash between the
+        // two): merging the base in adds whatever is missing, and nothing twice. Edits made on
+        // the base below then always find what they were made next to.
+        let whole = base
+            .doc()
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
+        if let Err(e) = self.apply_to_document(file, &whole) {
+            tracing::warn!(path = rel, error = %e, "cannot merge the sync base");
+            return false;
+        }
         if base_text == text {
-            // The folder's change is in the base already; a crash may have kept it from the
-            // document. Merging the base in adds whatever is missing, and nothing twice.
-            let whole = base
-                .doc()
-                .transact()
-                .encode_state_as_update_v1(&yrs::StateVector::default());
-            if let Err(e) = self.apply_to_document(file, &whole) {
-                tracing::warn!(path = rel, error = %e, "cannot merge the sync base");
-                return false;
-            }
             return true;
         }
         if !is_base(&current) && distance(&current, text) < distance(&base_text, text) {
