@@ -5,7 +5,7 @@
 //! changes, which are coalesced briefly and imported as a text diff applied to the file's Y.Text
 //! (so concurrent edits on another device merge character by character).
 //! Documents → disk: remote changes to the index or a file document are written with
-//! [`atomic_write`] after the path passed [`resolve_for_write`]; what we wrote is remembered by
+//! [`atomic_write`](crate::paths::atomic_write) after the path passed [`resolve_for_write`]; what we wrote is remembered by
 //! hash so the watcher's echo is ignored. Before overwriting a file, a local edit the watcher has
 //! not delivered yet is imported first, so it merges instead of being lost.
 //!
@@ -34,8 +34,8 @@ use yrs::{Doc, ReadTxn, Transact};
 
 use crate::client::{REMOTE_ORIGIN, SyncClient};
 use crate::doc::{DocName, EntryKind, FileEntry, FileText, WorkspaceIndex};
-use crate::mirror_base::{Bases, distance};
-use crate::paths::{atomic_write, check_relative, is_temp_name, resolve_for_write};
+use crate::mirror_base::Bases;
+use crate::paths::{check_relative, is_temp_name, resolve_for_write};
 
 /// Largest file kept as text.
 pub const MAX_TEXT_BYTES: u64 = 2 * 1024 * 1024;
@@ -376,6 +376,50 @@ fn conflict_name(path: &str, device: &str, ms: u64) -> String {
         _ => (file, String::new()),
     };
     format!("{dir}{stem} (conflict {device} {}){ext}", date(ms))
+}
+
+/// [`atomic_write`](crate::paths::atomic_write), except that the file is checked again once the new content is ready
+/// (written and synced beside it), just before the rename: if it no longer hashes to `read`
+/// (what it held when the caller decided to write), someone saved it meanwhile and nothing is
+/// written (`Ok(false)`). What is left is the instant between that check and the rename.
+fn write_unless_saved_meanwhile(
+    target: &Path,
+    bytes: &[u8],
+    mode: Option<u32>,
+    read: Option<blake3::Hash>,
+) -> std::io::Result<bool> {
+    use std::io::Write;
+    let dir = target
+        .parent()
+        .ok_or_else(|| std::io::Error::other("target has no parent directory"))?;
+    std::fs::create_dir_all(dir)?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.jarvis-tmp-{:08x}", rand::random::<u32>()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        #[cfg(unix)]
+        if let Some(mode) = mode {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
+        }
+        f.sync_all()?;
+        if std::fs::read(target).ok().map(|b| blake3::hash(&b)) != read {
+            return Ok(false);
+        }
+        std::fs::rename(&tmp, target)?;
+        // The rename is durable only once the directory entry is.
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(true)
+    })();
+    if !matches!(result, Ok(true)) {
+        // Nothing else ever refers to the temporary name.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 enum BlobSource<'a> {
@@ -880,12 +924,10 @@ impl Inner {
         if base_text == text {
             return true;
         }
-        if !is_base(&current) && distance(&current, text) < distance(&base_text, text) {
-            // The folder already holds what the document gained since the recorded base (a
-            // crash right after writing the file, before its base was saved).
-            self.edit_document(doc_id, file, text, &covered);
-            return true;
-        }
+        // Always from the base, even when the folder looks nearer to the document (a crash
+        // right after writing a file, before its base was saved): an edit from the document
+        // would delete whatever reached the document after that write, while one from the base
+        // can at worst insert again what the write had brought.
         let base_sv = base.doc().transact().state_vector();
         let (_, _, edit) = base.apply_text_diff_update(text, &base_sv);
         self.bases.record_edit(doc_id, edit.clone());
@@ -915,6 +957,7 @@ impl Inner {
         let (before, before_sv, edit) = file.apply_text_diff_update(text, covered);
         self.bases.record_state(doc_id, before, before_sv);
         self.bases.record_edit(doc_id, edit);
+        self.bases.flush_if_large();
     }
 
     /// Applies an update as this device's own edit (stored and sent by the client).
@@ -1396,26 +1439,36 @@ impl Inner {
             return;
         }
         if disk_hash != Some(hash) {
-            // The file may have been saved since it was read above (the document lookup can
-            // wait): writing now would overwrite that save. Its watcher event is queued; the
-            // next pass merges it first and then writes.
-            if std::fs::read(&target).ok().map(|b| blake3::hash(&b)) != disk_hash {
-                self.forget_seen(&path);
-                return;
-            }
-            if let Err(e) = atomic_write(&target, text.as_bytes(), Some(entry.mode)) {
-                tracing::warn!(path, error = %e, "cannot write");
-                self.forget_seen(&path);
-                return;
+            match write_unless_saved_meanwhile(
+                &target,
+                text.as_bytes(),
+                Some(entry.mode),
+                disk_hash,
+            ) {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Saved since it was read above: its watcher event is queued, and the next
+                    // pass merges that save first and then writes.
+                    self.forget_seen(&path);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(path, error = %e, "cannot write");
+                    self.forget_seen(&path);
+                    return;
+                }
             }
             self.set_known_exec(&path, Some(is_exec(entry.mode)));
         } else {
             self.exec_to_disk(&path, &target, entry.mode);
         }
+        // Saved at once when the file existed: until then a crash leaves a file newer than its
+        // base. A file new here (a first download is thousands of them) is saved in batches:
+        // after a crash its content is the document's, which the next start sees as no change.
         self.bases.record_state(doc_id, state, sv);
-        // Saved at once, not at the end of the pass: until it is, a crash leaves a file
-        // whose base is older than its content.
-        if let Err(e) = self.bases.flush() {
+        if disk.is_none() {
+            self.bases.flush_if_large();
+        } else if let Err(e) = self.bases.flush() {
             tracing::warn!(path, error = %e, "cannot save the sync base");
         }
         self.set_known(&path, Some(hash));

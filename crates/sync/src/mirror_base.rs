@@ -20,9 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use similar::{ChangeTag, TextDiff};
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, StateVector, Transact, Update};
 
@@ -105,6 +103,21 @@ impl Bases {
         Ok(Some(doc))
     }
 
+    /// Saves pending records now if they have grown large (a first download of a big
+    /// workspace is one pass), so memory stays bounded; otherwise they wait for the end of the
+    /// pass and go in one transaction.
+    pub(crate) fn flush_if_large(&self) {
+        let (count, bytes) = {
+            let p = lock(&self.pending);
+            (p.len(), p.iter().map(|(_, u)| u.len()).sum::<usize>())
+        };
+        if (count >= 256 || bytes >= 8 << 20)
+            && let Err(e) = self.flush()
+        {
+            tracing::warn!(error = %e, "saving the mirror's sync bases failed; retried after the next change");
+        }
+    }
+
     /// Saves pending records in one transaction; compacts bases whose logs grew long.
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
         let pending = std::mem::take(&mut *lock(&self.pending));
@@ -145,17 +158,6 @@ impl Bases {
         }
         Ok(())
     }
-}
-
-/// Bytes that differ between two texts, by a line diff: how far `to` is from `from`.
-pub(crate) fn distance(from: &str, to: &str) -> usize {
-    TextDiff::configure()
-        .timeout(Duration::from_millis(200))
-        .diff_lines(from, to)
-        .iter_all_changes()
-        .filter(|c| c.tag() != ChangeTag::Equal)
-        .map(|c| c.value().len())
-        .sum()
 }
 
 #[cfg(test)]
@@ -210,12 +212,5 @@ mod tests {
         let bases = Bases::new(store, "w", "f");
         let text = FileText::new(bases.load("d").unwrap().unwrap()).text();
         assert_eq!(text, live.text());
-    }
-
-    #[test]
-    fn distance_counts_changed_lines() {
-        assert_eq!(distance("a\nb\n", "a\nb\n"), 0);
-        assert_eq!(distance("a\nb\n", "a\nx\nb\n"), 2);
-        assert!(distance("a\n", "b\nc\n") > distance("a\n", "a\nc\n"));
     }
 }
