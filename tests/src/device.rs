@@ -94,6 +94,14 @@ impl SyncDevice {
         Ok(())
     }
 
+    /// Runs another `jarvis` command on this device's home (e.g. `status`) and waits for it.
+    pub fn cli(&self, args: &[&str]) -> Result<std::process::Output> {
+        Self::command(&self.home)
+            .args(args)
+            .output()
+            .context("running jarvis")
+    }
+
     /// How many times the process was started.
     pub fn starts(&self) -> u32 {
         self.starts

@@ -163,6 +163,13 @@ async fn a_failed_upload_is_retried_and_partial_uploads_are_cleaned() {
     )
     .await
     .unwrap();
+    // `jarvis status`, another process, says so too.
+    let status = a.cli(&["status"]).unwrap();
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        said.contains("1 file waiting to upload (photo.bin: upload failed"),
+        "{said}"
+    );
 
     let _hub = CloudAgent::start(&data, port).unwrap();
     assert!(!part.exists(), "the partial upload was removed at start-up");
@@ -180,4 +187,7 @@ async fn a_failed_upload_is_retried_and_partial_uploads_are_cleaned() {
     )
     .await
     .unwrap();
+    let status = a.cli(&["status"]).unwrap();
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(!said.contains("waiting to upload"), "{said}");
 }

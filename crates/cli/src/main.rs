@@ -761,6 +761,13 @@ async fn status(home: &std::path::Path, store: &Arc<dyn Store>) -> Result<()> {
         }
         Err(e) => println!("hub: none ({e})"),
     }
+    // Written by `jarvis sync` (possibly running now in another process).
+    for (folder, files) in jarvis_sync::mirror::waiting_uploads(store.as_ref()) {
+        let files: Vec<(String, String)> = files.into_iter().collect();
+        if let Some(line) = waiting_line(&files) {
+            println!("{folder}: {line}");
+        }
+    }
     Ok(())
 }
 

@@ -39,6 +39,23 @@ use crate::paths::{check_relative, is_temp_name, resolve_for_write};
 
 /// Largest file kept as text.
 pub const MAX_TEXT_BYTES: u64 = 2 * 1024 * 1024;
+/// Device-store metadata: per mirrored folder, the uploads still waiting for the hub, so
+/// `jarvis status` can say so from another process.
+pub const WAITING_KEY: &str = "mirror-waiting";
+/// Mirrors of one process share [`WAITING_KEY`]; their read-modify-writes take turns.
+static WAITING_SAVE: Mutex<()> = Mutex::new(());
+
+/// What [`WAITING_KEY`] holds: folder → (path → why it waits).
+pub type WaitingUploads =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
+
+/// The uploads waiting for the hub, per folder, as the mirrors using `store` last saved them.
+pub fn waiting_uploads(store: &dyn crate::store::Store) -> WaitingUploads {
+    match store.get_meta(WAITING_KEY) {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        _ => WaitingUploads::new(),
+    }
+}
 const DEFAULT_IGNORES: &[&str] = &[".git", "node_modules", "target"];
 
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +243,8 @@ impl FileMirror {
         inner.import(progress.as_deref()).await;
         inner.to_disk(&HashSet::new()).await;
         inner.save_known().await;
+        // What a previous run left waiting was looked at again by this start's pass.
+        inner.save_waiting();
         let task = tokio::spawn(Inner::run(inner.clone(), rx));
         let retry = tokio::spawn(Inner::retry_uploads(Arc::downgrade(&inner)));
         Ok(FileMirror {
@@ -761,14 +780,41 @@ impl Inner {
     }
 
     fn set_waiting(&self, rel: &str, reason: Option<String>) {
-        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        match reason {
-            Some(r) => {
-                w.insert(rel.to_owned(), r);
+        let changed = {
+            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            match reason {
+                Some(r) => w.insert(rel.to_owned(), r.clone()) != Some(r),
+                None => w.remove(rel).is_some(),
             }
-            None => {
-                w.remove(rel);
+        };
+        if changed {
+            self.save_waiting();
+        }
+    }
+
+    /// Publishes this folder's waiting uploads under [`WAITING_KEY`].
+    fn save_waiting(&self) {
+        let _turn = WAITING_SAVE.lock().unwrap_or_else(|p| p.into_inner());
+        let store = self.client.store();
+        let mut all = waiting_uploads(store.as_ref());
+        let mine = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let folder = self.root.display().to_string();
+        if mine.is_empty() {
+            if all.remove(&folder).is_none() {
+                return;
             }
+        } else {
+            all.insert(folder, mine);
+        }
+        let saved = serde_json::to_vec(&all)
+            .map_err(|e| e.to_string())
+            .and_then(|b| store.put_meta(WAITING_KEY, &b).map_err(|e| e.to_string()));
+        if let Err(e) = saved {
+            tracing::warn!(error = %e, "cannot record the uploads waiting for the hub");
         }
     }
 
