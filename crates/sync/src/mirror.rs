@@ -114,7 +114,14 @@ struct Inner {
     /// Path → whether the file was executable at the sync point, so a local `chmod` is told
     /// from a remote one.
     known_exec: Mutex<HashMap<String, bool>>,
+    exec_dirty: std::sync::atomic::AtomicBool,
     exec_key: String,
+    /// Documents whose stored base was merged into them since this mirror started (needed
+    /// once: later edits reach the document right after their base is saved).
+    base_merged: Mutex<HashSet<String>>,
+    /// One merge at a time: `rescan` and the watcher can import the same save at once, and two
+    /// edits computed on the same base would both insert it.
+    merging: tokio::sync::Mutex<()>,
     /// Path → why its upload has not reached the hub yet; retried in the background.
     waiting: Mutex<std::collections::BTreeMap<String, String>>,
 }
@@ -213,7 +220,10 @@ impl FileMirror {
             device: device_name(),
             bases: Bases::new(client_store.clone(), workspace, &folder_hash[..16]),
             known_exec: Mutex::new(load_exec(&client_store, &exec_key)),
+            exec_dirty: std::sync::atomic::AtomicBool::new(false),
             exec_key,
+            base_merged: Mutex::default(),
+            merging: tokio::sync::Mutex::new(()),
             waiting: Mutex::default(),
         });
         let paths_tx = tx.clone();
@@ -659,21 +669,34 @@ impl Inner {
             tracing::warn!(error = %e, "saving the mirror's sync bases failed; retried after the next change");
             return;
         }
+        if self
+            .exec_dirty
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            let exec: HashMap<String, bool> = self
+                .known_exec
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let saved = serde_json::to_vec(&exec)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    self.client
+                        .store()
+                        .put_meta(&self.exec_key, &b)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = saved {
+                tracing::warn!(error = %e, "saving the mirror's file modes failed; retried after the next change");
+                self.exec_dirty
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
         if !self
             .known_dirty
             .swap(false, std::sync::atomic::Ordering::SeqCst)
         {
             return;
-        }
-        let exec: HashMap<String, bool> = self
-            .known_exec
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Ok(bytes) = serde_json::to_vec(&exec)
-            && let Err(e) = self.client.store().put_meta(&self.exec_key, &bytes)
-        {
-            tracing::warn!(error = %e, "saving the mirror's file modes failed");
         }
         let map: HashMap<String, String> = self
             .known
@@ -721,7 +744,7 @@ impl Inner {
             None => map.remove(rel).is_some(),
         };
         if changed {
-            self.known_dirty
+            self.exec_dirty
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
@@ -914,6 +937,7 @@ impl Inner {
         text: &str,
         entry: Option<&FileEntry>,
     ) -> bool {
+        let turn = self.merging.lock().await;
         let known = self.known(rel);
         let fresh = match entry {
             Some(e) if e.doc.as_deref() == Some(doc_id) => e.deleted && known.is_none(),
@@ -952,20 +976,29 @@ impl Inner {
                 return false;
             }
             // Changed here and in the document, with nothing to merge from.
+            drop(turn);
             self.keep_local_as_conflict(rel).await;
             return false;
         };
         let base_text = base.text();
         // An edit saved into the base may not have reached the document (a crash between the
         // two): merging the base in adds whatever is missing, and nothing twice. Edits made on
-        // the base below then always find what they were made next to.
-        let whole = base
-            .doc()
-            .transact()
-            .encode_state_as_update_v1(&yrs::StateVector::default());
-        if let Err(e) = self.apply_to_document(file, &whole) {
-            tracing::warn!(path = rel, error = %e, "cannot merge the sync base");
-            return false;
+        // the base below then always find what they were made next to. Once per document and
+        // start: within a run every base edit reaches the document right after it is saved.
+        let first = self
+            .base_merged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(doc_id.to_owned());
+        if first {
+            let whole = base
+                .doc()
+                .transact()
+                .encode_state_as_update_v1(&yrs::StateVector::default());
+            if let Err(e) = self.apply_to_document(file, &whole) {
+                tracing::warn!(path = rel, error = %e, "cannot merge the sync base");
+                return false;
+            }
         }
         if base_text == text {
             return true;
