@@ -1009,12 +1009,35 @@ impl Inner {
         // can at worst insert again what the write had brought.
         let base_sv = base.doc().transact().state_vector();
         let (_, _, edit) = base.apply_text_diff_update(text, &base_sv);
-        self.bases.record_edit(doc_id, edit.clone());
-        if let Err(e) = self.bases.flush() {
-            tracing::warn!(path = rel, error = %e, "cannot save the sync base; the change waits");
+        let Ok(live_name) = DocName::workspace_file(&self.workspace, doc_id) else {
+            return false;
+        };
+        let live_name = live_name.to_string();
+        // The edit into the base and into the document's stored log in one transaction: a
+        // crash keeps both or neither. The client then only sends it.
+        let base_name = self.bases.name(doc_id);
+        if let Err(e) = self.bases.flush_with(&[
+            crate::store::AppendItem {
+                doc: &base_name,
+                update: &edit,
+            },
+            crate::store::AppendItem {
+                doc: &live_name,
+                update: &edit,
+            },
+        ]) {
+            tracing::warn!(path = rel, error = %e, "cannot save the change; it waits");
             return false;
         }
-        if let Err(e) = self.apply_to_document(file, &edit) {
+        let applied = yrs::Update::decode_v1(&edit)
+            .map_err(|e| e.to_string())
+            .and_then(|u| {
+                file.doc()
+                    .transact_mut_with(crate::client::STORED_ORIGIN)
+                    .apply_update(u)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = applied {
             tracing::warn!(path = rel, error = %e, "cannot merge the file's change");
             return false;
         }

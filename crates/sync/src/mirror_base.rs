@@ -56,7 +56,8 @@ impl Bases {
         }
     }
 
-    fn name(&self, doc_id: &str) -> String {
+    /// The store document holding the base of `doc_id`.
+    pub(crate) fn name(&self, doc_id: &str) -> String {
         format!("{}{doc_id}", self.prefix)
     }
 
@@ -120,8 +121,14 @@ impl Bases {
 
     /// Saves pending records in one transaction; compacts bases whose logs grew long.
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        self.flush_with(&[])
+    }
+
+    /// [`flush`](Self::flush), with `extra` items in the same transaction (an edit of the live
+    /// document saved together with its base record, so no crash can separate them).
+    pub(crate) fn flush_with(&self, extra: &[AppendItem<'_>]) -> Result<(), StoreError> {
         let pending = std::mem::take(&mut *lock(&self.pending));
-        if pending.is_empty() {
+        if pending.is_empty() && extra.is_empty() {
             return Ok(());
         }
         let names: Vec<String> = pending.iter().map(|(d, _)| self.name(d)).collect();
@@ -129,6 +136,7 @@ impl Bases {
             .iter()
             .zip(&names)
             .map(|((_, u), n)| AppendItem { doc: n, update: u })
+            .chain(extra.iter().copied())
             .collect();
         if let Err(e) = self.store.append(&items) {
             // Put them back in front of anything recorded meanwhile: the next pass retries.
