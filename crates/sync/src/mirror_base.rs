@@ -11,9 +11,10 @@
 //! The base of each document is a replica of its own in the device store (document
 //! `mirror-base/<workspace>/<folder hash>/<doc id>`), grown by appending what the live document
 //! had when the folder agreed with it. It is always a subset of the live document, so its edits
-//! always integrate there. Records are batched and saved once per mirror pass, before the
-//! mirror's `known` hashes, so a crash never leaves a hash that claims a newer base than the
-//! one stored.
+//! always integrate there. Records are saved before the mirror's `known` hashes (so a base
+//! may be newer than `known` after a crash, never older): a merged edit together with the
+//! document's own log entry in one transaction, a written file's state right after the write,
+//! and the records of files new on disk in batches.
 //!
 //! Never: apply a base's text to the live document as content, or let a missing base choose
 //! one side silently (the caller keeps both versions instead).
