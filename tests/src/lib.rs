@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod comeback;
+pub mod device;
+pub mod soak;
+
 /// A binary built by this workspace, next to the test executable's `deps/` folder.
 pub fn binary(name: &str) -> PathBuf {
     if let Ok(dir) = std::env::var("JARVIS_BIN_DIR") {

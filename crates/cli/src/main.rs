@@ -837,6 +837,7 @@ async fn sync(
     );
     let line = indicatif::ProgressBar::new_spinner();
     let mut conn = client.connection();
+    let mut last_waiting = Vec::new();
     loop {
         let files = mirror.index().list().len();
         let state = match &*conn.borrow() {
@@ -849,10 +850,24 @@ async fn sync(
         let pending = client
             .document_status(&format!("ws/{workspace}/index"))
             .map_or(0, |s| s.pending());
+        let waiting = mirror.waiting_uploads();
+        let uploads = waiting_line(&waiting);
         line.set_message(format!(
-            "{state} · {files} files · {pending} index edits not yet acknowledged"
+            "{state} · {files} files · {pending} index edits not yet acknowledged{}",
+            uploads
+                .as_deref()
+                .map(|u| format!(" · {u}"))
+                .unwrap_or_default()
         ));
         line.tick();
+        if waiting != last_waiting {
+            // Also as a plain line: the spinner is invisible without a terminal.
+            match &uploads {
+                Some(u) => println!("{u}"),
+                None => println!("every upload has reached the hub"),
+            }
+            last_waiting = waiting;
+        }
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = conn.changed() => {}
@@ -860,6 +875,8 @@ async fn sync(
         }
     }
     line.finish_and_clear();
+    // Finish the pass in progress, so its sync state is saved with the changes it made.
+    mirror.settle(false).await;
     client
         .flush_all(std::time::Duration::from_secs(10))
         .await
@@ -906,6 +923,25 @@ async fn register_workspace(login: &Login, workspace: &str) -> Result<bool> {
     }
 }
 
+/// "2 files waiting to upload (a.bin: upload failed: hub unreachable; …)", or None.
+fn waiting_line(waiting: &[(String, String)]) -> Option<String> {
+    if waiting.is_empty() {
+        return None;
+    }
+    let shown: Vec<String> = waiting
+        .iter()
+        .take(3)
+        .map(|(p, r)| format!("{p}: {r}"))
+        .collect();
+    let more = if waiting.len() > 3 { "; …" } else { "" };
+    Some(format!(
+        "{} file{} waiting to upload ({}{more}), retrying",
+        waiting.len(),
+        if waiting.len() == 1 { "" } else { "s" },
+        shown.join("; ")
+    ))
+}
+
 async fn status(home: &std::path::Path, store: &Arc<dyn Store>) -> Result<()> {
     let docs = store.list_docs()?.len();
     println!(
@@ -918,6 +954,13 @@ async fn status(home: &std::path::Path, store: &Arc<dyn Store>) -> Result<()> {
             println!("hub: {} ({health})", login.hub);
         }
         Err(e) => println!("hub: none ({e})"),
+    }
+    // Written by `jarvis sync` (possibly running now in another process).
+    for (folder, files) in jarvis_sync::mirror::waiting_uploads(store.as_ref()) {
+        let files: Vec<(String, String)> = files.into_iter().collect();
+        if let Some(line) = waiting_line(&files) {
+            println!("{folder}: {line}");
+        }
     }
     Ok(())
 }

@@ -479,6 +479,12 @@ pub async fn build(
         provider,
         shutdown.clone(),
     )?;
+    // Uploads cut off by a crash left `.part` files nobody will finish.
+    match jarvis_sync::blob::remove_partials(&args.data_dir.join("blobs")) {
+        Ok((0, _)) => {}
+        Ok((files, bytes)) => tracing::info!(files, bytes, "removed partial blob uploads"),
+        Err(e) => tracing::warn!(error = %e, "cannot clean partial blob uploads"),
+    }
     let state = AppState {
         hub: hub.clone(),
         shutdown: shutdown.clone(),

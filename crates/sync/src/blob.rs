@@ -138,6 +138,36 @@ pub fn is_partial(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "part")
 }
 
+/// Removes the partial uploads under `root` (every workspace's store): a process killed
+/// mid-upload never ran the writer's cleanup. Call at start-up, before any upload begins.
+/// Returns the files and bytes removed; a missing `root` is nothing to clean.
+pub fn remove_partials(root: &Path) -> std::io::Result<(usize, u64)> {
+    let mut removed = (0, 0);
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let path = entry.path();
+            // Symlinks are never followed: cleaning must stay inside the store.
+            if kind.is_dir() {
+                dirs.push(path);
+            } else if kind.is_file() && is_partial(&path) {
+                let len = entry.metadata().map_or(0, |m| m.len());
+                std::fs::remove_file(&path)?;
+                removed.0 += 1;
+                removed.1 += len;
+            }
+        }
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -172,6 +202,22 @@ mod tests {
             .filter(|p| is_partial(p))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn partial_uploads_left_by_a_crash_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(dir.path().join("ws1"));
+        let kept = store.put(b"whole").unwrap();
+        let mut w = store.writer(&hash_bytes(b"never finished")).unwrap();
+        w.write(b"never").unwrap();
+        // A killed process runs no destructor.
+        std::mem::forget(w);
+        assert_eq!(walk(dir.path()).iter().filter(|p| is_partial(p)).count(), 1);
+        assert_eq!(remove_partials(dir.path()).unwrap(), (1, 5));
+        assert!(walk(dir.path()).iter().all(|p| !is_partial(p)));
+        assert!(store.contains(&kept), "finished blobs stay");
+        assert_eq!(remove_partials(&dir.path().join("absent")).unwrap(), (0, 0));
     }
 
     fn walk(p: &Path) -> Vec<PathBuf> {

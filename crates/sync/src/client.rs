@@ -28,6 +28,9 @@ use crate::store::{AppendItem, Store, StoreError};
 /// Transaction origin of updates that came from the hub, so the update observer does not send
 /// them back.
 pub const REMOTE_ORIGIN: &str = "jarvis-sync/remote";
+/// Transaction origin of local edits the caller has already stored itself (the file mirror
+/// stores an edit together with its sync base, in one transaction): sent, not stored again.
+pub const STORED_ORIGIN: &str = "jarvis-sync/stored";
 /// Observer key, so the same document is never observed twice.
 const OBSERVER_KEY: &str = "jarvis-sync/client";
 
@@ -337,10 +340,13 @@ impl LocalEditObserver {
         if origin.is_some_and(|o| o.as_ref() == REMOTE_ORIGIN.as_bytes()) {
             return;
         }
-        if let Err(e) = self.store.append(&[AppendItem {
-            doc: &self.name,
-            update,
-        }]) {
+        let stored = origin.is_some_and(|o| o.as_ref() == STORED_ORIGIN.as_bytes());
+        if !stored
+            && let Err(e) = self.store.append(&[AppendItem {
+                doc: &self.name,
+                update,
+            }])
+        {
             // The edit still lives in memory and goes to the hub; only a crash before the hub
             // acknowledges it could lose it. Loud, because the local copy is now incomplete.
             tracing::error!(doc = %self.name, error = %e, "storing a local edit failed");

@@ -11,6 +11,7 @@ pub mod doc;
 pub mod handoff;
 pub mod hub;
 pub mod mirror;
+mod mirror_base;
 pub mod paths;
 pub mod protocol;
 pub mod store;

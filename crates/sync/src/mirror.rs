@@ -5,12 +5,18 @@
 //! changes, which are coalesced briefly and imported as a text diff applied to the file's Y.Text
 //! (so concurrent edits on another device merge character by character).
 //! Documents → disk: remote changes to the index or a file document are written with
-//! [`atomic_write`] after the path passed [`resolve_for_write`]; what we wrote is remembered by
+//! [`atomic_write`](crate::paths::atomic_write) after the path passed [`resolve_for_write`]; what we wrote is remembered by
 //! hash so the watcher's echo is ignored. Before overwriting a file, a local edit the watcher has
 //! not delivered yet is imported first, so it merges instead of being lost.
 //!
 //! Deletions are tombstones in the index; an edit beats a delete (a file edited on one device
 //! while deleted on another comes back with the edit).
+//!
+//! A change found on disk — while running, or at start-up after the mirror was stopped or
+//! killed — is applied as an edit from the file's sync base (`mirror_base`), never as "make the
+//! document equal my file", so what other devices did meanwhile is kept. Where there is no base
+//! to merge from (lost state, a first sync into a non-empty folder) and the contents differ,
+//! both are kept: the document's version at the path, this folder's as a conflict copy.
 //!
 //! Text files (UTF-8, up to 2 MiB) are Y.Text documents. Binary and larger files are
 //! content-addressed blobs uploaded to the hub (`PUT /blobs/<hash>`) and fetched by hash; when
@@ -23,16 +29,33 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use yrs::Doc;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, ReadTxn, Transact};
 
 use crate::client::{REMOTE_ORIGIN, SyncClient};
 use crate::doc::{DocName, EntryKind, FileEntry, FileText, WorkspaceIndex};
-use crate::paths::{
-    atomic_write, check_relative, is_temp_name, mode_for_peer_write, resolve_for_write,
-};
+use crate::mirror_base::Bases;
+use crate::paths::{check_relative, is_temp_name, mode_for_peer_write, resolve_for_write};
 
 /// Largest file kept as text.
 pub const MAX_TEXT_BYTES: u64 = 2 * 1024 * 1024;
+/// Device-store metadata: per mirrored folder, the uploads still waiting for the hub, so
+/// `jarvis status` can say so from another process.
+pub const WAITING_KEY: &str = "mirror-waiting";
+/// Mirrors of one process share [`WAITING_KEY`]; their read-modify-writes take turns.
+static WAITING_SAVE: Mutex<()> = Mutex::new(());
+
+/// What [`WAITING_KEY`] holds: folder → (path → why it waits).
+pub type WaitingUploads =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
+
+/// The uploads waiting for the hub, per folder, as the mirrors using `store` last saved them.
+pub fn waiting_uploads(store: &dyn crate::store::Store) -> WaitingUploads {
+    match store.get_meta(WAITING_KEY) {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        _ => WaitingUploads::new(),
+    }
+}
 const DEFAULT_IGNORES: &[&str] = &[".git", "node_modules", "target"];
 
 #[derive(Debug, thiserror::Error)]
@@ -86,18 +109,35 @@ struct Inner {
     http: reqwest::Client,
     /// Names conflict copies.
     device: String,
+    /// Per text document, the state the folder's copy last agreed with.
+    bases: Bases,
+    /// Path → whether the file was executable at the sync point, so a local `chmod` is told
+    /// from a remote one.
+    known_exec: Mutex<HashMap<String, bool>>,
+    exec_dirty: std::sync::atomic::AtomicBool,
+    exec_key: String,
+    /// Documents whose stored base was merged into them since this mirror started (needed
+    /// once: later edits reach the document right after their base is saved).
+    base_merged: Mutex<HashSet<String>>,
+    /// One merge at a time: `rescan` and the watcher can import the same save at once, and two
+    /// edits computed on the same base would both insert it.
+    merging: tokio::sync::Mutex<()>,
+    /// Path → why its upload has not reached the hub yet; retried in the background.
+    waiting: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// A running mirror; dropping it stops watching.
 pub struct FileMirror {
     inner: Arc<Inner>,
     task: tokio::task::JoinHandle<()>,
+    retry: tokio::task::JoinHandle<()>,
     _watcher: notify::RecommendedWatcher,
 }
 
 impl Drop for FileMirror {
     fn drop(&mut self) {
         self.task.abort();
+        self.retry.abort();
     }
 }
 
@@ -160,10 +200,10 @@ impl FileMirror {
         // restarted mirror would take a stale file for a local edit and undo remote changes
         // made while it was stopped.
         let client_store = client.store();
-        let known_key = format!(
-            "mirror-known:{workspace}:{}",
-            blake3::hash(root.to_string_lossy().as_bytes()).to_hex()
-        );
+        let folder_hash = blake3::hash(root.to_string_lossy().as_bytes()).to_hex();
+        let known_key = format!("mirror-known:{workspace}:{folder_hash}");
+        let exec_key = format!("mirror-exec:{workspace}:{folder_hash}");
+        remove_stale_temps(&root);
         let inner = Arc::new(Inner {
             root: root.clone(),
             workspace: workspace.to_owned(),
@@ -179,6 +219,13 @@ impl FileMirror {
             work: tx.clone(),
             http: reqwest::Client::new(),
             device: device_name(),
+            bases: Bases::new(client_store.clone(), workspace, &folder_hash[..16]),
+            known_exec: Mutex::new(load_exec(&client_store, &exec_key)),
+            exec_dirty: std::sync::atomic::AtomicBool::new(false),
+            exec_key,
+            base_merged: Mutex::default(),
+            merging: tokio::sync::Mutex::new(()),
+            waiting: Mutex::default(),
         });
         let paths_tx = tx.clone();
         inner
@@ -191,9 +238,7 @@ impl FileMirror {
                     let _ = paths_tx.send(Work::RemotePaths(paths));
                 }
             });
-        inner.import(progress.as_deref()).await;
-        inner.to_disk(&HashSet::new()).await;
-        inner.save_known().await;
+        // Watch before the first pass: a change made while it runs is queued, not missed.
         let watch_tx = tx.clone();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
@@ -206,12 +251,31 @@ impl FileMirror {
                 Err(e) => tracing::warn!(error = %e, "file watcher error"),
             })?;
         notify::Watcher::watch(&mut watcher, &root, notify::RecursiveMode::Recursive)?;
+        inner.import(progress.as_deref()).await;
+        inner.to_disk(&HashSet::new()).await;
+        inner.save_known().await;
+        // What a previous run left waiting was looked at again by this start's pass.
+        inner.save_waiting();
         let task = tokio::spawn(Inner::run(inner.clone(), rx));
+        let retry = tokio::spawn(Inner::retry_uploads(Arc::downgrade(&inner)));
         Ok(FileMirror {
             inner,
             task,
+            retry,
             _watcher: watcher,
         })
+    }
+
+    /// Files whose upload has not reached the hub yet, with the last reason; each is retried
+    /// in the background until it succeeds.
+    pub fn waiting_uploads(&self) -> Vec<(String, String)> {
+        self.inner
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(p, r)| (p.clone(), r.clone()))
+            .collect()
     }
 
     pub fn root(&self) -> &Path {
@@ -252,6 +316,52 @@ fn load_known(store: &Arc<dyn crate::store::Store>, key: &str) -> HashMap<String
     map.into_iter()
         .filter_map(|(k, v)| blake3::Hash::from_hex(v).ok().map(|h| (k, h)))
         .collect()
+}
+
+fn load_exec(store: &Arc<dyn crate::store::Store>, key: &str) -> HashMap<String, bool> {
+    match store.get_meta(key) {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        _ => HashMap::new(),
+    }
+}
+
+/// Removes the temporary files a killed mirror left in the folder (a download or write that
+/// never reached its rename): they are never the only copy of anything.
+fn remove_stale_temps(root: &Path) {
+    let walker = ignore::WalkBuilder::new(root)
+        .hidden(false)
+        .git_ignore(false)
+        .ignore(false)
+        .parents(false)
+        .filter_entry(|e| !DEFAULT_IGNORES.contains(&e.file_name().to_string_lossy().as_ref()))
+        .build();
+    for entry in walker.flatten() {
+        if entry.file_type().is_some_and(|t| t.is_file())
+            && is_temp_name(&entry.file_name().to_string_lossy())
+        {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed a partial write left by a crash")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a partial write")
+                }
+            }
+        }
+    }
+}
+
+fn is_exec(mode: u32) -> bool {
+    mode & 0o111 != 0
+}
+
+/// `mode` with the executable bits set where it is readable, or cleared.
+fn with_exec(mode: u32, exec: bool) -> u32 {
+    if exec {
+        mode | ((mode & 0o444) >> 2)
+    } else {
+        mode & !0o111
+    }
 }
 
 fn device_name() -> String {
@@ -296,6 +406,50 @@ fn conflict_name(path: &str, device: &str, ms: u64) -> String {
         _ => (file, String::new()),
     };
     format!("{dir}{stem} (conflict {device} {}){ext}", date(ms))
+}
+
+/// [`atomic_write`](crate::paths::atomic_write), except that the file is checked again once the new content is ready
+/// (written and synced beside it), just before the rename: if it no longer hashes to `read`
+/// (what it held when the caller decided to write), someone saved it meanwhile and nothing is
+/// written (`Ok(false)`). What is left is the instant between that check and the rename.
+fn write_unless_saved_meanwhile(
+    target: &Path,
+    bytes: &[u8],
+    mode: Option<u32>,
+    read: Option<blake3::Hash>,
+) -> std::io::Result<bool> {
+    use std::io::Write;
+    let dir = target
+        .parent()
+        .ok_or_else(|| std::io::Error::other("target has no parent directory"))?;
+    std::fs::create_dir_all(dir)?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.jarvis-tmp-{:08x}", rand::random::<u32>()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        #[cfg(unix)]
+        if let Some(mode) = mode {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
+        }
+        f.sync_all()?;
+        if std::fs::read(target).ok().map(|b| blake3::hash(&b)) != read {
+            return Ok(false);
+        }
+        std::fs::rename(&tmp, target)?;
+        // The rename is durable only once the directory entry is.
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(true)
+    })();
+    if !matches!(result, Ok(true)) {
+        // Nothing else ever refers to the temporary name.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 enum BlobSource<'a> {
@@ -508,8 +662,37 @@ impl Inner {
         }
     }
 
-    /// Saves `known` to the device store if it changed (once per pass, not per file).
+    /// Saves the sync bases, then `known`, to the device store if they changed (once per
+    /// pass, not per file). Bases first: a hash saved without its base would later make the
+    /// folder's copy look unchanged against a base that was never stored.
     async fn save_known(&self) {
+        if let Err(e) = self.bases.flush() {
+            tracing::warn!(error = %e, "saving the mirror's sync bases failed; retried after the next change");
+            return;
+        }
+        if self
+            .exec_dirty
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            let exec: HashMap<String, bool> = self
+                .known_exec
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let saved = serde_json::to_vec(&exec)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    self.client
+                        .store()
+                        .put_meta(&self.exec_key, &b)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = saved {
+                tracing::warn!(error = %e, "saving the mirror's file modes failed; retried after the next change");
+                self.exec_dirty
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
         if !self
             .known_dirty
             .swap(false, std::sync::atomic::Ordering::SeqCst)
@@ -547,6 +730,348 @@ impl Inner {
             .copied()
     }
 
+    fn known_exec(&self, rel: &str) -> Option<bool> {
+        self.known_exec
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(rel)
+            .copied()
+    }
+
+    fn set_known_exec(&self, rel: &str, exec: Option<bool>) {
+        let mut map = self.known_exec.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = match exec {
+            Some(x) => map.insert(rel.to_owned(), x) != Some(x),
+            None => map.remove(rel).is_some(),
+        };
+        if changed {
+            self.exec_dirty
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Content unchanged here: a `chmod` made here since the sync point goes to the index.
+    fn exec_to_doc(&self, rel: &str, meta: &std::fs::Metadata, entry: Option<&FileEntry>) {
+        let Some(e) = entry.filter(|e| !e.deleted) else {
+            return;
+        };
+        let here = is_exec(mode_of(meta));
+        match self.known_exec(rel) {
+            Some(base) if base == here => {}
+            // No record (a folder synced by an older build): only agreement is certain.
+            None if is_exec(e.mode) != here => {}
+            _ => {
+                if is_exec(e.mode) != here {
+                    let mut e = e.clone();
+                    e.mode = with_exec(e.mode, here);
+                    e.modified_ms = now_ms();
+                    if let Err(err) = self.index.upsert(rel, &e) {
+                        tracing::warn!(path = rel, error = %err, "cannot index");
+                        return;
+                    }
+                }
+                self.set_known_exec(rel, Some(here));
+            }
+        }
+    }
+
+    /// Content already on disk: a `chmod` made elsewhere reaches the file, unless this folder
+    /// changed the bit itself since the sync point (its change is on the way to the index).
+    fn exec_to_disk(&self, rel: &str, target: &Path, mode: u32) {
+        let Ok(meta) = std::fs::metadata(target) else {
+            return;
+        };
+        let want = is_exec(mode);
+        let here = is_exec(mode_of(&meta));
+        if here == want {
+            self.set_known_exec(rel, Some(want));
+            return;
+        }
+        if self.known_exec(rel).is_some_and(|base| base != here) {
+            return;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = with_exec(meta.permissions().mode() & 0o777, want);
+            if let Err(e) = std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode))
+            {
+                tracing::warn!(path = rel, error = %e, "cannot change the file mode");
+                return;
+            }
+        }
+        self.set_known_exec(rel, Some(want));
+    }
+
+    fn set_waiting(&self, rel: &str, reason: Option<String>) {
+        let changed = {
+            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            match reason {
+                Some(r) => w.insert(rel.to_owned(), r.clone()) != Some(r),
+                None => w.remove(rel).is_some(),
+            }
+        };
+        if changed {
+            self.save_waiting();
+        }
+    }
+
+    /// Publishes this folder's waiting uploads under [`WAITING_KEY`].
+    fn save_waiting(&self) {
+        let _turn = WAITING_SAVE.lock().unwrap_or_else(|p| p.into_inner());
+        let store = self.client.store();
+        let mut all = waiting_uploads(store.as_ref());
+        let mine = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let folder = self.root.display().to_string();
+        if mine.is_empty() {
+            if all.remove(&folder).is_none() {
+                return;
+            }
+        } else {
+            all.insert(folder, mine);
+        }
+        let saved = serde_json::to_vec(&all)
+            .map_err(|e| e.to_string())
+            .and_then(|b| store.put_meta(WAITING_KEY, &b).map_err(|e| e.to_string()));
+        if let Err(e) = saved {
+            tracing::warn!(error = %e, "cannot record the uploads waiting for the hub");
+        }
+    }
+
+    /// Retries failed uploads until they succeed: a file whose upload failed must not wait for
+    /// its next edit, or the other devices might never get it.
+    async fn retry_uploads(me: std::sync::Weak<Inner>) {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(wait).await;
+            let Some(inner) = me.upgrade() else {
+                return;
+            };
+            let paths: Vec<PathBuf> = inner
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .map(|p| inner.root.join(p))
+                .collect();
+            wait = if paths.is_empty() {
+                Duration::from_secs(1)
+            } else {
+                let _ = inner.work.send(Work::Disk(paths));
+                (wait * 2).min(Duration::from_secs(30))
+            };
+        }
+    }
+
+    /// Whether a live entry's content moved on since this folder's sync point; None when it
+    /// already holds exactly what the folder holds (`disk`).
+    async fn moved_elsewhere(&self, rel: &str, e: &FileEntry, disk: blake3::Hash) -> Option<bool> {
+        let known = self.known(rel);
+        let current = match (e.kind, e.hash.as_deref(), e.doc.as_deref()) {
+            (EntryKind::Blob, Some(h), _) => blake3::Hash::from_hex(h).ok(),
+            (EntryKind::Text, _, Some(d)) => self
+                .file_text(d)
+                .await
+                .map(|f| blake3::hash(f.text().as_bytes())),
+            _ => None,
+        };
+        match current {
+            Some(c) if c == disk => None,
+            Some(c) => Some(known != Some(c)),
+            None => Some(false),
+        }
+    }
+
+    /// Both changed and there is no way to merge (a blob, or no base): the document's version
+    /// stays at the path and this folder's becomes `name (conflict <device> <date>).ext`,
+    /// which then syncs like any new file, so every device ends up with both.
+    async fn keep_local_as_conflict(&self, rel: &str) {
+        let ms = now_ms();
+        let mut copy = conflict_name(rel, &self.device, ms);
+        let mut n = 2;
+        while self.root.join(&copy).exists() && n < 100 {
+            copy = conflict_name(rel, &format!("{} {n}", self.device), ms);
+            n += 1;
+        }
+        let copy_path = match resolve_for_write(&self.root, &copy) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot name a conflict copy; leaving the file as is");
+                return;
+            }
+        };
+        if let Err(e) = std::fs::rename(self.root.join(rel), &copy_path) {
+            tracing::warn!(path = rel, error = %e, "cannot keep the conflict copy; leaving the file as is");
+            return;
+        }
+        tracing::info!(
+            path = rel,
+            copy,
+            "changed here and elsewhere: kept this device's version as a copy"
+        );
+        Box::pin(self.disk_to_doc(&copy)).await;
+        self.set_known(rel, None);
+        self.forget_seen(rel);
+        let _ = self.work.send(Work::RemotePaths(vec![rel.to_owned()]));
+    }
+
+    /// Brings the text on disk into file document `doc_id` as an edit from the folder's sync
+    /// base. `entry`: the index entry at this path. When it points at another document, or is
+    /// a tombstone this folder already carried out, the file is new here and every line of it
+    /// is this device's; a tombstone this folder had not seen is merged like a live entry (an
+    /// edit beats a delete, and the document may hold edits made elsewhere before the delete).
+    /// False when nothing was imported (kept as a conflict copy, or the document's content has
+    /// not arrived yet).
+    ///
+    /// Crash safety: an edit is saved into the base before it is applied to the document, so
+    /// after a crash between the two the base holds exactly the folder's text and is merged
+    /// into the document (updates are idempotent) instead of being applied twice.
+    async fn merge_text(
+        &self,
+        rel: &str,
+        doc_id: &str,
+        file: &FileText,
+        text: &str,
+        entry: Option<&FileEntry>,
+    ) -> bool {
+        let turn = self.merging.lock().await;
+        let known = self.known(rel);
+        let fresh = match entry {
+            Some(e) if e.doc.as_deref() == Some(doc_id) => e.deleted && known.is_none(),
+            _ => true,
+        };
+        let covered = self.bases.covered(doc_id);
+        let (current, state, sv) = file.text_with_state(&covered);
+        if current == text {
+            self.bases.record_state(doc_id, state, sv);
+            return true;
+        }
+        if fresh {
+            self.edit_document(doc_id, file, text, &covered);
+            return true;
+        }
+        let is_base = |t: &str| known == Some(blake3::hash(t.as_bytes()));
+        // A stored base is always a state this folder really had: written after the file was,
+        // or with an edit before the document got it. It may be newer than `known`, which is
+        // saved after it (a crash in between), never older.
+        let base = match self.bases.load(doc_id) {
+            Ok(b) => b.map(FileText::new),
+            Err(e) => {
+                tracing::warn!(path = rel, error = %e, "the sync base is unreadable");
+                None
+            }
+        };
+        let Some(base) = base else {
+            if is_base(&current) {
+                // No base recorded (a folder synced by an older build), but nothing arrived
+                // since the sync point: an edit on the document itself is exact.
+                self.edit_document(doc_id, file, text, &covered);
+                return true;
+            }
+            if known.is_none() && current.is_empty() && entry.is_some_and(|e| e.size > 0) {
+                // The hub's copy of the document has not arrived; decide when it has.
+                return false;
+            }
+            // Changed here and in the document, with nothing to merge from.
+            drop(turn);
+            self.keep_local_as_conflict(rel).await;
+            return false;
+        };
+        let base_text = base.text();
+        // An edit saved into the base may not have reached the document (a crash between the
+        // two): merging the base in adds whatever is missing, and nothing twice. Edits made on
+        // the base below then always find what they were made next to. Once per document and
+        // start: within a run every base edit reaches the document right after it is saved.
+        let first = self
+            .base_merged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(doc_id.to_owned());
+        if first {
+            let whole = base
+                .doc()
+                .transact()
+                .encode_state_as_update_v1(&yrs::StateVector::default());
+            if let Err(e) = self.apply_to_document(file, &whole) {
+                tracing::warn!(path = rel, error = %e, "cannot merge the sync base");
+                return false;
+            }
+        }
+        if base_text == text {
+            return true;
+        }
+        // Always from the base, even when the folder looks nearer to the document (a crash
+        // right after writing a file, before its base was saved): an edit from the document
+        // would delete whatever reached the document after that write, while one from the base
+        // can at worst insert again what the write had brought.
+        let base_sv = base.doc().transact().state_vector();
+        let (_, _, edit) = base.apply_text_diff_update(text, &base_sv);
+        let Ok(live_name) = DocName::workspace_file(&self.workspace, doc_id) else {
+            return false;
+        };
+        let live_name = live_name.to_string();
+        // The edit into the base and into the document's stored log in one transaction: a
+        // crash keeps both or neither. The client then only sends it.
+        let base_name = self.bases.name(doc_id);
+        if let Err(e) = self.bases.flush_with(&[
+            crate::store::AppendItem {
+                doc: &base_name,
+                update: &edit,
+            },
+            crate::store::AppendItem {
+                doc: &live_name,
+                update: &edit,
+            },
+        ]) {
+            tracing::warn!(path = rel, error = %e, "cannot save the change; it waits");
+            return false;
+        }
+        let applied = yrs::Update::decode_v1(&edit)
+            .map_err(|e| e.to_string())
+            .and_then(|u| {
+                file.doc()
+                    .transact_mut_with(crate::client::STORED_ORIGIN)
+                    .apply_update(u)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = applied {
+            tracing::warn!(path = rel, error = %e, "cannot merge the file's change");
+            return false;
+        }
+        if !is_base(&current) {
+            tracing::info!(
+                path = rel,
+                "merged this folder's change with edits made elsewhere since"
+            );
+            // The merged text differs from the file: write it back on the next pass.
+            self.forget_seen(rel);
+            let _ = self.work.send(Work::Remote(Some(doc_id.to_owned())));
+        }
+        true
+    }
+
+    /// An edit computed on the document itself (nothing to merge it with); the base becomes
+    /// the state before it plus the edit.
+    fn edit_document(&self, doc_id: &str, file: &FileText, text: &str, covered: &yrs::StateVector) {
+        let (before, before_sv, edit) = file.apply_text_diff_update(text, covered);
+        self.bases.record_state(doc_id, before, before_sv);
+        self.bases.record_edit(doc_id, edit);
+        self.bases.flush_if_large();
+    }
+
+    /// Applies an update as this device's own edit (stored and sent by the client).
+    fn apply_to_document(&self, file: &FileText, update: &[u8]) -> Result<(), String> {
+        let u = yrs::Update::decode_v1(update).map_err(|e| e.to_string())?;
+        file.doc()
+            .transact_mut()
+            .apply_update(u)
+            .map_err(|e| e.to_string())
+    }
+
     /// Brings one path's disk state into the documents.
     async fn disk_to_doc(&self, rel: &str) {
         let abs = self.root.join(rel);
@@ -561,10 +1086,23 @@ impl Inner {
             Ok(m) if m.is_file() => m,
             Ok(_) => return, // directories and symlinks are not synced
             Err(_) => {
+                self.set_waiting(rel, None);
                 // Gone from disk: a deletion, if we had it.
                 if let Some(mut e) = entry.filter(|e| !e.deleted)
                     && let Some(last) = self.known(rel)
                 {
+                    if self.moved_elsewhere(rel, &e, last).await == Some(true) {
+                        // Deleted here, edited elsewhere since: the edit wins, and comes back
+                        // on the next pass.
+                        tracing::info!(
+                            path = rel,
+                            "deleted here but edited elsewhere: keeping the edit"
+                        );
+                        self.set_known(rel, None);
+                        self.forget_seen(rel);
+                        let _ = self.work.send(Work::RemotePaths(vec![rel.to_owned()]));
+                        return;
+                    }
                     // The tombstone remembers the content that was deleted: a device whose
                     // copy differs edited it concurrently, and its edit wins.
                     e.deleted = true;
@@ -588,6 +1126,8 @@ impl Inner {
             if self.known(rel) != Some(hash) {
                 self.blob_to_doc(rel, BlobSource::File(&abs), hash, &meta)
                     .await;
+            } else {
+                self.exec_to_doc(rel, &meta, entry.as_ref());
             }
             return;
         }
@@ -602,6 +1142,7 @@ impl Inner {
         if self.known(rel) == Some(hash) {
             // Our own write, or nothing new since the last sync point. (Even when the entry
             // was deleted elsewhere meanwhile: unchanged content must not revive it.)
+            self.exec_to_doc(rel, &meta, entry.as_ref());
             return;
         }
         let text = match String::from_utf8(bytes) {
@@ -612,6 +1153,23 @@ impl Inner {
                 return;
             }
         };
+        if let Some(e) = entry
+            .as_ref()
+            .filter(|e| !e.deleted && e.kind == EntryKind::Blob)
+        {
+            // A blob in the workspace, text here.
+            match self.moved_elsewhere(rel, e, hash).await {
+                Some(true) => {
+                    self.keep_local_as_conflict(rel).await;
+                    return;
+                }
+                Some(false) => {}
+                None => {
+                    self.set_known(rel, Some(hash));
+                    return;
+                }
+            }
+        }
         let doc_id = match &entry {
             Some(FileEntry {
                 kind: EntryKind::Text,
@@ -623,7 +1181,12 @@ impl Inner {
         let Some(file) = self.file_text(&doc_id).await else {
             return;
         };
-        file.apply_text_diff(&text);
+        if !self
+            .merge_text(rel, &doc_id, &file, &text, entry.as_ref())
+            .await
+        {
+            return;
+        }
         let new_entry = FileEntry {
             kind: EntryKind::Text,
             doc: Some(doc_id),
@@ -644,6 +1207,7 @@ impl Inner {
             tracing::warn!(path = rel, error = %e, "cannot index");
         }
         self.set_known(rel, Some(hash));
+        self.set_known_exec(rel, Some(is_exec(new_entry.mode)));
     }
 
     fn blob_request(&self, method: reqwest::Method, hash: &str) -> reqwest::RequestBuilder {
@@ -662,6 +1226,23 @@ impl Inner {
         meta: &std::fs::Metadata,
     ) {
         let hex = hash.to_hex().to_string();
+        if let Some(e) = self.index.get(rel).ok().flatten().filter(|e| !e.deleted) {
+            match self.moved_elsewhere(rel, &e, hash).await {
+                // Changed here and elsewhere since the sync point: keep both.
+                Some(true) => {
+                    self.set_waiting(rel, None);
+                    self.keep_local_as_conflict(rel).await;
+                    return;
+                }
+                Some(false) => {}
+                None => {
+                    self.set_waiting(rel, None);
+                    self.set_known(rel, Some(hash));
+                    self.exec_to_doc(rel, meta, Some(&e));
+                    return;
+                }
+            }
+        }
         let body = match source {
             BlobSource::Bytes(b) => reqwest::Body::from(b.to_vec()),
             BlobSource::File(p) => match tokio::fs::File::open(p).await {
@@ -682,14 +1263,17 @@ impl Inner {
             Ok(r) => {
                 let status = r.status();
                 let body = r.text().await.unwrap_or_default();
-                tracing::warn!(path = rel, %status, body, "blob upload refused; will retry on the next change");
+                tracing::warn!(path = rel, %status, body, "blob upload refused; retrying in the background");
+                self.set_waiting(rel, Some(format!("upload refused ({status})")));
                 return;
             }
             Err(e) => {
-                tracing::warn!(path = rel, error = %e, "blob upload failed; will retry on the next change");
+                tracing::warn!(path = rel, error = %e, "blob upload failed; retrying in the background");
+                self.set_waiting(rel, Some("upload failed: hub unreachable".into()));
                 return;
             }
         }
+        self.set_waiting(rel, None);
         let new_entry = FileEntry {
             kind: EntryKind::Blob,
             doc: None,
@@ -705,6 +1289,7 @@ impl Inner {
             return;
         }
         self.set_known(rel, Some(hash));
+        self.set_known_exec(rel, Some(is_exec(new_entry.mode)));
     }
 
     /// Streams a blob to a temporary file beside `target`, checks its hash, and renames it
@@ -775,6 +1360,7 @@ impl Inner {
         let disk_hash = hash_file(target).ok();
         if disk_hash.is_some_and(|h| h.to_hex().as_str() == hex) {
             self.set_known(path, disk_hash);
+            self.exec_to_disk(path, target, entry.mode);
             return;
         }
         let known = self.known(path);
@@ -810,7 +1396,10 @@ impl Inner {
             .download_to(hex, target, mode_for_peer_write(target, entry.mode))
             .await
         {
-            Some(hash) => self.set_known(path, Some(hash)),
+            Some(hash) => {
+                self.set_known(path, Some(hash));
+                self.set_known_exec(path, Some(is_exec(entry.mode)));
+            }
             // Try again on the next pass instead of forgetting the entry.
             None => self.forget_seen(path),
         }
@@ -948,21 +1537,45 @@ impl Inner {
         let Some(file) = self.file_text(doc_id).await else {
             return;
         };
-        let text = file.text();
+        // The text and the state it belongs to, read together: that state becomes the base.
+        let (text, state, sv) = file.text_with_state(&self.bases.covered(doc_id));
         let hash = blake3::hash(text.as_bytes());
         if disk_hash == Some(hash) && self.known(&path) == Some(hash) {
+            self.exec_to_disk(&path, &target, entry.mode);
             return;
         }
-        if disk_hash != Some(hash)
-            && let Err(e) = atomic_write(
+        if disk_hash != Some(hash) {
+            match write_unless_saved_meanwhile(
                 &target,
                 text.as_bytes(),
                 Some(mode_for_peer_write(&target, entry.mode)),
-            )
-        {
-            tracing::warn!(path, error = %e, "cannot write");
-            self.forget_seen(&path);
-            return;
+                disk_hash,
+            ) {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Saved since it was read above: its watcher event is queued, and the next
+                    // pass merges that save first and then writes.
+                    self.forget_seen(&path);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(path, error = %e, "cannot write");
+                    self.forget_seen(&path);
+                    return;
+                }
+            }
+            self.set_known_exec(&path, Some(is_exec(entry.mode)));
+        } else {
+            self.exec_to_disk(&path, &target, entry.mode);
+        }
+        // Saved at once when the file existed: until then a crash leaves a file newer than its
+        // base. A file new here (a first download is thousands of them) is saved in batches:
+        // after a crash its content is the document's, which the next start sees as no change.
+        self.bases.record_state(doc_id, state, sv);
+        if disk.is_none() {
+            self.bases.flush_if_large();
+        } else if let Err(e) = self.bases.flush() {
+            tracing::warn!(path, error = %e, "cannot save the sync base");
         }
         self.set_known(&path, Some(hash));
     }

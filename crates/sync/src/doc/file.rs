@@ -125,7 +125,38 @@ impl FileText {
     /// edit operations applied.
     pub fn apply_text_diff(&self, new: &str) -> usize {
         let mut txn = self.doc.transact_mut();
-        let old = self.text.get_string(&txn);
+        self.diff_into(&mut txn, new)
+    }
+
+    /// [`apply_text_diff`](Self::apply_text_diff) that also returns, from the same transaction,
+    /// the state before the edit (as an update from `covered`), that state's vector, and
+    /// exactly the update the edit made (v1): the file mirror records them as its sync base
+    /// without picking up a remote change that arrives a moment before or after.
+    pub fn apply_text_diff_update(
+        &self,
+        new: &str,
+        covered: &StateVector,
+    ) -> (Vec<u8>, StateVector, Vec<u8>) {
+        let mut txn = self.doc.transact_mut();
+        let before = txn.encode_state_as_update_v1(covered);
+        let before_sv = txn.state_vector();
+        self.diff_into(&mut txn, new);
+        (before, before_sv, txn.encode_update_v1())
+    }
+
+    /// The text, with the state it is the text of (as an update from `covered`) and that
+    /// state's vector, read in one transaction.
+    pub fn text_with_state(&self, covered: &StateVector) -> (String, Vec<u8>, StateVector) {
+        let txn = self.doc.transact();
+        (
+            self.text.get_string(&txn),
+            txn.encode_state_as_update_v1(covered),
+            txn.state_vector(),
+        )
+    }
+
+    fn diff_into(&self, txn: &mut TransactionMut<'_>, new: &str) -> usize {
+        let old = self.text.get_string(txn);
         if old == new {
             return 0;
         }
@@ -192,11 +223,11 @@ impl FileText {
                 match tag {
                     ChangeTag::Equal => pos += len,
                     ChangeTag::Delete => {
-                        self.text.remove_range(&mut txn, pos, len);
+                        self.text.remove_range(txn, pos, len);
                         ops += 1;
                     }
                     ChangeTag::Insert => {
-                        self.text.insert(&mut txn, pos, &value);
+                        self.text.insert(txn, pos, &value);
                         pos += len;
                         ops += 1;
                     }
