@@ -12,6 +12,30 @@ use std::time::Duration;
 use jarvis_e2e::{CloudAgent, binary, eventually};
 use serde_json::Value;
 
+/// Where make.sh kept the synced folder.
+const FOLDER: &str = "/tmp/jarvis-upgrade-db3b687/notes";
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -137,7 +161,13 @@ async fn a_hub_and_a_device_from_db3b687_open_in_this_build() {
             .spawn()
             .unwrap(),
     );
-    let old_folder = tmp.path().join("notes");
+    // The device remembers its folder by path: the upgrade happens in place, so the folder
+    // goes back exactly where the old build synced it (see make.sh).
+    let old_folder = PathBuf::from(FOLDER);
+    let _cleanup = RemoveOnDrop(old_folder.parent().unwrap().to_path_buf());
+    let _ = std::fs::remove_dir_all(old_folder.parent().unwrap());
+    std::fs::create_dir_all(old_folder.parent().unwrap()).unwrap();
+    copy_dir(&tmp.path().join("notes"), &old_folder);
     let expected = tree(&old_folder);
     assert!(
         expected.iter().any(|(p, _)| p == "summary.md"),
@@ -166,6 +196,13 @@ async fn a_hub_and_a_device_from_db3b687_open_in_this_build() {
     let mut login: Value = serde_json::from_slice(&std::fs::read(&login_path).unwrap()).unwrap();
     login["hub"] = Value::String(hub.clone());
     std::fs::write(&login_path, serde_json::to_vec(&login).unwrap()).unwrap();
+    // An edit made while the device was off (across the upgrade) merges when it comes back.
+    let notes = old_folder.join("notes.md");
+    let edited = format!(
+        "{}line 4 written after the upgrade\n",
+        std::fs::read_to_string(&notes).unwrap()
+    );
+    std::fs::write(&notes, &edited).unwrap();
     let _old_sync = Killed(
         jarvis(&old_home)
             .arg("sync")
@@ -175,14 +212,6 @@ async fn a_hub_and_a_device_from_db3b687_open_in_this_build() {
             .spawn()
             .unwrap(),
     );
-    let notes = old_folder.join("notes.md");
-    let edited = format!(
-        "{}line 4 written after the upgrade\n",
-        std::fs::read_to_string(&notes).unwrap()
-    );
-    // Give the resumed device a moment to attach before editing, by waiting on its own effect:
-    // the hub answering for the device's token is not enough, so wait until a touch propagates.
-    std::fs::write(&notes, &edited).unwrap();
     let fresh_notes = fresh.join("notes.md");
     let want = edited.clone();
     eventually(

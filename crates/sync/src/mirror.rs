@@ -35,7 +35,10 @@ use yrs::{Doc, ReadTxn, Transact};
 use crate::client::{REMOTE_ORIGIN, SyncClient};
 use crate::doc::{DocName, EntryKind, FileEntry, FileText, WorkspaceIndex};
 use crate::mirror_base::Bases;
-use crate::paths::{check_relative, is_temp_name, mode_for_peer_write, resolve_for_write};
+use crate::paths::{
+    PinnedDir, check_relative, is_temp_name, mode_for_peer_write, open_inside, read_inside,
+    resolve_for_write,
+};
 
 /// Largest file kept as text.
 pub const MAX_TEXT_BYTES: u64 = 2 * 1024 * 1024;
@@ -413,6 +416,7 @@ fn conflict_name(path: &str, device: &str, ms: u64) -> String {
 /// (what it held when the caller decided to write), someone saved it meanwhile and nothing is
 /// written (`Ok(false)`). What is left is the instant between that check and the rename.
 fn write_unless_saved_meanwhile(
+    root: &Path,
     target: &Path,
     bytes: &[u8],
     mode: Option<u32>,
@@ -423,13 +427,25 @@ fn write_unless_saved_meanwhile(
         .parent()
         .ok_or_else(|| std::io::Error::other("target has no parent directory"))?;
     std::fs::create_dir_all(dir)?;
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.jarvis-tmp-{:08x}", rand::random::<u32>()));
+    // Everything below happens in the folder as opened now: swapping it for a link to the
+    // data dir meanwhile (a cloud session's bash can) redirects nothing.
+    let pinned = PinnedDir::open(root, dir)?;
+    let name = target.file_name().unwrap_or_default().to_os_string();
+    let target = pinned.join(&name);
+    let tmp = pinned.join(format!(
+        ".{}.jarvis-tmp-{:08x}",
+        name.to_string_lossy(),
+        rand::random::<u32>()
+    ));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?
+        };
         f.write_all(bytes)?;
         #[cfg(unix)]
         if let Some(mode) = mode {
@@ -437,12 +453,19 @@ fn write_unless_saved_meanwhile(
             f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
         }
         f.sync_all()?;
-        if std::fs::read(target).ok().map(|b| blake3::hash(&b)) != read {
+        let now = match std::fs::symlink_metadata(&target) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(std::io::Error::other("the file is a symlink now"));
+            }
+            Ok(_) => std::fs::read(&target).ok().map(|b| blake3::hash(&b)),
+            Err(_) => None,
+        };
+        if now != read {
             return Ok(false);
         }
-        std::fs::rename(&tmp, target)?;
+        std::fs::rename(&tmp, &target)?;
         // The rename is durable only once the directory entry is.
-        std::fs::File::open(dir)?.sync_all()?;
+        pinned.sync()?;
         Ok(true)
     })();
     if !matches!(result, Ok(true)) {
@@ -452,15 +475,29 @@ fn write_unless_saved_meanwhile(
     result
 }
 
+/// Renames a file to another name in the same folder, both through the folder as opened
+/// now (see [`PinnedDir`]).
+fn rename_inside(root: &Path, from: &Path, to: &Path) -> std::io::Result<()> {
+    let (Some(a), Some(b)) = (from.file_name(), to.file_name()) else {
+        return Err(std::io::Error::other("no file name"));
+    };
+    let (from_dir, to_dir) = (
+        PinnedDir::parent_of(root, from)?,
+        PinnedDir::parent_of(root, to)?,
+    );
+    std::fs::rename(from_dir.join(a), to_dir.join(b))
+}
+
 enum BlobSource<'a> {
     Bytes(&'a [u8]),
     File(&'a Path),
 }
 
-/// BLAKE3 of a file, read in chunks.
-fn hash_file(path: &Path) -> std::io::Result<blake3::Hash> {
+/// BLAKE3 of a file under `root`, read in chunks through [`open_inside`] (never through a
+/// link out of the folder).
+fn hash_file(root: &Path, path: &Path) -> std::io::Result<blake3::Hash> {
     let mut hasher = blake3::Hasher::new();
-    let mut f = std::fs::File::open(path)?;
+    let mut f = open_inside(root, path)?;
     std::io::copy(&mut f, &mut hasher)?;
     Ok(hasher.finalize())
 }
@@ -778,7 +815,7 @@ impl Inner {
     /// Content already on disk: a `chmod` made elsewhere reaches the file, unless this folder
     /// changed the bit itself since the sync point (its change is on the way to the index).
     fn exec_to_disk(&self, rel: &str, target: &Path, mode: u32) {
-        let Ok(meta) = std::fs::metadata(target) else {
+        let Ok(meta) = std::fs::symlink_metadata(target) else {
             return;
         };
         let want = is_exec(mode);
@@ -794,7 +831,10 @@ impl Inner {
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = with_exec(meta.permissions().mode() & 0o777, want);
-            if let Err(e) = std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode))
+            // Through a descriptor opened inside the folder: a link planted at the path is
+            // never followed to change another file's mode.
+            if let Err(e) = open_inside(&self.root, target)
+                .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(mode)))
             {
                 tracing::warn!(path = rel, error = %e, "cannot change the file mode");
                 return;
@@ -904,7 +944,7 @@ impl Inner {
                 return;
             }
         };
-        if let Err(e) = std::fs::rename(self.root.join(rel), &copy_path) {
+        if let Err(e) = rename_inside(&self.root, &self.root.join(rel), &copy_path) {
             tracing::warn!(path = rel, error = %e, "cannot keep the conflict copy; leaving the file as is");
             return;
         }
@@ -1116,7 +1156,7 @@ impl Inner {
         };
         if meta.len() > MAX_TEXT_BYTES {
             // Large files are hashed and uploaded as streams, never held in memory whole.
-            let hash = match hash_file(&abs) {
+            let hash = match hash_file(&self.root, &abs) {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::warn!(path = rel, error = %e, "cannot read");
@@ -1131,7 +1171,7 @@ impl Inner {
             }
             return;
         }
-        let bytes = match std::fs::read(&abs) {
+        let bytes = match read_inside(&self.root, &abs) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(path = rel, error = %e, "cannot read");
@@ -1245,8 +1285,10 @@ impl Inner {
         }
         let body = match source {
             BlobSource::Bytes(b) => reqwest::Body::from(b.to_vec()),
-            BlobSource::File(p) => match tokio::fs::File::open(p).await {
-                Ok(f) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f)),
+            BlobSource::File(p) => match open_inside(&self.root, p) {
+                Ok(f) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(
+                    tokio::fs::File::from_std(f),
+                )),
                 Err(e) => {
                     tracing::warn!(path = rel, error = %e, "cannot read");
                     return;
@@ -1314,7 +1356,16 @@ impl Inner {
             return None;
         }
         let name = target.file_name()?.to_string_lossy().into_owned();
-        let tmp = dir.join(format!(".{name}.jarvis-tmp-{:08x}", rand::random::<u32>()));
+        // Written and renamed inside the folder as opened now, so a folder swapped for a link
+        // meanwhile cannot redirect the download out of the root.
+        let pinned = match PinnedDir::open(&self.root, dir) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "refusing to write a blob outside the folder");
+                return None;
+            }
+        };
+        let tmp = pinned.join(format!(".{name}.jarvis-tmp-{:08x}", rand::random::<u32>()));
         let result: std::io::Result<blake3::Hash> = async {
             let mut f = tokio::fs::File::create(&tmp).await?;
             let mut hasher = blake3::Hasher::new();
@@ -1338,7 +1389,7 @@ impl Inner {
                     .await?;
             }
             f.sync_all().await?;
-            tokio::fs::rename(&tmp, target).await?;
+            tokio::fs::rename(&tmp, pinned.join(&name)).await?;
             Ok(hash)
         }
         .await;
@@ -1357,7 +1408,7 @@ impl Inner {
         let Some(hex) = entry.hash.as_deref() else {
             return;
         };
-        let disk_hash = hash_file(target).ok();
+        let disk_hash = hash_file(&self.root, target).ok();
         if disk_hash.is_some_and(|h| h.to_hex().as_str() == hex) {
             self.set_known(path, disk_hash);
             self.exec_to_disk(path, target, entry.mode);
@@ -1375,7 +1426,7 @@ impl Inner {
             match resolve_for_write(&self.root, &copy) {
                 Ok(copy_path) => {
                     // A rename keeps this device's bytes without reading them into memory.
-                    if let Err(e) = std::fs::rename(target, &copy_path) {
+                    if let Err(e) = rename_inside(&self.root, target, &copy_path) {
                         tracing::warn!(path, error = %e, "cannot keep the conflict copy; leaving the file as is");
                         return;
                     }
@@ -1474,7 +1525,7 @@ impl Inner {
             self.blob_to_disk(&path, &target, &entry).await;
             return;
         }
-        let disk = std::fs::read(&target).ok();
+        let disk = read_inside(&self.root, &target).ok();
         let disk_hash = disk.as_deref().map(blake3::hash);
         let edited_here = disk_hash.is_some() && disk_hash != self.known(&path);
         let mut entry = entry;
@@ -1504,7 +1555,9 @@ impl Inner {
             };
             if !edited_elsewhere {
                 if disk.is_some()
-                    && let Err(e) = std::fs::remove_file(&target)
+                    && let Err(e) = PinnedDir::parent_of(&self.root, &target).and_then(|d| {
+                        std::fs::remove_file(d.join(target.file_name().unwrap_or_default()))
+                    })
                 {
                     tracing::warn!(path, error = %e, "cannot delete");
                 }
@@ -1546,6 +1599,7 @@ impl Inner {
         }
         if disk_hash != Some(hash) {
             match write_unless_saved_meanwhile(
+                &self.root,
                 &target,
                 text.as_bytes(),
                 Some(mode_for_peer_write(&target, entry.mode)),

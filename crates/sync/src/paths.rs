@@ -208,6 +208,110 @@ pub fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.contains(".jarvis-tmp-")
 }
 
+/// Whether an opened file or folder really lies under `root` (canonical): on Linux its real
+/// path comes from the descriptor itself; elsewhere the path is resolved again and must lead to
+/// the same inode (a swap after the open then shows as a different file).
+fn opened_inside(root: &Path, f: &std::fs::File, path: &Path) -> std::io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = path;
+        use std::os::fd::AsRawFd;
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
+        Ok(real.starts_with(root))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let canon = path.canonicalize()?;
+        let (a, b) = (f.metadata()?, std::fs::metadata(&canon)?);
+        Ok(canon.starts_with(root) && a.dev() == b.dev() && a.ino() == b.ino())
+    }
+}
+
+fn outside() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        "resolves outside the folder",
+    )
+}
+
+/// Opens a file under `root` for reading without trusting that its path still resolves inside:
+/// a command running in the folder at the same time (a cloud session's bash) can swap a folder
+/// or the file for a symlink to the data dir between a check and the open. The final component
+/// is never followed, and the opened file must really lie under the root.
+pub fn open_inside(root: &Path, path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if !opened_inside(&root.canonicalize()?, &f, path)? {
+        return Err(outside());
+    }
+    Ok(f)
+}
+
+/// Reads a whole file through [`open_inside`].
+pub fn read_inside(root: &Path, path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open_inside(root, path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// A folder under a root, opened without following a final symlink and checked to lie under
+/// the root. [`PinnedDir::join`] names an entry of that very folder (on Linux through the
+/// descriptor), so a write, rename or delete through it cannot be redirected out of the root
+/// by swapping the folder's path for a link afterwards.
+pub struct PinnedDir {
+    file: std::fs::File,
+    #[cfg_attr(target_os = "linux", allow(dead_code))]
+    path: PathBuf,
+}
+
+impl PinnedDir {
+    pub fn open(root: &Path, dir: &Path) -> std::io::Result<PinnedDir> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+            .open(dir)?;
+        if !opened_inside(&root.canonicalize()?, &file, dir)? {
+            return Err(outside());
+        }
+        Ok(PinnedDir {
+            file,
+            path: dir.to_path_buf(),
+        })
+    }
+
+    /// The pinned folder's parent of `path` under `root`.
+    pub fn parent_of(root: &Path, path: &Path) -> std::io::Result<PinnedDir> {
+        let dir = path
+            .parent()
+            .ok_or_else(|| std::io::Error::other("the path has no parent folder"))?;
+        PinnedDir::open(root, dir)
+    }
+
+    /// An entry of this folder, whatever the folder's original path resolves to now.
+    pub fn join(&self, name: impl AsRef<std::ffi::OsStr>) -> PathBuf {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd())).join(name.as_ref())
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            self.path.join(name.as_ref())
+        }
+    }
+
+    /// fsync of the folder itself (a rename in it is durable once this returns).
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -394,5 +498,41 @@ mod tests {
                 "mixed content after kill"
             );
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_folder_swapped_for_a_link_out_is_never_read_or_written_through() {
+        let root = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        std::fs::write(out.path().join("hub.db"), b"secret").unwrap();
+        std::fs::create_dir(root.path().join("sub")).unwrap();
+        std::fs::write(root.path().join("sub/ok.txt"), b"ok").unwrap();
+        assert_eq!(
+            read_inside(root.path(), &root.path().join("sub/ok.txt")).unwrap(),
+            b"ok"
+        );
+        let pinned = PinnedDir::parent_of(root.path(), &root.path().join("sub/ok.txt")).unwrap();
+        // The folder is swapped for a link to another place after it was pinned.
+        std::fs::rename(root.path().join("sub"), root.path().join("sub-moved")).unwrap();
+        std::os::unix::fs::symlink(out.path(), root.path().join("sub")).unwrap();
+        // Reads through the link are refused.
+        assert!(read_inside(root.path(), &root.path().join("sub/hub.db")).is_err());
+        assert!(PinnedDir::parent_of(root.path(), &root.path().join("sub/hub.db")).is_err());
+        // A file link is never followed, even to a file inside.
+        std::os::unix::fs::symlink(
+            root.path().join("sub-moved/ok.txt"),
+            root.path().join("link.txt"),
+        )
+        .unwrap();
+        assert!(read_inside(root.path(), &root.path().join("link.txt")).is_err());
+        // What was pinned before the swap still names the real folder.
+        std::fs::write(pinned.join("new.txt"), b"new").unwrap();
+        assert_eq!(
+            std::fs::read(root.path().join("sub-moved/new.txt")).unwrap(),
+            b"new"
+        );
+        assert!(!out.path().join("new.txt").exists());
+        assert_eq!(std::fs::read(out.path().join("hub.db")).unwrap(), b"secret");
     }
 }
