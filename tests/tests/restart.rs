@@ -76,6 +76,8 @@ async fn the_cloud_runner_restarted_loses_nothing() {
         ("ANTHROPIC_BASE_URL", fake.url()),
         ("ANTHROPIC_API_KEY", "test-key".to_owned()),
         ("JARVIS_SANDBOX", "limits".to_owned()),
+        // Unconfined by choice: this test is about the mirror, not containment (sandbox.rs).
+        ("JARVIS_ALLOW_UNSANDBOXED", "1".to_owned()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let agent = CloudAgent::start_with_env(&data, 0, &env).unwrap();

@@ -1368,7 +1368,20 @@ impl<'a> Runner<'a> {
             };
             match verdict {
                 Verdict::Allow => {
-                    let _ = self.session.set_tool_status(id, "running");
+                    // "running" is what tells a runner resuming after a crash that this call
+                    // may have had effects: without it recorded, the call is not started.
+                    if let Err(e) = self.session.set_tool_status(id, "running") {
+                        tracing::error!(error = %e, tool = %name, "cannot record a tool call as running");
+                        self.notice(
+                            "tool_status",
+                            &format!(
+                                "Stopped before running {name}: its start could not be recorded \
+                                 ({e}), so a restart could not tell whether it ran. Send a \
+                                 message to try again."
+                            ),
+                        );
+                        return Settled::Interrupted;
+                    }
                     let mut out = self.tools.run(name, &input, cancel).await;
                     if self.fenced() {
                         return Settled::Interrupted;
