@@ -627,16 +627,21 @@ impl<'a> Runner<'a> {
             return;
         }
         self.emit(RunEvent::Note(text.to_owned()));
+        self.append_system(Block::Text {
+            text: text.to_owned(),
+        });
+    }
+
+    /// One system message holding `block` (notes and notices); a failed write is logged.
+    fn append_system(&self, block: Block) {
         if let Err(e) = self.session.append_message(&Message {
             id: new_id("s-"),
             role: Role::System,
             author: self.config.device.clone(),
             created_ms: now_ms(),
-            blocks: vec![Block::Text {
-                text: text.to_owned(),
-            }],
+            blocks: vec![block],
         }) {
-            tracing::error!(error = %e, "writing a note failed");
+            tracing::error!(error = %e, "writing a system message failed");
         }
     }
 
@@ -911,18 +916,10 @@ impl<'a> Runner<'a> {
         if self.fenced() {
             return;
         }
-        if let Err(e) = self.session.append_message(&Message {
-            id: new_id("s-"),
-            role: Role::System,
-            author: self.config.device.clone(),
-            created_ms: now_ms(),
-            blocks: vec![Block::Notice {
-                kind: kind.to_owned(),
-                text: text.to_owned(),
-            }],
-        }) {
-            tracing::error!(error = %e, "writing a notice failed");
-        }
+        self.append_system(Block::Notice {
+            kind: kind.to_owned(),
+            text: text.to_owned(),
+        });
     }
 
     /// Streams one reply into a new assistant message; a stream that fails part-way

@@ -15,6 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::anthropic::ToolDef;
+use jarvis_sync::paths::{PinnedDir, read_inside};
 
 /// What a tool returns to the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,70 +104,6 @@ pub fn confine(root: &Path, path: &str) -> Result<PathBuf, PathError> {
     Ok(out)
 }
 
-/// Whether an opened file is the one at a path under `root` (canonical). On Linux its real
-/// path comes from the descriptor itself; elsewhere the path is resolved again and must lead
-/// to the same inode (a swap after the open then shows as a different file).
-fn opened_inside(root: &Path, f: &std::fs::File, path: &Path) -> std::io::Result<bool> {
-    #[cfg(target_os = "linux")]
-    {
-        let _ = path;
-        use std::os::fd::AsRawFd;
-        let real = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
-        Ok(real.starts_with(root))
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let canon = path.canonicalize()?;
-        let (a, b) = (f.metadata()?, std::fs::metadata(&canon)?);
-        Ok(canon.starts_with(root) && a.dev() == b.dev() && a.ino() == b.ino())
-    }
-}
-
-/// Opens a path `confine` accepted, without trusting that it still resolves inside the root: a
-/// command running at the same time (another session's bash in this workspace) can swap a
-/// folder or the file for a symlink to the data dir between the check and the open. The final
-/// component is never followed, and the opened file must really lie under the root.
-fn open_inside(root: &Path, path: &Path, dir: bool) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let flags = libc::O_NOFOLLOW | if dir { libc::O_DIRECTORY } else { 0 };
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags)
-        .open(path)?;
-    if !opened_inside(&root.canonicalize()?, &f, path)? {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            "resolves outside the workspace",
-        ));
-    }
-    Ok(f)
-}
-
-/// A path that names the opened folder itself, whatever its original path resolves to now
-/// (Linux: the descriptor's /proc entry; elsewhere the checked path).
-fn pinned(dir: &std::fs::File, path: &Path) -> PathBuf {
-    #[cfg(target_os = "linux")]
-    {
-        let _ = path;
-        use std::os::fd::AsRawFd;
-        PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = dir;
-        path.to_path_buf()
-    }
-}
-
-/// Reads a file through [`open_inside`].
-fn read_inside(root: &Path, path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    open_inside(root, path, false)?.read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
-
 /// Replaces a file atomically inside its folder, pinned by an open descriptor whose real path
 /// is checked, so neither the temporary file nor the rename can be redirected out of the root.
 fn write_inside(root: &Path, path: &Path, content: &[u8]) -> std::io::Result<()> {
@@ -178,8 +115,7 @@ fn write_inside(root: &Path, path: &Path, content: &[u8]) -> std::io::Result<()>
             "no file name",
         ));
     };
-    let dir = open_inside(root, parent, true)?;
-    let pinned = pinned(&dir, parent);
+    let pinned = PinnedDir::open(root, parent)?;
     let mut tmp_name = name.to_os_string();
     tmp_name.push(format!(".jarvis-tmp-{:08x}", rand::random::<u32>()));
     let tmp = pinned.join(&tmp_name);
@@ -533,10 +469,10 @@ impl ToolBox {
         while let Some(dir) = stack.pop() {
             // Listed through a pinned descriptor: a folder swapped for a symlink after it was
             // seen is not walked.
-            let Ok(handle) = open_inside(&self.root, &dir, true) else {
+            let Ok(handle) = PinnedDir::open(&self.root, &dir) else {
                 continue;
             };
-            let Ok(entries) = std::fs::read_dir(pinned(&handle, &dir)) else {
+            let Ok(entries) = std::fs::read_dir(handle.join("")) else {
                 continue;
             };
             for e in entries.flatten() {

@@ -424,27 +424,18 @@ pub fn router(api: Api) -> Router {
         .with_state(api)
 }
 
-fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError {
-        status,
-        code,
-        message: message.into(),
-        retry_after: None,
-    }
-}
-
 impl From<SecretError> for ApiError {
     fn from(e: SecretError) -> Self {
         match &e {
             SecretError::Invalid(_) => {
-                api_error(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
             }
             SecretError::NotFound(_) => {
-                api_error(StatusCode::NOT_FOUND, "not_found", e.to_string())
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
             }
             SecretError::Db(_) | SecretError::Decrypt => {
                 tracing::error!(error = %e, "secret store");
-                api_error(
+                ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
                     "the secret store failed",
@@ -468,7 +459,7 @@ fn authorize(api: &Api, who: &Identity, scope: &Scope, write: bool) -> Result<()
         Scope::Server => who.may(Target::Server, action)?,
         Scope::User(u) => {
             if *u != who.user {
-                return Err(api_error(
+                return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "forbidden",
                     "not your secrets",
@@ -476,7 +467,7 @@ fn authorize(api: &Api, who: &Identity, scope: &Scope, write: bool) -> Result<()
             }
             who.may(Target::Account, action)?;
             if write && !who.scopes.iter().any(|s| s == "*") {
-                return Err(api_error(
+                return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "forbidden",
                     "changing your secrets needs a full-scope token",

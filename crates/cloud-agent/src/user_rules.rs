@@ -305,9 +305,7 @@ pub async fn put_memory(
     Caller(who): Caller,
     Body(b): Body<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    if who.read_only {
-        return Err(ControlError::Forbidden("this token is read-only".into()).into());
-    }
+    who.may(crate::access::Target::Account, crate::access::Action::Write)?;
     let text = b.get("text").and_then(Value::as_str).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
