@@ -6,23 +6,22 @@
 //! (pull-request checkouts) are untrusted: nothing in them can be approved, and nothing in
 //! them is loaded.
 //!
+//! The stored approvals (and [`content_hash`]) are `jarvis_control::approvals`, re-exported
+//! here; this module knows which workspace paths are configuration and serves the routes.
+//!
 //! Never: approve from a document's content or a request body's claim about who wrote it;
 //! approve anything in an untrusted workspace.
-
-use std::path::Path;
-use std::sync::Mutex;
 
 use axum::Json;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
-use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
-use crate::access::{Action, Role};
+use crate::access::Action;
 use crate::api::{Api, ApiError, Body, Caller};
-use crate::control::{ControlError, now_ms};
+use crate::control::ControlError;
+pub use jarvis_control::approvals::*;
 
 /// The kinds of configuration that need an owner's approval: background agents, Claude Code
 /// settings files (allow rules, a wider mode, `env`, hooks) and slash commands (their
@@ -113,152 +112,6 @@ pub async fn claude_config(
     out
 }
 
-/// The hash approvals are keyed by: SHA-256 of the file's text, hex.
-pub fn content_hash(text: &str) -> String {
-    hex::encode(Sha256::digest(text.as_bytes()))
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Approval {
-    pub workspace: String,
-    pub kind: String,
-    pub path: String,
-    pub hash: String,
-    pub approved_by: String,
-    pub approved_ms: i64,
-}
-
-#[derive(Debug)]
-pub struct Approvals {
-    conn: Mutex<Connection>,
-}
-
-impl Approvals {
-    pub fn open(db: &Path) -> anyhow::Result<Approvals> {
-        use anyhow::Context;
-        let conn = Connection::open(db)
-            .with_context(|| format!("opening {} for approvals", db.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS config_approvals (
-                workspace TEXT NOT NULL,
-                kind TEXT NOT NULL,
-                path TEXT NOT NULL,
-                hash TEXT NOT NULL,
-                approved_by TEXT NOT NULL,
-                approved_ms INTEGER NOT NULL,
-                PRIMARY KEY (workspace, kind, path, hash)
-            );
-            CREATE TABLE IF NOT EXISTS untrusted_workspaces (
-                workspace TEXT PRIMARY KEY,
-                reason TEXT NOT NULL
-            );",
-        )
-        .context("creating the approval tables")?;
-        Ok(Approvals {
-            conn: Mutex::new(conn),
-        })
-    }
-
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Marks a workspace untrusted (a pull-request checkout): its configuration never loads.
-    pub fn mark_untrusted(&self, workspace: &str, reason: &str) -> rusqlite::Result<()> {
-        self.conn().execute(
-            "INSERT OR IGNORE INTO untrusted_workspaces (workspace, reason) VALUES (?1, ?2)",
-            params![workspace, reason],
-        )?;
-        Ok(())
-    }
-
-    pub fn untrusted(&self, workspace: &str) -> rusqlite::Result<bool> {
-        Ok(self
-            .conn()
-            .prepare_cached("SELECT 1 FROM untrusted_workspaces WHERE workspace = ?1")?
-            .query_row(params![workspace], |_| Ok(()))
-            .optional()?
-            .is_some())
-    }
-
-    /// Records an owner's approval of exact content. Refused for untrusted workspaces.
-    pub fn approve(
-        &self,
-        workspace: &str,
-        kind: &str,
-        path: &str,
-        hash: &str,
-        by: &str,
-    ) -> Result<(), ControlError> {
-        if self.untrusted(workspace)? {
-            return Err(ControlError::Forbidden(format!(
-                "workspace {workspace:?} is a review checkout: its configuration never runs"
-            )));
-        }
-        self.conn().execute(
-            "INSERT OR IGNORE INTO config_approvals
-               (workspace, kind, path, hash, approved_by, approved_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![workspace, kind, path, hash, by, now_ms() as i64],
-        )?;
-        Ok(())
-    }
-
-    /// Whether this exact content may take effect.
-    pub fn is_approved(
-        &self,
-        workspace: &str,
-        kind: &str,
-        path: &str,
-        hash: &str,
-    ) -> rusqlite::Result<bool> {
-        if self.untrusted(workspace)? {
-            return Ok(false);
-        }
-        Ok(self
-            .conn()
-            .prepare_cached(
-                "SELECT 1 FROM config_approvals
-                 WHERE workspace = ?1 AND kind = ?2 AND path = ?3 AND hash = ?4",
-            )?
-            .query_row(params![workspace, kind, path, hash], |_| Ok(()))
-            .optional()?
-            .is_some())
-    }
-
-    pub fn approval(
-        &self,
-        workspace: &str,
-        kind: &str,
-        path: &str,
-        hash: &str,
-    ) -> rusqlite::Result<Option<Approval>> {
-        self.conn()
-            .prepare_cached(
-                "SELECT approved_by, approved_ms FROM config_approvals
-                 WHERE workspace = ?1 AND kind = ?2 AND path = ?3 AND hash = ?4",
-            )?
-            .query_row(params![workspace, kind, path, hash], |r| {
-                Ok(Approval {
-                    workspace: workspace.to_owned(),
-                    kind: kind.to_owned(),
-                    path: path.to_owned(),
-                    hash: hash.to_owned(),
-                    approved_by: r.get(0)?,
-                    approved_ms: r.get(1)?,
-                })
-            })
-            .optional()
-    }
-}
-
-/// Whether `who` approves what it writes: owners (and admin powers) do; editors propose.
-pub fn writes_approved(role: Option<Role>, admin: bool) -> bool {
-    admin || role == Some(Role::Owner)
-}
-
 /// `GET /api/workspaces/{id}/config`: every configuration file that needs approval, with its
 /// current hash and whether that content is approved.
 pub async fn list(
@@ -267,14 +120,11 @@ pub async fn list(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     api.control.check_workspace_for(&who, &id, Action::Read)?;
-    let untrusted = api.approvals.untrusted(&id).map_err(ControlError::Db)?;
+    let untrusted = api.approvals.untrusted(&id)?;
     let mut out = Vec::new();
     for d in crate::agents::load_hashed(&api.hub, &id).await {
         let approval = match &d.hash {
-            Some(h) => api
-                .approvals
-                .approval(&id, "agent", &d.path, h)
-                .map_err(ControlError::Db)?,
+            Some(h) => api.approvals.approval(&id, "agent", &d.path, h)?,
             None => None,
         };
         out.push(json!({
@@ -284,10 +134,7 @@ pub async fn list(
         }));
     }
     for (path, kind, hash) in claude_config(&api.hub, &id).await {
-        let approval = api
-            .approvals
-            .approval(&id, kind, &path, &hash)
-            .map_err(ControlError::Db)?;
+        let approval = api.approvals.approval(&id, kind, &path, &hash)?;
         out.push(json!({
             "kind": kind, "path": path, "hash": hash,
             "approved": approval.is_some() && !untrusted, "approval": approval,
@@ -353,43 +200,20 @@ pub async fn approve(
             "the file changed since that hash; look at it again and approve the new content",
         ));
     }
-    api.approvals
-        .approve(&id, &b.kind, &b.path, &b.hash, &who.user)?;
-    api.control.audit(
-        Some(&who),
-        "config.approve",
-        &format!("{id}/{}", b.path),
-        &b.hash,
-    );
-    api.agents.poke();
+    // Audited once: of two owners approving the same content at once, one records it.
+    if api
+        .approvals
+        .approve(&id, &b.kind, &b.path, &b.hash, &who.user)?
+    {
+        api.control.audit(
+            Some(&who),
+            "config.approve",
+            &format!("{id}/{}", b.path),
+            &b.hash,
+        );
+        api.agents.poke();
+    }
     Ok(Json(
         json!({"workspace": id, "kind": b.kind, "path": b.path, "hash": b.hash, "approved": true}),
     ))
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn approval_is_of_exact_content_and_never_in_untrusted_workspaces() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = Approvals::open(&dir.path().join("a.db")).unwrap();
-        let h1 = content_hash("one");
-        let h2 = content_hash("two");
-        let p = ".jarvis/agents/x.md";
-        assert!(!a.is_approved("w", "agent", p, &h1).unwrap());
-        a.approve("w", "agent", p, &h1, "u-1").unwrap();
-        assert!(a.is_approved("w", "agent", p, &h1).unwrap());
-        assert!(!a.is_approved("w", "agent", p, &h2).unwrap());
-        assert!(
-            !a.is_approved("w", "agent", ".jarvis/agents/y.md", &h1)
-                .unwrap()
-        );
-        assert!(!a.is_approved("v", "agent", p, &h1).unwrap());
-        a.mark_untrusted("w", "review").unwrap();
-        assert!(!a.is_approved("w", "agent", p, &h1).unwrap());
-        assert!(a.approve("w", "agent", p, &h2, "u-1").is_err());
-    }
 }

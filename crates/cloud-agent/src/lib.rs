@@ -2,12 +2,15 @@
 //! `jarvis-cloud` command line. The sync logic itself lives in `jarvis_sync`; this crate owns
 //! sockets, processes and configuration.
 
-pub mod access;
+/// The control plane lives in `jarvis_control`; these paths keep `crate::control::X` and
+/// `crate::access::X` meaning what they did.
+pub use jarvis_control as control;
+pub use jarvis_control::access;
+
 pub mod agents;
 pub mod api;
 pub mod approvals;
 pub mod blobs;
-pub mod control;
 pub mod gateway;
 pub mod limits;
 pub mod runner;

@@ -431,10 +431,14 @@ pub async fn build(
         ..Limits::default()
     };
     let sandbox = choose_sandbox(&args.sandbox, args.allow_unsandboxed, limits)?;
-    let secrets =
-        crate::secrets::SecretStore::open(&db, &args.data_dir, args.secret_key.as_deref())?;
-    let approvals = Arc::new(crate::approvals::Approvals::open(&db)?);
-    let user_rules = Arc::new(crate::user_rules::UserRules::open(&db)?);
+    // Secrets, approvals and user rules share the control plane's store (one connection).
+    let secrets = crate::secrets::SecretStore::open(
+        control.store(),
+        &args.data_dir,
+        args.secret_key.as_deref(),
+    )?;
+    let approvals = Arc::new(crate::approvals::Approvals::new(control.store()));
+    let user_rules = Arc::new(crate::user_rules::UserRules::new(control.store()));
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let provider_config =
         jarvis_agent::providers::ProviderConfig::from_env(&env, |p| std::fs::read_to_string(p))

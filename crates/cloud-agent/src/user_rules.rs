@@ -6,130 +6,21 @@
 //! authenticated caller — never from a session document's `decided_by` (any member's socket can
 //! write the document). Runners only read: the cloud this table, devices the HTTP API, each for
 //! the session's own user, so another member's session in the same workspace never gets them.
-
-use std::path::Path;
-use std::sync::Mutex;
+//!
+//! The stored rules and memory are `jarvis_control::user_rules` ([`UserRules`]), re-exported
+//! here; this module turns answers into entries and serves the routes.
 
 use axum::Json;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use jarvis_agent::permissions::Permissions;
 use jarvis_sync::doc::{Block, SessionDoc};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
 use crate::access::Action;
 use crate::api::{Api, ApiError, Body, Caller};
-use crate::control::{ControlError, now_ms};
-
-/// The per-user memory text is cut at this size (it goes into every request of the user's
-/// cloud sessions).
-pub const MAX_MEMORY_BYTES: usize = 32 * 1024;
-/// At most this many "always allow" rules per user and workspace.
-pub const MAX_RULES: usize = 500;
-
-#[derive(Debug)]
-pub struct UserRules {
-    conn: Mutex<Connection>,
-}
-
-impl UserRules {
-    pub fn open(db: &Path) -> anyhow::Result<UserRules> {
-        use anyhow::Context;
-        let conn = Connection::open(db)
-            .with_context(|| format!("opening {} for user rules", db.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS always_allow (
-                user TEXT NOT NULL,
-                workspace TEXT NOT NULL,
-                rule TEXT NOT NULL,
-                created_ms INTEGER NOT NULL,
-                PRIMARY KEY (user, workspace, rule)
-            );
-            CREATE TABLE IF NOT EXISTS user_memory (
-                user TEXT PRIMARY KEY,
-                text TEXT NOT NULL,
-                updated_ms INTEGER NOT NULL
-            );",
-        )
-        .context("creating the user rule tables")?;
-        Ok(UserRules {
-            conn: Mutex::new(conn),
-        })
-    }
-
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The user's "always allow" entries in a workspace (see `Permissions::always_allow_entry`).
-    pub fn entries(&self, user: &str, workspace: &str) -> rusqlite::Result<Vec<Value>> {
-        let conn = self.conn();
-        let mut st = conn.prepare_cached(
-            "SELECT rule FROM always_allow WHERE user = ?1 AND workspace = ?2 ORDER BY created_ms",
-        )?;
-        let rows = st.query_map(params![user, workspace], |r| r.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for r in rows {
-            // A row that does not parse matches nothing; skipping it only asks more.
-            if let Ok(v) = serde_json::from_str(&r?) {
-                out.push(v);
-            }
-        }
-        Ok(out)
-    }
-
-    pub fn add(&self, user: &str, workspace: &str, entry: &Value) -> Result<(), ControlError> {
-        let conn = self.conn();
-        let n: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM always_allow WHERE user = ?1 AND workspace = ?2",
-            params![user, workspace],
-            |r| r.get(0),
-        )?;
-        if n as usize >= MAX_RULES {
-            return Err(ControlError::Forbidden(format!(
-                "at most {MAX_RULES} \"always allow\" rules per workspace"
-            )));
-        }
-        conn.execute(
-            "INSERT OR IGNORE INTO always_allow (user, workspace, rule, created_ms)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![user, workspace, entry.to_string(), now_ms() as i64],
-        )?;
-        Ok(())
-    }
-
-    /// Whether a rule was there to remove.
-    pub fn remove(&self, user: &str, workspace: &str, entry: &Value) -> rusqlite::Result<bool> {
-        Ok(self.conn().execute(
-            "DELETE FROM always_allow WHERE user = ?1 AND workspace = ?2 AND rule = ?3",
-            params![user, workspace, entry.to_string()],
-        )? > 0)
-    }
-
-    pub fn memory(&self, user: &str) -> rusqlite::Result<Option<String>> {
-        self.conn()
-            .prepare_cached("SELECT text FROM user_memory WHERE user = ?1")?
-            .query_row(params![user], |r| r.get(0))
-            .optional()
-    }
-
-    pub fn set_memory(&self, user: &str, text: &str) -> rusqlite::Result<()> {
-        if text.is_empty() {
-            self.conn()
-                .execute("DELETE FROM user_memory WHERE user = ?1", params![user])?;
-        } else {
-            self.conn().execute(
-                "INSERT INTO user_memory (user, text, updated_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(user) DO UPDATE SET text = excluded.text, updated_ms = excluded.updated_ms",
-                params![user, text, now_ms() as i64],
-            )?;
-        }
-        Ok(())
-    }
-}
+use crate::control::{Control, ControlError, Identity};
+pub use jarvis_control::user_rules::*;
 
 /// The command prefix a "prefix" answer allows: the program and, when the next word looks like
 /// a subcommand (`npm test`, `git push`, `cargo build`), that word too. None for a compound
@@ -244,10 +135,7 @@ pub async fn list(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     api.control.check_workspace_for(&who, &id, Action::Read)?;
-    let entries = api
-        .user_rules
-        .entries(&who.user, &id)
-        .map_err(ControlError::Db)?;
+    let entries = api.user_rules.entries(&who.user, &id)?;
     Ok(Json(json!({"workspace": id, "rules": rules_json(entries)})))
 }
 
@@ -260,9 +148,10 @@ pub async fn add(
 ) -> Result<Json<Value>, ApiError> {
     api.control.check_workspace_for(&who, &id, Action::Write)?;
     let entry = valid_entry(&b)?;
-    api.user_rules.add(&who.user, &id, &entry)?;
-    api.control
-        .audit(Some(&who), "always_allow.add", &id, &entry.to_string());
+    if api.user_rules.add(&who.user, &id, &entry)? {
+        api.control
+            .audit(Some(&who), "always_allow.add", &id, &entry.to_string());
+    }
     Ok(Json(
         json!({"workspace": id, "rule": Permissions::entry_rule(&entry).to_string(), "entry": entry}),
     ))
@@ -275,15 +164,31 @@ pub async fn remove(
     UrlPath(id): UrlPath<String>,
     Body(b): Body<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    api.control.check_workspace_for(&who, &id, Action::Write)?;
     let entry = valid_entry(&b)?;
-    let removed = api
-        .user_rules
-        .remove(&who.user, &id, &entry)
-        .map_err(ControlError::Db)?;
-    api.control
-        .audit(Some(&who), "always_allow.remove", &id, &entry.to_string());
+    let removed = forget(&api.control, &api.user_rules, &who, &id, &entry)?;
     Ok(Json(json!({"workspace": id, "removed": removed})))
+}
+
+/// Removes one of `who`'s rules in a workspace they may write; audited only when a rule was
+/// there (a DELETE of nothing changed nothing and leaves no trace to mislead a reader).
+pub fn forget(
+    control: &Control,
+    rules: &UserRules,
+    who: &Identity,
+    workspace: &str,
+    entry: &Value,
+) -> Result<bool, ControlError> {
+    control.check_workspace_for(who, workspace, Action::Write)?;
+    let removed = rules.remove(&who.user, workspace, entry)?;
+    if removed {
+        control.audit(
+            Some(who),
+            "always_allow.remove",
+            workspace,
+            &entry.to_string(),
+        );
+    }
+    Ok(removed)
 }
 
 /// `GET /api/me/memory`: the caller's memory text for cloud runs.
@@ -291,11 +196,7 @@ pub async fn get_memory(
     State(api): State<Api>,
     Caller(who): Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let text = api
-        .user_rules
-        .memory(&who.user)
-        .map_err(ControlError::Db)?
-        .unwrap_or_default();
+    let text = api.user_rules.memory(&who.user)?.unwrap_or_default();
     Ok(Json(json!({"text": text, "max_bytes": MAX_MEMORY_BYTES})))
 }
 
@@ -320,9 +221,7 @@ pub async fn put_memory(
             format!("memory is at most {MAX_MEMORY_BYTES} bytes"),
         ));
     }
-    api.user_rules
-        .set_memory(&who.user, text)
-        .map_err(ControlError::Db)?;
+    api.user_rules.set_memory(&who.user, text)?;
     api.control
         .audit(Some(&who), "me.memory", &who.user, &text.len().to_string());
     Ok(Json(json!({"bytes": text.len()})))
@@ -360,21 +259,34 @@ mod tests {
     }
 
     #[test]
-    fn rules_are_per_user_and_workspace() {
+    fn removing_a_rule_is_audited_only_when_one_was_there() {
         let d = tempfile::tempdir().unwrap();
-        let r = UserRules::open(&d.path().join("c.db")).unwrap();
+        let (control, _) = Control::open(&d.path().join("hub.db")).unwrap();
+        let rules = UserRules::new(control.store());
+        let alice = control.create_user("alice", false).unwrap();
+        let who = control
+            .identify(
+                &control
+                    .create_token(&alice.id, None, "a", &["*".into()], false)
+                    .unwrap(),
+            )
+            .unwrap();
+        control.ensure_workspace(&who, "w", "").unwrap();
         let e = json!({"tool": "bash", "prefix": "npm test"});
-        r.add("alice", "w", &e).unwrap();
-        r.add("alice", "w", &e).unwrap();
-        assert_eq!(r.entries("alice", "w").unwrap(), vec![e.clone()]);
-        assert!(r.entries("bob", "w").unwrap().is_empty());
-        assert!(r.entries("alice", "v").unwrap().is_empty());
-        assert!(r.remove("alice", "w", &e).unwrap());
-        assert!(r.entries("alice", "w").unwrap().is_empty());
-        r.set_memory("alice", "Use tabs.").unwrap();
-        assert_eq!(r.memory("alice").unwrap().as_deref(), Some("Use tabs."));
-        assert_eq!(r.memory("bob").unwrap(), None);
-        r.set_memory("alice", "").unwrap();
-        assert_eq!(r.memory("alice").unwrap(), None);
+        let removals = || {
+            control
+                .audit_log(100)
+                .unwrap()
+                .into_iter()
+                .filter(|a| a.action == "always_allow.remove")
+                .count()
+        };
+        assert!(!forget(&control, &rules, &who, "w", &e).unwrap());
+        assert_eq!(removals(), 0, "a DELETE of nothing was audited");
+        rules.add(&who.user, "w", &e).unwrap();
+        assert!(forget(&control, &rules, &who, "w", &e).unwrap());
+        assert_eq!(removals(), 1);
+        // Not a member: refused before anything is looked at.
+        assert!(forget(&control, &rules, &who, "elsewhere", &e).is_err());
     }
 }

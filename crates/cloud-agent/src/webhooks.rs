@@ -686,8 +686,7 @@ async fn review(
     // Untrusted before a single file of the checkout exists: a pull request's agents, hooks
     // or settings are a stranger's code and never load.
     api.approvals
-        .mark_untrusted(&workspace, &format!("review of {}/{}", pr.owner, pr.repo))
-        .map_err(ControlError::Db)?;
+        .mark_untrusted(&workspace, &format!("review of {}/{}", pr.owner, pr.repo))?;
     api.control.ensure_workspace(
         &who,
         &workspace,

@@ -85,6 +85,10 @@ pub enum Target<'a> {
     Gateway,
     /// The caller's own tokens, devices and pairing approvals.
     Account,
+    /// The caller's own secrets: any of their tokens lists the names; changing them needs a
+    /// full-scope writable token (a token narrowed to one session must not swap the
+    /// credentials every run of the user gets).
+    OwnSecrets,
     /// One document (a sync name) and the user's role in its workspace (None: no member, or
     /// no workspace).
     Document { name: &'a str, role: Option<Role> },
@@ -107,6 +111,8 @@ pub enum Denied {
     NotAdmin,
     #[error("this needs the {0} role in the workspace")]
     Role(&'static str),
+    #[error("this needs a full-scope token (--scope '*')")]
+    FullScope,
     #[error("not found")]
     NotFound,
 }
@@ -172,6 +178,13 @@ pub fn decide(g: &Grant, target: Target, action: Action) -> Result<(), Denied> {
                 .ok_or_else(|| Denied::Scope("gateway".into()))
         }
         Target::Account => Ok(()),
+        Target::OwnSecrets => {
+            if action == Action::Read || g.scopes.iter().any(|s| s == "*") {
+                Ok(())
+            } else {
+                Err(Denied::FullScope)
+            }
+        }
         Target::Document { name, role } => {
             if !g.scopes.iter().any(|s| scope_matches(s, name)) {
                 return Err(Denied::Scope(name.to_owned()));
@@ -363,6 +376,33 @@ mod tests {
             name: "ws/other/index",
         };
         assert!(decide(&g(true, false), other, Action::Read).is_err());
+    }
+
+    #[test]
+    fn own_secrets_change_only_with_a_full_scope_writable_token() {
+        let full = s(&["*"]);
+        let one = s(&["session/s1"]);
+        let g = |scopes, read_only| Grant {
+            admin_user: false,
+            scopes,
+            read_only,
+        };
+        let t = Target::OwnSecrets;
+        assert!(decide(&g(&one, false), t, Action::Read).is_ok());
+        assert!(decide(&g(&one, true), t, Action::Read).is_ok());
+        assert_eq!(
+            decide(&g(&one, false), t, Action::Manage),
+            Err(Denied::FullScope)
+        );
+        assert_eq!(
+            decide(&g(&one, false), t, Action::Write),
+            Err(Denied::FullScope)
+        );
+        assert_eq!(
+            decide(&g(&full, true), t, Action::Manage),
+            Err(Denied::ReadOnly)
+        );
+        assert!(decide(&g(&full, false), t, Action::Manage).is_ok());
     }
 
     #[test]
