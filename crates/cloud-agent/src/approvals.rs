@@ -14,7 +14,6 @@ use std::sync::Mutex;
 
 use axum::Json;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::StatusCode;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -317,15 +316,13 @@ pub async fn approve(
     api.control.check_workspace_for(&who, &id, Action::Manage)?;
     if !KINDS.contains(&b.kind.as_str()) {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+            crate::http::ErrorCode::InvalidRequest,
             format!("kind {:?}: use one of {KINDS:?}", b.kind),
         ));
     }
     if kind_of(&b.path) != Some(b.kind.as_str()) {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+            crate::http::ErrorCode::InvalidRequest,
             format!(
                 "{:?} is not a configuration file of kind {:?}",
                 b.path, b.kind
@@ -348,8 +345,7 @@ pub async fn approve(
     .ok_or_else(|| ControlError::NotFound(format!("no {} at {:?}", b.kind, b.path)))?;
     if current_hash.as_deref() != Some(b.hash.as_str()) {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
+            crate::http::ErrorCode::Conflict,
             "the file changed since that hash; look at it again and approve the new content",
         ));
     }
@@ -361,7 +357,7 @@ pub async fn approve(
         &format!("{id}/{}", b.path),
         &b.hash,
     );
-    api.agents.poke();
+    api.scheduler.poke();
     Ok(Json(
         json!({"workspace": id, "kind": b.kind, "path": b.path, "hash": b.hash, "approved": true}),
     ))

@@ -20,7 +20,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path as UrlPath, State};
-use axum::http::StatusCode;
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -428,18 +427,14 @@ impl From<SecretError> for ApiError {
     fn from(e: SecretError) -> Self {
         match &e {
             SecretError::Invalid(_) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+                ApiError::new(crate::http::ErrorCode::InvalidRequest, e.to_string())
             }
             SecretError::NotFound(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+                ApiError::new(crate::http::ErrorCode::NotFound, e.to_string())
             }
             SecretError::Db(_) | SecretError::Decrypt => {
                 tracing::error!(error = %e, "secret store");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "the secret store failed",
-                )
+                ApiError::new(crate::http::ErrorCode::Storage, "the secret store failed")
             }
         }
     }
@@ -460,16 +455,14 @@ fn authorize(api: &Api, who: &Identity, scope: &Scope, write: bool) -> Result<()
         Scope::User(u) => {
             if *u != who.user {
                 return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
+                    crate::http::ErrorCode::Forbidden,
                     "not your secrets",
                 ));
             }
             who.may(Target::Account, action)?;
             if write && !who.scopes.iter().any(|s| s == "*") {
                 return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
+                    crate::http::ErrorCode::Forbidden,
                     "changing your secrets needs a full-scope token",
                 ));
             }

@@ -12,7 +12,6 @@ use std::sync::Mutex;
 
 use axum::Json;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::StatusCode;
 use jarvis_agent::permissions::Permissions;
 use jarvis_sync::doc::{Block, SessionDoc};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -201,7 +200,7 @@ pub fn answer_entry(doc: &SessionDoc, approval: &str, prefix: bool) -> Option<Va
 /// An entry as a caller may give it: `{"tool": "bash", "command": "…"}`, `{"tool": "bash",
 /// "prefix": "npm test"}`, `{"tool": "write", "path": "src/a.rs"}` or `{"tool": "glob"}`.
 fn valid_entry(v: &Value) -> Result<Value, ApiError> {
-    let bad = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m.to_owned());
+    let bad = |m: &str| ApiError::new(crate::http::ErrorCode::InvalidRequest, m.to_owned());
     let obj = v
         .get("entry")
         .and_then(Value::as_object)
@@ -308,15 +307,13 @@ pub async fn put_memory(
     who.may(crate::access::Target::Account, crate::access::Action::Write)?;
     let text = b.get("text").and_then(Value::as_str).ok_or_else(|| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+            crate::http::ErrorCode::InvalidRequest,
             "expected {\"text\": \"…\"}",
         )
     })?;
     if text.len() > MAX_MEMORY_BYTES {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            crate::http::ErrorCode::TooLarge,
             format!("memory is at most {MAX_MEMORY_BYTES} bytes"),
         ));
     }
