@@ -63,7 +63,7 @@ pub fn app(parts: &Parts) -> Router {
         .with_state(parts.services.clone());
     let router = crate::hub_routes::router(parts.hub.clone())
         .merge(api)
-        .merge(crate::secrets::router(parts.services.clone()))
+        .merge(crate::api::secrets::router(parts.services.clone()))
         .merge(crate::gateway::router(parts.gateway.clone()))
         .merge(crate::webhooks::router(parts.github()))
         .merge(crate::schedule::router(parts.scheduler()))

@@ -1,7 +1,8 @@
 //! The HTTP API under `/api` (JSON; described by `/openapi.json`), in groups by what they
 //! serve: [`pairing`], [`accounts`] (me, users, tokens, devices), [`workspaces`], [`sessions`]
 //! (with their live [`changes`]), [`leases`] (handoff and device leases) and [`reports`]
-//! (usage, audit). Each handler is a few lines over the control plane, the sessions service or
+//! (usage, audit), [`secrets`], configuration approvals ([`config`]) and members' own
+//! rules and memory ([`rules`]). Each handler is a few lines over the control plane, the sessions service or
 //! a server-side document edit through the hub; every error is `{code, message}`
 //! (`crate::http::ApiError`); every request is authenticated by a bearer token and
 //! rate-limited per token (`crate::http::Caller`).
@@ -11,14 +12,15 @@
 
 pub mod accounts;
 pub mod changes;
+pub mod config;
 pub mod leases;
 pub mod openapi;
 pub mod pairing;
 pub mod reports;
+pub mod rules;
+pub mod secrets;
 pub mod sessions;
 pub mod workspaces;
 
-/// The state of the API's routes (and of the secrets', approvals' and users' rules' routes).
+/// The state of the API's routes.
 pub type Api = crate::services::Services;
-
-pub use crate::http::{ApiError, Body, Caller};

@@ -24,18 +24,18 @@ pub fn router() -> Router<Services> {
         )
         .route(
             "/api/workspaces/{id}/always-allow",
-            get(crate::user_rules::list)
-                .post(crate::user_rules::add)
-                .delete(crate::user_rules::remove),
+            get(crate::api::rules::list)
+                .post(crate::api::rules::add)
+                .delete(crate::api::rules::remove),
         )
         .route(
             "/api/me/memory",
-            get(crate::user_rules::get_memory).put(crate::user_rules::put_memory),
+            get(crate::api::rules::get_memory).put(crate::api::rules::put_memory),
         )
-        .route("/api/workspaces/{id}/config", get(crate::approvals::list))
+        .route("/api/workspaces/{id}/config", get(crate::api::config::list))
         .route(
             "/api/workspaces/{id}/config/approve",
-            post(crate::approvals::approve),
+            post(crate::api::config::approve),
         )
 }
 

@@ -29,6 +29,7 @@ pub mod config;
 pub mod cron;
 pub mod routes;
 pub mod scheduler;
+pub mod state;
 pub mod store;
 
 pub use clock::{Clock, FileClock, ManualClock, SystemClock};
@@ -36,37 +37,5 @@ pub use config::AgentArgs;
 pub use cron::{Decision, decide, occurrences};
 pub use routes::{SIGNATURE_WINDOW_MS, router, trigger_message};
 pub use scheduler::{start, unlisted_tools};
+pub use state::AgentsApi;
 pub use store::{Agents, RunRow};
-
-use std::sync::Arc;
-
-use axum::extract::FromRef;
-
-use crate::http::caller::Auth;
-use crate::services::Services;
-
-/// The state of the background agents' routes and loop: the shared services and the
-/// scheduler's own.
-#[derive(Clone)]
-pub struct AgentsApi {
-    pub services: Services,
-    pub agents: Arc<Agents>,
-    /// Signed webhook triggers record each delivery once in the GitHub integration's
-    /// deliveries table (a replay is refused).
-    pub webhooks: Arc<crate::webhooks::Webhooks>,
-}
-
-/// The shared services' handles read as the state's own (`api.control`, `api.hub`).
-impl std::ops::Deref for AgentsApi {
-    type Target = Services;
-
-    fn deref(&self) -> &Services {
-        &self.services
-    }
-}
-
-impl FromRef<AgentsApi> for Auth {
-    fn from_ref(s: &AgentsApi) -> Auth {
-        s.services.auth.clone()
-    }
-}

@@ -18,8 +18,8 @@ use crate::agents::{self, AgentDef, Trigger};
 use crate::control::{ControlError, system_identity};
 use crate::http::{ApiError, Body, Caller, ErrorCode};
 use crate::limits::ClientAddr;
-use crate::schedule::AgentsApi;
 use crate::schedule::scheduler::{approved, approved_def};
+use crate::schedule::state::AgentsApi;
 use crate::schedule::store::{Agents, lock};
 
 pub fn router(api: AgentsApi) -> Router {
@@ -369,7 +369,7 @@ async fn signed_trigger(
     let body =
         crate::limits::read_body(&parts.headers, body, MAX_TRIGGER_BODY, limits.body_idle).await?;
     let message = trigger_message(timestamp.trim(), delivery, &body);
-    if !crate::webhooks::signature_valid(secret.as_bytes(), &message, Some(signature)) {
+    if !crate::webhooks::events::signature_valid(secret.as_bytes(), &message, Some(signature)) {
         return Err(refuse(
             ErrorCode::Unauthorized,
             "X-Jarvis-Signature does not match",

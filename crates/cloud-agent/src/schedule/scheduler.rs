@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::agents::{self, AgentDef, Trigger};
 use crate::control::{CLOUD_DEVICE, ControlError, Identity, system_identity};
 use crate::http::{ApiError, ErrorCode};
-use crate::schedule::AgentsApi;
 use crate::schedule::cron::{Decision, ON_TIME_MS, decide, occurrences};
+use crate::schedule::state::AgentsApi;
 use crate::schedule::store::{Agents, Loaded, RunRow, Watch, day_start, lock};
 
 /// Starts the scheduler loop; it ends with `shutdown`.

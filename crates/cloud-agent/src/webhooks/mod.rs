@@ -13,30 +13,11 @@
 pub mod config;
 pub mod events;
 pub mod routes;
+pub mod state;
 pub mod store;
 
 pub use config::{GithubArgs, WebhookError};
 pub use events::{PullRequest, Request, classify, review_workspace, signature_valid};
 pub use routes::{resume, router};
+pub use state::GithubApi;
 pub use store::Webhooks;
-
-use std::sync::Arc;
-
-use crate::services::Services;
-
-/// The state of the GitHub routes and review tasks: the shared services and the integration's
-/// own.
-#[derive(Clone)]
-pub struct GithubApi {
-    pub services: Services,
-    pub webhooks: Arc<Webhooks>,
-}
-
-/// The shared services' handles read as the state's own (`api.control`, `api.cloud`).
-impl std::ops::Deref for GithubApi {
-    type Target = Services;
-
-    fn deref(&self) -> &Services {
-        &self.services
-    }
-}

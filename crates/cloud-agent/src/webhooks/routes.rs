@@ -17,11 +17,11 @@ use serde_json::{Value, json};
 use crate::control::{ControlError, now_ms};
 use crate::http::{ApiError, ErrorCode};
 use crate::limits::ClientAddr;
-use crate::webhooks::GithubApi;
 use crate::webhooks::config::WebhookError;
 use crate::webhooks::events::{
     PullRequest, Request, classify, review_workspace, signature_valid, valid_id_part,
 };
+use crate::webhooks::state::GithubApi;
 
 /// GitHub caps payloads at 25 MB.
 const MAX_PAYLOAD: usize = 25 * 1024 * 1024;
@@ -202,7 +202,11 @@ async fn review(
         // Read-only: plan mode, and every tool that is not a read denied outright (deny beats
         // any allow rule). Recorded in the control plane, so the checkout cannot change it.
         permission_mode: Some("plan".into()),
-        deny: crate::schedule::unlisted_tools(&["read".into(), "grep".into(), "glob".into()]),
+        deny: crate::schedule::scheduler::unlisted_tools(&[
+            "read".into(),
+            "grep".into(),
+            "glob".into(),
+        ]),
         budget_usd: Some(hooks.args.github_review_budget_usd),
         run: Some("cloud".into()),
         ..Default::default()
