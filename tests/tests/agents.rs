@@ -464,7 +464,7 @@ async fn a_synced_edit_fires_a_files_trigger_and_a_webhook_trigger_runs_with_its
     // A replay of the same delivery is refused.
     let again = hook(&secret, "a-1", now_s).await.unwrap();
     assert_eq!(again.status(), 409);
-    assert_eq!(again.json::<Value>().await.unwrap()["code"], "replayed");
+    assert_eq!(again.json::<Value>().await.unwrap()["code"], "conflict");
     c.until("the signed webhook run to finish", T, async |c| {
         let runs = c.runs("proj", "release-notes").await;
         (runs.len() == 2 && runs.iter().all(|r| r["status"] == "done")).then_some(())

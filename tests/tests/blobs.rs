@@ -51,9 +51,9 @@ async fn blobs_are_verified_authorised_and_streamed() {
     // Bytes that do not hash to the name: refused, nothing stored.
     let claimed = blake3::hash(b"the real content").to_hex().to_string();
     let r = put(&claimed, &rw, b"tampered".to_vec()).await.unwrap();
-    assert_eq!(r.status(), 422);
+    assert_eq!(r.status(), 400);
     let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["code"], "hash_mismatch");
+    assert_eq!(body["code"], "bad_hash");
     let r = http
         .get(url(&claimed))
         .bearer_auth(&rw)

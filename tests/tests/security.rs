@@ -836,7 +836,7 @@ async fn a_member_cannot_create_documents_or_blobs_past_their_quota() {
     assert_eq!(put(vec![1u8; 800]).await.unwrap().status().as_u16(), 201);
     let r = put(vec![2u8; 800]).await.unwrap();
     assert_eq!(r.status().as_u16(), 413);
-    assert_eq!(r.json::<Value>().await.unwrap()["code"], "quota_exceeded");
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "too_large");
     // The same blob again costs nothing.
     assert_eq!(put(vec![1u8; 800]).await.unwrap().status().as_u16(), 200);
     // An upload that stalls is refused after the idle timeout, not held.

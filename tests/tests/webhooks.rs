@@ -268,7 +268,7 @@ async fn a_signed_pull_request_event_is_reviewed_once_and_the_review_posted() {
     ] {
         let (status, v) = deliver(&s.agent, "pull_request", delivery, &body, sig).await;
         assert_eq!(status, 401, "{v}");
-        assert_eq!(v["code"], "invalid_signature");
+        assert_eq!(v["code"], "unauthorized");
     }
 
     let (status, v) = deliver(

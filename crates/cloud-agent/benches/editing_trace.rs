@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jarvis_cloud::control::{ADMIN_USER, Control};
-use jarvis_cloud::server::{AppState, app};
+use jarvis_cloud::hub_routes::{AppState, router as app};
 use jarvis_sync::client::{ClientConfig, SyncClient};
 use jarvis_sync::doc::FileText;
 use jarvis_sync::hub::{Hub, HubConfig};
@@ -189,7 +189,7 @@ async fn fresh_peer_sync(dir: &std::path::Path, snapshot: &[u8]) -> (Duration, D
                 max_bytes: 1 << 30,
                 quota: None,
             }),
-            api: None,
+            control: None,
         }
     };
     let serve = |state: AppState| async move {

@@ -28,7 +28,7 @@ use jarvis_sync::doc::{EntryKind, FileEntry, FileText, WorkspaceIndex};
 use jarvis_sync::hub::Hub;
 use serde::Serialize;
 
-pub const AGENTS_DIR: &str = ".jarvis/agents/";
+pub use crate::approvals::AGENTS_DIR;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -13,7 +13,10 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use jarvis_sync::blob::{BlobError, BlobStore};
 use jarvis_sync::hub::{Access, Authorizer};
+
 use serde_json::json;
+
+use crate::http::{ApiError, ErrorCode};
 
 pub struct BlobService {
     pub root: std::path::PathBuf,
@@ -23,33 +26,12 @@ pub struct BlobService {
     pub quota: Option<Arc<crate::control::Control>>,
 }
 
-/// An error the client can act on: an HTTP status and `{code, message}`.
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
+fn api_error(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError::new(code, message)
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"code": self.code, "message": self.message})),
-        )
-            .into_response()
-    }
-}
-
-fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError {
-        status,
-        code,
-        message: message.into(),
-    }
-}
-
-fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
-    api_error(status, code, message).into_response()
+fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    api_error(code, message).into_response()
 }
 
 impl BlobService {
@@ -70,8 +52,7 @@ impl BlobService {
             .filter(|w| jarvis_sync::doc::DocName::workspace_index(w).is_ok())
             .ok_or_else(|| {
                 api_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_workspace",
+                    ErrorCode::InvalidRequest,
                     "X-Jarvis-Workspace must name a workspace",
                 )
             })?;
@@ -79,25 +60,17 @@ impl BlobService {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                api_error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "missing bearer token",
-                )
-            })?;
+            .ok_or_else(|| api_error(ErrorCode::Unauthorized, "missing bearer token"))?;
         match self.authorizer.authorize(token, &format!("ws/{ws}/index")) {
-            Ok(Access::ReadOnly) if need == Access::ReadWrite => Err(api_error(
-                StatusCode::FORBIDDEN,
-                "read_only",
-                "this token is read-only",
-            )),
+            Ok(Access::ReadOnly) if need == Access::ReadWrite => {
+                Err(api_error(ErrorCode::Forbidden, "this token is read-only"))
+            }
             Ok(_) => {
                 let mut store = BlobStore::new(self.root.join(ws));
                 store.max_bytes = self.max_bytes;
                 Ok((store, ws.to_owned(), token.to_owned()))
             }
-            Err(reason) => Err(api_error(StatusCode::FORBIDDEN, "forbidden", reason)),
+            Err(reason) => Err(api_error(ErrorCode::Forbidden, reason)),
         }
     }
 }
@@ -120,7 +93,7 @@ pub async fn put_blob(
     if let Some(control) = &svc.quota {
         let who = match control.identify(&token) {
             Ok(w) => w,
-            Err(e) => return error(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
+            Err(e) => return error(ErrorCode::Unauthorized, e.to_string()),
         };
         match control.blob_allowance(&who, &ws, &hash) {
             Ok(Some(left)) => {
@@ -130,8 +103,7 @@ pub async fn put_blob(
                     .and_then(|v| v.parse::<u64>().ok());
                 if declared.is_some_and(|n| n > left) || left == 0 {
                     return error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "quota_exceeded",
+                        ErrorCode::TooLarge,
                         format!("this upload passes your blob quota ({left} bytes left)"),
                     );
                 }
@@ -139,7 +111,7 @@ pub async fn put_blob(
                 charge = Some((control.clone(), who));
             }
             Ok(None) => {}
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+            Err(e) => return error(ErrorCode::Storage, e.to_string()),
         }
     }
     if store.contains(&hash) {
@@ -164,12 +136,11 @@ pub async fn put_blob(
         Ok(w) => w,
         Err(BlobError::InvalidHash(h)) => {
             return error(
-                StatusCode::BAD_REQUEST,
-                "bad_hash",
+                ErrorCode::BadHash,
                 format!("{h:?} is not a BLAKE3 hex hash"),
             );
         }
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+        Err(e) => return error(ErrorCode::Storage, e.to_string()),
     };
     let mut stream = body.into_data_stream();
     loop {
@@ -177,25 +148,23 @@ pub async fn put_blob(
         let chunk = match tokio::time::timeout(idle, stream.next()).await {
             Err(_) => {
                 return error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "timeout",
+                    ErrorCode::Timeout,
                     format!("the upload stalled for more than {} ms", idle.as_millis()),
                 );
             }
             Ok(None) => break,
             Ok(Some(Ok(c))) => c,
-            Ok(Some(Err(e))) => return error(StatusCode::BAD_REQUEST, "body", e.to_string()),
+            Ok(Some(Err(e))) => return error(ErrorCode::InvalidRequest, e.to_string()),
         };
         match writer.write(&chunk) {
             Ok(()) => {}
             Err(BlobError::TooLarge(max)) => {
                 return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
+                    ErrorCode::TooLarge,
                     format!("blobs are limited to {max} bytes"),
                 );
             }
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+            Err(e) => return error(ErrorCode::Storage, e.to_string()),
         }
     }
     match tokio::task::spawn_blocking(move || writer.finish()).await {
@@ -212,12 +181,11 @@ pub async fn put_blob(
                 .into_response()
         }
         Ok(Err(BlobError::Mismatch { expected, actual })) => error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "hash_mismatch",
+            ErrorCode::BadHash,
             format!("the body hashes to {actual}, not {expected}; nothing was stored"),
         ),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+        Ok(Err(e)) => error(ErrorCode::Storage, e.to_string()),
+        Err(e) => error(ErrorCode::Storage, e.to_string()),
     }
 }
 
@@ -232,16 +200,12 @@ pub async fn get_blob(
     };
     let path = match store.path(&hash) {
         Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_hash", e.to_string()),
+        Err(e) => return error(ErrorCode::BadHash, e.to_string()),
     };
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(_) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no blob {hash}"),
-            );
+            return error(ErrorCode::NotFound, format!("no blob {hash}"));
         }
     };
     let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use futures_util::StreamExt;
 
-use crate::api::ApiError;
+use crate::http::error::{ApiError, ErrorCode};
 
 /// Server-wide knobs, carried to extractors as a request extension (see [`layer`]).
 #[derive(Debug, Clone, Copy)]
@@ -368,21 +368,17 @@ impl InFlight {
 }
 
 pub fn too_many(wait: u64) -> ApiError {
-    ApiError {
-        status: StatusCode::TOO_MANY_REQUESTS,
-        code: "rate_limited",
-        message: format!("too many requests from this address; retry in {wait} s"),
-        retry_after: Some(wait),
-    }
+    ApiError::rate_limited(
+        wait,
+        format!("too many requests from this address; retry in {wait} s"),
+    )
 }
 
 fn too_large(max: usize) -> ApiError {
-    ApiError {
-        status: StatusCode::PAYLOAD_TOO_LARGE,
-        code: "too_large",
-        message: format!("the request body is larger than {max} bytes"),
-        retry_after: None,
-    }
+    ApiError::new(
+        ErrorCode::TooLarge,
+        format!("the request body is larger than {max} bytes"),
+    )
 }
 
 /// Refuses a declared `Content-Length` over `max` before anything is read.
@@ -410,24 +406,17 @@ pub async fn read_body(
     loop {
         match tokio::time::timeout(idle, stream.next()).await {
             Err(_) => {
-                return Err(ApiError {
-                    status: StatusCode::REQUEST_TIMEOUT,
-                    code: "timeout",
-                    message: format!(
+                return Err(ApiError::new(
+                    ErrorCode::Timeout,
+                    format!(
                         "the request body stalled for more than {} ms",
                         idle.as_millis()
                     ),
-                    retry_after: None,
-                });
+                ));
             }
             Ok(None) => return Ok(Bytes::from(out)),
             Ok(Some(Err(e))) => {
-                return Err(ApiError {
-                    status: StatusCode::BAD_REQUEST,
-                    code: "invalid_request",
-                    message: format!("reading the request body: {e}"),
-                    retry_after: None,
-                });
+                return Err(ApiError::invalid(format!("reading the request body: {e}")));
             }
             Ok(Some(Ok(chunk))) => {
                 if out.len() + chunk.len() > max {
@@ -524,6 +513,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap_or(IpAddr::from([0; 4]))
@@ -669,7 +659,7 @@ mod tests {
         );
         let e = read_body(&h, Body::from("x"), 10, Duration::from_secs(1)).await;
         assert_eq!(
-            e.err().map(|e| e.status),
+            e.err().map(|e| e.status()),
             Some(StatusCode::PAYLOAD_TOO_LARGE)
         );
         let e = read_body(
@@ -680,13 +670,16 @@ mod tests {
         )
         .await;
         assert_eq!(
-            e.err().map(|e| e.status),
+            e.err().map(|e| e.status()),
             Some(StatusCode::PAYLOAD_TOO_LARGE)
         );
         let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
         let stalled = Body::from_stream(tokio_stream_from(rx));
         let e = read_body(&HeaderMap::new(), stalled, 10, Duration::from_millis(50)).await;
-        assert_eq!(e.err().map(|e| e.status), Some(StatusCode::REQUEST_TIMEOUT));
+        assert_eq!(
+            e.err().map(|e| e.status()),
+            Some(StatusCode::REQUEST_TIMEOUT)
+        );
         let ok = read_body(
             &HeaderMap::new(),
             Body::from("hello"),

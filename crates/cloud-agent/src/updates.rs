@@ -18,6 +18,8 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::http::{ApiError, ErrorCode};
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
     #[error("{0}")]
@@ -201,12 +203,8 @@ pub fn router(data_dir: PathBuf) -> Router {
         .with_state(data_dir)
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(json!({"code": code, "message": message.into()})),
-    )
-        .into_response()
+fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    ApiError::new(code, message).into_response()
 }
 
 /// The absolute base the app should download from: the address it reached us at.
@@ -231,12 +229,11 @@ async fn check(
 ) -> Response {
     let platform = format!("{target}-{arch}");
     if !valid_platform(&platform) {
-        return error(StatusCode::BAD_REQUEST, "invalid", "unknown platform");
+        return error(ErrorCode::InvalidRequest, "unknown platform");
     }
     if parse_version(&current).is_none() {
         return error(
-            StatusCode::BAD_REQUEST,
-            "invalid",
+            ErrorCode::InvalidRequest,
             format!("{current:?} is not a version"),
         );
     }
@@ -245,7 +242,7 @@ async fn check(
         Ok(None) => return StatusCode::NO_CONTENT.into_response(),
         Err(e) => {
             tracing::error!(error = %e, "update manifest unreadable");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "manifest", e.to_string());
+            return error(ErrorCode::Storage, e.to_string());
         }
     };
     let Some(p) = manifest.platforms.get(&platform) else {
@@ -268,11 +265,7 @@ async fn check(
 
 async fn file(State(data_dir): State<PathBuf>, UrlPath(name): UrlPath<String>) -> Response {
     if !valid_file_name(&name) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            "not a release file name",
-        );
+        return error(ErrorCode::InvalidRequest, "not a release file name");
     }
     let path = root(&data_dir).join("files").join(&name);
     match tokio::fs::File::open(&path).await {
@@ -291,7 +284,7 @@ async fn file(State(data_dir): State<PathBuf>, UrlPath(name): UrlPath<String>) -
             }
             r
         }
-        Err(_) => error(StatusCode::NOT_FOUND, "not_found", "no such release file"),
+        Err(_) => error(ErrorCode::NotFound, "no such release file"),
     }
 }
 

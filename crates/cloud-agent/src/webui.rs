@@ -164,11 +164,7 @@ fn cache_control(rel: &str) -> &'static str {
 
 fn not_found(api: bool) -> Response {
     if api {
-        (
-            StatusCode::NOT_FOUND,
-            [(header::CONTENT_TYPE, "application/json")],
-            r#"{"code":"not_found","message":"no such endpoint"}"#,
-        )
+        crate::http::ApiError::new(crate::http::ErrorCode::NotFound, "no such endpoint")
             .into_response()
     } else {
         (StatusCode::NOT_FOUND, "not found").into_response()

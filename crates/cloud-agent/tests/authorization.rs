@@ -373,11 +373,20 @@ fn matrix() -> Vec<Row> {
 fn route_table() -> BTreeSet<(String, String)> {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut out = BTreeSet::new();
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "rs") {
-            continue;
+    // Every source file, in feature folders too (`api/`, `gateway/`, …).
+    let mut files = Vec::new();
+    let mut dirs = vec![src];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
         }
+    }
+    for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         // Test modules build their own routers.
         let text = text.split("#[cfg(test)]").next().unwrap_or_default();
@@ -717,7 +726,8 @@ async fn escalation_through_users_tokens_members_and_pairing_is_refused() {
         &[],
     )
     .await;
-    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_eq!(s, StatusCode::PRECONDITION_REQUIRED, "{b}");
+    assert!(b.contains("approval_required"), "{b}");
     let hash = jarvis_cloud::approvals::content_hash(def);
     let approve = json!({"kind": "agent", "path": ".jarvis/agents/eds.md", "hash": hash});
     let (s, _) = call(

@@ -5,10 +5,13 @@
 //! the contract: clients branch on them (a `conflict` lease is fenced, `rate_limited` waits,
 //! `authorization_pending` keeps polling), so a code is never renamed, only added.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod api;
+
 /// What went wrong, for a program to act on. The message beside it is for a person.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// No token, or one that is unknown, revoked or expired (HTTP 401).
@@ -110,7 +113,7 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// The body of every error response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
