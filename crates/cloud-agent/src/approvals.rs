@@ -211,8 +211,8 @@ pub async fn approve(
             &format!("{id}/{}", b.path),
             &b.hash,
         );
-        api.agents.poke();
     }
+    api.agents.poke();
     Ok(Json(
         json!({"workspace": id, "kind": b.kind, "path": b.path, "hash": b.hash, "approved": true}),
     ))

@@ -199,3 +199,33 @@ fn a_database_from_a_newer_build_is_refused() {
         Err(SchemaError::TooNew { found: 999, .. })
     ));
 }
+
+#[test]
+fn tokens_from_before_users_existed_become_the_admins() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.db");
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE tokens (
+            id INTEGER PRIMARY KEY,
+            hash TEXT NOT NULL UNIQUE,
+            label TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            read_only INTEGER NOT NULL,
+            revoked INTEGER NOT NULL DEFAULT 0,
+            created_ms INTEGER NOT NULL
+        );",
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO tokens (hash, label, scopes, read_only, created_ms)
+         VALUES (?1, 'old', '*', 0, 1)",
+        params![crate::model::hash(TOKEN)],
+    )
+    .unwrap();
+    drop(conn);
+    let c = open_as_the_server(&path);
+    let who = c.identify(TOKEN).unwrap();
+    assert_eq!(who.user, ADMIN_USER);
+    assert!(who.admin);
+}
