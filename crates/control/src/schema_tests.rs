@@ -199,3 +199,75 @@ fn a_database_from_a_newer_build_is_refused() {
         Err(SchemaError::TooNew { found: 999, .. })
     ));
 }
+
+#[test]
+fn tokens_from_before_users_existed_become_the_admins() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.db");
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE tokens (
+            id INTEGER PRIMARY KEY,
+            hash TEXT NOT NULL UNIQUE,
+            label TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            read_only INTEGER NOT NULL,
+            revoked INTEGER NOT NULL DEFAULT 0,
+            created_ms INTEGER NOT NULL
+        );",
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO tokens (hash, label, scopes, read_only, created_ms)
+         VALUES (?1, 'old', '*', 0, 1)",
+        params![crate::model::hash(TOKEN)],
+    )
+    .unwrap();
+    drop(conn);
+    let c = open_as_the_server(&path);
+    let who = c.identify(TOKEN).unwrap();
+    assert_eq!(who.user, ADMIN_USER);
+    assert!(who.admin);
+}
+
+/// The schema has one home: a table created anywhere in the server's sources is one the
+/// migrations make (modules that still say `CREATE TABLE IF NOT EXISTS` on their own
+/// connection find it made).
+#[test]
+fn every_table_the_server_creates_is_made_by_a_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.db");
+    open_as_the_server(&path);
+    let made = tables(&path);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cloud-agent/src");
+    let mut seen = 0;
+    let mut files = Vec::new();
+    let mut dirs = vec![src.clone()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                files.push(p);
+            }
+        }
+    }
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (i, _) in text.match_indices("CREATE TABLE IF NOT EXISTS ") {
+            let name: String = text[i + "CREATE TABLE IF NOT EXISTS ".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                made.contains(&name),
+                "{} creates table {name}, which no migration makes",
+                file.display()
+            );
+            seen += 1;
+        }
+    }
+    // The check reads real sources (the gateway, webhooks and scheduler tables today).
+    assert!(seen > 0, "no CREATE TABLE found under {}", src.display());
+}
