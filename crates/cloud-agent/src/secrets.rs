@@ -281,7 +281,9 @@ impl SecretStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn get(&self, scope: &Scope, name: &str) -> Result<Option<String>, SecretError> {
+    /// A value in clear (the provider onboarding saved is read at start; runs go through
+    /// [`SecretStore::for_run`]).
+    pub fn get(&self, scope: &Scope, name: &str) -> Result<Option<String>, SecretError> {
         let (kind, owner) = scope.parts();
         let row: Option<(Vec<u8>, Vec<u8>)> = self
             .conn()

@@ -337,6 +337,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub ui: crate::webui::UiArgs,
     #[command(flatten)]
+    pub onboarding: Box<crate::onboarding::OnboardingArgs>,
+    #[command(flatten)]
     pub gateway: crate::gateway::GatewayArgs,
     #[command(flatten)]
     pub github: Box<crate::webhooks::GithubArgs>,
@@ -390,6 +392,8 @@ pub struct Built {
     pub state: AppState,
     pub control: Arc<Control>,
     pub limits: crate::limits::Limits,
+    /// Onboarding (None without the API): tests make a setup code with it.
+    pub onboarding: Option<crate::onboarding::Onboarding>,
     gateway_usage: Arc<crate::gateway::UsageLog>,
 }
 
@@ -410,7 +414,8 @@ pub async fn build(
         documents: args.max_documents_per_user,
         blob_bytes: args.max_blob_bytes_per_user,
     };
-    if control.token_count()? == 0 {
+    let fresh = control.token_count()? == 0;
+    if fresh {
         let token = control.create_token(
             crate::control::ADMIN_USER,
             None,
@@ -439,10 +444,13 @@ pub async fn build(
     let provider_config =
         jarvis_agent::providers::ProviderConfig::from_env(&env, |p| std::fs::read_to_string(p))
             .map_err(|e| e.to_string());
-    let provider = provider_config
-        .clone()
-        .and_then(|c| c.build().map_err(|e| e.to_string()))
-        .map(Arc::from);
+    // A provider an admin saved in the browser wins over the environment.
+    let provider = crate::onboarding::providers::stored(&secrets).unwrap_or_else(|| {
+        provider_config
+            .clone()
+            .and_then(|c| c.build().map_err(|e| e.to_string()))
+            .map(Arc::from)
+    });
     let gateway_usage = crate::gateway::UsageLog::open(&db)?;
     let gateway = crate::gateway::Gateway::new(
         control.clone(),
@@ -524,11 +532,28 @@ pub async fn build(
         body_idle: std::time::Duration::from_millis(args.body_timeout_ms.max(1)),
         header_read: std::time::Duration::from_millis(args.header_timeout_ms.max(1)),
     };
+    let onboarding = match &state.api {
+        Some(api) => Some(crate::onboarding::Onboarding::open(
+            &db,
+            &args.data_dir,
+            api.clone(),
+            &args.onboarding,
+            &args.model,
+            fresh,
+            &format!("http://{loopback}"),
+        )?),
+        None => None,
+    };
+    let mut router = app(state.clone()).merge(crate::updates::router(args.data_dir.clone()));
+    if let Some(o) = &onboarding {
+        router = router.merge(crate::onboarding::router(o.clone()));
+    }
     Ok(Built {
-        router: app(state.clone()).merge(crate::updates::router(args.data_dir.clone())),
+        router,
         state,
         control,
         limits,
+        onboarding,
         gateway_usage,
     })
 }
