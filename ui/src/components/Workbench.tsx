@@ -7,6 +7,8 @@ import { FileTree } from './Files';
 import { Preview } from './Preview';
 import { ApproveDevice } from './ApproveDevice';
 import { ApproveConfig } from './ApproveConfig';
+import { GettingStarted } from './GettingStarted';
+import { GETTING_STARTED } from './SignIn';
 import { DesktopPanel, StatusLine } from './Desktop';
 import { inDesktop, onTrayOpen } from '../lib/desktop';
 
@@ -67,7 +69,12 @@ export function Workbench() {
   const [file, setFile] = useState<string | null>(null);
   const [previewMode, setPreviewMode] = useState<'file' | 'changes'>('file');
   const [tab, setTab] = useState<Tab>(() => (sessionFromUrl() ? 'chat' : 'sessions'));
-  const [dialog, setDialog] = useState<'new' | 'approve' | 'config' | null>(null);
+  // Right after the owner's setup, the guide opens by itself (once).
+  const [dialog, setDialog] = useState<'new' | 'approve' | 'config' | 'setup' | null>(() => {
+    if (sessionStorage.getItem(GETTING_STARTED) !== '1') return null;
+    sessionStorage.removeItem(GETTING_STARTED);
+    return 'setup';
+  });
   const [widths, setWidths] = usePanelWidths();
 
   const refresh = useCallback(() => {
@@ -128,6 +135,7 @@ export function Workbench() {
       )}
       <div className="spacer" />
       {!signedOut && workspace && <button className="btn ghost small" onClick={() => setDialog('config')} data-testid="config-open"><span className="hide-phone">Agents</span><span className="show-phone">Agents</span></button>}
+      {!signedOut && !inDesktop && !me.read_only && <button className="btn ghost small" onClick={() => setDialog('setup')} data-testid="setup-open">Set up</button>}
       {!signedOut && <button className="btn ghost small" onClick={() => setDialog('approve')} data-testid="approve-device-open"><span className="hide-phone">Approve a device</span><span className="show-phone">Approve</span></button>}
       <span className="who" title={me.device}>{me.name}</span>
       {signedOut
@@ -170,6 +178,7 @@ export function Workbench() {
       )}
       {dialog === 'new' && <NewSession onClose={() => setDialog(null)} onCreated={(id) => { setDialog(null); refresh(); open(id); }} />}
       {dialog === 'approve' && <ApproveDevice onClose={() => setDialog(null)} />}
+      {dialog === 'setup' && <GettingStarted onClose={() => setDialog(null)} onWorkspace={(w) => { setWorkspace(w); setFile(null); }} />}
       {dialog === 'config' && workspace && <ApproveConfig workspace={workspace} onClose={() => setDialog(null)} />}
     </div>
   );
