@@ -11,110 +11,16 @@
 // tests/browser/results/first-hour.json.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import { startFakeAnthropic } from './fake-anthropic.mjs';
 import { makeRepo, startGitServer } from './git-http.mjs';
-
-const run = promisify(execFile);
-const here = dirname(fileURLToPath(import.meta.url));
-const repo = resolve(here, '../..');
-const targetDir = process.env.CARGO_TARGET_DIR ? resolve(process.env.CARGO_TARGET_DIR) : join(repo, 'target');
-const CLOUD = process.env.JARVIS_CLOUD_BIN ?? join(targetDir, 'debug', 'jarvis-cloud');
-const CLI = process.env.JARVIS_BIN ?? join(targetDir, 'debug', 'jarvis');
-const UI_DIST = join(repo, 'ui', 'dist');
-const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
-const SHOTS = join(repo, 'docs', 'screenshots');
-const RESULTS = join(here, 'results');
-const T = 20_000;
-/** The issue's promise: a synced folder is in the web view within this. */
-const SYNC_VISIBLE_MS = 10_000;
-const GOOD_KEY = 'sk-ant-test-good-key';
-const GIT_TOKEN = 'ghp_test_token_123';
-
-function until(what, cond, ms = T) {
-  return new Promise((ok, fail) => {
-    const start = Date.now();
-    const tick = async () => {
-      let v = false;
-      try { v = await cond(); } catch { v = false; }
-      if (v) return ok(v);
-      if (Date.now() - start > ms) return fail(new Error(`timed out after ${ms} ms waiting for: ${what}`));
-      setTimeout(tick, 25);
-    };
-    tick();
-  });
-}
-
-/** `jarvis-cloud serve` as scripts/run.sh runs it, with no provider in its environment. */
-async function startCloud(dataDir, port = 0) {
-  const env = { ...process.env, RUST_LOG: 'warn', JARVIS_SANDBOX: 'limits', JARVIS_ALLOW_UNSANDBOXED: '1' };
-  for (const k of Object.keys(env)) if (/^(ANTHROPIC_|CLAUDE_CODE_|AWS_|OPENAI_|JARVIS_OPENAI|CLOUD_ML)/.test(k)) delete env[k];
-  const child = spawn(CLOUD, ['serve', '--host', '127.0.0.1', '--port', String(port), '--data-dir', dataDir, '--ui-dir', UI_DIST, '--test-allow-git-host', '127.0.0.1'], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-    env,
-  });
-  let out = '';
-  const bound = await new Promise((ok, fail) => {
-    const timer = setTimeout(() => fail(new Error(`jarvis-cloud did not start: ${out}`)), T);
-    child.stdout.on('data', (c) => {
-      out += c;
-      const m = out.match(/listening on 127\.0\.0\.1:(\d+)/);
-      if (m) { clearTimeout(timer); ok(Number(m[1])); }
-    });
-    child.on('exit', (code) => { clearTimeout(timer); fail(new Error(`jarvis-cloud exited with ${code}`)); });
-  });
-  return {
-    base: `http://127.0.0.1:${bound}`,
-    port: bound,
-    output: () => out,
-    async stop() {
-      if (child.exitCode !== null) return;
-      const exited = new Promise((r) => child.on('exit', r));
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
-}
-
-async function call(base, token, method, path, body) {
-  const r = await fetch(`${base}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  const v = await r.json().catch(() => null);
-  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(v)}`);
-  return v;
-}
-
-function cliEnv(home) {
-  return { PATH: process.env.PATH, JARVIS_HOME: home, RUST_LOG: 'warn' };
-}
-
-function spawnSync(home, folder) {
-  const child = spawn(CLI, ['sync', folder], { stdio: ['ignore', 'pipe', 'pipe'], env: cliEnv(home) });
-  let out = '';
-  child.stdout.on('data', (c) => { out += c; });
-  child.stderr.on('data', (c) => { out += c; });
-  return {
-    output: () => out,
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = new Promise((r) => child.on('exit', r));
-      child.kill('SIGINT');
-      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(t);
-    },
-  };
-}
+import {
+  CHROMIUM, CLI, CLOUD, GIT_TOKEN, GOOD_KEY, RESULTS, SHOTS, T, UI_DIST,
+  call, launchArgs, startCloud, syncVisible, tokenOf, until,
+} from './harness.mjs';
 
 function script(_body, last) {
   if (/what is in this repository/i.test(last.text)) return { text: 'It holds a README and a plan in docs/plan.md.' };
@@ -123,39 +29,9 @@ function script(_body, last) {
   return { text: 'OK.' };
 }
 
-const launchArgs = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
-
 function watch(page, sink) {
   page.on('pageerror', (e) => sink.errors.push(String(e)));
   page.on('dialog', (d) => { sink.dialogs.push(d.message()); d.dismiss().catch(() => {}); });
-}
-
-const tokenOf = (page) => page.evaluate(() => JSON.parse(localStorage.getItem('jarvis.auth.v1') ?? 'null')?.token);
-
-/**
- * Starts `jarvis sync` of a new folder as the device of `token`; returns ms until `page` (no
- * session open) lists one of its files, choosing the workspace in the picker.
- */
-async function syncVisible(t, tmp, base, token, page, name, cleanup) {
-  const folder = join(tmp, name);
-  mkdirSync(join(folder, 'notes'), { recursive: true });
-  writeFileSync(join(folder, 'notes', `${name}.md`), `# ${name}\n\nSynced from a laptop.\n`);
-  writeFileSync(join(folder, 'todo.txt'), 'buy milk\n');
-  const home = join(tmp, `${name}-home`);
-  await run(CLI, ['login', base, '--token', token], { env: cliEnv(home) });
-  const started = Date.now();
-  const sync = spawnSync(home, folder);
-  cleanup.push(() => sync.stop());
-  await until(`workspace ${name} offered in the web view`, async () => {
-    const options = await page.getByTestId('workspace-picker').locator('option').allTextContents().catch(() => []);
-    return options.includes(name);
-  }, SYNC_VISIBLE_MS).catch((e) => { throw new Error(`${e.message}\njarvis sync said: ${sync.output()}`); });
-  await page.getByTestId('workspace-picker').selectOption(name);
-  await page.getByTestId(`file-notes/${name}.md`).waitFor({ timeout: Math.max(1, SYNC_VISIBLE_MS - (Date.now() - started)) });
-  const ms = Date.now() - started;
-  assert.ok(ms <= SYNC_VISIBLE_MS, `${name}: visible after ${ms} ms`);
-  t.diagnostic(`jarvis sync → files in the web view (${name}): ${ms} ms`);
-  return { ms, sync };
 }
 
 test('the first hour: owner, provider, clone, session, invitation, sync, plain failure and Retry, restart', async (t) => {
@@ -286,11 +162,11 @@ test('the first hour: owner, provider, clone, session, invitation, sync, plain f
   // --- 6. `jarvis sync` of a folder: its files are in the web view within 10 s, for the admin
   // (desktop) and for the non-admin (phone).
   await a.goto(cloud.base);
-  const olgaSync = await syncVisible(t, tmp, cloud.base, owner, a, 'olga-laptop', cleanup);
+  const olgaSync = await syncVisible((m) => t.diagnostic(m), tmp, cloud.base, owner, a, 'olga-laptop', cleanup);
   await a.screenshot({ path: join(SHOTS, 'first-hour-8-synced-folder.png') });
   await b.goto(cloud.base);
   await b.getByTestId('tab-files').click();
-  const edSync = await syncVisible(t, tmp, cloud.base, ed, b, 'ed-laptop', cleanup);
+  const edSync = await syncVisible((m) => t.diagnostic(m), tmp, cloud.base, ed, b, 'ed-laptop', cleanup);
   await b.screenshot({ path: join(SHOTS, 'first-hour-9-phone-synced-folder.png') });
   assert.deepEqual((await call(cloud.base, ed, 'GET', '/api/workspaces')).workspaces.map((w) => w.id).sort(), ['ed-laptop', 'team-notes']);
 
