@@ -143,6 +143,13 @@ test('the first hour: owner, provider, clone, session, invitation, sync, plain f
 
   const b = await phone.newPage();
   watch(b, seen);
+  // A wrong token, on a phone that never signed in: the token comes first, and the mistake is
+  // said once, plainly (not as an ended sign-in).
+  await b.goto(cloud.base);
+  await b.getByTestId('token-input').fill('jt_not_a_real_token');
+  await b.getByTestId('token-submit').click();
+  await b.getByText('That token is not valid.').waitFor({ timeout: T });
+  assert.equal(await b.getByText('sign-in has ended').count(), 0, 'no contradictory banner');
   await b.goto(link);
   await b.getByTestId('invite-info').filter({ hasText: 'Olga invited you to the workspace team-notes as an editor' }).waitFor({ timeout: T });
   await b.getByTestId('invite-name').fill('Ed');

@@ -26,9 +26,13 @@ struct Server {
 }
 
 async fn server() -> Server {
+    server_with(&[]).await
+}
+
+async fn server_with(extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_string_lossy().into_owned();
-    let cli = Cli::parse_from([
+    let mut args = vec![
         "serve",
         "--data-dir",
         &data,
@@ -38,7 +42,9 @@ async fn server() -> Server {
         "limits",
         "--anon-rate-burst",
         "10000",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let cli = Cli::parse_from(args);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let local = listener.local_addr().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -526,4 +532,147 @@ async fn only_a_failed_session_is_retried() {
         .await
         .unwrap();
     assert_eq!(notices, 1);
+}
+
+/// The session's status and all of its text, read from the hub.
+async fn session_state(s: &Server, id: &str) -> (jarvis_sync::doc::SessionStatus, String) {
+    s.built
+        .state
+        .hub
+        .read(&format!("session/{id}"), |doc| {
+            let d = jarvis_sync::doc::SessionDoc::new(doc.clone());
+            let text = d
+                .messages()
+                .into_iter()
+                .flat_map(|m| m.blocks)
+                .filter_map(|b| match b {
+                    jarvis_sync::doc::Block::Text { text } => Some(text),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            (d.meta().status, text)
+        })
+        .await
+        .unwrap()
+}
+
+async fn wait_for_status(s: &Server, id: &str, want: jarvis_sync::doc::SessionStatus) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, text) = session_state(s, id).await;
+        if status == want {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "session {id} is {status:?}, not {want:?}: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_saved_in_the_browser_answers_the_retried_turn_without_a_restart() {
+    for var in [
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+        "CLAUDE_CODE_USE_BEDROCK",
+        "CLAUDE_CODE_USE_VERTEX",
+        "JARVIS_OPENAI_BASE_URL",
+    ] {
+        assert!(
+            std::env::var_os(var).is_none(),
+            "{var} is set: this test needs a server without a provider"
+        );
+    }
+    let s = server().await;
+    let owner = s.owner().await;
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/api/workspaces",
+            Some(&owner),
+            Some(json!({"id": "w"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/api/sessions",
+            Some(&owner),
+            Some(json!({"id": "s1", "workspace": "w", "message": "hello", "run": "cloud"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    // No provider: the turn fails and says so.
+    let text = wait_for_status(&s, "s1", jarvis_sync::doc::SessionStatus::Failed).await;
+    assert!(text.contains("no model provider configured"), "{text}");
+    let fake = FakeServer::start(vec![
+        FakeResponse::sse(&reply("OK", &[], (5, 1, 0, 0)), &[64]),
+        FakeResponse::sse(
+            &reply("Hello from the saved provider.", &[], (9, 5, 0, 0)),
+            &[64],
+        ),
+    ])
+    .await
+    .unwrap();
+    let (st, v) = s
+        .call(
+            Method::PUT,
+            "/api/server/provider",
+            Some(&owner),
+            Some(json!({"kind": "anthropic", "api_key": "sk-saved", "base_url": fake.url()})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    // Saving asked the provider once and ran nothing else: failed sessions wait for Retry.
+    assert_eq!(fake.requests().len(), 1);
+    assert_eq!(
+        session_state(&s, "s1").await.0,
+        jarvis_sync::doc::SessionStatus::Failed
+    );
+    let (st, v) = s
+        .call(Method::POST, "/api/sessions/s1/retry", Some(&owner), None)
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let text = wait_for_status(&s, "s1", jarvis_sync::doc::SessionStatus::Done).await;
+    assert!(text.contains("Hello from the saved provider."), "{text}");
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2, "the retried turn asked once");
+    assert!(
+        requests[1].raw_body.windows(5).any(|w| w == b"hello"),
+        "the turn the failure ended was asked again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploaded_files_count_against_the_uploaders_document_quota() {
+    let s = server_with(&["--max-documents-per-user", "4"]).await;
+    let owner = s.owner().await;
+    use base64::Engine;
+    let files: Vec<Value> = (0..6)
+        .map(|i| json!({"path": format!("f{i}.md"), "content": base64::engine::general_purpose::STANDARD.encode(format!("file {i}\n"))}))
+        .collect();
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/api/onboarding/workspace",
+            Some(&owner),
+            Some(json!({"id": "big", "source": "files", "files": files})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("quota"), "{v}");
+    // And the next workspace is refused too: the files were counted.
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/api/workspaces",
+            Some(&owner),
+            Some(json!({"id": "more"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
 }

@@ -447,7 +447,16 @@ pub async fn create(
         files.len()
     };
     mirror.rescan().await;
-    let synced = mirror.index().list().len();
+    let entries = mirror.index().list();
+    // The mirror writes as the server; the documents are the caller's, against their quota
+    // (over it, the workspace keeps what arrived and the caller is told).
+    for (_, e) in &entries {
+        if let Some(doc) = &e.doc {
+            o.control
+                .charge_document(&who, &format!("ws/{}/file/{doc}", w.id))?;
+        }
+    }
+    let synced = entries.len();
     Ok((
         StatusCode::CREATED,
         Json(json!({"workspace": w, "files": synced, "placed": count})),
