@@ -162,6 +162,10 @@ test('the first hour: owner, provider, clone, session, invitation, sync, plain f
   assert.deepEqual(edSees, ['team-notes'], 'Ed sees only what he was given');
   assert.equal((await fetch(`${cloud.base}/api/users`, { headers: { authorization: `Bearer ${ed}` } })).status, 403);
   await b.screenshot({ path: join(SHOTS, 'first-hour-7-phone-sessions.png') });
+  // Every action of the top bar fits the phone's width.
+  const signOut = await b.getByTestId('sign-out').boundingBox();
+  assert.ok(signOut && signOut.x + signOut.width <= 390, `Sign out is on screen: ${JSON.stringify(signOut)}`);
+  assert.ok(await b.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), 'nothing overflows the phone width');
   // The link was for one person.
   const again = await fetch(`${cloud.base}/api${new URL(link).pathname.replace('/invite/', '/invites/')}`);
   assert.equal(again.status, 404);

@@ -127,10 +127,11 @@ export function Workbench() {
 
   const header = (
     <header className="topbar">
-      <div className="brand"><span className="brand-dot" />My Jarvis</div>
+      {/* On a phone the brand and the connection keep their dots only: the actions need the width. */}
+      <div className="brand"><span className="brand-dot" /><span className="hide-phone">My Jarvis</span></div>
       {inDesktop ? <StatusLine /> : (
         <div className={`conn conn-${status}`} data-testid="conn" title={`Sync: ${status}`}>
-          <span className="conn-dot" />{status === 'connected' ? 'Live' : status === 'connecting' ? 'Connecting…' : 'Offline'}
+          <span className="conn-dot" /><span className="conn-label">{status === 'connected' ? 'Live' : status === 'connecting' ? 'Connecting…' : 'Offline'}</span>
         </div>
       )}
       <div className="spacer" />
