@@ -76,35 +76,22 @@ fn failed(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
 }
 
-/// Addresses a clone may not reach: this machine, private networks, and everything that is not
-/// a unicast internet address.
+/// Addresses a clone may not reach: what no sandboxed process may reach
+/// ([`jarvis_agent::sandbox::forbidden_destination`]: loopback, private, link-local, shared,
+/// unspecified, multicast, broadcast), plus the reserved and translated ranges no public
+/// repository lives in.
 pub fn is_internal(ip: IpAddr) -> bool {
+    if jarvis_agent::sandbox::forbidden_destination(ip) {
+        return true;
+    }
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xC0) == 64)
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
-                || o[0] >= 240
+            (o[0] == 192 && o[1] == 0 && o[2] == 0) || o[0] >= 240
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
-            }
             let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || (s[0] == 0x64 && s[1] == 0xff9b)
-                || (s[0] == 0x2001 && s[1] == 0xdb8)
+            (s[0] == 0x64 && s[1] == 0xff9b) || (s[0] == 0x2001 && s[1] == 0xdb8)
         }
     }
 }
