@@ -81,6 +81,11 @@ test('the first hour: owner, provider, clone, session, invitation, sync, plain f
   // --- 2. The provider: a wrong key is refused in plain words and saves nothing; the right one
   // is tested with one request and saved.
   await a.getByTestId('provider-form').waitFor({ timeout: T });
+  // Closed without a provider: the owner is told at once, with the way back.
+  await a.getByTestId('setup-close').click();
+  await a.getByTestId('no-provider').waitFor({ timeout: T });
+  await a.getByTestId('no-provider').getByRole('button').click();
+  await a.getByTestId('provider-form').waitFor({ timeout: T });
   const owner = await tokenOf(a);
   assert.match(owner, /^jt_/);
   await a.getByTestId('provider-api_key').fill('sk-ant-wrong');
@@ -114,6 +119,7 @@ test('the first hour: owner, provider, clone, session, invitation, sync, plain f
   await a.getByTestId('workspace-create').click();
   await a.getByTestId('workspace-result').filter({ hasText: 'private is ready' }).waitFor({ timeout: T });
   await a.getByTestId('setup-close').click();
+  await a.getByTestId('no-provider').waitFor({ state: 'detached', timeout: T });
 
   // --- 4. A session in the cloned workspace answers.
   await a.getByTestId('new-session').click();

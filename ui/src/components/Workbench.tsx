@@ -77,6 +77,12 @@ export function Workbench() {
   });
   const [widths, setWidths] = usePanelWidths();
 
+  // Admins hear at once when sessions cannot answer yet (no provider), not at the first failure.
+  const [noProvider, setNoProvider] = useState(false);
+  useEffect(() => {
+    if (!me.admin || inDesktop || dialog === 'setup') return;
+    api.provider().then((p) => setNoProvider(!p.configured)).catch(() => {});
+  }, [api, me.admin, dialog]);
   const refresh = useCallback(() => {
     api.sessions().then((s) => { setSessions(s); setListError(null); }).catch((e) => setListError(e.message));
   }, [api]);
@@ -148,6 +154,12 @@ export function Workbench() {
   return (
     <div className={`app ${phone ? 'phone' : 'wide'}`}>
       {header}
+      {noProvider && (
+        <div className="banner" role="status" data-testid="no-provider">
+          <span>No AI provider is set up yet: sessions cannot answer until one is.</span>
+          <button className="btn small primary" onClick={() => setDialog('setup')}>Set up the AI provider</button>
+        </div>
+      )}
       {phone ? (
         <>
           <main className="phone-panel">
