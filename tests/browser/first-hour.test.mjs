@@ -3,7 +3,8 @@
 // dir exactly as scripts/run.sh does (its debug build; no provider in its environment). The
 // owner is made with the setup code the server printed, the provider (a fake Anthropic server
 // on loopback) is tested and saved in the browser, a workspace is cloned from a loopback git
-// server (real `git http-backend`, token required), a session answers, an invited user signs
+// server (real `git http-backend`, token required), another is uploaded (a text file and an
+// image), a session answers, an invited user signs
 // up by link and sees only what they were given. Then `jarvis sync` of a folder shows up in the
 // web view within 10 s for that admin and for the non-admin, a provider failure reads in plain
 // words and Retry works, and a server restart runs no failed session again. Screenshots are
@@ -113,11 +114,17 @@ test('the first hour: owner, provider, clone, session, invitation, sync, plain f
   await a.getByTestId('workspace-create').click();
   await a.getByTestId('workspace-result').filter({ hasText: 'is ready with' }).waitFor({ timeout: 60_000 });
   assert.ok(git.requests.length > 0 && git.requests.every((r) => r.authorized), 'every git request carried the token');
-  // A second, private workspace the invited user is not given.
+  // A second, private workspace the invited user is not given: files uploaded from this computer.
   await a.getByTestId('workspace-id').fill('private');
-  await a.getByTestId('workspace-source-empty').check();
+  await a.getByTestId('workspace-source-files').check();
+  await a.getByTestId('workspace-files').setInputFiles([
+    { name: 'salaries.md', mimeType: 'text/markdown', buffer: Buffer.from('# Salaries\n\nNot for everyone.\n') },
+    { name: 'logo.png', mimeType: 'image/png', buffer: Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGNgYPj/n4GBgYGJgYGBAQAcBgMBmZ0jvQAAAABJRU5ErkJggg==', 'base64') },
+  ]);
   await a.getByTestId('workspace-create').click();
-  await a.getByTestId('workspace-result').filter({ hasText: 'private is ready' }).waitFor({ timeout: T });
+  await a.getByTestId('workspace-result').filter({ hasText: 'private is ready with 2 files' }).waitFor({ timeout: T });
+  const uploaded = (await call(cloud.base, owner, 'GET', '/api/workspaces/private')).files.map((f) => f.path).sort();
+  assert.deepEqual(uploaded, ['logo.png', 'salaries.md']);
   await a.getByTestId('setup-close').click();
   await a.getByTestId('no-provider').waitFor({ state: 'detached', timeout: T });
 
