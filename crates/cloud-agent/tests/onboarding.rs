@@ -676,3 +676,74 @@ async fn uploaded_files_count_against_the_uploaders_document_quota() {
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_and_an_openai_compatible_server_are_tested_as_they_are_spoken_to() {
+    let s = server().await;
+    let owner = s.owner().await;
+    let gateway = FakeServer::start(vec![FakeResponse::sse(
+        &reply("OK", &[], (5, 1, 0, 0)),
+        &[64],
+    )])
+    .await
+    .unwrap();
+    let (st, v) = s
+        .call(
+            Method::PUT,
+            "/api/server/provider",
+            Some(&owner),
+            Some(json!({"kind": "gateway", "base_url": gateway.url(), "auth_token": "gw-token"})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["kind"].as_str()),
+        (StatusCode::OK, Some("gateway")),
+        "{v}"
+    );
+    let r = &gateway.requests()[0];
+    assert_eq!(
+        r.headers.get("authorization").map(String::as_str),
+        Some("Bearer gw-token")
+    );
+    let openai = FakeServer::start(vec![FakeResponse::openai("OK", &[], &[64])])
+        .await
+        .unwrap();
+    let (st, v) = s
+        .call(
+            Method::PUT,
+            "/api/server/provider",
+            Some(&owner),
+            Some(json!({"kind": "openai", "base_url": openai.url(), "model": "llama3.1"})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["kind"].as_str()),
+        (StatusCode::OK, Some("openai")),
+        "{v}"
+    );
+    let r = &openai.requests()[0];
+    assert_eq!(
+        r.body["model"], "llama3.1",
+        "the form's model is the one asked"
+    );
+    // The last one saved is the one in use.
+    let (_, shown) = s
+        .call(Method::GET, "/api/server/provider", Some(&owner), None)
+        .await;
+    assert_eq!(shown["kind"], "openai");
+    // Unreachable: said plainly, nothing saved over the working one.
+    let (st, v) = s
+        .call(
+            Method::PUT,
+            "/api/server/provider",
+            Some(&owner),
+            Some(json!({"kind": "anthropic", "api_key": "k", "base_url": "http://127.0.0.1:1"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_GATEWAY, "{v}");
+    assert_eq!(v["code"], "provider_unreachable");
+    let (_, shown) = s
+        .call(Method::GET, "/api/server/provider", Some(&owner), None)
+        .await;
+    assert_eq!(shown["kind"], "openai");
+}
