@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the product on its embedded defaults: SQLite under ./jarvis-data, no external service.
 # Builds the web view first when it is missing or older than its sources, then serves it at
-# http://127.0.0.1:8080/ next to the API and the sync socket. The first start prints an admin
-# token once: sign in with it in the browser, or pair a device.
+# http://127.0.0.1:8080/ next to the API and the sync socket. The first start prints the address
+# to open with a one-time setup code (the browser creates the owner account with it), and an
+# admin token for scripts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v npm >/dev/null 2>&1; then

@@ -19,9 +19,14 @@ function lastUserContent(body) {
 
 /**
  * script(body, lastUser) → { thinking, text, tools: [{id, name, input}], deltaMs }
+ * options.key: the only `x-api-key` accepted (others get the API's 401); `setMode('overloaded')`
+ * answers every request with the API's 529 (retry-after 0, so the client's own retries end
+ * quickly) until `setMode('ok')`.
  */
-export async function startFakeAnthropic(script) {
+export async function startFakeAnthropic(script, options = {}) {
   const requests = [];
+  const refused = [];
+  let mode = 'ok';
   const server = http.createServer(async (req, res) => {
     let raw = '';
     for await (const chunk of req) raw += chunk;
@@ -33,6 +38,18 @@ export async function startFakeAnthropic(script) {
     let body;
     try { body = JSON.parse(raw); } catch {
       res.writeHead(400); res.end(); return;
+    }
+    if (options.key && req.headers['x-api-key'] !== options.key) {
+      refused.push({ status: 401, body });
+      res.writeHead(401, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ type: 'error', error: { type: 'authentication_error', message: 'invalid x-api-key' } }));
+      return;
+    }
+    if (mode === 'overloaded') {
+      refused.push({ status: 529, body });
+      res.writeHead(529, { 'content-type': 'application/json', 'retry-after': '0' });
+      res.end(JSON.stringify({ type: 'error', error: { type: 'overloaded_error', message: 'Overloaded' } }));
+      return;
     }
     requests.push(body);
     const reply = script(body, lastUserContent(body));
@@ -93,6 +110,8 @@ export async function startFakeAnthropic(script) {
   return {
     url: `http://127.0.0.1:${server.address().port}`,
     requests,
+    refused,
+    setMode: (m) => { mode = m; },
     close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); }),
   };
 }

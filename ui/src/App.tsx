@@ -3,7 +3,7 @@ import { Api, ApiError, type Me } from './lib/api';
 import { clearAuth, loadAuth, saveAuth, type Auth } from './lib/auth';
 import { SyncPeer } from './lib/sync';
 import { AppCtx } from './lib/hooks';
-import { SignIn } from './components/SignIn';
+import { SignIn, rememberSignedIn } from './components/SignIn';
 import { Workbench } from './components/Workbench';
 
 export function App() {
@@ -31,7 +31,7 @@ export function App() {
     return () => removeEventListener('jarvis:unauthorized', on);
   }, []);
 
-  const signIn = (a: Auth) => { saveAuth(a); setError(null); setAuth(a); };
+  const signIn = (a: Auth) => { saveAuth(a); rememberSignedIn(); setError(null); setAuth(a); };
   const signOut = () => { clearAuth(); setMe(null); setAuth(null); };
 
   if (!auth) return <SignIn onSignedIn={signIn} notice={error} />;

@@ -89,3 +89,33 @@ test('relative links inside a workspace file resolve inside the workspace', asyn
   assert.equal(workspaceLink('README.md', '#top'), null);
   assert.equal(workspaceLink('README.md', 'a%20b.md'), 'a b.md');
 });
+
+import { explainFailure, lastFailure } from '../src/lib/failure.js';
+
+test('provider failures in plain words, with Retry where it can help', () => {
+  const cases = [
+    ['The cloud agent has no model provider configured: no provider configured: set ANTHROPIC_API_KEY', 'missing_provider'],
+    ['The model request failed: provider answered 401: {"type":"error","error":{"type":"authentication_error"}}. Send a message to try again.', 'bad_key'],
+    ['The model request failed: provider answered 429: {"type":"error"}. Send a message to try again.', 'busy'],
+    ['The model request failed: provider error overloaded_error: Overloaded. Send a message to try again.', 'busy'],
+    ['The model request failed: HTTP request failed: error sending request for url (http://127.0.0.1:9/v1/messages). Send a message to try again.', 'unreachable'],
+    ['Stopped: the prompt is too long for the model even after compaction.', 'too_long'],
+    ['Something else entirely', 'other'],
+  ];
+  for (const [text, kind] of cases) {
+    const f = explainFailure(text);
+    assert.equal(f.kind, kind, text);
+    // Plain words: no JSON, no variable names.
+    assert.doesNotMatch(f.title + f.what, /[{}]|ANTHROPIC_|HTTP request/);
+  }
+  assert.equal(explainFailure(cases[5][0]).retry, false);
+});
+
+test('the failure that ended a session is the system text after the last turn', () => {
+  const sys = (b) => ({ role: 'system', blocks: [b] });
+  const user = { role: 'user', blocks: [{ type: 'text', text: 'hi' }] };
+  assert.equal(lastFailure([user, sys({ type: 'notice', kind: 'request_failed', text: 'boom' })]), 'boom');
+  assert.equal(lastFailure([user]), null);
+  // After a Retry notice, the old failure no longer stands.
+  assert.equal(lastFailure([user, sys({ type: 'notice', kind: 'request_failed', text: 'boom' }), sys({ type: 'notice', kind: 'retry', text: 'Retry asked by Olga.' })]), null);
+});

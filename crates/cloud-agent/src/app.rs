@@ -28,6 +28,8 @@ pub struct Parts {
     pub gateway: Arc<Gateway>,
     pub webhooks: Arc<Webhooks>,
     pub agents: Arc<Agents>,
+    /// The first hour in the browser: owner setup, provider, first workspace, invitations.
+    pub onboarding: Option<crate::onboarding::Onboarding>,
     /// Where published desktop updates live (`<data>/updates`).
     pub data_dir: PathBuf,
     pub ui: crate::webui::UiArgs,
@@ -68,5 +70,9 @@ pub fn app(parts: &Parts) -> Router {
         .merge(crate::webhooks::router(parts.github()))
         .merge(crate::schedule::router(parts.scheduler()))
         .merge(crate::updates::router(parts.data_dir.clone()));
+    let router = match &parts.onboarding {
+        Some(o) => router.merge(crate::onboarding::router(o.clone())),
+        None => router,
+    };
     crate::webui::with_ui(router, &parts.ui)
 }

@@ -63,7 +63,9 @@ pub struct Cloud {
     hub: Hub,
     config: CloudConfig,
     client: Arc<SyncClient>,
-    provider: Result<Arc<dyn Provider>, String>,
+    /// Replaced at run time when an admin saves a provider in the browser (`onboarding`):
+    /// every turn reads it afresh, so no restart is needed.
+    provider: std::sync::RwLock<Result<Arc<dyn Provider>, String>>,
     mirrors: tokio::sync::Mutex<HashMap<String, Arc<FileMirror>>>,
     active: Mutex<HashMap<String, Active>>,
     slots: Arc<Semaphore>,
@@ -105,7 +107,7 @@ impl Cloud {
             slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             config,
             client,
-            provider,
+            provider: std::sync::RwLock::new(provider),
             mirrors: tokio::sync::Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
             lease_changes: watch::channel(0).0,
@@ -113,6 +115,28 @@ impl Cloud {
         });
         tokio::spawn(cloud.clone().maintain());
         Ok(cloud)
+    }
+
+    /// The model provider the next turn uses (a provider saved in the browser replaces the
+    /// one from the environment at once).
+    pub fn set_provider(&self, provider: Arc<dyn Provider>) {
+        *self.provider.write().unwrap_or_else(|p| p.into_inner()) = Ok(provider);
+    }
+
+    /// Why there is no provider, or None when one is configured.
+    pub fn provider_problem(&self) -> Option<String> {
+        self.provider
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .err()
+            .cloned()
+    }
+
+    /// The workspace's folder here, materialised and mirrored (onboarding fills it with
+    /// uploaded or cloned files, then rescans).
+    pub async fn workspace_mirror(&self, workspace: &str) -> anyhow::Result<Arc<FileMirror>> {
+        self.mirror(workspace).await
     }
 
     /// Cancelled when the server shuts down (long-lived responses end with it).
@@ -468,7 +492,12 @@ impl Cloud {
         stop: &CancellationToken,
         fence: &CancellationToken,
     ) -> Outcome {
-        let provider = match &self.provider {
+        let current = self
+            .provider
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let provider = match &current {
             Ok(p) => p.clone(),
             Err(e) => {
                 let _ = doc.append_message(&jarvis_sync::doc::Message {

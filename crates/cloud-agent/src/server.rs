@@ -115,6 +115,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub ui: crate::webui::UiArgs,
     #[command(flatten)]
+    pub onboarding: Box<crate::onboarding::OnboardingArgs>,
+    #[command(flatten)]
     pub gateway: crate::gateway::GatewayArgs,
     #[command(flatten)]
     pub github: Box<crate::webhooks::GithubArgs>,
@@ -169,6 +171,8 @@ pub struct Built {
     pub state: AppState,
     pub control: Arc<Control>,
     pub limits: crate::limits::Limits,
+    /// Onboarding: tests make a setup code with it.
+    pub onboarding: Option<crate::onboarding::Onboarding>,
     gateway_usage: Arc<crate::gateway::UsageLog>,
 }
 
@@ -189,7 +193,8 @@ pub async fn build(
         documents: args.max_documents_per_user,
         blob_bytes: args.max_blob_bytes_per_user,
     };
-    if control.token_count()? == 0 {
+    let fresh = control.token_count()? == 0;
+    if fresh {
         let token = control.create_token(
             crate::control::ADMIN_USER,
             None,
@@ -222,10 +227,13 @@ pub async fn build(
     let provider_config =
         jarvis_agent::providers::ProviderConfig::from_env(&env, |p| std::fs::read_to_string(p))
             .map_err(|e| e.to_string());
-    let provider = provider_config
-        .clone()
-        .and_then(|c| c.build().map_err(|e| e.to_string()))
-        .map(Arc::from);
+    // A provider an admin saved in the browser wins over the environment.
+    let provider = crate::onboarding::providers::stored(&secrets).unwrap_or_else(|| {
+        provider_config
+            .clone()
+            .and_then(|c| c.build().map_err(|e| e.to_string()))
+            .map(Arc::from)
+    });
     let gateway_usage = crate::gateway::UsageLog::open(&db)?;
     let gateway = crate::gateway::Gateway::new(
         control.clone(),
@@ -308,9 +316,19 @@ pub async fn build(
         gateway_usage: gateway_usage.clone(),
         scheduler: scheduler.clone(),
     };
+    let onboarding = crate::onboarding::Onboarding::open(
+        &db,
+        &args.data_dir,
+        services.clone(),
+        &args.onboarding,
+        &args.model,
+        fresh,
+        &format!("http://{loopback}"),
+    )?;
     let parts = crate::app::Parts {
         hub: state.clone(),
         services,
+        onboarding: Some(onboarding),
         gateway,
         webhooks: crate::webhooks::Webhooks::open(&db, &args.data_dir, (*args.github).clone())?,
         agents: crate::schedule::Agents::open(&db, (*args.agents).clone(), scheduler)?,
@@ -325,6 +343,7 @@ pub async fn build(
     };
     Ok(Built {
         router: crate::app::app(&parts),
+        onboarding: parts.onboarding.clone(),
         parts,
         state,
         control,

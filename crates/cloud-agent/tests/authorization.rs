@@ -365,6 +365,22 @@ fn matrix() -> Vec<Row> {
         row(M::GET, "/api/server", SIGNED_IN),
         row(M::GET, "/updates/files/{name}", PUBLIC),
         row(M::GET, "/updates/{target}/{arch}/{current}", PUBLIC),
+        // Onboarding: whether the owner is still to be made, and making it with the printed
+        // code (anyone: the code is the credential, rate-limited and burnt after misses).
+        row(M::GET, "/api/setup", PUBLIC),
+        row(M::POST, "/api/setup", PUBLIC),
+        // The model provider: admins only (none of the matrix's callers is one).
+        row(M::GET, "/api/server/provider", NOBODY),
+        row(M::PUT, "/api/server/provider", NOBODY),
+        // A first workspace, empty, uploaded or cloned: as creating a workspace.
+        row(M::POST, "/api/onboarding/workspace", [A, D, D, D, A, A]),
+        // Invitations: admins, or a workspace's owner for that workspace (olga, not a caller).
+        row(M::POST, "/api/invites", NOBODY),
+        // The link is the credential: the same answer for every token.
+        row(M::GET, "/api/invites/{code}", PUBLIC),
+        row(M::POST, "/api/invites/{code}/accept", PUBLIC),
+        // Retrying a failed turn steers the session: editors.
+        row(M::POST, "/api/sessions/{id}/retry", WRITERS),
     ]
 }
 
@@ -454,6 +470,7 @@ fn fill(path: &str, f: &Fixture) -> String {
         .replace("/webhooks/agents/{id}", "/webhooks/agents/w")
         .replace("{user}", "sam")
         .replace("{approval}", "ap1")
+        .replace("{code}", "ji_not_a_code")
         .replace("{target}/{arch}/{current}", "linux/x86_64/0.0.1")
         .replace("/updates/files/{name}", "/updates/files/x")
 }
@@ -474,6 +491,7 @@ fn body_for(method: &Method, path: &str, caller: &str, f: &Fixture) -> (String, 
         ("POST", "/api/pair/approve") => Some(json!({"code": f.pair_codes[caller]})),
         ("POST", "/api/users") => Some(json!({"name": format!("new-{caller}"), "admin": true})),
         ("POST", "/api/workspaces") => Some(json!({"id": format!("ws-{caller}")})),
+        ("POST", "/api/onboarding/workspace") => Some(json!({"id": format!("ob-{caller}")})),
         ("PUT", p) if p.contains("/members/") => Some(json!({"role": "owner"})),
         ("POST", "/api/sessions") => Some(
             json!({"id": format!("s-{caller}"), "workspace": "w", "permission_mode": "allow-all"}),

@@ -92,6 +92,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "background agents",
         up: agents,
     },
+    Migration {
+        version: 12,
+        name: "onboarding: owner setup and invitations",
+        up: onboarding,
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -437,6 +442,28 @@ fn github(tx: &Transaction) -> rusqlite::Result<()> {
             posted_ms INTEGER,
             review_id INTEGER,
             error TEXT
+        );",
+    )
+}
+
+/// The first hour in the browser (`jarvis_cloud::onboarding`): whether the owner is still to be
+/// created, and invitation links (only their hash is kept).
+fn onboarding(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE onboarding_state (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        CREATE TABLE invites (
+            code_hash TEXT PRIMARY KEY,
+            created_by TEXT NOT NULL,
+            admin INTEGER NOT NULL,
+            workspace TEXT,
+            role TEXT,
+            created_ms INTEGER NOT NULL,
+            expires_ms INTEGER NOT NULL,
+            used_by TEXT,
+            used_ms INTEGER
         );",
     )
 }

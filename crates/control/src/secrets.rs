@@ -247,7 +247,7 @@ impl SecretStore {
             .collect())
     }
 
-    fn get(&self, scope: &Scope, name: &str) -> Result<Option<String>, SecretError> {
+    pub fn get(&self, scope: &Scope, name: &str) -> Result<Option<String>, SecretError> {
         let (kind, owner) = scope.parts();
         let Some(sealed) = self.rows.secret(kind, owner, name)? else {
             return Ok(None);

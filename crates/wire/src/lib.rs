@@ -42,11 +42,45 @@ pub enum ErrorCode {
     Storage,
     /// A bug or an unexpected failure on the server (HTTP 500).
     Internal,
+    /// The one-time setup code is wrong (HTTP 403).
+    WrongSetupCode,
+    /// The setup code expired or was used up; restart the server for a new one (HTTP 410).
+    SetupCodeExpired,
+    /// The server already has an owner (HTTP 409).
+    AlreadySetUp,
+    /// An invitation link that is unknown, used or expired (HTTP 410).
+    InviteNotValid,
+    /// Retry of a session that has not failed (HTTP 409).
+    NotFailed,
+    /// The model provider refused the key (HTTP 502).
+    ProviderKeyRefused,
+    /// The model provider is overloaded or limiting the key; try again later (HTTP 502).
+    ProviderBusy,
+    /// The model provider answered 404 (address or model name) (HTTP 502).
+    ProviderNotFound,
+    /// The model provider cannot be reached from the server (HTTP 502).
+    ProviderUnreachable,
+    /// The provider settings are incomplete (HTTP 400).
+    ProviderConfig,
+    /// The model provider failed otherwise (HTTP 502).
+    ProviderFailed,
+    /// A git URL whose host the server may not reach (HTTP 403).
+    GitHostRefused,
+    /// A git host that does not resolve or answer (HTTP 422).
+    GitUnreachable,
+    /// A git clone that took too long (HTTP 422).
+    GitTimeout,
+    /// git failed (bad URL, token or repository) (HTTP 422).
+    GitFailed,
+    /// A repository larger than the server takes (HTTP 413).
+    GitTooLarge,
+    /// git is not installed on the server (HTTP 503).
+    GitMissing,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
@@ -61,6 +95,23 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Storage,
         ErrorCode::Internal,
+        ErrorCode::WrongSetupCode,
+        ErrorCode::SetupCodeExpired,
+        ErrorCode::AlreadySetUp,
+        ErrorCode::InviteNotValid,
+        ErrorCode::NotFailed,
+        ErrorCode::ProviderKeyRefused,
+        ErrorCode::ProviderBusy,
+        ErrorCode::ProviderNotFound,
+        ErrorCode::ProviderUnreachable,
+        ErrorCode::ProviderConfig,
+        ErrorCode::ProviderFailed,
+        ErrorCode::GitHostRefused,
+        ErrorCode::GitUnreachable,
+        ErrorCode::GitTimeout,
+        ErrorCode::GitFailed,
+        ErrorCode::GitTooLarge,
+        ErrorCode::GitMissing,
     ];
 
     /// The code as it appears on the wire.
@@ -80,6 +131,23 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Storage => "storage",
             ErrorCode::Internal => "internal",
+            ErrorCode::WrongSetupCode => "wrong_setup_code",
+            ErrorCode::SetupCodeExpired => "setup_code_expired",
+            ErrorCode::AlreadySetUp => "already_set_up",
+            ErrorCode::InviteNotValid => "invite_not_valid",
+            ErrorCode::NotFailed => "not_failed",
+            ErrorCode::ProviderKeyRefused => "provider_key_refused",
+            ErrorCode::ProviderBusy => "provider_busy",
+            ErrorCode::ProviderNotFound => "provider_not_found",
+            ErrorCode::ProviderUnreachable => "provider_unreachable",
+            ErrorCode::ProviderConfig => "provider_config",
+            ErrorCode::ProviderFailed => "provider_failed",
+            ErrorCode::GitHostRefused => "git_host_refused",
+            ErrorCode::GitUnreachable => "git_unreachable",
+            ErrorCode::GitTimeout => "git_timeout",
+            ErrorCode::GitFailed => "git_failed",
+            ErrorCode::GitTooLarge => "git_too_large",
+            ErrorCode::GitMissing => "git_missing",
         }
     }
 
@@ -97,6 +165,18 @@ impl ErrorCode {
             ErrorCode::Timeout => 408,
             ErrorCode::Unavailable => 503,
             ErrorCode::Storage | ErrorCode::Internal => 500,
+            ErrorCode::WrongSetupCode | ErrorCode::GitHostRefused => 403,
+            ErrorCode::SetupCodeExpired | ErrorCode::InviteNotValid => 410,
+            ErrorCode::AlreadySetUp | ErrorCode::NotFailed => 409,
+            ErrorCode::ProviderKeyRefused
+            | ErrorCode::ProviderBusy
+            | ErrorCode::ProviderNotFound
+            | ErrorCode::ProviderUnreachable
+            | ErrorCode::ProviderFailed => 502,
+            ErrorCode::ProviderConfig => 400,
+            ErrorCode::GitUnreachable | ErrorCode::GitTimeout | ErrorCode::GitFailed => 422,
+            ErrorCode::GitTooLarge => 413,
+            ErrorCode::GitMissing => 503,
         }
     }
 

@@ -3,6 +3,7 @@ import type { Device, SessionSummary } from '../lib/api';
 import { useApp, useDoc, useDocVersion } from '../lib/hooks';
 import { CONTEXT_TOKENS, MODELS, PERMISSION_MODES, contextUsed, readIndex, readMessages, readMeta, type BlockView, type MessageView } from '../lib/model';
 import { sessionChanges } from '../lib/session-diff.js';
+import { explainFailure, lastFailure } from '../lib/failure.js';
 import { Markdown } from './Markdown';
 import { deviceName, statusOf, whereLabel } from './labels';
 import { call, inDesktop, useCoreStatus } from '../lib/desktop';
@@ -97,8 +98,10 @@ function Message({ m, results, approvals, toolIds, session, readOnly, myDevice, 
   if (m.role === 'user' && visible.length === 0) return null;
   if (m.role === 'system') {
     return <div className="msg system" data-testid="msg-system">{m.blocks.map((b, i) => {
-      if (b.type === 'text') return <span key={i}>{b.text}</span>;
-      if (b.type === 'notice') return <span key={i} data-testid={`notice-${b.kind}`}>{b.text}</span>;
+      // A provider failure in plain words; the raw answer stays one click away.
+      const plain = (text: string) => <details className="plain-failure"><summary>{explainFailure(text).title}</summary>{text}</details>;
+      if (b.type === 'text') return <span key={i}>{/no model provider configured/.test(b.text) ? plain(b.text) : b.text}</span>;
+      if (b.type === 'notice') return <span key={i} data-testid={`notice-${b.kind}`}>{b.kind === 'request_failed' ? plain(b.text) : b.text}</span>;
       if (b.type === 'compaction') {
         // Collapsed: what it replaced; the summary the model continues from on demand.
         return (
@@ -202,6 +205,11 @@ export function Chat({ session, summary, devices, onShowChanges }: {
   const toCloud = () => (inDesktop ? call('continue_in_cloud', { session }) : api.handoff(session, 'cloud'));
   const toHere = () => (inDesktop ? call('continue_here', { session }) : api.handoff(session, 'here'));
   const active = status === 'running' || status === 'waiting_approval';
+  // A finished or failed session runs nowhere: a new message (or Retry) starts it in the
+  // cloud, so "Continue in cloud" is only offered while a device runs it.
+  const movable = where.kind !== 'cloud' && status !== 'done' && status !== 'failed';
+  const failedWith = status === 'failed' ? lastFailure(messages) : null;
+  const failure = failedWith ? explainFailure(failedWith) : null;
 
   const act = async (what: string, fn: () => Promise<unknown>) => {
     setBusy(what); setError(null);
@@ -245,7 +253,7 @@ export function Chat({ session, summary, devices, onShowChanges }: {
           {changed > 0 && <button className="link small" onClick={onShowChanges} data-testid="show-changes">{changed} file{changed > 1 ? 's' : ''} changed</button>}
         </div>
         <div className="chat-actions">
-          {where.kind !== 'cloud' && <button className="btn small" disabled={!!busy || me.read_only} onClick={() => act('cloud', toCloud)} data-testid="continue-cloud">Continue in cloud</button>}
+          {movable && <button className="btn small" disabled={!!busy || me.read_only} onClick={() => act('cloud', toCloud)} data-testid="continue-cloud">Continue in cloud</button>}
           {/* A browser cannot run a session itself; the desktop window (same bundle) can. */}
           {canRunHere && where.kind !== 'here' && (
             <button className="btn small" disabled={!!busy} onClick={() => act('here', toHere)} data-testid="continue-here">Continue here</button>
@@ -258,6 +266,16 @@ export function Chat({ session, summary, devices, onShowChanges }: {
         {messages.map((m) => <Message key={m.id} m={m} results={results} approvals={approvals} toolIds={toolIds} session={session} readOnly={me.read_only} myDevice={me.device} nameOf={nameOf} />)}
         {status === 'running' && <div className="typing" aria-label="working"><span /><span /><span /></div>}
       </div>
+      {failure && failedWith && (
+        <div className="failure" role="alert" data-testid="failure" data-kind={failure.kind}>
+          <div className="failure-title">{failure.title}</div>
+          <div>{failure.what}</div>
+          <div className="row">
+            {failure.retry && !inDesktop && <button className="btn primary small" disabled={!!busy || me.read_only} onClick={() => act('retry', () => api.retry(session))} data-testid="retry">{busy === 'retry' ? 'Retrying…' : 'Retry'}</button>}
+          </div>
+          <details><summary>Details</summary><pre>{failedWith}</pre></details>
+        </div>
+      )}
       <div className="usage" data-testid="usage">
         <div className="ctx-bar" title={`${ctx} of ${windowTokens} tokens of context`}><div style={{ width: `${Math.min(100, (ctx / windowTokens) * 100)}%` }} /></div>
         <span>Context {fmtTokens(ctx)} / {fmtTokens(windowTokens)}</span>

@@ -1,6 +1,6 @@
 import { useEffect, useMemo, useState } from 'react';
 import type { Workspace } from '../lib/api';
-import { useApp, useDoc, useDocVersion } from '../lib/hooks';
+import { useApp, useDoc, useDocVersion, usePoll } from '../lib/hooks';
 import { readIndex, readMessages, type FileEntry } from '../lib/model';
 import { sessionChanges } from '../lib/session-diff.js';
 
@@ -59,9 +59,19 @@ function DirView({ dir, depth, isOpen, toggle, selected, changed, onOpen }: {
 /** Without an open session, the person picks which workspace to browse. */
 function WorkspacePicker({ workspace, onPick }: { workspace: string | null; onPick: (w: string) => void }) {
   const { api } = useApp();
-  const [list, setList] = useState<Workspace[]>([]);
-  useEffect(() => { api.workspaces().then(setList).catch(() => setList([])); }, [api]);
-  if (!list.length) return <p className="muted small-pad">Open a session to see its workspace.</p>;
+  const [list, setList] = useState<Workspace[] | null>(null);
+  // Polled: a folder synced from a device (`jarvis sync`) shows up here within seconds.
+  usePoll(() => { api.workspaces().then(setList).catch(() => setList([])); }, 3000, [api]);
+  // The only workspace is the one to browse.
+  useEffect(() => { if (!workspace && list?.length === 1) onPick(list[0].id); }, [list, workspace, onPick]);
+  if (list === null) return null;
+  if (!list.length) {
+    return (
+      <p className="muted small-pad" data-testid="no-workspace">
+        No workspace yet. Sync a folder from your computer with <code>jarvis sync &lt;folder&gt;</code>, create one under <b>Set up</b>, or ask an owner to invite you to theirs.
+      </p>
+    );
+  }
   return (
     <div className="small-pad">
       <select aria-label="Workspace" value={workspace ?? ''} onChange={(e) => onPick(e.target.value)} data-testid="workspace-picker">

@@ -7,6 +7,8 @@ import { FileTree } from './Files';
 import { Preview } from './Preview';
 import { ApproveDevice } from './ApproveDevice';
 import { ApproveConfig } from './ApproveConfig';
+import { GettingStarted } from './GettingStarted';
+import { GETTING_STARTED } from './SignIn';
 import { DesktopPanel, StatusLine } from './Desktop';
 import { inDesktop, onTrayOpen } from '../lib/desktop';
 
@@ -67,9 +69,20 @@ export function Workbench() {
   const [file, setFile] = useState<string | null>(null);
   const [previewMode, setPreviewMode] = useState<'file' | 'changes'>('file');
   const [tab, setTab] = useState<Tab>(() => (sessionFromUrl() ? 'chat' : 'sessions'));
-  const [dialog, setDialog] = useState<'new' | 'approve' | 'config' | null>(null);
+  // Right after the owner's setup, the guide opens by itself (once).
+  const [dialog, setDialog] = useState<'new' | 'approve' | 'config' | 'setup' | null>(() => {
+    if (sessionStorage.getItem(GETTING_STARTED) !== '1') return null;
+    sessionStorage.removeItem(GETTING_STARTED);
+    return 'setup';
+  });
   const [widths, setWidths] = usePanelWidths();
 
+  // Admins hear at once when sessions cannot answer yet (no provider), not at the first failure.
+  const [noProvider, setNoProvider] = useState(false);
+  useEffect(() => {
+    if (!me.admin || inDesktop || dialog === 'setup') return;
+    api.provider().then((p) => setNoProvider(!p.configured)).catch(() => {});
+  }, [api, me.admin, dialog]);
   const refresh = useCallback(() => {
     api.sessions().then((s) => { setSessions(s); setListError(null); }).catch((e) => setListError(e.message));
   }, [api]);
@@ -120,14 +133,16 @@ export function Workbench() {
 
   const header = (
     <header className="topbar">
-      <div className="brand"><span className="brand-dot" />My Jarvis</div>
+      {/* On a phone the brand and the connection keep their dots only: the actions need the width. */}
+      <div className="brand"><span className="brand-dot" /><span className="hide-phone">My Jarvis</span></div>
       {inDesktop ? <StatusLine /> : (
         <div className={`conn conn-${status}`} data-testid="conn" title={`Sync: ${status}`}>
-          <span className="conn-dot" />{status === 'connected' ? 'Live' : status === 'connecting' ? 'Connecting…' : 'Offline'}
+          <span className="conn-dot" /><span className="conn-label">{status === 'connected' ? 'Live' : status === 'connecting' ? 'Connecting…' : 'Offline'}</span>
         </div>
       )}
       <div className="spacer" />
       {!signedOut && workspace && <button className="btn ghost small" onClick={() => setDialog('config')} data-testid="config-open"><span className="hide-phone">Agents</span><span className="show-phone">Agents</span></button>}
+      {!signedOut && !inDesktop && !me.read_only && <button className="btn ghost small" onClick={() => setDialog('setup')} data-testid="setup-open">Set up</button>}
       {!signedOut && <button className="btn ghost small" onClick={() => setDialog('approve')} data-testid="approve-device-open"><span className="hide-phone">Approve a device</span><span className="show-phone">Approve</span></button>}
       <span className="who" title={me.device}>{me.name}</span>
       {signedOut
@@ -139,6 +154,12 @@ export function Workbench() {
   return (
     <div className={`app ${phone ? 'phone' : 'wide'}`}>
       {header}
+      {noProvider && (
+        <div className="banner" role="status" data-testid="no-provider">
+          <span>No AI provider is set up yet: sessions cannot answer until one is.</span>
+          <button className="btn small primary" onClick={() => setDialog('setup')}>Set up the AI provider</button>
+        </div>
+      )}
       {phone ? (
         <>
           <main className="phone-panel">
@@ -170,6 +191,7 @@ export function Workbench() {
       )}
       {dialog === 'new' && <NewSession onClose={() => setDialog(null)} onCreated={(id) => { setDialog(null); refresh(); open(id); }} />}
       {dialog === 'approve' && <ApproveDevice onClose={() => setDialog(null)} />}
+      {dialog === 'setup' && <GettingStarted onClose={() => setDialog(null)} onWorkspace={(w) => { setWorkspace(w); setFile(null); }} />}
       {dialog === 'config' && workspace && <ApproveConfig workspace={workspace} onClose={() => setDialog(null)} />}
     </div>
   );

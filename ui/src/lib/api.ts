@@ -25,8 +25,25 @@ export interface Transport {
   blobUrl(workspace: string, hash: string, type: string): Promise<string>;
 }
 
+export interface ProviderForm {
+  kind: 'anthropic' | 'gateway' | 'bedrock' | 'vertex' | 'openai';
+  api_key?: string; base_url?: string; auth_token?: string; region?: string; access_key_id?: string;
+  secret_access_key?: string; session_token?: string; project?: string; credentials_json?: string; model?: string;
+}
+export interface ProviderStatus { configured: boolean; source: 'browser' | 'environment' | 'none'; kind: string | null; problem: string | null }
+export interface Invite { code: string; path: string; expires_ms: number; admin: boolean; workspace: string | null; role: string | null }
+export interface InviteInfo { invited_by: string; admin: boolean; workspace: string | null; role: string | null; expires_ms: number }
+export interface NewWorkspace {
+  id: string; name?: string; source: 'empty' | 'files' | 'git';
+  files?: { path: string; content: string }[]; git?: { url: string; token: string };
+}
+
 export class Api {
-  constructor(private token: string | null, private transport: Transport | null = null) {}
+  /**
+   * `probe`: a token being tried (the sign-in form), not the signed-in one, so a 401 says
+   * "that token is not valid" there instead of signing anyone out.
+   */
+  constructor(private token: string | null, private transport: Transport | null = null, private probe = false) {}
 
   async call<T>(method: string, path: string, body?: unknown): Promise<T> {
     if (this.transport) return this.transport.call<T>(method, path, body);
@@ -39,7 +56,7 @@ export class Api {
     try { v = text ? JSON.parse(text) : null; } catch { v = null; }
     if (!r.ok) {
       // A revoked token or device: the app signs out and says why.
-      if (r.status === 401 && this.token) dispatchEvent(new CustomEvent('jarvis:unauthorized'));
+      if (r.status === 401 && this.token && !this.probe) dispatchEvent(new CustomEvent('jarvis:unauthorized'));
       throw new ApiError(r.status, v?.code ?? 'http_error', v?.message ?? `${r.status} ${r.statusText}`);
     }
     return v as T;
@@ -113,6 +130,16 @@ export class Api {
   approveConfig(workspace: string, kind: string, path: string, hash: string) {
     return this.call('POST', `/api/workspaces/${encodeURIComponent(workspace)}/config/approve`, { kind, path, hash });
   }
+  /** Onboarding (crates/cloud-agent/src/onboarding). */
+  setupStatus() { return this.call<{ needed: boolean }>('GET', '/api/setup'); }
+  setup(code: string, name: string) { return this.call<{ token: string; user: { id: string; name: string } }>('POST', '/api/setup', { code, name }); }
+  provider() { return this.call<ProviderStatus>('GET', '/api/server/provider'); }
+  saveProvider(form: ProviderForm) { return this.call<{ saved: boolean; kind: string }>('PUT', '/api/server/provider', form); }
+  createWorkspace(b: NewWorkspace) { return this.call<{ workspace: Workspace; files: number }>('POST', '/api/onboarding/workspace', b); }
+  invite(b: { admin?: boolean; workspace?: string; role?: string }) { return this.call<Invite>('POST', '/api/invites', b); }
+  inviteInfo(code: string) { return this.call<InviteInfo>('GET', `/api/invites/${encodeURIComponent(code)}`); }
+  acceptInvite(code: string, name: string) { return this.call<{ token: string; user: { id: string; name: string } }>('POST', `/api/invites/${encodeURIComponent(code)}/accept`, { name }); }
+  retry(id: string) { return this.call('POST', `/api/sessions/${id}/retry`, {}); }
   pairApprove(code: string) { return this.call<{ device_name: string }>('POST', '/api/pair/approve', { code }); }
 
   /** A workspace blob (image, binary) as an object URL. */
