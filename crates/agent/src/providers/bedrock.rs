@@ -260,102 +260,94 @@ pub struct EventMessage {
     pub payload: Vec<u8>,
 }
 
-/// Decodes AWS event-stream framing incrementally: `total_len u32, headers_len u32,
-/// prelude_crc u32, headers, payload, message_crc u32` (big-endian, CRC-32 checked).
+/// Splits a byte stream into AWS event-stream messages (`total_len u32, headers_len u32,
+/// prelude_crc u32, headers, payload, message_crc u32`) and decodes each with
+/// `aws-smithy-eventstream`, which checks both CRCs and parses the typed headers.
+///
+/// Two checks stay here because the crate's streaming decoder lacks them: the prelude's CRC is
+/// verified as soon as its 12 bytes arrive (a corrupted length would otherwise make the decoder
+/// wait for bytes that never come), and a message may not claim more than 16 MiB (the crate
+/// would buffer whatever length a peer announces).
 #[derive(Debug, Default)]
 pub struct EventStreamDecoder {
     buf: Vec<u8>,
 }
 
+/// The longest event-stream message accepted (Bedrock's are a few KiB).
+const MAX_EVENT_MESSAGE: usize = 16 * 1024 * 1024;
+
 impl EventStreamDecoder {
     pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<EventMessage>, String> {
+        use aws_smithy_eventstream::frame::read_message_from;
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
         loop {
-            if self.buf.len() < 12 {
+            let Some(prelude) = self.buf.first_chunk::<12>() else {
                 return Ok(out);
-            }
-            let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-            let total = be(&self.buf[0..4]) as usize;
-            let headers_len = be(&self.buf[4..8]) as usize;
-            if crc32fast::hash(&self.buf[0..8]) != be(&self.buf[8..12]) {
+            };
+            let be = |i: usize| {
+                u32::from_be_bytes([prelude[i], prelude[i + 1], prelude[i + 2], prelude[i + 3]])
+            };
+            if crc32fast::hash(&prelude[0..8]) != be(8) {
                 return Err("event-stream prelude checksum mismatch".into());
             }
-            if !(16..=16 * 1024 * 1024).contains(&total) || headers_len + 16 > total {
+            let total = be(0) as usize;
+            if !(16..=MAX_EVENT_MESSAGE).contains(&total) {
                 return Err(format!("event-stream message length {total} is invalid"));
             }
             if self.buf.len() < total {
                 return Ok(out);
             }
-            let msg: Vec<u8> = self.buf.drain(..total).collect();
-            if crc32fast::hash(&msg[..total - 4]) != be(&msg[total - 4..]) {
-                return Err("event-stream message checksum mismatch".into());
-            }
-            let headers = parse_headers(&msg[12..12 + headers_len])?;
+            let message =
+                read_message_from(&self.buf[..total]).map_err(|e| format!("event-stream: {e}"))?;
+            self.buf.drain(..total);
             out.push(EventMessage {
-                headers,
-                payload: msg[12 + headers_len..total - 4].to_vec(),
+                headers: message
+                    .headers()
+                    .iter()
+                    .map(|h| (h.name().as_str().to_owned(), header_text(h.value())))
+                    .collect(),
+                payload: message.payload().to_vec(),
             });
         }
     }
 }
 
-fn parse_headers(mut b: &[u8]) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    while !b.is_empty() {
-        let name_len = b[0] as usize;
-        let name = b.get(1..1 + name_len).ok_or("truncated header name")?;
-        let name = String::from_utf8_lossy(name).into_owned();
-        b = &b[1 + name_len..];
-        let kind = *b.first().ok_or("truncated header type")?;
-        b = &b[1..];
-        let (value, used) = match kind {
-            // string (7) and byte array (6): u16 length then bytes
-            6 | 7 => {
-                let len = u16::from_be_bytes([
-                    *b.first().ok_or("truncated")?,
-                    *b.get(1).ok_or("truncated")?,
-                ]) as usize;
-                let v = b.get(2..2 + len).ok_or("truncated header value")?;
-                (String::from_utf8_lossy(v).into_owned(), 2 + len)
-            }
-            0 | 1 => (String::from(if kind == 0 { "true" } else { "false" }), 0),
-            2 => (String::new(), 1),
-            3 => (String::new(), 2),
-            4 => (String::new(), 4),
-            5 | 8 => (String::new(), 8),
-            9 => (String::new(), 16),
-            other => return Err(format!("unknown event-stream header type {other}")),
-        };
-        if b.len() < used {
-            return Err("truncated header value".into());
-        }
-        b = &b[used..];
-        out.insert(name, value);
+/// A header value as text: strings as they are, byte arrays as lossy UTF-8, the rest as their
+/// usual spelling (Bedrock only sends strings).
+fn header_text(v: &aws_smithy_types::event_stream::HeaderValue) -> String {
+    use aws_smithy_types::event_stream::HeaderValue as V;
+    match v {
+        V::String(s) => s.as_str().to_owned(),
+        V::ByteArray(b) => String::from_utf8_lossy(b).into_owned(),
+        V::Bool(b) => b.to_string(),
+        V::Byte(n) => n.to_string(),
+        V::Int16(n) => n.to_string(),
+        V::Int32(n) => n.to_string(),
+        V::Int64(n) => n.to_string(),
+        V::Timestamp(t) => t.to_string(),
+        V::Uuid(u) => format!("{u:032x}"),
+        // The enum is non-exhaustive: a kind added later reads as empty, as unknown ones did.
+        _ => String::new(),
     }
-    Ok(out)
 }
 
 /// Encodes one event-stream message with string headers (used by fakes and tests).
 pub fn encode_event_message(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
-    let mut h = Vec::new();
-    for (k, v) in headers {
-        h.push(k.len() as u8);
-        h.extend_from_slice(k.as_bytes());
-        h.push(7);
-        h.extend_from_slice(&(v.len() as u16).to_be_bytes());
-        h.extend_from_slice(v.as_bytes());
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    let message = headers
+        .iter()
+        .fold(Message::new(payload.to_vec()), |m, (k, v)| {
+            m.add_header(Header::new(
+                k.to_string(),
+                HeaderValue::String((*v).to_owned().into()),
+            ))
+        });
+    let mut out = Vec::new();
+    // Only over-long headers or payloads fail to encode; fakes and tests send small ones.
+    if let Err(e) = aws_smithy_eventstream::frame::write_message_to(&message, &mut out) {
+        tracing::error!(error = %e, "cannot encode an event-stream message");
     }
-    let total = 12 + h.len() + payload.len() + 4;
-    let mut out = Vec::with_capacity(total);
-    out.extend_from_slice(&(total as u32).to_be_bytes());
-    out.extend_from_slice(&(h.len() as u32).to_be_bytes());
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_be_bytes());
-    out.extend_from_slice(&h);
-    out.extend_from_slice(payload);
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_be_bytes());
     out
 }
 
