@@ -4,8 +4,8 @@
 //! status; every request is authenticated by a bearer token and rate-limited per token.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -49,21 +49,23 @@ pub struct Api {
 
 /// Per-address budgets for anonymous callers: a request rate and bodies read at once.
 pub struct Anonymous {
-    pub rate: crate::limits::AddressLimiter,
+    pub rate: crate::limits::RateLimiter<String>,
     pub bodies: Arc<crate::limits::InFlight>,
 }
 
 impl Anonymous {
     pub fn new(burst: u32, per_second: f64, bodies_per_address: usize) -> Arc<Self> {
         Arc::new(Anonymous {
-            rate: crate::limits::AddressLimiter::new(burst, per_second),
+            rate: crate::limits::RateLimiter::new(burst, per_second),
             bodies: crate::limits::InFlight::new(bodies_per_address),
         })
     }
 
     /// Admits one request from `addr`, holding a body slot until the returned guard drops.
     pub fn admit(&self, addr: &str) -> Result<crate::limits::Slot, ApiError> {
-        self.rate.check(addr).map_err(crate::limits::too_many)?;
+        self.rate
+            .check(addr.to_owned())
+            .map_err(crate::limits::too_many)?;
         self.bodies.enter(addr)
     }
 }
@@ -134,39 +136,8 @@ impl From<jarvis_sync::hub::HubError> for ApiError {
 
 type ApiResult<T = Json<Value>> = Result<T, ApiError>;
 
-/// A token bucket per key (a token id here, a user in the gateway): `burst` requests at once,
-/// refilled at `per_second`.
-pub struct RateLimiter<K = i64> {
-    buckets: Mutex<HashMap<K, (f64, Instant)>>,
-    pub burst: f64,
-    pub per_second: f64,
-}
-
-impl<K: std::hash::Hash + Eq> RateLimiter<K> {
-    pub fn new(burst: u32, per_second: f64) -> Self {
-        RateLimiter {
-            buckets: Mutex::new(HashMap::new()),
-            burst: f64::from(burst),
-            per_second,
-        }
-    }
-
-    /// Ok, or the seconds to wait.
-    pub fn check(&self, key: K) -> Result<(), u64> {
-        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let (tokens, at) = b.entry(key).or_insert((self.burst, now));
-        *tokens =
-            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / self.per_second).ceil().max(1.0) as u64)
-        }
-    }
-}
+/// The rate limiter per token (here) and per user (the gateway): see [`crate::limits::RateLimiter`].
+pub use crate::limits::RateLimiter;
 
 /// The caller, from `Authorization: Bearer <token>`, after the rate limit.
 pub struct Caller(pub Identity);
