@@ -10,6 +10,7 @@ pub mod blobs;
 pub mod control;
 pub mod gateway;
 pub mod limits;
+pub mod metrics;
 pub mod runner;
 pub mod schedule;
 pub mod secrets;
