@@ -61,7 +61,8 @@ async fn login_status_and_two_syncing_devices() {
     assert!(!bad.status.success());
     let status = jarvis(&h1).arg("status").output().unwrap();
     assert!(
-        String::from_utf8_lossy(&status.stdout).contains("reachable"),
+        // "(reachable)", not "unreachable: …".
+        String::from_utf8_lossy(&status.stdout).contains("(reachable)"),
         "{}",
         String::from_utf8_lossy(&status.stdout)
     );

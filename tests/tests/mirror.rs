@@ -56,6 +56,9 @@ async fn two_mirrors_sync_merge_and_resist_hostile_entries() {
     std::fs::write(a_dir.join("target/build.log"), "ignored by default\n").unwrap();
     std::fs::write(a_dir.join(".gitignore"), "secret.env\n").unwrap();
     std::fs::write(a_dir.join("secret.env"), "KEY=ignored\n").unwrap();
+    // A write a killed mirror never renamed: swept by the first walk, never synced.
+    let leftover = a_dir.join("src/.lib.rs.jarvis-tmp-0badf00d");
+    std::fs::write(&leftover, "half a write").unwrap();
 
     let ca = client(&agent, &token, &tmp.path().join("a.db"));
     let cb = client(&agent, &token, &tmp.path().join("b.db"));
@@ -73,6 +76,10 @@ async fn two_mirrors_sync_merge_and_resist_hostile_entries() {
         *progress.lock().unwrap(),
         (3, 3),
         "README.md, src/lib.rs, .gitignore"
+    );
+    assert!(
+        !leftover.exists(),
+        "a leftover temporary file survived the start"
     );
     ca.flush_all(T).await.unwrap();
     let _mb = FileMirror::start(&b_dir, "w1", cb.clone(), None)

@@ -187,15 +187,13 @@ fn main() {
             // transaction (which it could not take inside the commit).
             let first_text: Arc<Mutex<Option<Instant>>> = Arc::default();
             let seen = first_text.clone();
-            session
-                .doc()
-                .observe_update_v1("bench", move |_, e| {
-                    let mut s = seen.lock().unwrap();
-                    if s.is_none() && e.update.windows(4).any(|w| w == b"w000") {
-                        *s = Some(Instant::now());
-                    }
-                })
-                .unwrap();
+            jarvis_sync::doc::observe_updates(session.doc(), "bench", move |_, e| {
+                let mut s = seen.lock().unwrap();
+                if s.is_none() && e.update.windows(4).any(|w| w == b"w000") {
+                    *s = Some(Instant::now());
+                }
+            })
+            .await;
             let mut runner = Runner::new(
                 session.clone(),
                 &provider,

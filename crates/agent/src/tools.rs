@@ -15,7 +15,10 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::anthropic::ToolDef;
-use jarvis_sync::paths::{PinnedDir, read_inside};
+use jarvis_sync::paths::{CanonicalRoot, PinnedDir, Replace, read_inside, write_inside};
+
+#[cfg(test)]
+mod tests;
 
 /// What a tool returns to the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,36 +105,6 @@ pub fn confine(root: &Path, path: &str) -> Result<PathBuf, PathError> {
         return Err(refuse("resolves outside the workspace through a symlink"));
     }
     Ok(out)
-}
-
-/// Replaces a file atomically inside its folder, pinned by an open descriptor whose real path
-/// is checked, so neither the temporary file nor the rename can be redirected out of the root.
-fn write_inside(root: &Path, path: &Path, content: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "no file name",
-        ));
-    };
-    let pinned = PinnedDir::open(root, parent)?;
-    let mut tmp_name = name.to_os_string();
-    tmp_name.push(format!(".jarvis-tmp-{:08x}", rand::random::<u32>()));
-    let tmp = pinned.join(&tmp_name);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
-    let written = f.write_all(content).and_then(|()| f.flush());
-    drop(f);
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, pinned.join(name))) {
-        // Best effort: the temporary file is ours and inside the root.
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -367,9 +340,15 @@ impl ToolBox {
         confine(&self.root, p).map_err(|e| e.to_string())
     }
 
+    /// The root resolved for the confined reads and writes of one tool call (resolved per call:
+    /// the folder may not exist yet when the tool box is made).
+    fn canonical_root(&self) -> Result<CanonicalRoot, String> {
+        CanonicalRoot::new(&self.root).map_err(|e| format!("the workspace folder: {e}"))
+    }
+
     async fn read(&self, p: &str, input: &Value) -> Result<String, String> {
         let path = self.path(p)?;
-        let root = self.root.clone();
+        let root = self.canonical_root()?;
         let bytes = tokio::task::spawn_blocking(move || read_inside(&root, &path))
             .await
             .map_err(|e| e.to_string())?
@@ -397,12 +376,14 @@ impl ToolBox {
         }
         // Re-check after creating folders; `write_inside` then pins the folder it writes in.
         let path = self.path(p)?;
-        let root = self.root.clone();
+        let root = self.canonical_root()?;
         let bytes = content.as_bytes().to_vec();
-        tokio::task::spawn_blocking(move || write_inside(&root, &path, &bytes))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot write {p}: {e}"))?;
+        tokio::task::spawn_blocking(move || {
+            write_inside(&root, &path, &bytes, None, Replace::Always)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot write {p}: {e}"))?;
         Ok(format!("wrote {} bytes to {p}", content.len()))
     }
 
@@ -443,7 +424,7 @@ impl ToolBox {
             return Err("old_string and new_string are identical".into());
         }
         let path = self.path(p)?;
-        let root = self.root.clone();
+        let root = self.canonical_root()?;
         let bytes = tokio::task::spawn_blocking(move || read_inside(&root, &path))
             .await
             .map_err(|e| e.to_string())?
@@ -465,11 +446,14 @@ impl ToolBox {
 
     fn walk(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
+        let Ok(root) = self.canonical_root() else {
+            return out;
+        };
         let mut stack = vec![self.root.clone()];
         while let Some(dir) = stack.pop() {
             // Listed through a pinned descriptor: a folder swapped for a symlink after it was
             // seen is not walked.
-            let Ok(handle) = PinnedDir::open(&self.root, &dir) else {
+            let Ok(handle) = PinnedDir::open(&root, &dir) else {
                 continue;
             };
             let Ok(entries) = std::fs::read_dir(handle.join("")) else {
@@ -534,6 +518,7 @@ impl ToolBox {
         };
         let me = self.clone();
         let cap = self.output_cap;
+        let root = self.canonical_root()?;
         tokio::task::spawn_blocking(move || {
             let mut out = String::new();
             for f in me.walk() {
@@ -541,7 +526,7 @@ impl ToolBox {
                 if filter.as_ref().is_some_and(|m| !m.is_match(&rel)) {
                     continue;
                 }
-                let Ok(text) = read_inside(&me.root, &f).map(String::from_utf8) else {
+                let Ok(text) = read_inside(&root, &f).map(String::from_utf8) else {
                     continue;
                 };
                 let Ok(text) = text else {
@@ -695,269 +680,5 @@ fn signal_hint(sig: i32) -> &'static str {
         11 => " (SIGSEGV: often the memory limit)",
         6 => " (SIGABRT: often the memory limit)",
         _ => "",
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use std::time::Instant;
-
-    use super::*;
-
-    fn setup() -> (tempfile::TempDir, ToolBox) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("ws/src")).unwrap();
-        std::fs::write(
-            dir.path().join("ws/src/main.rs"),
-            "fn main() {\n    old();\n}\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("outside.txt"), "secret").unwrap();
-        let tools = ToolBox::new(dir.path().join("ws"));
-        (dir, tools)
-    }
-
-    async fn run(t: &ToolBox, name: &str, input: Value) -> ToolOutput {
-        t.run(name, &input, &CancellationToken::new()).await
-    }
-
-    #[tokio::test]
-    async fn read_write_edit() {
-        let (_d, t) = setup();
-        let r = run(&t, "read", json!({"path": "src/main.rs"})).await;
-        assert!(
-            !r.is_error && r.content.contains("     2\t    old();"),
-            "{r:?}"
-        );
-        let w = run(
-            &t,
-            "write",
-            json!({"path": "notes/a.md", "content": "# A\n"}),
-        )
-        .await;
-        assert!(!w.is_error, "{w:?}");
-        assert_eq!(
-            std::fs::read_to_string(t.root().join("notes/a.md")).unwrap(),
-            "# A\n"
-        );
-        let e = run(
-            &t,
-            "edit",
-            json!({"path": "src/main.rs", "old_string": "old()", "new_string": "new()"}),
-        )
-        .await;
-        assert!(!e.is_error, "{e:?}");
-        assert!(
-            std::fs::read_to_string(t.root().join("src/main.rs"))
-                .unwrap()
-                .contains("new();")
-        );
-        let missing = run(
-            &t,
-            "edit",
-            json!({"path": "src/main.rs", "old_string": "nope", "new_string": "x"}),
-        )
-        .await;
-        assert!(missing.is_error && missing.content.contains("not found"));
-        std::fs::write(t.root().join("dup.txt"), "a a").unwrap();
-        let dup = run(
-            &t,
-            "edit",
-            json!({"path": "dup.txt", "old_string": "a", "new_string": "b"}),
-        )
-        .await;
-        assert!(dup.is_error && dup.content.contains("occurs 2 times"));
-        let all = run(
-            &t,
-            "edit",
-            json!({"path": "dup.txt", "old_string": "a", "new_string": "b", "replace_all": true}),
-        )
-        .await;
-        assert!(!all.is_error);
-        let bad = run(&t, "edit", json!({"path": 3})).await;
-        assert!(bad.is_error);
-        let unknown = run(&t, "rm_rf", json!({})).await;
-        assert!(unknown.is_error && unknown.content.contains("unknown tool"));
-    }
-
-    #[tokio::test]
-    async fn hostile_paths_are_refused() {
-        let (d, t) = setup();
-        std::os::unix::fs::symlink(d.path(), t.root().join("escape")).unwrap();
-        let outside = d.path().join("outside.txt");
-        for p in [
-            "../outside.txt",
-            "src/../../outside.txt",
-            outside.to_str().unwrap(),
-            "/etc/passwd",
-            "escape/outside.txt",
-            "escape/new-file.txt",
-        ] {
-            let r = run(&t, "read", json!({"path": p})).await;
-            assert!(r.is_error && r.content.contains("refused"), "{p}: {r:?}");
-            let w = run(&t, "write", json!({"path": p, "content": "pwned"})).await;
-            assert!(w.is_error, "{p}: {w:?}");
-        }
-        assert_eq!(std::fs::read_to_string(outside).unwrap(), "secret");
-        assert!(!d.path().join("new-file.txt").exists());
-        // An absolute path inside the root is fine.
-        let inside = t.root().join("src/main.rs");
-        let r = run(&t, "read", json!({"path": inside.to_str().unwrap()})).await;
-        assert!(!r.is_error, "{r:?}");
-    }
-
-    /// The file helpers hold even when a path passed `confine` and was then swapped for a
-    /// symlink (as a concurrent command could): simulated by skipping `confine`.
-    #[test]
-    fn file_access_never_follows_a_swapped_symlink_out() {
-        let (d, t) = setup();
-        let root = t.root().to_path_buf();
-        std::os::unix::fs::symlink(d.path(), root.join("swapped")).unwrap();
-        std::os::unix::fs::symlink(d.path().join("outside.txt"), root.join("link.txt")).unwrap();
-        assert!(read_inside(&root, &root.join("swapped/outside.txt")).is_err());
-        assert!(read_inside(&root, &root.join("link.txt")).is_err());
-        assert!(write_inside(&root, &root.join("swapped/outside.txt"), b"pwned").is_err());
-        assert!(write_inside(&root, &root.join("swapped/new.txt"), b"pwned").is_err());
-        assert_eq!(
-            std::fs::read_to_string(d.path().join("outside.txt")).unwrap(),
-            "secret"
-        );
-        assert!(!d.path().join("new.txt").exists());
-        // A walk does not descend into it either.
-        assert!(
-            t.walk()
-                .iter()
-                .all(|f| !f.starts_with(root.join("swapped")))
-        );
-        write_inside(&root, &root.join("src/ok.txt"), b"fine").unwrap();
-        assert_eq!(
-            read_inside(&root, &root.join("src/ok.txt")).unwrap(),
-            b"fine"
-        );
-        let leftovers: Vec<_> = std::fs::read_dir(root.join("src"))
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().contains("jarvis-tmp"))
-            .collect();
-        assert!(leftovers.is_empty());
-    }
-
-    #[tokio::test]
-    async fn glob_grep_todo() {
-        let (_d, t) = setup();
-        std::fs::write(t.root().join("src/lib.rs"), "pub fn old() {}\n").unwrap();
-        let g = run(&t, "glob", json!({"pattern": "src/*.rs"})).await;
-        assert_eq!(g.content, "src/lib.rs\nsrc/main.rs");
-        let r = run(&t, "grep", json!({"pattern": "old\\(", "glob": "**/*.rs"})).await;
-        assert!(
-            r.content.contains("src/main.rs:2:") && r.content.contains("src/lib.rs:1:"),
-            "{r:?}"
-        );
-        assert!(run(&t, "grep", json!({"pattern": "("})).await.is_error);
-        let todo = run(
-            &t,
-            "todo",
-            json!({"todos": [{"content": "ship", "status": "pending"}]}),
-        )
-        .await;
-        assert!(!todo.is_error);
-        assert_eq!(t.todos()[0].content, "ship");
-    }
-
-    #[tokio::test]
-    async fn limits_sandbox_caps_file_size() {
-        let (_d, mut t) = setup();
-        t.sandbox = Sandbox::Unconfined {
-            limits: Limits {
-                file_bytes: 64 * 1024,
-                ..Limits::default()
-            },
-            why: "test".into(),
-        };
-        let out = run(
-            &t,
-            "bash",
-            json!({"command": "head -c 300000 /dev/zero > big; echo done"}),
-        )
-        .await;
-        let size = std::fs::metadata(t.root().join("big")).unwrap().len();
-        assert!(
-            size <= 64 * 1024,
-            "file grew to {size} bytes: {}",
-            out.content
-        );
-        let ok = run(&t, "bash", json!({"command": "echo fine"})).await;
-        assert!(
-            !ok.is_error && ok.content.contains("fine"),
-            "{}",
-            ok.content
-        );
-        assert!(
-            !Sandbox::detect(Limits::default(), false)
-                .describe()
-                .is_empty()
-        );
-    }
-
-    #[tokio::test]
-    async fn bash_output_exit_timeout_and_interrupt() {
-        let (_d, mut t) = setup();
-        let ok = run(&t, "bash", json!({"command": "echo hi; echo oops >&2"})).await;
-        assert!(!ok.is_error && ok.content.starts_with("hi\n") && ok.content.contains("oops"));
-        let fail = run(&t, "bash", json!({"command": "exit 3"})).await;
-        assert!(fail.is_error && fail.content.starts_with("exit code 3"));
-        t.output_cap = 100;
-        let big = run(&t, "bash", json!({"command": "yes | head -c 100000"})).await;
-        assert!(
-            big.content.contains("output truncated"),
-            "{}",
-            big.content.len()
-        );
-        // A command that never ends, with a grandchild: both die at the timeout.
-        let pidfile = t.root().join("grandchild.pid");
-        let started = Instant::now();
-        let cmd = format!(
-            "sh -c 'echo $$ > {}; exec sleep 600' & sleep 600",
-            pidfile.display()
-        );
-        let slow = run(&t, "bash", json!({"command": cmd, "timeout_ms": 500})).await;
-        assert!(
-            slow.is_error && slow.content.contains("timed out"),
-            "{slow:?}"
-        );
-        assert!(started.elapsed() < Duration::from_secs(10));
-        let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
-        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        // A killed process may linger briefly as a zombie until it is reaped.
-        let alive = |dir: &Path| {
-            std::fs::read_to_string(dir.join("stat"))
-                .map(|s| {
-                    !s.rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('Z')
-                })
-                .unwrap_or(false)
-        };
-        while alive(&proc_dir) {
-            assert!(
-                Instant::now() < deadline,
-                "grandchild {pid} survived the process-group kill"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let cancel = CancellationToken::new();
-        let c2 = cancel.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            c2.cancel();
-        });
-        let cut = t
-            .run("bash", &json!({"command": "sleep 600"}), &cancel)
-            .await;
-        assert!(cut.is_error && cut.content.contains("interrupted"));
     }
 }

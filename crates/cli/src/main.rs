@@ -950,7 +950,7 @@ async fn status(home: &std::path::Path, store: &Arc<dyn Store>) -> Result<()> {
     );
     match read_login(home) {
         Ok(login) => {
-            let health = reqwest_free_health(&login.hub).await;
+            let health = hub_health(&login.hub).await;
             println!("hub: {} ({health})", login.hub);
         }
         Err(e) => println!("hub: none ({e})"),
@@ -965,34 +965,21 @@ async fn status(home: &std::path::Path, store: &Arc<dyn Store>) -> Result<()> {
     Ok(())
 }
 
-/// GET /healthz over a plain TCP connection (http only; https hubs report "not checked").
-async fn reqwest_free_health(hub: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Some(rest) = hub.strip_prefix("http://") else {
-        return "not checked over https".into();
+/// GET /healthz on the hub (http or https), within 5 s.
+async fn hub_health(hub: &str) -> String {
+    let url = format!("{}/healthz", hub.trim_end_matches('/'));
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return format!("not checked: {e}"),
     };
-    let host = rest.split('/').next().unwrap_or(rest);
-    let addr = if host.contains(':') {
-        host.to_owned()
-    } else {
-        format!("{host}:80")
-    };
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(&addr).await?;
-        s.write_all(
-            format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf)
-    };
-    match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
-        Ok(Ok(r)) if r.starts_with("HTTP/1.1 200") => "reachable".into(),
-        Ok(Ok(r)) => format!("answered {}", r.lines().next().unwrap_or("")),
-        Ok(Err(e)) => format!("unreachable: {e}"),
-        Err(_) => "unreachable: timed out".into(),
+    match client.get(&url).send().await {
+        Ok(r) if r.status().is_success() => "reachable".into(),
+        Ok(r) => format!("answered {}", r.status()),
+        Err(e) if e.is_timeout() => "unreachable: timed out".into(),
+        Err(e) => format!("unreachable: {e}"),
     }
 }
 

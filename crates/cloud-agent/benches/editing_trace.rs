@@ -69,12 +69,11 @@ fn main() {
     let text = FileText::new(doc.clone());
     let update_bytes = Arc::new(Mutex::new((0usize, 0usize)));
     let counter = update_bytes.clone();
-    doc.observe_update_v1("bench", move |_, e| {
+    jarvis_sync::doc::observe_updates_blocking(&doc, "bench", move |_, e| {
         let mut c = counter.lock().unwrap();
         c.0 += 1;
         c.1 += e.update.len();
-    })
-    .unwrap();
+    });
     let start = Instant::now();
     for e in &edits {
         match e {

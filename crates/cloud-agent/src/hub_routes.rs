@@ -4,7 +4,6 @@
 //! Served alone (benchmarks) or as part of `crate::app::app`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -59,87 +58,13 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
             return e.into_response();
         }
     }
-    let m = state.hub.metrics();
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        out.push_str(&format!(
-            "# HELP jarvis_hub_{name} {help}\n# TYPE jarvis_hub_{name} {kind}\njarvis_hub_{name} {value}\n"
-        ));
-    };
-    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    metric(
-        "connections_open",
-        "gauge",
-        "Open sync sockets.",
-        get(&m.connections_open),
-    );
-    metric(
-        "connections_total",
-        "counter",
-        "Sync sockets accepted.",
-        get(&m.connections_total),
-    );
-    metric(
-        "documents_in_memory",
-        "gauge",
-        "Documents held in memory.",
-        state.hub.loaded_documents() as u64,
-    );
-    metric(
-        "documents_loaded_total",
-        "counter",
-        "Documents loaded from the store.",
-        get(&m.documents_loaded),
-    );
-    metric(
-        "updates_received_total",
-        "counter",
-        "Sync step 2 and update messages received.",
-        get(&m.updates_received),
-    );
-    metric(
-        "updates_committed_total",
-        "counter",
-        "Updates durably committed.",
-        get(&m.updates_committed),
-    );
-    metric(
-        "commit_batches_total",
-        "counter",
-        "Store transactions committed.",
-        get(&m.commit_batches),
-    );
-    metric(
-        "frames_relayed_total",
-        "counter",
-        "Frames relayed to other subscribers.",
-        get(&m.frames_relayed),
-    );
-    metric(
-        "auth_denied_total",
-        "counter",
-        "Document authentications refused.",
-        get(&m.auth_denied),
-    );
-    metric(
-        "compactions_total",
-        "counter",
-        "Document logs compacted.",
-        get(&m.compactions),
-    );
-    metric(
-        "store_errors_total",
-        "counter",
-        "Store operations that failed.",
-        get(&m.store_errors),
-    );
-    metric(
-        "slow_consumers_closed_total",
-        "counter",
-        "Connections closed for not keeping up.",
-        get(&m.slow_consumers_closed),
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    match crate::metrics::render(&state.hub) {
+        Ok((text, content_type)) => ([(header::CONTENT_TYPE, content_type)], text).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode the metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 async fn sync_socket(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {

@@ -22,6 +22,7 @@ pub mod gateway;
 pub mod http;
 pub mod hub_routes;
 pub mod limits;
+pub mod metrics;
 pub mod onboarding;
 pub mod runner;
 pub mod schedule;

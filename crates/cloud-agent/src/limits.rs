@@ -7,9 +7,11 @@
 //! or keep per-address state without a bound.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -272,51 +274,80 @@ fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
     entry.parse::<SocketAddr>().ok().map(|s| canonical(s.ip()))
 }
 
-/// Token buckets per address, bounded: when the table is full, buckets that have refilled
-/// (their address is idle) are dropped first; if none has, the oldest are.
-pub struct AddressLimiter {
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
-    burst: f64,
-    per_second: f64,
-    max_addresses: usize,
+/// The one rate limiter of the server, per key (a token id for the API, a user for the gateway,
+/// an address for the anonymous endpoints): `burst` requests at once, then `per_second`. The
+/// arithmetic is `governor`'s (GCRA, equivalent to a token bucket); the table of keys is ours,
+/// because it must stay bounded under a flood of new addresses (see [`BoundedKeys`]).
+pub struct RateLimiter<K: Hash + Eq + Clone = i64> {
+    inner: governor::RateLimiter<K, BoundedKeys<K>, governor::clock::DefaultClock>,
 }
 
-impl AddressLimiter {
+/// Keys a limiter remembers at most.
+const MAX_KEYS: usize = 100_000;
+
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub fn new(burst: u32, per_second: f64) -> Self {
-        AddressLimiter {
-            buckets: Mutex::new(HashMap::new()),
-            burst: f64::from(burst.max(1)),
-            per_second: per_second.max(0.001),
-            max_addresses: 100_000,
+        Self::bounded(burst, per_second, MAX_KEYS)
+    }
+
+    fn bounded(burst: u32, per_second: f64, max_keys: usize) -> Self {
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        let period = Duration::from_secs_f64(1.0 / per_second.max(0.001));
+        let quota = governor::Quota::with_period(period)
+            .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
+        let store = BoundedKeys {
+            keys: Mutex::new(HashMap::new()),
+            max: max_keys.max(1),
+        };
+        RateLimiter {
+            inner: governor::RateLimiter::new(
+                quota,
+                store,
+                governor::clock::DefaultClock::default(),
+            ),
         }
     }
 
     /// Ok, or the seconds to wait.
-    pub fn check(&self, key: &str) -> Result<(), u64> {
-        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if b.len() >= self.max_addresses && !b.contains_key(key) {
-            let (burst, rate) = (self.burst, self.per_second);
-            b.retain(|_, (t, at)| *t + now.duration_since(*at).as_secs_f64() * rate < burst);
-            if b.len() >= self.max_addresses {
-                let mut ages: Vec<(Instant, String)> =
-                    b.iter().map(|(k, (_, at))| (*at, k.clone())).collect();
-                ages.sort();
-                for (_, k) in ages.into_iter().take(self.max_addresses / 10 + 1) {
-                    b.remove(&k);
-                }
+    pub fn check(&self, key: K) -> Result<(), u64> {
+        use governor::clock::Clock;
+        self.inner.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.inner.clock().now());
+            wait.as_secs_f64().ceil().max(1.0) as u64
+        })
+    }
+}
+
+/// `governor`'s state per key (the theoretical arrival time of the next request), at most `max`
+/// keys: when a new key finds the table full, the tenth whose budgets refilled longest ago goes
+/// (an idle key's state is the earliest arrival time, and one that has refilled is the same as a
+/// fresh one). Governor's own stores only drop refilled keys, which a flood of busy new keys
+/// would never let happen.
+struct BoundedKeys<K> {
+    keys: Mutex<HashMap<K, governor::nanos::Nanos>>,
+    max: usize,
+}
+
+impl<K: Hash + Eq + Clone> governor::state::StateStore for BoundedKeys<K> {
+    type Key = K;
+
+    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<governor::nanos::Nanos>) -> Result<(T, governor::nanos::Nanos), E>,
+    {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let (out, next) = f(keys.get(key).copied())?;
+        if keys.len() >= self.max && !keys.contains_key(key) {
+            let mut by_age: Vec<(governor::nanos::Nanos, K)> =
+                keys.iter().map(|(k, t)| (*t, k.clone())).collect();
+            by_age.sort_by_key(|(t, _)| *t);
+            for (_, k) in by_age.into_iter().take(self.max / 10 + 1) {
+                keys.remove(&k);
             }
         }
-        let (tokens, at) = b.entry(key.to_owned()).or_insert((self.burst, now));
-        *tokens =
-            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / self.per_second).ceil().max(1.0) as u64)
-        }
+        keys.insert(key.clone(), next);
+        Ok(out)
     }
 }
 
@@ -512,6 +543,8 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
     use axum::http::StatusCode;
 
@@ -609,22 +642,41 @@ mod tests {
 
     #[test]
     fn one_address_spends_only_its_own_budget() {
-        let l = AddressLimiter::new(3, 0.001);
+        let l = RateLimiter::<String>::new(3, 0.001);
         for _ in 0..3 {
-            assert!(l.check("10.0.0.1").is_ok());
+            assert!(l.check("10.0.0.1".into()).is_ok());
         }
-        assert!(l.check("10.0.0.1").is_err());
-        assert!(l.check("10.0.0.2").is_ok());
+        // One request per 1000 s: the wait says so.
+        let Err(wait) = l.check("10.0.0.1".into()) else {
+            panic!("a fourth request passed a burst of three");
+        };
+        assert!((990..=1000).contains(&wait), "{wait}");
+        assert!(l.check("10.0.0.2".into()).is_ok());
+    }
+
+    #[test]
+    fn the_budget_refills_at_the_given_rate() {
+        let l = RateLimiter::<i64>::new(1, 1000.0);
+        assert!(l.check(1).is_ok());
+        let limited = l.check(1);
+        assert_eq!(limited, Err(1), "the wait is rounded up to a whole second");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while l.check(1).is_err() {
+            assert!(Instant::now() < deadline, "never refilled");
+            std::thread::yield_now();
+        }
     }
 
     #[test]
     fn the_limiter_table_stays_bounded() {
-        let mut l = AddressLimiter::new(1, 0.001);
-        l.max_addresses = 100;
+        let l = RateLimiter::<String>::bounded(1, 0.001, 100);
         for i in 0..1000 {
-            let _ = l.check(&format!("10.0.{}.{}", i / 256, i % 256));
+            let _ = l.check(format!("10.0.{}.{}", i / 256, i % 256));
         }
-        assert!(l.buckets.lock().unwrap_or_else(|p| p.into_inner()).len() <= 100);
+        // The newest keys are kept (a key just limited stays limited).
+        assert!(l.check("10.0.3.231".into()).is_err());
+        let keys = l.inner.into_state_store().keys;
+        assert!(keys.lock().unwrap_or_else(|p| p.into_inner()).len() <= 100);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The web view: the built `ui/` bundle served from the same origin as the API and `/sync`.
-//! Owns static file lookup (content types, cache headers, precompressed `.gz` siblings, the
-//! security headers of the page) and the client-route fallback to `index.html`.
+//! Owns the mapping of request paths to files (content types, cache headers, the security
+//! headers of the page) and the client-route fallback to `index.html`; `tower-http`'s
+//! `ServeFile` sends the file (precompressed `.br` / `.gz` siblings, HEAD, ranges, conditional
+//! requests).
 //!
 //! It must never serve a file outside the bundle folder: request paths with `..`, `.`, empty,
 //! backslash or NUL segments are refused before the file system is touched, and a file that
@@ -11,8 +13,11 @@ use std::path::{Path, PathBuf};
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::extract::Request;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
 
 /// Where the built bundle is.
 #[derive(Debug, Clone, clap::Args)]
@@ -57,9 +62,9 @@ pub fn with_ui(router: Router, args: &UiArgs) -> Router {
         Some(d) => tracing::info!(dir = %d.display(), "serving the web view"),
         None => tracing::info!("no built web view found (cd ui && npm ci && npm run build)"),
     }
-    router.fallback(move |method: Method, uri: Uri, headers: HeaderMap| {
+    router.fallback(move |request: Request| {
         let dir = dir.clone();
-        async move { serve(dir.as_deref(), &method, &uri, &headers).await }
+        async move { serve(dir.as_deref(), request).await }
     })
 }
 
@@ -171,12 +176,13 @@ fn not_found(api: bool) -> Response {
     }
 }
 
-async fn serve(dir: Option<&Path>, method: &Method, uri: &Uri, headers: &HeaderMap) -> Response {
-    let path = uri.path();
+async fn serve(dir: Option<&Path>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let method = request.method();
     if method != Method::GET && method != Method::HEAD {
         return not_found(API_PREFIXES.iter().any(|p| path.starts_with(p)));
     }
-    let rel = match lookup(path) {
+    let rel = match lookup(&path) {
         Lookup::Refused => {
             tracing::info!(path, "refused a web view path");
             return (StatusCode::BAD_REQUEST, "bad path").into_response();
@@ -193,73 +199,67 @@ async fn serve(dir: Option<&Path>, method: &Method, uri: &Uri, headers: &HeaderM
         )
             .into_response();
     };
-    let gzip_ok = headers
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
-    match read_inside(dir, &rel, gzip_ok).await {
-        Some((bytes, gzipped)) => {
-            let mut r = Response::new(if method == Method::HEAD {
-                Body::empty()
-            } else {
-                Body::from(bytes)
-            });
-            let h = r.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(content_type(&rel)),
-            );
-            h.insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static(cache_control(&rel)),
-            );
-            h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-            h.insert(
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            );
-            if gzipped {
-                h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-            }
-            if rel == "index.html" {
-                h.insert(
-                    header::CONTENT_SECURITY_POLICY,
-                    HeaderValue::from_static(CSP),
-                );
-                h.insert(
-                    header::REFERRER_POLICY,
-                    HeaderValue::from_static("no-referrer"),
-                );
-                h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-            }
-            r
-        }
-        None => not_found(false),
+    if !really_inside(dir, &rel).await {
+        return not_found(false);
     }
+    // tower-http serves the file: HEAD, conditional and range requests, and the precompressed
+    // `.br` / `.gz` sibling the client accepts (the UI build writes them).
+    let file = ServeFile::new(dir.join(&rel))
+        .precompressed_br()
+        .precompressed_gzip();
+    let mut r = match file.oneshot(request).await {
+        Ok(r) => r.map(Body::new),
+        Err(e) => match e {},
+    };
+    if !r.status().is_success() && r.status() != StatusCode::NOT_MODIFIED {
+        return r;
+    }
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(&rel)),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control(&rel)),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if rel == "index.html" {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        );
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
+    r
 }
 
-/// Reads `rel` under `dir` (or its `.gz` sibling when the client takes gzip), refusing anything
-/// whose real path is outside `dir`.
-async fn read_inside(dir: &Path, rel: &str, gzip_ok: bool) -> Option<(Vec<u8>, bool)> {
-    let root = tokio::fs::canonicalize(dir).await.ok()?;
-    let mut tries = Vec::new();
-    if gzip_ok {
-        tries.push((format!("{rel}.gz"), true));
-    }
-    tries.push((rel.to_owned(), false));
-    for (name, gz) in tries {
-        let Ok(real) = tokio::fs::canonicalize(root.join(&name)).await else {
-            continue;
-        };
-        if !real.starts_with(&root) {
-            tracing::warn!(path = rel, "a web view file resolves outside its folder");
-            return None;
-        }
-        if let Ok(bytes) = tokio::fs::read(&real).await {
-            return Some((bytes, gz));
+/// Whether `rel` and the precompressed siblings of it that exist all really lie under `dir`
+/// (a symlink in the bundle pointing out of it is never followed out). `ServeFile` would
+/// follow it.
+async fn really_inside(dir: &Path, rel: &str) -> bool {
+    let Ok(root) = tokio::fs::canonicalize(dir).await else {
+        return false;
+    };
+    for name in [rel.to_owned(), format!("{rel}.gz"), format!("{rel}.br")] {
+        match tokio::fs::canonicalize(root.join(&name)).await {
+            Ok(real) if !real.starts_with(&root) => {
+                tracing::warn!(path = rel, "a web view file resolves outside its folder");
+                return false;
+            }
+            // Missing is fine here: ServeFile answers 404 or skips the sibling.
+            _ => {}
         }
     }
-    None
+    true
 }
 
 #[cfg(test)]
@@ -361,6 +361,14 @@ mod tests {
         assert_eq!(s, 200);
         assert!(head.contains("content-encoding: gzip"), "{head}");
         assert_eq!(body, b"\x1f\x8bgz");
+        // With a brotli sibling too, a client taking only brotli gets it, with the same headers.
+        std::fs::write(dist.join("assets/app-1a2b.js.br"), b"br-bytes").unwrap();
+        let (s, head, body) = get(port, "/assets/app-1a2b.js", "Accept-Encoding: br\r\n").await;
+        assert_eq!(s, 200);
+        assert!(head.contains("content-encoding: br"), "{head}");
+        assert!(head.contains("content-type: text/javascript"), "{head}");
+        assert!(head.contains("vary: accept-encoding"), "{head}");
+        assert_eq!(body, b"br-bytes");
 
         // Routes of the API still win; unknown API paths are JSON 404s, not the page.
         assert_eq!(get(port, "/healthz", "").await.0, 200);

@@ -204,10 +204,10 @@ impl SyncClient {
             edits: local_edits.clone(),
             status: status.clone(),
         };
-        doc.observe_update_v1(OBSERVER_KEY, move |txn, event| {
+        crate::doc::observe_updates(&doc, OBSERVER_KEY, move |txn, event| {
             observer.on_update(txn.origin(), &event.update);
         })
-        .map_err(|_| ClientError::Stopped)?;
+        .await;
         let mut docs = lock(&self.shared.docs);
         // Another caller may have opened it while we were loading; theirs wins.
         if let Some(e) = docs.get(name) {

@@ -172,20 +172,105 @@ pub fn case_collisions<'a>(paths: impl IntoIterator<Item = &'a str>) -> Vec<(Str
     out
 }
 
+/// The name of a temporary file beside `name`: hidden (a leading dot, so editors and file
+/// listings pass it by) and recognisable by [`is_temp_name`] (the mirror's watcher skips it and a
+/// restarted mirror removes one a crash left behind).
+pub fn temp_name(name: &std::ffi::OsStr) -> std::ffi::OsString {
+    let mut tmp = std::ffi::OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".jarvis-tmp-{:08x}", rand::random::<u32>()));
+    tmp
+}
+
+/// Whether a file name is one of our temporary files (see [`temp_name`]).
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".jarvis-tmp-")
+}
+
+/// Whether a write replaces what is at the target unconditionally, or only if the target still
+/// holds what the caller read (`None`: the caller saw no file there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    Always,
+    IfUnchanged(Option<blake3::Hash>),
+}
+
 /// Writes `bytes` to `target` atomically (temp file, fsync, rename, directory fsync), with the
-/// given Unix mode when set.
+/// given Unix mode when set. For files of our own (settings, state); a file in a folder others
+/// write to goes through [`write_inside`].
 pub fn atomic_write(target: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
-    let dir = target
-        .parent()
-        .ok_or_else(|| std::io::Error::other("target has no parent directory"))?;
+    let (dir, name) = dir_and_name(target)?;
     std::fs::create_dir_all(dir)?;
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.jarvis-tmp-{:08x}", rand::random::<u32>()));
+    replace_file(
+        &dir.join(temp_name(name)),
+        target,
+        bytes,
+        mode,
+        Replace::Always,
+        || {
+            // The rename is durable only once the directory entry is.
+            std::fs::File::open(dir)?.sync_all()
+        },
+    )
+    .map(|_| ())
+}
+
+/// [`atomic_write`] of a file under `root` whose folder may be swapped for a link at any moment
+/// (a cloud session's bash can): the folder is opened once ([`PinnedDir`]) and the temporary
+/// file, the check and the rename all happen in it, so nothing is redirected out of the root.
+/// With [`Replace::IfUnchanged`] the target is checked again once the new content is ready
+/// (written and synced beside it), just before the rename: if it no longer hashes to what the
+/// caller read, someone saved it meanwhile and nothing is written (`Ok(false)`). What is left is
+/// the instant between that check and the rename. The folder must exist.
+pub fn write_inside(
+    root: &CanonicalRoot,
+    target: &Path,
+    bytes: &[u8],
+    mode: Option<u32>,
+    replace: Replace,
+) -> std::io::Result<bool> {
+    let (dir, name) = dir_and_name(target)?;
+    let pinned = PinnedDir::open(root, dir)?;
+    replace_file(
+        &pinned.join(temp_name(name)),
+        &pinned.join(name),
+        bytes,
+        mode,
+        replace,
+        || pinned.sync(),
+    )
+}
+
+fn dir_and_name(target: &Path) -> std::io::Result<(&Path, &std::ffi::OsStr)> {
+    match (target.parent(), target.file_name()) {
+        (Some(dir), Some(name)) => Ok((dir, name)),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the target has no parent folder or no file name",
+        )),
+    }
+}
+
+/// The one write path behind [`atomic_write`] and [`write_inside`]: a new temporary file (never
+/// an existing one, never through a link), fsynced, checked per `replace`, renamed over
+/// `target`, then `sync_dir`. The temporary file is removed whenever it was not renamed.
+fn replace_file(
+    tmp: &Path,
+    target: &Path,
+    bytes: &[u8],
+    mode: Option<u32>,
+    replace: Replace,
+    sync_dir: impl FnOnce() -> std::io::Result<()>,
+) -> std::io::Result<bool> {
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(tmp)?
+        };
         f.write_all(bytes)?;
         #[cfg(unix)]
         if let Some(mode) = mode {
@@ -193,19 +278,53 @@ pub fn atomic_write(target: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::
             f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
         }
         f.sync_all()?;
-        std::fs::rename(&tmp, target)?;
-        // The rename is durable only once the directory entry is.
-        std::fs::File::open(dir)?.sync_all()
+        if let Replace::IfUnchanged(read) = replace {
+            let now = match std::fs::symlink_metadata(target) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(std::io::Error::other("the file is a symlink now"));
+                }
+                Ok(_) => std::fs::read(target).ok().map(|b| blake3::hash(&b)),
+                Err(_) => None,
+            };
+            if now != read {
+                return Ok(false);
+            }
+        }
+        std::fs::rename(tmp, target)?;
+        sync_dir()?;
+        Ok(true)
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if !matches!(result, Ok(true)) {
+        // Nothing else ever refers to the temporary name (a failed sync_dir after the rename
+        // finds nothing to remove).
+        let _ = std::fs::remove_file(tmp);
     }
     result
 }
 
-/// Whether a file name is one of our temporary files (the watcher ignores them).
-pub fn is_temp_name(name: &str) -> bool {
-    name.starts_with('.') && name.contains(".jarvis-tmp-")
+/// A folder's real path, resolved once (symlinks and `..` gone): what [`open_inside`] and
+/// [`PinnedDir`] check an opened file against. Resolving the root again on every call cost a
+/// `realpath` per file read or written; a mirror resolves it once when it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalRoot(PathBuf);
+
+impl CanonicalRoot {
+    pub fn new(path: &Path) -> std::io::Result<CanonicalRoot> {
+        Ok(CanonicalRoot(path.canonicalize()?))
+    }
+}
+
+impl std::ops::Deref for CanonicalRoot {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for CanonicalRoot {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
 }
 
 /// Whether an opened file or folder really lies under `root` (canonical): on Linux its real
@@ -239,20 +358,20 @@ fn outside() -> std::io::Error {
 /// a command running in the folder at the same time (a cloud session's bash) can swap a folder
 /// or the file for a symlink to the data dir between a check and the open. The final component
 /// is never followed, and the opened file must really lie under the root.
-pub fn open_inside(root: &Path, path: &Path) -> std::io::Result<std::fs::File> {
+pub fn open_inside(root: &CanonicalRoot, path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
-    if !opened_inside(&root.canonicalize()?, &f, path)? {
+    if !opened_inside(root, &f, path)? {
         return Err(outside());
     }
     Ok(f)
 }
 
 /// Reads a whole file through [`open_inside`].
-pub fn read_inside(root: &Path, path: &Path) -> std::io::Result<Vec<u8>> {
+pub fn read_inside(root: &CanonicalRoot, path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut bytes = Vec::new();
     open_inside(root, path)?.read_to_end(&mut bytes)?;
@@ -270,13 +389,13 @@ pub struct PinnedDir {
 }
 
 impl PinnedDir {
-    pub fn open(root: &Path, dir: &Path) -> std::io::Result<PinnedDir> {
+    pub fn open(root: &CanonicalRoot, dir: &Path) -> std::io::Result<PinnedDir> {
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
             .open(dir)?;
-        if !opened_inside(&root.canonicalize()?, &file, dir)? {
+        if !opened_inside(root, &file, dir)? {
             return Err(outside());
         }
         Ok(PinnedDir {
@@ -286,7 +405,7 @@ impl PinnedDir {
     }
 
     /// The pinned folder's parent of `path` under `root`.
-    pub fn parent_of(root: &Path, path: &Path) -> std::io::Result<PinnedDir> {
+    pub fn parent_of(root: &CanonicalRoot, path: &Path) -> std::io::Result<PinnedDir> {
         let dir = path
             .parent()
             .ok_or_else(|| std::io::Error::other("the path has no parent folder"))?;
@@ -455,6 +574,41 @@ mod tests {
         );
     }
 
+    #[test]
+    fn temp_names_are_hidden_and_recognised() {
+        let name = temp_name(std::ffi::OsStr::new("notes.txt"));
+        let name = name.to_string_lossy();
+        assert!(name.starts_with(".notes.txt.jarvis-tmp-"), "{name}");
+        assert!(is_temp_name(&name));
+        assert!(!is_temp_name("notes.txt") && !is_temp_name("notes.txt.jarvis-tmp-0"));
+    }
+
+    #[test]
+    fn write_inside_never_replaces_a_save_made_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = CanonicalRoot::new(dir.path()).unwrap();
+        let path = root.join("a.txt");
+        std::fs::write(&path, "read").unwrap();
+        let read = Some(blake3::hash(b"read"));
+        std::fs::write(&path, "saved meanwhile").unwrap();
+        let unless = Replace::IfUnchanged(read);
+        assert!(!write_inside(&root, &path, b"ours", None, unless).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"saved meanwhile");
+        let now = Replace::IfUnchanged(Some(blake3::hash(b"saved meanwhile")));
+        assert!(write_inside(&root, &path, b"ours", Some(0o600), now).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"ours");
+        // A file that appeared since the caller saw none is not replaced either.
+        let new = root.join("b.txt");
+        std::fs::write(&new, "theirs").unwrap();
+        assert!(!write_inside(&root, &new, b"ours", None, Replace::IfUnchanged(None)).unwrap());
+        assert_eq!(std::fs::read(&new).unwrap(), b"theirs");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "temporary file left"
+        );
+    }
+
     const CHILD: &str = "JARVIS_ATOMIC_WRITE_CHILD";
 
     /// Child half of the kill test: rewrites one file forever, each version one repeated byte.
@@ -503,33 +657,27 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn a_folder_swapped_for_a_link_out_is_never_read_or_written_through() {
-        let root = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();
+        let root = CanonicalRoot::new(dir.path()).unwrap();
         std::fs::write(out.path().join("hub.db"), b"secret").unwrap();
-        std::fs::create_dir(root.path().join("sub")).unwrap();
-        std::fs::write(root.path().join("sub/ok.txt"), b"ok").unwrap();
-        assert_eq!(
-            read_inside(root.path(), &root.path().join("sub/ok.txt")).unwrap(),
-            b"ok"
-        );
-        let pinned = PinnedDir::parent_of(root.path(), &root.path().join("sub/ok.txt")).unwrap();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/ok.txt"), b"ok").unwrap();
+        assert_eq!(read_inside(&root, &root.join("sub/ok.txt")).unwrap(), b"ok");
+        let pinned = PinnedDir::parent_of(&root, &root.join("sub/ok.txt")).unwrap();
         // The folder is swapped for a link to another place after it was pinned.
-        std::fs::rename(root.path().join("sub"), root.path().join("sub-moved")).unwrap();
-        std::os::unix::fs::symlink(out.path(), root.path().join("sub")).unwrap();
+        std::fs::rename(root.join("sub"), root.join("sub-moved")).unwrap();
+        std::os::unix::fs::symlink(out.path(), root.join("sub")).unwrap();
         // Reads through the link are refused.
-        assert!(read_inside(root.path(), &root.path().join("sub/hub.db")).is_err());
-        assert!(PinnedDir::parent_of(root.path(), &root.path().join("sub/hub.db")).is_err());
+        assert!(read_inside(&root, &root.join("sub/hub.db")).is_err());
+        assert!(PinnedDir::parent_of(&root, &root.join("sub/hub.db")).is_err());
         // A file link is never followed, even to a file inside.
-        std::os::unix::fs::symlink(
-            root.path().join("sub-moved/ok.txt"),
-            root.path().join("link.txt"),
-        )
-        .unwrap();
-        assert!(read_inside(root.path(), &root.path().join("link.txt")).is_err());
+        std::os::unix::fs::symlink(root.join("sub-moved/ok.txt"), root.join("link.txt")).unwrap();
+        assert!(read_inside(&root, &root.join("link.txt")).is_err());
         // What was pinned before the swap still names the real folder.
         std::fs::write(pinned.join("new.txt"), b"new").unwrap();
         assert_eq!(
-            std::fs::read(root.path().join("sub-moved/new.txt")).unwrap(),
+            std::fs::read(root.join("sub-moved/new.txt")).unwrap(),
             b"new"
         );
         assert!(!out.path().join("new.txt").exists());

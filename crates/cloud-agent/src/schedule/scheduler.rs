@@ -193,15 +193,10 @@ pub(crate) async fn watch_contents(
         match api.cloud.open_document(&name).await {
             Ok(doc) => {
                 let (c, clock, p) = (w.changes.clone(), api.agents.clock.clone(), path.clone());
-                let sub = doc.observe_update_v1("jarvis-agents", move |_, _| {
+                jarvis_sync::doc::observe_updates(&doc, "jarvis-agents", move |_, _| {
                     lock(&c).push((p.clone(), clock.now_ms()));
-                });
-                if let Err(e) = sub {
-                    // The document was mid-transaction (a sync update): try again next tick.
-                    tracing::debug!(%name, error = %e, "observing a watched file failed; retrying");
-                    w.relist.store(true, Ordering::SeqCst);
-                    continue;
-                }
+                })
+                .await;
                 lock(&w.files).insert(doc_id);
             }
             Err(e) => {

@@ -17,7 +17,7 @@ pub use session::{
     Block, BlockRef, Decision, HandoffRequest, Message, NewMessage, Role, Runner, SessionDoc,
     SessionMeta, SessionStatus, Usage,
 };
-pub use signal::{UpdateSignal, UpdateSubscription, observe_updates};
+pub use signal::{UpdateSignal, UpdateSubscription, observe_updates, observe_updates_blocking};
 pub use workspace::{EntryKind, FileEntry, WorkspaceIndex, check_path};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -34,6 +34,24 @@ where
     }
 }
 
+/// [`observe_updates`] for code that is not async (a CLI command opening a stored document):
+/// the same retries, waiting on this thread.
+pub fn observe_updates_blocking<F>(doc: &Doc, key: &str, f: F)
+where
+    F: Fn(&TransactionMut, &UpdateEvent) + Send + Sync + 'static,
+{
+    let f = Arc::new(f);
+    let mut pause = Duration::from_micros(50);
+    loop {
+        let g = f.clone();
+        if doc.observe_update_v1(key, move |t, e| g(t, e)).is_ok() {
+            return;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+}
+
 /// A subscription to a document's updates that ends when dropped.
 pub struct UpdateSubscription {
     doc: Doc,

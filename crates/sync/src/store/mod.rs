@@ -121,14 +121,13 @@ pub fn open_persisted(
             reason,
         })?;
     let owned = name.to_owned();
-    doc.observe_update_v1("jarvis-sync/persist", move |_, e| {
+    crate::doc::observe_updates_blocking(&doc, "jarvis-sync/persist", move |_, e| {
         if let Err(err) = store.append(&[AppendItem {
             doc: &owned,
             update: &e.update,
         }]) {
             tracing::error!(doc = %owned, error = %err, "persisting a change failed");
         }
-    })
-    .map_err(|_| StoreError::Poisoned)?;
+    });
     Ok(doc)
 }
