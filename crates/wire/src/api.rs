@@ -46,10 +46,17 @@ pub struct NewUser {
     pub admin: bool,
 }
 
-/// A token or a device revoked, and the sockets that lost their access at once.
+/// A token revoked, and the sockets that lost their access at once.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct Revoked<T> {
-    pub revoked: T,
+pub struct TokenRevoked {
+    pub revoked: i64,
+    pub sockets_closed: usize,
+}
+
+/// A device (and its tokens) revoked, and the sockets that lost their access at once.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceRevoked {
+    pub revoked: String,
     pub sockets_closed: usize,
 }
 
@@ -187,6 +194,18 @@ pub struct Usage {
     pub cost_micros: u64,
 }
 
+/// Where a session runs now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunsWhere {
+    /// The cloud runner holds its lease.
+    Cloud,
+    /// A device (desktop or CLI) holds its lease.
+    Device,
+    /// Nobody holds a live lease.
+    Nowhere,
+}
+
 /// A session in a list: status, where it runs, usage.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct SessionSummary {
@@ -200,9 +219,8 @@ pub struct SessionSummary {
     pub pending_approvals: usize,
     /// The device holding a live lease, if any.
     pub runner: Option<String>,
-    /// cloud, device or nowhere.
     #[serde(rename = "where")]
-    pub runs_where: String,
+    pub runs_where: RunsWhere,
     pub lease_epoch: u64,
     pub handoff_to: Option<String>,
     pub usage: Usage,

@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use jarvis_wire::api::{NewUser, Revoked};
+use jarvis_wire::api::{DeviceRevoked, NewUser, TokenRevoked};
 use serde_json::{Value, json};
 
 use crate::access::{Action, Target};
@@ -79,12 +79,12 @@ async fn revoke_token(
     State(api): State<Services>,
     Caller(who): Caller,
     Path(id): Path<i64>,
-) -> ApiResult<Json<Revoked<i64>>> {
+) -> ApiResult<Json<TokenRevoked>> {
     api.control.revoke_token_as(&who, id)?;
     let closed = api.hub.revalidate();
     api.control
         .audit(Some(&who), "token.revoke", &id.to_string(), "");
-    Ok(Json(Revoked {
+    Ok(Json(TokenRevoked {
         revoked: id,
         sockets_closed: closed,
     }))
@@ -99,11 +99,11 @@ async fn revoke_device(
     State(api): State<Services>,
     Caller(who): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Revoked<String>>> {
+) -> ApiResult<Json<DeviceRevoked>> {
     api.control.revoke_device_as(&who, &id)?;
     let closed = api.hub.revalidate();
     api.control.audit(Some(&who), "device.revoke", &id, "");
-    Ok(Json(Revoked {
+    Ok(Json(DeviceRevoked {
         revoked: id,
         sockets_closed: closed,
     }))
