@@ -84,6 +84,7 @@ pub struct Reply {
     pub status: StatusCode,
     pub json: Value,
     pub text: String,
+    pub bytes: Vec<u8>,
     pub headers: axum::http::HeaderMap,
 }
 
@@ -131,6 +132,7 @@ impl TestApp {
             status,
             json: serde_json::from_str(&text).unwrap_or(Value::Null),
             text,
+            bytes: bytes.to_vec(),
             headers,
         }
     }
