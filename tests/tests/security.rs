@@ -294,7 +294,8 @@ async fn a_pull_request_that_plants_an_agent_runs_nothing() {
         Some(json!({})),
     )
     .await;
-    assert_eq!(status, 409);
+    // 428 approval_required: it waits for an owner's approval.
+    assert_eq!(status, 428);
     let hash = config["config"][0]["hash"].as_str().unwrap();
     let (status, v) = api(
         &agent,
