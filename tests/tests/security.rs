@@ -358,7 +358,10 @@ async fn anonymous_oversized_and_stalled_bodies_are_refused_before_they_are_read
              Content-Length: {len}\r\n{extra}\r\n"
         )
     };
-    // Headers only, announcing 1 GB: each is answered without a byte of the body sent.
+    // Headers only, announcing 1 GB: each is answered without a byte of the body sent. Past a
+    // route group's body limit (tower-http's RequestBodyLimitLayer) the answer is 413 before
+    // even the token is looked up; the gateway authenticates first (its limit is its own, in
+    // Anthropic's error shape).
     for (path, extra, want) in [
         ("/v1/messages", "", 401),
         (
@@ -366,13 +369,13 @@ async fn anonymous_oversized_and_stalled_bodies_are_refused_before_they_are_read
             "x-api-key: jt_not_a_token\r\n",
             401,
         ),
-        ("/api/sessions", "", 401),
+        ("/api/sessions", "", 413),
         (
             "/webhooks/github",
             "X-GitHub-Event: ping\r\nX-GitHub-Delivery: d1\r\n",
-            401,
+            413,
         ),
-        ("/webhooks/agents/w/a", "", 401),
+        ("/webhooks/agents/w/a", "", 413),
         ("/api/pair/start", "", 413),
         ("/api/pair/poll", "", 413),
         (

@@ -232,3 +232,46 @@ pub struct SessionSummary {
 pub struct SessionList {
     pub sessions: Vec<SessionSummary>,
 }
+
+// ---- background agents --------------------------------------------------------------------
+
+/// `PUT /api/workspaces/{id}/agents/{name}`: the definition file, written through the hub.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PutAgent {
+    /// The whole file: front matter and prompt.
+    pub definition: String,
+}
+
+/// `POST /api/workspaces/{id}/agents/{name}/runs`: run an agent now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct TriggerRun {
+    /// Added to the run's prompt.
+    #[serde(default)]
+    pub payload: serde_json::Value,
+}
+
+/// One run of a background agent: one occurrence (unique per agent and scheduled time).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AgentRun {
+    pub id: i64,
+    /// `<workspace>/<name>`.
+    pub agent: String,
+    pub workspace: String,
+    pub name: String,
+    pub scheduled_ms: u64,
+    /// cron, files or webhook.
+    pub trigger: String,
+    pub detail: String,
+    /// queued, running, done, failed, skipped or over_budget.
+    pub status: String,
+    pub session: Option<String>,
+    pub owner: String,
+    pub cost_micros: u64,
+    pub note: String,
+}
+
+/// `GET /api/workspaces/{id}/agents/{name}/runs`, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AgentRuns {
+    pub runs: Vec<AgentRun>,
+}

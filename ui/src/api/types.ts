@@ -2,6 +2,30 @@
 // Do not edit: change the wire types (crates/wire) and run
 // `JARVIS_BLESS=1 cargo test -p jarvis-cloud --test openapi`.
 
+/** One run of a background agent: one occurrence (unique per agent and scheduled time). */
+export interface AgentRun {
+  /** `<workspace>/<name>`. */
+  agent: string;
+  cost_micros: number;
+  detail: string;
+  id: number;
+  name: string;
+  note: string;
+  owner: string;
+  scheduled_ms: number;
+  session: string | null;
+  /** queued, running, done, failed, skipped or over_budget. */
+  status: string;
+  /** cron, files or webhook. */
+  trigger: string;
+  workspace: string;
+}
+
+/** `GET /api/workspaces/{id}/agents/{name}/runs`, newest first. */
+export interface AgentRuns {
+  runs: AgentRun[];
+}
+
 /** `POST /api/sessions/{id}/approvals/{approval}`: the first answer wins. */
 export interface AnswerApproval {
   /** allow, deny or always_allow. */
@@ -130,6 +154,12 @@ export interface PairStart {
   name: string;
 }
 
+/** `PUT /api/workspaces/{id}/agents/{name}`: the definition file, written through the hub. */
+export interface PutAgent {
+  /** The whole file: front matter and prompt. */
+  definition: string;
+}
+
 /** Where a session runs now. */
 export type RunsWhere = "cloud" | "device" | "nowhere";
 
@@ -178,6 +208,12 @@ export interface SessionUpdated {
 export interface TokenRevoked {
   revoked: number;
   sockets_closed: number;
+}
+
+/** `POST /api/workspaces/{id}/agents/{name}/runs`: run an agent now. */
+export interface TriggerRun {
+  /** Added to the run's prompt. */
+  payload?: unknown;
 }
 
 /** Token usage of a session or a user, at list prices. */

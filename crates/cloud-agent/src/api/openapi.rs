@@ -129,6 +129,24 @@ pub const TYPED: &[Typed] = &[
         Some(s::<wire::AnswerApproval>),
         Some(("200", s::<wire::ApprovalAnswered>)),
     ),
+    typed(
+        "put",
+        "/api/workspaces/{id}/agents/{name}",
+        Some(s::<wire::PutAgent>),
+        None,
+    ),
+    typed(
+        "post",
+        "/api/workspaces/{id}/agents/{name}/runs",
+        Some(s::<wire::TriggerRun>),
+        None,
+    ),
+    typed(
+        "get",
+        "/api/workspaces/{id}/agents/{name}/runs",
+        None,
+        Some(("200", s::<wire::AgentRuns>)),
+    ),
 ];
 
 /// The whole document, generated.
