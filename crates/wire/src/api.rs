@@ -38,6 +38,25 @@ pub struct PairApproved {
 
 // ---- users, tokens, devices ---------------------------------------------------------------
 
+/// `GET /api/me`: who the caller's token is.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Me {
+    /// The user's id.
+    pub user: String,
+    pub name: String,
+    /// Whether this token has admin powers (the admin user's full-scope writable token).
+    pub admin: bool,
+    /// Whether the user is the admin user (whatever this token may do).
+    pub admin_user: bool,
+    pub scopes: Vec<String>,
+    /// The device leases are held under: the paired device, or `t-<token id>` for a token
+    /// without one.
+    pub device: String,
+    pub read_only: bool,
+    /// What this token may do, in words.
+    pub can: Vec<String>,
+}
+
 /// `POST /api/users` (admin).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct NewUser {

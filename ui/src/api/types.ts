@@ -76,6 +76,23 @@ export interface Lease {
   session: string;
 }
 
+/** `GET /api/me`: who the caller's token is. */
+export interface Me {
+  /** Whether this token has admin powers (the admin user's full-scope writable token). */
+  admin: boolean;
+  /** Whether the user is the admin user (whatever this token may do). */
+  admin_user: boolean;
+  /** What this token may do, in words. */
+  can: string[];
+  /** The device leases are held under: the paired device, or `t-<token id>` for a token without one. */
+  device: string;
+  name: string;
+  read_only: boolean;
+  scopes: string[];
+  /** The user's id. */
+  user: string;
+}
+
 /** The answer to `DELETE /api/workspaces/{id}/members/{user}`. */
 export interface MemberRemoved {
   removed: string;

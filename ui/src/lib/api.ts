@@ -1,9 +1,12 @@
 // The HTTP API of jarvis-cloud (same origin, or the desktop's hub). Errors are `{code, message}`
 // (`ErrorBody`); the shapes in ../api/types.ts are generated from the server's wire types.
 import { hubBase } from './hub';
-import type { ErrorBody, ErrorCode, SessionSummary } from '../api/types';
+import type { ErrorBody, ErrorCode, Me as WireMe, SessionSummary } from '../api/types';
 
 export type { ErrorBody, ErrorCode, SessionSummary, Usage } from '../api/types';
+
+/** What the window uses of `GET /api/me` (the desktop makes one up for working offline). */
+export type Me = Pick<WireMe, 'user' | 'name' | 'admin' | 'device' | 'read_only'>;
 
 export class ApiError extends Error {
   /**
@@ -15,7 +18,6 @@ export class ApiError extends Error {
   }
 }
 
-export interface Me { user: string; name: string; admin: boolean; device: string; read_only: boolean }
 export interface Workspace { id: string; name: string }
 export interface Device { id: string; user: string; name: string; created_ms: number; revoked: boolean }
 export interface ConfigFile { kind: string; path: string; name: string; hash: string | null; approved: boolean; error: string | null }

@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use jarvis_wire::api::{DeviceRevoked, NewUser, TokenRevoked};
+use jarvis_wire::api::{DeviceRevoked, Me, NewUser, TokenRevoked};
 use serde_json::{Value, json};
 
 use crate::access::{Action, Target};
@@ -27,13 +27,17 @@ pub fn require_admin(who: &Identity) -> Result<(), ApiError> {
     Ok(who.may(Target::Server, Action::Manage)?)
 }
 
-async fn me(Caller(who): Caller) -> ApiResult {
-    Ok(Json(json!({
-        "user": who.user, "name": who.user_name, "admin": who.admin,
-        "admin_user": who.admin_user, "scopes": who.scopes,
-        "device": who.device_id(), "read_only": who.read_only,
-        "can": crate::access::describe(&who.grant()),
-    })))
+async fn me(Caller(who): Caller) -> ApiResult<Json<Me>> {
+    Ok(Json(Me {
+        device: who.device_id(),
+        can: crate::access::describe(&who.grant()),
+        user: who.user,
+        name: who.user_name,
+        admin: who.admin,
+        admin_user: who.admin_user,
+        scopes: who.scopes,
+        read_only: who.read_only,
+    }))
 }
 
 /// What this server offers and how it contains commands (for the UI's warning).

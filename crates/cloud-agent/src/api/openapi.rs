@@ -67,6 +67,7 @@ pub const TYPED: &[Typed] = &[
         Some(s::<wire::PairApprove>),
         Some(("200", s::<wire::PairApproved>)),
     ),
+    typed("get", "/api/me", None, Some(("200", s::<wire::Me>))),
     typed("post", "/api/users", Some(s::<wire::NewUser>), None),
     typed(
         "delete",
