@@ -1,6 +1,8 @@
 //! API behaviour through the router exactly as served (`app()`), with `oneshot`: what used to
-//! start the whole binary for HTTP requests alone (`tests/tests/{blobs,session_control}.rs`
-//! and the editor's-agent case of `tests/tests/security.rs`).
+//! start the whole binary for HTTP requests alone (`tests/tests/{blobs,session_control}.rs`,
+//! and the editor's-agent and pairing lock-out cases of `tests/tests/security.rs`). A client's
+//! address is the `ClientIp` extension `limits::serve` puts on every request; how it is found
+//! (the TCP peer, a trusted proxy's header) stays tested on a real socket.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -286,6 +288,49 @@ async fn an_editors_new_agent_waits_for_an_owner() {
     assert_eq!(
         (r.status, r.json["code"].as_str()),
         (StatusCode::PRECONDITION_REQUIRED, Some("approval_required")),
+        "{}",
+        r.text
+    );
+}
+
+/// A pairing request from `addr`, as `limits::serve` marks every request with its client's
+/// address.
+fn pair_start_from(addr: [u8; 4], name: &str) -> Request<Body> {
+    let mut req = Request::post("/api/pair/start")
+        .header("content-type", "application/json")
+        .body(Body::from(json!({ "name": name }).to_string()))
+        .unwrap();
+    req.extensions_mut()
+        .insert(jarvis_cloud::limits::ClientIp(std::net::IpAddr::from(addr)));
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairing_lock_out_by_one_address_does_not_lock_out_another() {
+    let app = common::start(&[]).await;
+    // The attacker asks until it is refused (its pending pairings or its rate, whichever comes
+    // first) and goes on asking.
+    let mut refused = 0;
+    for _ in 0..200 {
+        let r = app.send(pair_start_from([127, 0, 0, 2], "spam")).await;
+        if r.status.is_client_error() {
+            assert!(
+                matches!(r.json["code"].as_str(), Some("rate_limited" | "conflict")),
+                "{}",
+                r.text
+            );
+            refused += 1;
+        }
+    }
+    assert!(
+        refused > 150,
+        "the attacker was never refused ({refused} of 200)"
+    );
+    // Another address pairs at once.
+    let r = app.send(pair_start_from([127, 0, 0, 3], "my laptop")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.json["code"].as_str().is_some_and(|c| c.len() == 9),
         "{}",
         r.text
     );
