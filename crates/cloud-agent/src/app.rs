@@ -33,6 +33,8 @@ pub struct Parts {
     /// Where published desktop updates live (`<data>/updates`).
     pub data_dir: PathBuf,
     pub ui: crate::webui::UiArgs,
+    /// A request body that sends nothing for this long is refused (408).
+    pub body_idle: std::time::Duration,
 }
 
 impl Parts {
@@ -52,27 +54,41 @@ impl Parts {
     }
 }
 
-/// The router exactly as served.
+/// The router exactly as served. Body limits are per group of routes (tower-http's
+/// `RequestBodyLimitLayer`: the group's largest handler's; a handler's `Body<T, MAX>` may take
+/// less), and every body that stalls longer than `body_idle` ends with 408
+/// (`RequestBodyTimeoutLayer`). Blobs stream up to their own limit (`--max-blob-bytes`, checked
+/// as they are written); the gateway checks its own after authenticating the member, to answer
+/// in Anthropic's shape.
 pub fn app(parts: &Parts) -> Router {
+    use crate::http::body::{DEFAULT, LARGE, MESSAGE, limit};
     let api: Router = Router::new()
         .merge(crate::api::openapi::router())
-        .merge(crate::api::pairing::router())
-        .merge(crate::api::accounts::router())
-        .merge(crate::api::workspaces::router())
-        .merge(crate::api::sessions::router())
-        .merge(crate::api::leases::router())
-        .merge(crate::api::reports::router())
+        .merge(crate::api::pairing::router().layer(limit(DEFAULT)))
+        .merge(crate::api::accounts::router().layer(limit(DEFAULT)))
+        .merge(crate::api::workspaces::router().layer(limit(DEFAULT)))
+        .merge(crate::api::sessions::router().layer(limit(MESSAGE)))
+        .merge(crate::api::leases::router().layer(limit(LARGE)))
+        .merge(crate::api::reports::router().layer(limit(DEFAULT)))
+        .merge(crate::api::secrets::router().layer(limit(DEFAULT)))
         .with_state(parts.services.clone());
     let router = crate::hub_routes::router(parts.hub.clone())
         .merge(api)
-        .merge(crate::api::secrets::router(parts.services.clone()))
         .merge(crate::gateway::router(parts.gateway.clone()))
-        .merge(crate::webhooks::router(parts.github()))
-        .merge(crate::schedule::router(parts.scheduler()))
+        .merge(crate::webhooks::router(parts.github()).layer(limit(crate::webhooks::MAX_PAYLOAD)))
+        .merge(crate::schedule::router(parts.scheduler()).layer(limit(MESSAGE)))
         .merge(crate::updates::router(parts.data_dir.clone()));
+    // Onboarding's handlers bound their own bodies (uploads are larger than a message).
     let router = match &parts.onboarding {
         Some(o) => router.merge(crate::onboarding::router(o.clone())),
         None => router,
     };
+    let router = router
+        .layer(axum::middleware::map_response(
+            crate::http::error::layer_refusals,
+        ))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            parts.body_idle,
+        ));
     crate::webui::with_ui(router, &parts.ui)
 }

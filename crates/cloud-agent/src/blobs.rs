@@ -78,11 +78,9 @@ impl BlobService {
 pub async fn put_blob(
     State(svc): State<Arc<BlobService>>,
     Path(hash): Path<String>,
-    limits: Option<axum::Extension<crate::limits::Limits>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let idle = limits.map(|l| l.0).unwrap_or_default().body_idle;
     let (mut store, ws, token) = match svc.authorize_as(&headers, Access::ReadWrite) {
         Ok(s) => s,
         Err(r) => return r.into_response(),
@@ -144,17 +142,14 @@ pub async fn put_blob(
     };
     let mut stream = body.into_data_stream();
     loop {
-        // An upload that stalls is refused, not held open.
-        let chunk = match tokio::time::timeout(idle, stream.next()).await {
-            Err(_) => {
-                return error(
-                    ErrorCode::Timeout,
-                    format!("the upload stalled for more than {} ms", idle.as_millis()),
-                );
+        // An upload that stalls is refused, not held open: the app's `RequestBodyTimeoutLayer`
+        // ends the stream with a timeout, which `body_error` says as 408.
+        let chunk = match stream.next().await {
+            None => break,
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                return crate::http::error::body_error(&e, usize::MAX).into_response();
             }
-            Ok(None) => break,
-            Ok(Some(Ok(c))) => c,
-            Ok(Some(Err(e))) => return error(ErrorCode::InvalidRequest, e.to_string()),
         };
         match writer.write(&chunk) {
             Ok(()) => {}

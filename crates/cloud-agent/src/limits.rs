@@ -17,7 +17,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
-use futures_util::StreamExt;
 
 use crate::http::error::{ApiError, ErrorCode};
 
@@ -424,38 +423,15 @@ pub fn check_length(headers: &HeaderMap, max: usize) -> Result<(), ApiError> {
     }
 }
 
-/// Reads a body of at most `max` bytes; a pause longer than `idle` between chunks is 408.
-pub async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    max: usize,
-    idle: Duration,
-) -> Result<Bytes, ApiError> {
+/// Reads a body of at most `max` bytes. A stall is the idle timeout's (tower-http's
+/// `RequestBodyTimeoutLayer`, which `crate::app::app` puts on every route) and a size past a
+/// route's `RequestBodyLimitLayer` or this `max` ends the stream too: either error becomes its
+/// `{code, message}` (408 `timeout`, 413 `too_large`) in [`crate::http::error::body_error`].
+pub async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, ApiError> {
     check_length(headers, max)?;
-    let mut stream = body.into_data_stream();
-    let mut out = Vec::new();
-    loop {
-        match tokio::time::timeout(idle, stream.next()).await {
-            Err(_) => {
-                return Err(ApiError::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "the request body stalled for more than {} ms",
-                        idle.as_millis()
-                    ),
-                ));
-            }
-            Ok(None) => return Ok(Bytes::from(out)),
-            Ok(Some(Err(e))) => {
-                return Err(ApiError::invalid(format!("reading the request body: {e}")));
-            }
-            Ok(Some(Ok(chunk))) => {
-                if out.len() + chunk.len() > max {
-                    return Err(too_large(max));
-                }
-                out.extend_from_slice(&chunk);
-            }
-        }
+    match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, max)).await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => Err(crate::http::error::body_error(&*e, max)),
     }
 }
 
@@ -709,36 +685,28 @@ mod tests {
                 .parse()
                 .unwrap_or(header::HeaderValue::from_static("0")),
         );
-        let e = read_body(&h, Body::from("x"), 10, Duration::from_secs(1)).await;
+        let e = read_body(&h, Body::from("x"), 10).await;
         assert_eq!(
             e.err().map(|e| e.status()),
             Some(StatusCode::PAYLOAD_TOO_LARGE)
         );
-        let e = read_body(
-            &HeaderMap::new(),
-            Body::from(vec![0u8; 11]),
-            10,
-            Duration::from_secs(1),
-        )
-        .await;
+        let e = read_body(&HeaderMap::new(), Body::from(vec![0u8; 11]), 10).await;
         assert_eq!(
             e.err().map(|e| e.status()),
             Some(StatusCode::PAYLOAD_TOO_LARGE)
         );
         let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
-        let stalled = Body::from_stream(tokio_stream_from(rx));
-        let e = read_body(&HeaderMap::new(), stalled, 10, Duration::from_millis(50)).await;
+        // The idle timeout is tower-http's, as `app()` puts it on every route.
+        let stalled = Body::new(tower_http::timeout::TimeoutBody::new(
+            Duration::from_millis(50),
+            Body::from_stream(tokio_stream_from(rx)),
+        ));
+        let e = read_body(&HeaderMap::new(), stalled, 10).await;
         assert_eq!(
             e.err().map(|e| e.status()),
             Some(StatusCode::REQUEST_TIMEOUT)
         );
-        let ok = read_body(
-            &HeaderMap::new(),
-            Body::from("hello"),
-            10,
-            Duration::from_secs(1),
-        )
-        .await;
+        let ok = read_body(&HeaderMap::new(), Body::from("hello"), 10).await;
         assert_eq!(ok.ok().as_deref(), Some(&b"hello"[..]));
     }
 

@@ -334,6 +334,7 @@ pub async fn build(
         agents: crate::schedule::Agents::open(&db, (*args.agents).clone(), scheduler)?,
         data_dir: args.data_dir.clone(),
         ui: args.ui.clone(),
+        body_idle: std::time::Duration::from_millis(args.body_timeout_ms.max(1)),
     };
     crate::webhooks::resume(&parts.github());
     crate::schedule::start(parts.scheduler(), shutdown.clone());

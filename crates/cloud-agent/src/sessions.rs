@@ -12,7 +12,7 @@ use jarvis_agent::permissions::{Mode, Rule};
 use jarvis_agent::runner::Runner as AgentRunner;
 use jarvis_sync::doc::SessionDoc;
 use jarvis_sync::hub::Hub;
-use jarvis_wire::api::{NewSession, SessionSummary, Usage};
+use jarvis_wire::api::{NewSession, RunsWhere, SessionSummary, Usage};
 
 use crate::control::{
     CLOUD_DEVICE, Control, HandoffState, Identity, Lease, RunSettings, SessionRow, now_ms,
@@ -172,9 +172,9 @@ pub fn summary(
 ) -> SessionSummary {
     let runner = lease.device.clone().filter(|_| lease.live(now_ms()));
     let runs_where = match runner.as_deref() {
-        Some(CLOUD_DEVICE) => "cloud",
-        Some(_) => "device",
-        None => "nowhere",
+        Some(CLOUD_DEVICE) => RunsWhere::Cloud,
+        Some(_) => RunsWhere::Device,
+        None => RunsWhere::Nowhere,
     };
     SessionSummary {
         id: row.id.clone(),
@@ -189,7 +189,7 @@ pub fn summary(
         status: meta.status.as_str().to_owned(),
         pending_approvals: pending,
         runner,
-        runs_where: runs_where.to_owned(),
+        runs_where,
         lease_epoch: lease.epoch,
         handoff_to: lease.pending_to.clone(),
         usage: wire_usage(&meta.usage),

@@ -16,6 +16,9 @@ use jarvis_cloud::server::{Built, ServeArgs, build};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+mod common;
+use common::route_table;
+
 #[derive(Parser)]
 struct Cli {
     #[command(flatten)]
@@ -382,76 +385,6 @@ fn matrix() -> Vec<Row> {
         // Retrying a failed turn steers the session: editors.
         row(M::POST, "/api/sessions/{id}/retry", WRITERS),
     ]
-}
-
-/// Every (method, path) the server registers, read from its sources: `.route("path", …)`
-/// with the methods chained in that call.
-fn route_table() -> BTreeSet<(String, String)> {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut out = BTreeSet::new();
-    // Every source file, in feature folders too (`api/`, `gateway/`, …).
-    let mut files = Vec::new();
-    let mut dirs = vec![src];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                files.push(path);
-            }
-        }
-    }
-    for path in files {
-        let text = std::fs::read_to_string(&path).unwrap();
-        // Test modules build their own routers.
-        let text = text.split("#[cfg(test)]").next().unwrap_or_default();
-        let mut rest = text;
-        while let Some(i) = rest.find(".route(") {
-            rest = &rest[i + ".route(".len()..];
-            // The call's text, up to its closing parenthesis.
-            let mut depth = 1;
-            let mut end = 0;
-            for (j, ch) in rest.char_indices() {
-                match ch {
-                    '(' => depth += 1,
-                    ')' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            end = j;
-                            break;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            let call = &rest[..end];
-            let Some(q) = call.find('"') else { continue };
-            let Some(q2) = call[q + 1..].find('"') else {
-                continue;
-            };
-            let route = call[q + 1..q + 1 + q2].to_owned();
-            let methods = &call[q + 2 + q2..];
-            for (needle, m) in [
-                ("get(", "GET"),
-                ("post(", "POST"),
-                ("put(", "PUT"),
-                ("delete(", "DELETE"),
-                ("patch(", "PATCH"),
-            ] {
-                // `get(` at a word start: not `target(`.
-                let found = methods.match_indices(needle).any(|(k, _)| {
-                    k == 0
-                        || !methods.as_bytes()[k - 1].is_ascii_alphanumeric()
-                            && methods.as_bytes()[k - 1] != b'_'
-                });
-                if found {
-                    out.insert((m.to_owned(), route.clone()));
-                }
-            }
-        }
-    }
-    out
 }
 
 fn fill(path: &str, f: &Fixture) -> String {

@@ -50,9 +50,27 @@ fn module_of(src: &Path, file: &Path) -> Option<String> {
     Some(parts.join("::"))
 }
 
-/// The text that counts: before the test module, without comments.
+/// The text that counts: before the test module (a `mod` under `#[cfg(test)]`), without
+/// comments. A `#[cfg(test)]` item elsewhere does not end the code.
 fn code_of(text: &str) -> String {
-    let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+    let mut end = text.len();
+    let mut at = 0;
+    let mut test_attr = false;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with("#[cfg(test)]") {
+            test_attr = true;
+        } else if t.starts_with("#[") {
+            // Further attributes of the same item.
+        } else if test_attr && (t.starts_with("mod ") || t.starts_with("pub mod ")) {
+            end = at;
+            break;
+        } else {
+            test_attr = false;
+        }
+        at += line.len();
+    }
+    let text = &text[..end];
     text.lines()
         .map(|l| {
             let t = l.trim_start();

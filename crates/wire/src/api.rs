@@ -38,6 +38,25 @@ pub struct PairApproved {
 
 // ---- users, tokens, devices ---------------------------------------------------------------
 
+/// `GET /api/me`: who the caller's token is.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Me {
+    /// The user's id.
+    pub user: String,
+    pub name: String,
+    /// Whether this token has admin powers (the admin user's full-scope writable token).
+    pub admin: bool,
+    /// Whether the user is the admin user (whatever this token may do).
+    pub admin_user: bool,
+    pub scopes: Vec<String>,
+    /// The device leases are held under: the paired device, or `t-<token id>` for a token
+    /// without one.
+    pub device: String,
+    pub read_only: bool,
+    /// What this token may do, in words.
+    pub can: Vec<String>,
+}
+
 /// `POST /api/users` (admin).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct NewUser {
@@ -46,10 +65,17 @@ pub struct NewUser {
     pub admin: bool,
 }
 
-/// A token or a device revoked, and the sockets that lost their access at once.
+/// A token revoked, and the sockets that lost their access at once.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct Revoked<T> {
-    pub revoked: T,
+pub struct TokenRevoked {
+    pub revoked: i64,
+    pub sockets_closed: usize,
+}
+
+/// A device (and its tokens) revoked, and the sockets that lost their access at once.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceRevoked {
+    pub revoked: String,
     pub sockets_closed: usize,
 }
 
@@ -187,6 +213,18 @@ pub struct Usage {
     pub cost_micros: u64,
 }
 
+/// Where a session runs now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunsWhere {
+    /// The cloud runner holds its lease.
+    Cloud,
+    /// A device (desktop or CLI) holds its lease.
+    Device,
+    /// Nobody holds a live lease.
+    Nowhere,
+}
+
 /// A session in a list: status, where it runs, usage.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct SessionSummary {
@@ -200,9 +238,8 @@ pub struct SessionSummary {
     pub pending_approvals: usize,
     /// The device holding a live lease, if any.
     pub runner: Option<String>,
-    /// cloud, device or nowhere.
     #[serde(rename = "where")]
-    pub runs_where: String,
+    pub runs_where: RunsWhere,
     pub lease_epoch: u64,
     pub handoff_to: Option<String>,
     pub usage: Usage,
@@ -213,4 +250,47 @@ pub struct SessionSummary {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct SessionList {
     pub sessions: Vec<SessionSummary>,
+}
+
+// ---- background agents --------------------------------------------------------------------
+
+/// `PUT /api/workspaces/{id}/agents/{name}`: the definition file, written through the hub.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PutAgent {
+    /// The whole file: front matter and prompt.
+    pub definition: String,
+}
+
+/// `POST /api/workspaces/{id}/agents/{name}/runs`: run an agent now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct TriggerRun {
+    /// Added to the run's prompt.
+    #[serde(default)]
+    pub payload: serde_json::Value,
+}
+
+/// One run of a background agent: one occurrence (unique per agent and scheduled time).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AgentRun {
+    pub id: i64,
+    /// `<workspace>/<name>`.
+    pub agent: String,
+    pub workspace: String,
+    pub name: String,
+    pub scheduled_ms: u64,
+    /// cron, files or webhook.
+    pub trigger: String,
+    pub detail: String,
+    /// queued, running, done, failed, skipped or over_budget.
+    pub status: String,
+    pub session: Option<String>,
+    pub owner: String,
+    pub cost_micros: u64,
+    pub note: String,
+}
+
+/// `GET /api/workspaces/{id}/agents/{name}/runs`, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AgentRuns {
+    pub runs: Vec<AgentRun>,
 }

@@ -1,19 +1,23 @@
-// The HTTP API of jarvis-cloud (same origin, or the desktop's hub). Errors are `{code, message}`.
+// The HTTP API of jarvis-cloud (same origin, or the desktop's hub). Errors are `{code, message}`
+// (`ErrorBody`); the shapes in ../api/types.ts are generated from the server's wire types.
 import { hubBase } from './hub';
+import type { ErrorBody, ErrorCode, Me as WireMe, SessionSummary } from '../api/types';
+
+export type { ErrorBody, ErrorCode, SessionSummary, Usage } from '../api/types';
+
+/** What the window uses of `GET /api/me` (the desktop makes one up for working offline). */
+export type Me = Pick<WireMe, 'user' | 'name' | 'admin' | 'device' | 'read_only'>;
 
 export class ApiError extends Error {
-  constructor(public status: number, public code: string, message: string) {
+  /**
+   * `code` is the hub's `ErrorCode`; `http_error` when the answer was not `{code, message}`
+   * (a proxy's page), and the desktop core's own codes when the window calls through it.
+   */
+  constructor(public status: number, public code: ErrorCode | 'http_error' | (string & {}), message: string) {
     super(message);
   }
 }
 
-export interface Me { user: string; name: string; admin: boolean; device: string; read_only: boolean }
-export interface Usage { input_tokens: number; output_tokens: number; cache_read_tokens: number; cache_write_tokens: number; cost_micros: number }
-export interface SessionSummary {
-  id: string; workspace: string; owner: string; title: string; model: string; status: string;
-  pending_approvals: number; runner: string | null; where: 'cloud' | 'device' | 'nowhere';
-  handoff_to: string | null; usage: Usage; created_ms: number;
-}
 export interface Workspace { id: string; name: string }
 export interface Device { id: string; user: string; name: string; created_ms: number; revoked: boolean }
 export interface ConfigFile { kind: string; path: string; name: string; hash: string | null; approved: boolean; error: string | null }
@@ -57,7 +61,8 @@ export class Api {
     if (!r.ok) {
       // A revoked token or device: the app signs out and says why.
       if (r.status === 401 && this.token && !this.probe) dispatchEvent(new CustomEvent('jarvis:unauthorized'));
-      throw new ApiError(r.status, v?.code ?? 'http_error', v?.message ?? `${r.status} ${r.statusText}`);
+      const e = v as Partial<ErrorBody> | null;
+      throw new ApiError(r.status, e?.code ?? 'http_error', e?.message ?? `${r.status} ${r.statusText}`);
     }
     return v as T;
   }

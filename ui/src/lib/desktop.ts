@@ -8,7 +8,7 @@ import * as Y from 'yjs';
 import { useSyncExternalStore } from 'react';
 import { invoke } from '@tauri-apps/api/core';
 import { listen } from '@tauri-apps/api/event';
-import { ApiError } from './api';
+import { ApiError, type ErrorBody } from './api';
 import { DocPeer, type OpenDoc } from './sync';
 
 declare global {
@@ -37,7 +37,9 @@ type CoreEvent =
 /** A command's error as the app's `ApiError` (`{code, message}`, plus the hub's status). */
 function asApiError(e: unknown): ApiError {
   if (e && typeof e === 'object' && 'code' in e) {
-    const v = e as { code: string; message?: string; status?: number };
+    // The core answers `{code, message}` like the hub (its own codes beside the hub's), plus the
+    // hub's status when the hub refused.
+    const v = e as Partial<ErrorBody> & { code: string; status?: number };
     return new ApiError(v.status ?? 0, v.code, v.message ?? v.code);
   }
   return new ApiError(0, 'internal', e instanceof Error ? e.message : String(e));

@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use jarvis_wire::api::{NewUser, Revoked};
+use jarvis_wire::api::{DeviceRevoked, Me, NewUser, TokenRevoked};
 use serde_json::{Value, json};
 
 use crate::access::{Action, Target};
@@ -27,13 +27,17 @@ pub fn require_admin(who: &Identity) -> Result<(), ApiError> {
     Ok(who.may(Target::Server, Action::Manage)?)
 }
 
-async fn me(Caller(who): Caller) -> ApiResult {
-    Ok(Json(json!({
-        "user": who.user, "name": who.user_name, "admin": who.admin,
-        "admin_user": who.admin_user, "scopes": who.scopes,
-        "device": who.device_id(), "read_only": who.read_only,
-        "can": crate::access::describe(&who.grant()),
-    })))
+async fn me(Caller(who): Caller) -> ApiResult<Json<Me>> {
+    Ok(Json(Me {
+        device: who.device_id(),
+        can: crate::access::describe(&who.grant()),
+        user: who.user,
+        name: who.user_name,
+        admin: who.admin,
+        admin_user: who.admin_user,
+        scopes: who.scopes,
+        read_only: who.read_only,
+    }))
 }
 
 /// What this server offers and how it contains commands (for the UI's warning).
@@ -79,12 +83,12 @@ async fn revoke_token(
     State(api): State<Services>,
     Caller(who): Caller,
     Path(id): Path<i64>,
-) -> ApiResult<Json<Revoked<i64>>> {
+) -> ApiResult<Json<TokenRevoked>> {
     api.control.revoke_token_as(&who, id)?;
     let closed = api.hub.revalidate();
     api.control
         .audit(Some(&who), "token.revoke", &id.to_string(), "");
-    Ok(Json(Revoked {
+    Ok(Json(TokenRevoked {
         revoked: id,
         sockets_closed: closed,
     }))
@@ -99,11 +103,11 @@ async fn revoke_device(
     State(api): State<Services>,
     Caller(who): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Revoked<String>>> {
+) -> ApiResult<Json<DeviceRevoked>> {
     api.control.revoke_device_as(&who, &id)?;
     let closed = api.hub.revalidate();
     api.control.audit(Some(&who), "device.revoke", &id, "");
-    Ok(Json(Revoked {
+    Ok(Json(DeviceRevoked {
         revoked: id,
         sockets_closed: closed,
     }))

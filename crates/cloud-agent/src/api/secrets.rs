@@ -13,7 +13,7 @@ use crate::http::{ApiError, Body, Caller};
 use crate::secrets::{Scope, SecretError};
 use crate::services::Services as Api;
 
-pub fn router(api: Api) -> Router {
+pub fn router() -> Router<Api> {
     Router::new()
         .route("/api/secrets/server", get(list_server))
         .route(
@@ -30,7 +30,6 @@ pub fn router(api: Api) -> Router {
             "/api/workspaces/{id}/secrets/{name}",
             put(set_workspace).delete(delete_workspace),
         )
-        .with_state(api)
 }
 
 impl From<SecretError> for ApiError {

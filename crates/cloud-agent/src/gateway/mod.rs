@@ -157,10 +157,9 @@ async fn admit_then_read(
     gw: &Gateway,
     req: axum::extract::Request,
 ) -> Result<(Identity, Uri, HeaderMap, Bytes), GatewayError> {
-    let limits = crate::limits::of(req.extensions());
     let (parts, body) = req.into_parts();
     let who = gw.admit(&parts.headers)?;
-    let body = crate::limits::read_body(&parts.headers, body, gw.max_body, limits.body_idle)
+    let body = crate::limits::read_body(&parts.headers, body, gw.max_body)
         .await
         .map_err(|e| {
             let kind = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {

@@ -107,6 +107,43 @@ impl From<rusqlite::Error> for ApiError {
     }
 }
 
+/// Why a request body could not be read, from the error its stream ended with: past a size
+/// limit (a route's `RequestBodyLimitLayer`, or the reader's own `max`), idle longer than the
+/// server's body timeout (`RequestBodyTimeoutLayer`), or the client's connection.
+pub fn body_error(e: &(dyn std::error::Error + 'static), max: usize) -> ApiError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return ApiError::new(
+                ErrorCode::TooLarge,
+                format!("the request body is larger than {max} bytes"),
+            );
+        }
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return ApiError::new(ErrorCode::Timeout, "the request body stalled");
+        }
+        cause = c.source();
+    }
+    ApiError::invalid(format!("reading the request body: {e}"))
+}
+
+/// Refusals made by tower-http's layers before a handler runs (a `Content-Length` past a
+/// route's `RequestBodyLimitLayer` is a bare 413) become `{code, message}` like every other.
+pub async fn layer_refusals(r: Response) -> Response {
+    let json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE if !json => ApiError::new(
+            ErrorCode::TooLarge,
+            "the request body is larger than this route accepts",
+        )
+        .into_response(),
+        _ => r,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -130,5 +167,56 @@ mod tests {
         let r = ApiError::rate_limited(7, "slow down").into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "7");
+    }
+
+    #[tokio::test]
+    async fn tower_http_body_refusals_become_codes() {
+        use axum::routing::post;
+        use tower::ServiceExt;
+        let app = axum::Router::new()
+            .route(
+                "/",
+                post(|body: axum::body::Body| async move {
+                    crate::limits::read_body(&axum::http::HeaderMap::new(), body, 1 << 20)
+                        .await
+                        .map(|b| b.len().to_string())
+                }),
+            )
+            .layer(tower_http::limit::RequestBodyLimitLayer::new(8))
+            .layer(axum::middleware::map_response(layer_refusals));
+        let send = |req: axum::http::Request<axum::body::Body>| app.clone().oneshot(req);
+        // Declared too large: the layer refuses before the handler, as `{code, message}`.
+        let r = send(
+            axum::http::Request::post("/")
+                .header(header::CONTENT_LENGTH, "9")
+                .body(axum::body::Body::from("123456789"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let b = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        let body: ErrorBody = serde_json::from_slice(&b).unwrap();
+        assert_eq!(body.code, ErrorCode::TooLarge);
+        // Streamed past the limit (no length): the stream's error is `too_large` too.
+        let chunks = futures_util::stream::iter(
+            ["12345", "6789"].map(|c| Ok::<_, std::io::Error>(axum::body::Bytes::from(c))),
+        );
+        let r = send(
+            axum::http::Request::post("/")
+                .body(axum::body::Body::from_stream(chunks))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let ok = send(
+            axum::http::Request::post("/")
+                .body(axum::body::Body::from("1234"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
     }
 }

@@ -18,8 +18,8 @@ use axum::Router;
 use axum::routing::{get, post};
 use rusqlite::Connection;
 
-use crate::api::Api;
 use crate::http::{ApiError, ErrorCode};
+use crate::services::Services as Api;
 
 /// Options of `jarvis-cloud serve` for onboarding.
 #[derive(Debug, Clone, clap::Args)]

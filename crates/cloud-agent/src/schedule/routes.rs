@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::TimeZone;
+use jarvis_wire::api::{AgentRuns, PutAgent, TriggerRun};
 use rusqlite::{OptionalExtension, params};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::access::Action;
@@ -116,12 +116,6 @@ async fn get_agent(
     }))
 }
 
-#[derive(Deserialize)]
-struct PutAgent {
-    /// The whole file: front matter and prompt.
-    definition: String,
-}
-
 async fn put_agent(
     State(api): State<AgentsApi>,
     Caller(who): Caller,
@@ -174,12 +168,6 @@ async fn delete_agent(
         .audit(Some(&who), "agent.delete", &format!("{id}/{name}"), "");
     api.agents.poke();
     Ok(Json(json!({"deleted": name})))
-}
-
-#[derive(Deserialize, Default)]
-struct TriggerRun {
-    #[serde(default)]
-    payload: Value,
 }
 
 /// Starts a run now: the webhook trigger (any agent may be run by hand the same way).
@@ -316,7 +304,6 @@ async fn signed_trigger(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let refuse = |code, message: &str| ApiError::new(code, message);
     let _slot = api.anonymous.admit(&addr)?;
-    let limits = crate::limits::of(req.extensions());
     let (parts, body) = req.into_parts();
     let header = |k: &str| parts.headers.get(k).and_then(|v| v.to_str().ok());
     let (Some(delivery), Some(timestamp), Some(signature)) = (
@@ -366,8 +353,7 @@ async fn signed_trigger(
     let Some(secret) = secret.filter(|s| !s.is_empty()) else {
         return Err(missing());
     };
-    let body =
-        crate::limits::read_body(&parts.headers, body, MAX_TRIGGER_BODY, limits.body_idle).await?;
+    let body = crate::limits::read_body(&parts.headers, body, MAX_TRIGGER_BODY).await?;
     let message = trigger_message(timestamp.trim(), delivery, &body);
     if !crate::webhooks::events::signature_valid(secret.as_bytes(), &message, Some(signature)) {
         return Err(refuse(
@@ -428,11 +414,11 @@ async fn agent_runs(
     State(api): State<AgentsApi>,
     Caller(who): Caller,
     UrlPath((id, name)): UrlPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AgentRuns>, ApiError> {
     api.control.check_workspace_for(&who, &id, Action::Read)?;
     let runs = api
         .agents
         .runs(Some(&format!("{id}/{name}")), 200)
         .map_err(ControlError::Db)?;
-    Ok(Json(json!({"runs": runs})))
+    Ok(Json(AgentRuns { runs }))
 }

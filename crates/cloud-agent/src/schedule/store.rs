@@ -9,28 +9,14 @@ use std::time::Duration;
 
 use jarvis_sync::doc::WorkspaceIndex;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
 
 use crate::agents::AgentDef;
 use crate::schedule::clock::{Clock, FileClock, SystemClock};
 use crate::schedule::config::AgentArgs;
 use crate::services::Wake;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct RunRow {
-    pub id: i64,
-    pub agent: String,
-    pub workspace: String,
-    pub name: String,
-    pub scheduled_ms: u64,
-    pub trigger: String,
-    pub detail: String,
-    pub status: String,
-    pub session: Option<String>,
-    pub owner: String,
-    pub cost_micros: u64,
-    pub note: String,
-}
+/// A run as the runs table keeps it and `GET …/runs` answers.
+pub use jarvis_wire::api::AgentRun as RunRow;
 
 /// Changes seen by a files trigger's watch, waiting for the debounce.
 #[derive(Default)]

@@ -18,6 +18,6 @@ pub mod store;
 
 pub use config::{GithubArgs, WebhookError};
 pub use events::{PullRequest, Request, classify, review_workspace, signature_valid};
-pub use routes::{resume, router};
+pub use routes::{MAX_PAYLOAD, resume, router};
 pub use state::GithubApi;
 pub use store::Webhooks;

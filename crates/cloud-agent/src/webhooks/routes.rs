@@ -24,7 +24,7 @@ use crate::webhooks::events::{
 use crate::webhooks::state::GithubApi;
 
 /// GitHub caps payloads at 25 MB.
-const MAX_PAYLOAD: usize = 25 * 1024 * 1024;
+pub const MAX_PAYLOAD: usize = 25 * 1024 * 1024;
 
 pub fn router(api: GithubApi) -> Router {
     Router::new()
@@ -60,7 +60,6 @@ async fn read_and_handle(
             "GitHub webhooks are not configured (set JARVIS_GITHUB_WEBHOOK_SECRET)",
         ));
     };
-    let limits = crate::limits::of(req.extensions());
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;
     let has = |k: &str| headers.get(k).is_some();
@@ -77,7 +76,7 @@ async fn read_and_handle(
         ));
     }
     let _slot = api.anonymous.admit(addr)?;
-    let body = crate::limits::read_body(headers, body, MAX_PAYLOAD, limits.body_idle).await?;
+    let body = crate::limits::read_body(headers, body, MAX_PAYLOAD).await?;
     handle(api, secret, headers, &body).await
 }
 
