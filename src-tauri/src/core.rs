@@ -14,13 +14,14 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use jarvis_agent::anthropic::Provider;
-use jarvis_agent::memory::Location;
-use jarvis_agent::permissions::{Mode, Permissions};
 use jarvis_agent::providers::ProviderConfig;
-use jarvis_agent::runner::{RunEvent, Runner, RunnerConfig};
-use jarvis_agent::settings::{ClaudeSetup, OwnDevice};
-use jarvis_agent::tools::ToolBox;
-use jarvis_cli::connected::{self, Api, Device, RunOptions};
+use jarvis_agent::runner::{Outcome, RunEvent, Runner};
+use jarvis_device::handoff::request_handoff;
+use jarvis_device::pairing::Pairing;
+use jarvis_device::{
+    Api, Device, DeviceError, Lease, RunOptions, RunOverrides, new_session_id, prepare,
+    run_offline, workspace_id,
+};
 use jarvis_sync::client::{ClientConfig, ConnectionStatus, SyncClient};
 use jarvis_sync::doc::{Decision, SessionDoc, UpdateSubscription};
 use jarvis_sync::mirror::FileMirror;
@@ -75,21 +76,24 @@ impl CoreError {
     }
 }
 
-impl From<anyhow::Error> for CoreError {
-    fn from(e: anyhow::Error) -> Self {
-        if let Some(a) = e.downcast_ref::<connected::ApiError>() {
-            return CoreError::Hub {
-                status: a.status,
-                code: a.code.clone(),
-                message: a.message.clone(),
-            };
+impl From<DeviceError> for CoreError {
+    /// The hub's refusal keeps its code (a lease held elsewhere is `conflict`) and its own
+    /// words; the window says what to do about it (a button, never a shell command).
+    fn from(e: DeviceError) -> Self {
+        match e {
+            DeviceError::Hub {
+                status,
+                code,
+                message,
+            } => CoreError::Hub {
+                status,
+                code: code.map_or("error", |c| c.as_str()).to_owned(),
+                message,
+            },
+            DeviceError::Unreachable { .. } => CoreError::Offline,
+            DeviceError::Invalid(m) => CoreError::Invalid(m),
+            other => CoreError::Internal(other.into()),
         }
-        if let Some(r) = e.downcast_ref::<reqwest::Error>()
-            && (r.is_connect() || r.is_timeout())
-        {
-            return CoreError::Offline;
-        }
-        CoreError::Internal(e)
     }
 }
 
@@ -334,8 +338,7 @@ impl DesktopCore {
                 "{hub:?} is not an http(s) address of a cloud agent"
             )));
         }
-        let me = Api::new(&hub, token).get("/api/me").await?;
-        let device = me["device"].as_str().map(str::to_owned);
+        let device = Api::new(&hub, token).me().await?.device;
         self.secrets.set(HUB_TOKEN, token)?;
         {
             let mut inner = self.inner.lock().await;
@@ -351,13 +354,13 @@ impl DesktopCore {
     /// code at once and finishes the sign-in in the background.
     pub async fn pair(self: &Arc<Self>, hub: &str, name: &str) -> CoreResult<Value> {
         let hub = hub.trim().trim_end_matches('/').to_owned();
-        let pairing = connected::Pairing::start(&hub, name).await?;
+        let pairing = Pairing::start(&hub, name).await?;
         let answer = json!({"code": pairing.code, "expires_in": pairing.expires_in});
         let core = self.clone();
         tokio::spawn(async move {
             match pairing.wait().await {
-                Ok((token, _)) => {
-                    if let Err(e) = core.sign_in(&pairing.hub, &token).await {
+                Ok(paired) => {
+                    if let Err(e) = core.sign_in(&pairing.hub, &paired.token).await {
                         tracing::warn!(error = %e, "pairing approved but signing in failed");
                     }
                 }
@@ -394,7 +397,7 @@ impl DesktopCore {
     async fn connect(self: &Arc<Self>, hub: &str, token: &str) {
         let epoch = CancellationToken::new();
         let client = Arc::new(SyncClient::start(
-            ClientConfig::new(connected::ws_url(hub), token),
+            ClientConfig::new(jarvis_device::ws_url(hub), token),
             self.store.clone(),
         ));
         {
@@ -423,16 +426,16 @@ impl DesktopCore {
                     return;
                 }
                 let api = Api::new(&hub, &token);
-                match api.get("/api/me").await {
+                match api.me().await {
                     Ok(me) => {
-                        if let Some(id) = me["device"].as_str() {
+                        if let Some(id) = me.device {
                             break Arc::new(Device {
                                 api,
                                 client: client.clone(),
-                                id: id.to_owned(),
+                                id,
                             });
                         }
-                        tracing::warn!(answer = %me, "the hub did not say which device this is");
+                        tracing::warn!("the hub did not say which device this is");
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "hub not reachable yet");
@@ -709,7 +712,7 @@ impl DesktopCore {
         if !dir.is_dir() {
             return Err(CoreError::Invalid(format!("{path} is not a folder")));
         }
-        let workspace = connected::workspace_id(&dir);
+        let workspace = workspace_id(&dir);
         {
             let mut inner = self.inner.lock().await;
             if let Some(f) = inner.folders.get(&workspace)
@@ -782,7 +785,7 @@ impl DesktopCore {
         if prompt.trim().is_empty() {
             return Err(CoreError::Invalid("say what the session should do".into()));
         }
-        let session = format!("{:016x}", connected::rand_u64());
+        let session = new_session_id();
         self.launch(
             &session,
             workspace,
@@ -802,7 +805,7 @@ impl DesktopCore {
         prompt: &str,
         permission_mode: Option<String>,
         title: String,
-        granted: Option<connected::Lease>,
+        granted: Option<Lease>,
     ) -> CoreResult<()> {
         let provider = self.provider()?;
         let (dir, mirror, device, client) = {
@@ -832,6 +835,7 @@ impl DesktopCore {
                 .await?;
         }
         let cancel = CancellationToken::new();
+        // Reserved before anything awaits, so two calls cannot both start the session here.
         self.inner.lock().await.runs.insert(
             session.to_owned(),
             Run {
@@ -841,6 +845,36 @@ impl DesktopCore {
             },
         );
         self.emit_status().await;
+        let model = self.config.model.clone();
+        let overrides = RunOverrides {
+            permission_mode,
+            ..RunOverrides::default()
+        };
+        // Online, the session is held before this returns: a lease held elsewhere is this
+        // call's error (code `conflict`), not a notice after the fact. The run's settings are
+        // the session's own, read from the hub (the same for a new session and Continue here).
+        let prepared = match &device {
+            Some(device) => {
+                let opts = RunOptions {
+                    prompt: prompt.to_owned(),
+                    dir: dir.clone(),
+                    workspace: Some(workspace.to_owned()),
+                    session: Some(session.to_owned()),
+                    model: model.clone(),
+                    overrides: overrides.clone(),
+                    mirror,
+                };
+                match prepare(device, opts, granted).await {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        self.inner.lock().await.runs.remove(session);
+                        self.emit_status().await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => None,
+        };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<RunEvent>();
         let events = self.events.clone();
         let s = session.to_owned();
@@ -856,57 +890,36 @@ impl DesktopCore {
         let session = session.to_owned();
         let workspace = workspace.to_owned();
         let prompt = prompt.to_owned();
-        let model = self.config.model.clone();
         let me = self.local_id().await;
         tokio::spawn(async move {
-            let result: anyhow::Result<String> = match device {
-                Some(device) => connected::run_here(
-                    &device,
-                    provider.as_ref(),
-                    RunOptions {
-                        prompt,
-                        dir,
-                        workspace: Some(workspace.clone()),
-                        session: Some(session.clone()),
-                        model,
-                        permission_mode,
-                        allow: vec![],
-                        deny: vec![],
-                        budget_usd: None,
-                        mirror,
-                    },
-                    granted,
-                    Some(tx),
-                    cancel,
-                )
-                .await
-                .map(|r| match r.handed_to {
-                    Some(to) => format!("{:?}, handed to {to}", r.outcome),
-                    None => format!("{:?}", r.outcome),
-                }),
+            let result = match prepared {
+                Some(p) => p.run(provider.as_ref(), Some(tx), cancel).await,
                 None => {
                     run_offline(
                         &client,
                         provider.as_ref(),
+                        &me,
                         &session,
                         &workspace,
                         &dir,
                         &prompt,
                         &model,
-                        &me,
-                        permission_mode.as_deref(),
-                        tx,
+                        &overrides,
+                        Some(tx),
                         &cancel,
                     )
                     .await
                 }
             };
             let (title, body) = match &result {
-                Ok(outcome) => ("Session ended".to_owned(), outcome.clone()),
-                Err(e) => ("Session failed".to_owned(), format!("{e:#}")),
+                Ok(report) => ("Session ended".to_owned(), ended(report)),
+                Err(e) => ("Session failed".to_owned(), e.to_string()),
             };
             tracing::info!(%session, %body, "local run ended");
-            if !body.contains("handed to") {
+            // A run that ended here said so itself: the session's next rest is not news. One
+            // handed elsewhere goes on there, and its ending is.
+            let handed = matches!(&result, Ok(r) if r.handed_to.is_some());
+            if !handed {
                 core.quiet
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -931,13 +944,13 @@ impl DesktopCore {
         let granted = if running_here {
             // The runner sees the request in the session document, stops at a safe point,
             // flushes and releases to the cloud itself.
-            connected::request_handoff(&device, session, "cloud", None).await?
+            request_handoff(&device, session, "cloud", None).await?
         } else {
             if let Some(m) = &mirror {
                 m.rescan().await;
                 m.settle(false).await;
             }
-            connected::request_handoff(&device, session, "cloud", dir.as_deref()).await?
+            request_handoff(&device, session, "cloud", dir.as_deref()).await?
         };
         Ok(match granted {
             Some(l) => json!({"state": "granted", "device": l.device, "epoch": l.epoch}),
@@ -954,7 +967,7 @@ impl DesktopCore {
         if dir.is_none() {
             return Err(CoreError::NoFolder(workspace));
         }
-        let Some(lease) = connected::request_handoff(&device, session, "here", None).await? else {
+        let Some(lease) = request_handoff(&device, session, "here", None).await? else {
             return Ok(json!({"state": "pending"}));
         };
         let title = info["title"].as_str().unwrap_or(session).to_owned();
@@ -1138,7 +1151,7 @@ impl DesktopCore {
         let method: reqwest::Method = method
             .parse()
             .map_err(|_| CoreError::Invalid(format!("{method} is not an HTTP method")))?;
-        Ok(device.api.call(method, path, body).await?)
+        Ok(device.api.call(method, path, body.as_ref()).await?)
     }
 
     /// A workspace blob for the window, as base64 (images in the preview), checked against
@@ -1302,63 +1315,21 @@ fn run_event_json(e: &RunEvent) -> Value {
     }
 }
 
-/// A session with no hub: the same turn loop over the device's own copy of the document.
-#[allow(clippy::too_many_arguments)]
-async fn run_offline(
-    client: &SyncClient,
-    provider: &dyn Provider,
-    session: &str,
-    workspace: &str,
-    dir: &Path,
-    prompt: &str,
-    model: &str,
-    me: &str,
-    permission_mode: Option<&str>,
-    tx: tokio::sync::mpsc::UnboundedSender<RunEvent>,
-    cancel: &CancellationToken,
-) -> anyhow::Result<String> {
-    let doc = SessionDoc::new(client.open(&format!("session/{session}")).await?);
-    if doc.meta().workspace.is_empty() {
-        doc.set_workspace(workspace);
-        doc.set_model(model);
-        doc.set_title(&prompt.chars().take(80).collect::<String>());
+/// What the notice says when a run here ends.
+fn ended(report: &jarvis_device::RunReport) -> String {
+    if let Some(to) = &report.handed_to {
+        return format!("continued on {to}");
     }
-    let mode_name = permission_mode
-        .map(str::to_owned)
-        .or_else(|| doc.setting("permission_mode"))
-        .unwrap_or_else(|| "ask".into());
-    let mode = Mode::parse(&mode_name)
-        .ok_or_else(|| anyhow::anyhow!("unknown permission mode {mode_name:?}"))?;
-    if !prompt.is_empty() {
-        Runner::send_user_message(&doc, me, prompt);
+    match &report.outcome {
+        Outcome::EndTurn => "done".into(),
+        Outcome::Interrupted => "interrupted".into(),
+        Outcome::ApprovalPending { .. } => "waiting for your approval".into(),
+        Outcome::BudgetExhausted => "stopped: the session's budget is spent".into(),
+        Outcome::RequestLimit => "stopped: the session's request limit is reached".into(),
+        Outcome::Failed(why) => format!("failed: {why}"),
+        Outcome::Yielded => "handed over".into(),
+        Outcome::LeaseLost => "stopped: another device took the session".into(),
     }
-    // The user's own device: the workspace's Claude Code setup and their ~/.claude apply.
-    let user_dir = ClaudeSetup::user_dir();
-    let setup = ClaudeSetup::load(
-        dir,
-        user_dir.as_deref(),
-        Location::Device(me.to_owned()),
-        &OwnDevice,
-    );
-    let explicit_mode = permission_mode.is_some() || doc.setting("permission_mode").is_some();
-    let permissions = setup.permissions(Permissions::new(mode).with_root(dir), explicit_mode, None);
-    let mut tools = ToolBox::new(dir);
-    tools.env = setup.settings.env.clone();
-    let hooks = setup.hooks(dir, tools.sandbox.clone(), session, permissions.mode);
-    let mut runner = Runner::new(
-        doc,
-        provider,
-        tools,
-        permissions,
-        RunnerConfig::new(model, me),
-    )
-    .with_context(setup.context.clone())
-    .with_hooks(hooks)
-    .with_commands(setup.commands.clone())
-    .with_notes(setup.notes())
-    .with_events(tx);
-    let outcome = runner.drive(cancel).await;
-    Ok(format!("{outcome:?}"))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod approvals;
 pub mod blobs;
 pub mod control;
 pub mod gateway;
+pub mod leases;
 pub mod limits;
 pub mod runner;
 pub mod schedule;

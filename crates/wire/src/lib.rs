@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod device;
+
 /// What went wrong, for a program to act on. The message beside it is for a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
