@@ -262,7 +262,17 @@ pub async fn run_offline(
         doc.set_title(&prompt.chars().take(80).collect::<String>());
     }
     let resolved = settings::resolve(&settings::from_document(&doc), overrides)?;
-    let hold = Hold::take(Arc::new(OwnLeases::new(me)), &doc, session, None).await?;
+    let authority = Arc::new(OwnLeases::new(me));
+    let lease = authority.acquire(session).await?;
+    // No hub can move the session, so nothing in the document asks it to yield: a handoff
+    // request left there from before the device went offline is not acted on.
+    let hold = Hold::keep(
+        authority,
+        session,
+        lease,
+        CancellationToken::new(),
+        CancellationToken::new(),
+    );
     if !prompt.is_empty() {
         Runner::send_user_message(&doc, me, prompt);
     }
