@@ -139,3 +139,40 @@ impl LeaseAuthority for ControlLeases {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::control::Control;
+
+    /// The control plane's answers keep the codes the lease keeper acts on: a lease taken by a
+    /// device is a `conflict` for the cloud's renewal (it fences its run), like a device's
+    /// renewal through the API.
+    #[test]
+    fn control_plane_refusals_keep_the_codes_the_keeper_acts_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (control, _) = Control::open(&tmp.path().join("control.db")).unwrap();
+        let cloud = control.acquire("s1", CLOUD_DEVICE, 60_000).unwrap();
+        assert_eq!(wire_lease(&cloud).device.as_deref(), Some(CLOUD_DEVICE));
+        assert!(
+            control
+                .renew("s1", CLOUD_DEVICE, cloud.epoch, 60_000)
+                .is_ok()
+        );
+        // The lease moves on (released, then taken by a device): the old epoch is lost.
+        control
+            .release("s1", CLOUD_DEVICE, cloud.epoch, vec![], 60_000)
+            .unwrap();
+        control.acquire("s1", "d-laptop", 60_000).unwrap();
+        let lost = refusal(
+            control
+                .renew("s1", CLOUD_DEVICE, cloud.epoch, 60_000)
+                .unwrap_err(),
+        );
+        assert!(lost.is_conflict(), "{lost}");
+        assert!(lost.message().contains("d-laptop"), "{lost}");
+        let invalid = refusal(ControlError::Invalid("bad".into()));
+        assert_eq!(invalid.code(), Some(ErrorCode::InvalidRequest));
+    }
+}
