@@ -2,8 +2,8 @@
 //! the first token of the cloud's reply arriving back in the device's copy of the session.
 //!
 //! One real `jarvis-cloud` (release build) talks to a fake Anthropic server speaking real SSE on
-//! loopback. The device is this process, running the CLI's own connected-mode code
-//! (`jarvis_cli::connected::run_here`): it mirrors a generated workspace of `--files` files,
+//! loopback. The device is this process, running the code every device runs
+//! (`jarvis_device::run_here`): it mirrors a generated workspace of `--files` files,
 //! takes the session's lease and streams a long reply; mid-stream it asks for the handoff exactly
 //! as `jarvis handoff <s> --to cloud` does. The clock stops when the cloud runner's first text
 //! delta is in the device's session document, which is later than "first token in the cloud"
@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
-use jarvis_cli::connected::{Device, RunOptions, request_handoff, run_here};
+use jarvis_device::handoff::request_handoff;
+use jarvis_device::{Device, RunOptions, RunOverrides, run_here};
 use jarvis_sync::doc::{Role, SessionDoc, UpdateSignal};
 use jarvis_sync::store::SqliteStore;
 use tokio_util::sync::CancellationToken;
@@ -154,10 +155,10 @@ pub async fn run(args: HandoffArgs) -> Result<()> {
             workspace: Some("bench".into()),
             session: Some(session.clone()),
             model: "fake-model".into(),
-            permission_mode: Some("allow-all".into()),
-            allow: Vec::new(),
-            deny: Vec::new(),
-            budget_usd: None,
+            overrides: RunOverrides {
+                permission_mode: Some("allow-all".into()),
+                ..RunOverrides::default()
+            },
             mirror: None,
         };
         let runner = run_here(&device, provider.as_ref(), opts, None, None, cancel.clone());
@@ -181,7 +182,7 @@ pub async fn run(args: HandoffArgs) -> Result<()> {
                 match device.session(&session).await {
                     Ok(d) => break d,
                     Err(e) if opened.elapsed() > Duration::from_secs(120) => {
-                        return Err(e.context("the session never appeared"));
+                        return Err(anyhow::Error::new(e).context("the session never appeared"));
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
@@ -210,7 +211,7 @@ pub async fn run(args: HandoffArgs) -> Result<()> {
         tokio::pin!(runner, measure);
         let (report, measured) = tokio::select! {
             r = &mut runner => match r {
-                Err(e) => return Err(e.context(format!("handoff {i}: the device's run failed"))),
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("handoff {i}: the device's run failed"))),
                 Ok(r) => (r, measure.await),
             },
             m = &mut measure => (runner.await?, m),

@@ -11,27 +11,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use jarvis_agent::anthropic::Provider;
-use jarvis_agent::memory::Location;
-use jarvis_agent::permissions::{Mode, Permissions};
 use jarvis_agent::providers::ProviderConfig;
-use jarvis_agent::runner::{RunEvent, Runner, RunnerConfig};
-use jarvis_agent::settings::{ClaudeSetup, OwnDevice};
-use jarvis_agent::tools::ToolBox;
-use jarvis_cli::connected::{self, Api, Device, RunOptions};
+use jarvis_device::pairing::Pairing;
+use jarvis_device::{Api, Device, workspace_id};
 use jarvis_sync::client::{ClientConfig, ConnectionStatus, SyncClient};
-use jarvis_sync::doc::{Decision, SessionDoc, UpdateSubscription};
+use jarvis_sync::doc::UpdateSubscription;
 use jarvis_sync::mirror::FileMirror;
 use jarvis_sync::store::SqliteStore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use yrs::updates::decoder::Decode;
-use yrs::{Origin, ReadTxn, StateVector, Transact, Update};
 
-use crate::secrets::{KeychainStatus, SecretError, Secrets};
+use crate::secrets::{KeychainStatus, Secrets};
 
 /// Keychain entry names.
 const HUB_TOKEN: &str = "hub-token";
@@ -39,73 +31,11 @@ const PROVIDER_KEY: &str = "anthropic-api-key";
 /// Origin of edits that came from the window, so they are not echoed back to it.
 const UI_ORIGIN: &str = "jarvis-desktop-ui";
 
-#[derive(Debug, thiserror::Error)]
-pub enum CoreError {
-    #[error("sign in to a cloud agent first")]
-    NotSignedIn,
-    #[error("the cloud agent is not reachable right now; local sessions keep working")]
-    Offline,
-    #[error(transparent)]
-    Keychain(#[from] SecretError),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("open the folder of workspace {0:?} first")]
-    NoFolder(String),
-    #[error("{message}")]
-    Hub {
-        status: u16,
-        code: String,
-        message: String,
-    },
-    #[error("{0:#}")]
-    Internal(anyhow::Error),
-}
+mod docs;
+mod error;
+mod runs;
 
-impl CoreError {
-    pub fn code(&self) -> &str {
-        match self {
-            CoreError::NotSignedIn => "not_signed_in",
-            CoreError::Offline => "offline",
-            CoreError::Keychain(e) => e.code(),
-            CoreError::Invalid(_) => "invalid",
-            CoreError::NoFolder(_) => "no_folder",
-            CoreError::Hub { code, .. } => code,
-            CoreError::Internal(_) => "internal",
-        }
-    }
-}
-
-impl From<anyhow::Error> for CoreError {
-    fn from(e: anyhow::Error) -> Self {
-        if let Some(a) = e.downcast_ref::<connected::ApiError>() {
-            return CoreError::Hub {
-                status: a.status,
-                code: a.code.clone(),
-                message: a.message.clone(),
-            };
-        }
-        if let Some(r) = e.downcast_ref::<reqwest::Error>()
-            && (r.is_connect() || r.is_timeout())
-        {
-            return CoreError::Offline;
-        }
-        CoreError::Internal(e)
-    }
-}
-
-/// What the window gets for an error: `{code, message}`.
-impl Serialize for CoreError {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut v = json!({"code": self.code(), "message": self.to_string()});
-        // The hub's HTTP status too, so the window can tell a 401 from a 404.
-        if let CoreError::Hub { status, .. } = self {
-            v["status"] = json!(status);
-        }
-        v.serialize(s)
-    }
-}
-
-pub type CoreResult<T> = Result<T, CoreError>;
+pub use error::{CoreError, CoreResult};
 
 /// Something the core tells the window (and the shell: tray, notifications).
 #[derive(Debug, Clone, Serialize)]
@@ -334,8 +264,7 @@ impl DesktopCore {
                 "{hub:?} is not an http(s) address of a cloud agent"
             )));
         }
-        let me = Api::new(&hub, token).get("/api/me").await?;
-        let device = me["device"].as_str().map(str::to_owned);
+        let device = Api::new(&hub, token).me().await?.device;
         self.secrets.set(HUB_TOKEN, token)?;
         {
             let mut inner = self.inner.lock().await;
@@ -351,13 +280,13 @@ impl DesktopCore {
     /// code at once and finishes the sign-in in the background.
     pub async fn pair(self: &Arc<Self>, hub: &str, name: &str) -> CoreResult<Value> {
         let hub = hub.trim().trim_end_matches('/').to_owned();
-        let pairing = connected::Pairing::start(&hub, name).await?;
+        let pairing = Pairing::start(&hub, name).await?;
         let answer = json!({"code": pairing.code, "expires_in": pairing.expires_in});
         let core = self.clone();
         tokio::spawn(async move {
             match pairing.wait().await {
-                Ok((token, _)) => {
-                    if let Err(e) = core.sign_in(&pairing.hub, &token).await {
+                Ok(paired) => {
+                    if let Err(e) = core.sign_in(&pairing.hub, &paired.token).await {
                         tracing::warn!(error = %e, "pairing approved but signing in failed");
                     }
                 }
@@ -394,7 +323,7 @@ impl DesktopCore {
     async fn connect(self: &Arc<Self>, hub: &str, token: &str) {
         let epoch = CancellationToken::new();
         let client = Arc::new(SyncClient::start(
-            ClientConfig::new(connected::ws_url(hub), token),
+            ClientConfig::new(jarvis_device::ws_url(hub), token),
             self.store.clone(),
         ));
         {
@@ -423,16 +352,16 @@ impl DesktopCore {
                     return;
                 }
                 let api = Api::new(&hub, &token);
-                match api.get("/api/me").await {
+                match api.me().await {
                     Ok(me) => {
-                        if let Some(id) = me["device"].as_str() {
+                        if let Some(id) = me.device {
                             break Arc::new(Device {
                                 api,
                                 client: client.clone(),
-                                id: id.to_owned(),
+                                id,
                             });
                         }
-                        tracing::warn!(answer = %me, "the hub did not say which device this is");
+                        tracing::warn!("the hub did not say which device this is");
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "hub not reachable yet");
@@ -564,7 +493,7 @@ impl DesktopCore {
                     tracing::info!(session = %u.session, "offline session registered with the hub");
                     let client = device.client.clone();
                     let name = format!("session/{}", u.session);
-                    tokio::spawn(async move { resync(&client, &name).await });
+                    tokio::spawn(async move { docs::resync(&client, &name).await });
                     let mut inner = self.inner.lock().await;
                     inner
                         .settings
@@ -709,7 +638,7 @@ impl DesktopCore {
         if !dir.is_dir() {
             return Err(CoreError::Invalid(format!("{path} is not a folder")));
         }
-        let workspace = connected::workspace_id(&dir);
+        let workspace = workspace_id(&dir);
         {
             let mut inner = self.inner.lock().await;
             if let Some(f) = inner.folders.get(&workspace)
@@ -767,620 +696,5 @@ impl DesktopCore {
             .build()
             .map_err(|e| CoreError::Invalid(format!("model provider: {e}")))?;
         Ok(Arc::from(p))
-    }
-
-    /// Starts a session on this device in an opened folder. Signed in and online, it is
-    /// registered with the hub and runs under this device's lease (so it can be handed to the
-    /// cloud); otherwise it runs locally and its documents wait in the store until the hub is
-    /// reachable.
-    pub async fn start_session(
-        self: &Arc<Self>,
-        workspace: &str,
-        prompt: &str,
-        permission_mode: Option<String>,
-    ) -> CoreResult<String> {
-        if prompt.trim().is_empty() {
-            return Err(CoreError::Invalid("say what the session should do".into()));
-        }
-        let session = format!("{:016x}", connected::rand_u64());
-        self.launch(
-            &session,
-            workspace,
-            prompt,
-            permission_mode,
-            prompt.chars().take(80).collect(),
-            None,
-        )
-        .await?;
-        Ok(session)
-    }
-
-    async fn launch(
-        self: &Arc<Self>,
-        session: &str,
-        workspace: &str,
-        prompt: &str,
-        permission_mode: Option<String>,
-        title: String,
-        granted: Option<connected::Lease>,
-    ) -> CoreResult<()> {
-        let provider = self.provider()?;
-        let (dir, mirror, device, client) = {
-            let inner = self.inner.lock().await;
-            if inner.runs.contains_key(session) {
-                return Err(CoreError::Invalid(format!(
-                    "session {session} already runs here"
-                )));
-            }
-            let f = inner
-                .folders
-                .get(workspace)
-                .ok_or_else(|| CoreError::NoFolder(workspace.to_owned()))?;
-            // Under the hub's lease only while it answers: a session started offline runs on
-            // the device's own copy and is registered when the hub is back.
-            let online = *inner.client.connection().borrow() == ConnectionStatus::Connected;
-            let device = inner.device.clone().filter(|_| online || granted.is_some());
-            (
-                f.path.clone(),
-                f.mirror.clone(),
-                device,
-                inner.client.clone(),
-            )
-        };
-        if device.is_none() {
-            self.remember_unregistered(session, workspace, &title)
-                .await?;
-        }
-        let cancel = CancellationToken::new();
-        self.inner.lock().await.runs.insert(
-            session.to_owned(),
-            Run {
-                workspace: workspace.to_owned(),
-                title: title.clone(),
-                cancel: cancel.clone(),
-            },
-        );
-        self.emit_status().await;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<RunEvent>();
-        let events = self.events.clone();
-        let s = session.to_owned();
-        tokio::spawn(async move {
-            while let Some(e) = rx.recv().await {
-                events.emit(CoreEvent::Run {
-                    session: s.clone(),
-                    event: run_event_json(&e),
-                });
-            }
-        });
-        let core = self.clone();
-        let session = session.to_owned();
-        let workspace = workspace.to_owned();
-        let prompt = prompt.to_owned();
-        let model = self.config.model.clone();
-        let me = self.local_id().await;
-        tokio::spawn(async move {
-            let result: anyhow::Result<String> = match device {
-                Some(device) => connected::run_here(
-                    &device,
-                    provider.as_ref(),
-                    RunOptions {
-                        prompt,
-                        dir,
-                        workspace: Some(workspace.clone()),
-                        session: Some(session.clone()),
-                        model,
-                        permission_mode,
-                        allow: vec![],
-                        deny: vec![],
-                        budget_usd: None,
-                        mirror,
-                    },
-                    granted,
-                    Some(tx),
-                    cancel,
-                )
-                .await
-                .map(|r| match r.handed_to {
-                    Some(to) => format!("{:?}, handed to {to}", r.outcome),
-                    None => format!("{:?}", r.outcome),
-                }),
-                None => {
-                    run_offline(
-                        &client,
-                        provider.as_ref(),
-                        &session,
-                        &workspace,
-                        &dir,
-                        &prompt,
-                        &model,
-                        &me,
-                        permission_mode.as_deref(),
-                        tx,
-                        &cancel,
-                    )
-                    .await
-                }
-            };
-            let (title, body) = match &result {
-                Ok(outcome) => ("Session ended".to_owned(), outcome.clone()),
-                Err(e) => ("Session failed".to_owned(), format!("{e:#}")),
-            };
-            tracing::info!(%session, %body, "local run ended");
-            if !body.contains("handed to") {
-                core.quiet
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(session.clone());
-            }
-            core.inner.lock().await.runs.remove(&session);
-            core.events.emit(CoreEvent::Attention {
-                session: session.clone(),
-                title,
-                body,
-            });
-            core.emit_status().await;
-        });
-        Ok(())
-    }
-
-    /// Continue in cloud: the hub asks this device's runner (or whichever holds the session)
-    /// to yield; a session resting here is flushed and moved at once.
-    pub async fn continue_in_cloud(&self, session: &str) -> CoreResult<Value> {
-        let (device, dir, mirror) = self.session_context(session).await?;
-        let running_here = self.inner.lock().await.runs.contains_key(session);
-        let granted = if running_here {
-            // The runner sees the request in the session document, stops at a safe point,
-            // flushes and releases to the cloud itself.
-            connected::request_handoff(&device, session, "cloud", None).await?
-        } else {
-            if let Some(m) = &mirror {
-                m.rescan().await;
-                m.settle(false).await;
-            }
-            connected::request_handoff(&device, session, "cloud", dir.as_deref()).await?
-        };
-        Ok(match granted {
-            Some(l) => json!({"state": "granted", "device": l.device, "epoch": l.epoch}),
-            None => json!({"state": "pending"}),
-        })
-    }
-
-    /// Continue here: the cloud (or another device) yields, and the session continues in this
-    /// device's folder under a lease granted to this device.
-    pub async fn continue_here(self: &Arc<Self>, session: &str) -> CoreResult<Value> {
-        let (device, dir, _) = self.session_context(session).await?;
-        let info = device.api.get(&format!("/api/sessions/{session}")).await?;
-        let workspace = info["workspace"].as_str().unwrap_or_default().to_owned();
-        if dir.is_none() {
-            return Err(CoreError::NoFolder(workspace));
-        }
-        let Some(lease) = connected::request_handoff(&device, session, "here", None).await? else {
-            return Ok(json!({"state": "pending"}));
-        };
-        let title = info["title"].as_str().unwrap_or(session).to_owned();
-        let epoch = lease.epoch;
-        self.launch(session, &workspace, "", None, title, Some(lease))
-            .await?;
-        Ok(json!({"state": "granted", "epoch": epoch}))
-    }
-
-    /// A message from the window. A session that rests (no live runner) and whose folder is
-    /// open here runs the turn on this device, under a lease it takes; anything else (a run
-    /// here picks it up from the document, the cloud or another device runs it) goes through
-    /// the hub, which starts the cloud for a session nobody runs whose folder is not here.
-    pub async fn send_message(self: &Arc<Self>, session: &str, text: &str) -> CoreResult<Value> {
-        if text.trim().is_empty() {
-            return Err(CoreError::Invalid("the message is empty".into()));
-        }
-        if !self.online().await {
-            return self.send_offline(session, text).await;
-        }
-        let (device, dir, _) = self.session_context(session).await?;
-        let running_here = self.inner.lock().await.runs.contains_key(session);
-        let info = device.api.get(&format!("/api/sessions/{session}")).await?;
-        let resting = info["where"].as_str() == Some("nowhere");
-        if !running_here && resting && dir.is_some() {
-            let workspace = info["workspace"].as_str().unwrap_or_default().to_owned();
-            let title = info["title"].as_str().unwrap_or(session).to_owned();
-            self.launch(session, &workspace, text, None, title, None)
-                .await?;
-            return Ok(json!({"runner": device.id}));
-        }
-        Ok(device
-            .api
-            .post(
-                &format!("/api/sessions/{session}/messages"),
-                json!({"text": text}),
-            )
-            .await?)
-    }
-
-    /// Who this device is in documents written without the hub: its id at the hub once known.
-    async fn local_id(&self) -> String {
-        let inner = self.inner.lock().await;
-        inner
-            .settings
-            .device
-            .clone()
-            .unwrap_or_else(|| "desktop".into())
-    }
-
-    /// Whether the hub answers right now (connected, and this device known to it).
-    async fn online(&self) -> bool {
-        let inner = self.inner.lock().await;
-        inner.device.is_some() && *inner.client.connection().borrow() == ConnectionStatus::Connected
-    }
-
-    /// A message with no hub: into the device's own copy of a session run here, or a new
-    /// local turn of a resting session whose folder is open here.
-    async fn send_offline(self: &Arc<Self>, session: &str, text: &str) -> CoreResult<Value> {
-        let doc = self.session_doc(session).await?;
-        let (running_here, author, has_folder) = {
-            let inner = self.inner.lock().await;
-            let workspace = doc.meta().workspace;
-            (
-                inner.runs.contains_key(session),
-                inner
-                    .settings
-                    .device
-                    .clone()
-                    .unwrap_or_else(|| "desktop".into()),
-                inner.folders.contains_key(&workspace),
-            )
-        };
-        if running_here {
-            let id = Runner::send_user_message(&doc, &author, text);
-            return Ok(json!({"message": id}));
-        }
-        if !has_folder {
-            return Err(CoreError::Offline);
-        }
-        let meta = doc.meta();
-        self.launch(session, &meta.workspace, text, None, meta.title, None)
-            .await?;
-        Ok(json!({"runner": author}))
-    }
-
-    /// An approval from the window. With the hub, the hub records it (and checks who may);
-    /// without, a session running here takes it in the device's own copy, which syncs later.
-    pub async fn answer(&self, session: &str, approval: &str, decision: &str) -> CoreResult<Value> {
-        let Some(d) = Decision::parse(decision) else {
-            return Err(CoreError::Invalid(
-                "decision must be allow, deny or always_allow".into(),
-            ));
-        };
-        if self.online().await {
-            return self
-                .hub_api(
-                    "POST",
-                    &format!("/api/sessions/{session}/approvals/{approval}"),
-                    Some(json!({"decision": decision})),
-                )
-                .await;
-        }
-        let (running_here, by) = {
-            let inner = self.inner.lock().await;
-            (
-                inner.runs.contains_key(session),
-                inner
-                    .settings
-                    .device
-                    .clone()
-                    .unwrap_or_else(|| "desktop".into()),
-            )
-        };
-        if !running_here {
-            return Err(CoreError::Offline);
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.session_doc(session)
-            .await?
-            .answer_approval(approval, d, &by, now)
-            .map_err(|e| CoreError::Invalid(e.to_string()))?;
-        Ok(json!({}))
-    }
-
-    /// Stops a run on this device now (a streaming reply keeps what arrived).
-    pub async fn stop(&self, session: &str) -> CoreResult<()> {
-        match self.inner.lock().await.runs.get(session) {
-            Some(r) => {
-                r.cancel.cancel();
-                Ok(())
-            }
-            None => Err(CoreError::Invalid(format!(
-                "session {session} is not running on this device"
-            ))),
-        }
-    }
-
-    async fn session_context(
-        &self,
-        session: &str,
-    ) -> CoreResult<(Arc<Device>, Option<PathBuf>, Option<Arc<FileMirror>>)> {
-        let inner = self.inner.lock().await;
-        if inner.settings.hub.is_none() {
-            return Err(CoreError::NotSignedIn);
-        }
-        let device = inner.device.clone().ok_or(CoreError::Offline)?;
-        drop(inner);
-        let info = device.api.get(&format!("/api/sessions/{session}")).await?;
-        let workspace = info["workspace"].as_str().unwrap_or_default();
-        let inner = self.inner.lock().await;
-        let folder = inner.folders.get(workspace);
-        Ok((
-            device,
-            folder.map(|f| f.path.clone()),
-            folder.and_then(|f| f.mirror.clone()),
-        ))
-    }
-
-    /// The hub's HTTP API with this device's token, for the window (the token never leaves
-    /// the core). `path` must be under `/api/`.
-    pub async fn hub_api(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> CoreResult<Value> {
-        if !path.starts_with("/api/") || path.contains("..") {
-            return Err(CoreError::Invalid(format!("{path} is not an API path")));
-        }
-        let (hub, device) = {
-            let inner = self.inner.lock().await;
-            (inner.settings.hub.clone(), inner.device.clone())
-        };
-        if hub.is_none() {
-            return Err(CoreError::NotSignedIn);
-        }
-        let device = device.ok_or(CoreError::Offline)?;
-        let method: reqwest::Method = method
-            .parse()
-            .map_err(|_| CoreError::Invalid(format!("{method} is not an HTTP method")))?;
-        Ok(device.api.call(method, path, body).await?)
-    }
-
-    /// A workspace blob for the window, as base64 (images in the preview), checked against
-    /// its hash before it is handed over.
-    pub async fn blob(&self, workspace: &str, hash: &str) -> CoreResult<String> {
-        if !jarvis_sync::blob::valid_hash(hash) {
-            return Err(CoreError::Invalid("not a blob hash".into()));
-        }
-        let (hub, token) = {
-            let inner = self.inner.lock().await;
-            (inner.settings.hub.clone(), inner.token.clone())
-        };
-        let (Some(hub), Some(token)) = (hub, token) else {
-            return Err(CoreError::NotSignedIn);
-        };
-        let resp = reqwest::Client::new()
-            .get(format!("{hub}/blobs/{hash}"))
-            .bearer_auth(token)
-            .header("x-jarvis-workspace", workspace)
-            .send()
-            .await
-            .map_err(|_| CoreError::Offline)?;
-        if !resp.status().is_success() {
-            return Err(CoreError::Hub {
-                status: resp.status().as_u16(),
-                code: "blob".into(),
-                message: format!("could not load the file ({})", resp.status()),
-            });
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| CoreError::Internal(e.into()))?;
-        if jarvis_sync::blob::hash_bytes(&bytes) != hash {
-            return Err(CoreError::Invalid(
-                "the file does not match its hash".into(),
-            ));
-        }
-        Ok(B64.encode(bytes))
-    }
-
-    /// Opens a document for the window: its whole state now, then every change made by anyone
-    /// else as a [`CoreEvent::DocUpdate`]. Works offline from the store.
-    pub async fn doc_open(&self, name: &str) -> CoreResult<String> {
-        let client = self.inner.lock().await.client.clone();
-        let doc = client
-            .open(name)
-            .await
-            .map_err(|e| CoreError::Invalid(e.to_string()))?;
-        let first = {
-            let mut inner = self.inner.lock().await;
-            let w = inner.docs.entry(name.to_owned()).or_insert(WindowDoc {
-                refs: 0,
-                updates: None,
-            });
-            w.refs += 1;
-            w.refs == 1
-        };
-        if first {
-            let events = self.events.clone();
-            let owned = name.to_owned();
-            let sub = UpdateSubscription::new(&doc, move |txn, e| {
-                let from_window = txn.origin().is_some_and(|o| o == &Origin::from(UI_ORIGIN));
-                if !from_window {
-                    events.emit(CoreEvent::DocUpdate {
-                        name: owned.clone(),
-                        update: B64.encode(&e.update),
-                    });
-                }
-            })
-            .await;
-            // Closed again meanwhile: dropping the subscription ends it.
-            if let Some(w) = self.inner.lock().await.docs.get_mut(name) {
-                w.updates = Some(sub);
-            }
-        }
-        let state = doc
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
-        Ok(B64.encode(state))
-    }
-
-    /// Applies an edit the window made; the sync client stores it and sends it to the hub.
-    pub async fn doc_apply(&self, name: &str, update: &str) -> CoreResult<()> {
-        let bytes = B64
-            .decode(update)
-            .map_err(|_| CoreError::Invalid("update is not base64".into()))?;
-        let update =
-            Update::decode_v1(&bytes).map_err(|e| CoreError::Invalid(format!("update: {e}")))?;
-        let client = self.inner.lock().await.client.clone();
-        let doc = client
-            .open(name)
-            .await
-            .map_err(|e| CoreError::Invalid(e.to_string()))?;
-        let mut txn = doc.transact_mut_with(Origin::from(UI_ORIGIN));
-        txn.apply_update(update)
-            .map_err(|e| CoreError::Invalid(format!("update: {e}")))?;
-        Ok(())
-    }
-
-    pub async fn doc_close(&self, name: &str) {
-        let mut inner = self.inner.lock().await;
-        if let Some(w) = inner.docs.get_mut(name) {
-            w.refs -= 1;
-            if w.refs == 0 {
-                // Dropping the entry drops its subscription.
-                inner.docs.remove(name);
-            }
-        }
-    }
-
-    /// A session document from the device's own copy (tests and the tray).
-    pub async fn session_doc(&self, session: &str) -> CoreResult<SessionDoc> {
-        let client = self.inner.lock().await.client.clone();
-        let doc = client
-            .open(&format!("session/{session}"))
-            .await
-            .map_err(|e| CoreError::Invalid(e.to_string()))?;
-        Ok(SessionDoc::new(doc))
-    }
-}
-
-/// Makes the sync client ask for `name` again until the hub takes it: the hub refused the
-/// document of a session it did not know yet, and that refusal may still be on its way when the
-/// session is registered. Gives up after a while (the next reconnect asks again).
-async fn resync(client: &SyncClient, name: &str) {
-    if let Err(e) = client.open(name).await {
-        tracing::warn!(doc = %name, error = %e, "reopening a document");
-        return;
-    }
-    let Some(mut status) = client.watch_document(name) else {
-        return;
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = status.borrow_and_update().clone();
-        if now.synced && now.denied.is_none() {
-            return;
-        }
-        if now.denied.is_some() {
-            // Opening a refused document asks the hub again.
-            let _ = client.open(name).await;
-        }
-        match tokio::time::timeout_at(deadline, status.changed()).await {
-            Ok(Ok(())) => {}
-            _ => {
-                tracing::warn!(doc = %name, "the hub has not taken the document yet");
-                return;
-            }
-        }
-    }
-}
-
-fn run_event_json(e: &RunEvent) -> Value {
-    match e {
-        RunEvent::Text(t) => json!({"kind": "text", "text": t}),
-        RunEvent::ToolUse { id, name, input } => {
-            json!({"kind": "tool_use", "id": id, "name": name, "input": input})
-        }
-        other => json!({"kind": "other", "debug": format!("{other:?}")}),
-    }
-}
-
-/// A session with no hub: the same turn loop over the device's own copy of the document.
-#[allow(clippy::too_many_arguments)]
-async fn run_offline(
-    client: &SyncClient,
-    provider: &dyn Provider,
-    session: &str,
-    workspace: &str,
-    dir: &Path,
-    prompt: &str,
-    model: &str,
-    me: &str,
-    permission_mode: Option<&str>,
-    tx: tokio::sync::mpsc::UnboundedSender<RunEvent>,
-    cancel: &CancellationToken,
-) -> anyhow::Result<String> {
-    let doc = SessionDoc::new(client.open(&format!("session/{session}")).await?);
-    if doc.meta().workspace.is_empty() {
-        doc.set_workspace(workspace);
-        doc.set_model(model);
-        doc.set_title(&prompt.chars().take(80).collect::<String>());
-    }
-    let mode_name = permission_mode
-        .map(str::to_owned)
-        .or_else(|| doc.setting("permission_mode"))
-        .unwrap_or_else(|| "ask".into());
-    let mode = Mode::parse(&mode_name)
-        .ok_or_else(|| anyhow::anyhow!("unknown permission mode {mode_name:?}"))?;
-    if !prompt.is_empty() {
-        Runner::send_user_message(&doc, me, prompt);
-    }
-    // The user's own device: the workspace's Claude Code setup and their ~/.claude apply.
-    let user_dir = ClaudeSetup::user_dir();
-    let setup = ClaudeSetup::load(
-        dir,
-        user_dir.as_deref(),
-        Location::Device(me.to_owned()),
-        &OwnDevice,
-    );
-    let explicit_mode = permission_mode.is_some() || doc.setting("permission_mode").is_some();
-    let permissions = setup.permissions(Permissions::new(mode).with_root(dir), explicit_mode, None);
-    let mut tools = ToolBox::new(dir);
-    tools.env = setup.settings.env.clone();
-    let hooks = setup.hooks(dir, tools.sandbox.clone(), session, permissions.mode);
-    let mut runner = Runner::new(
-        doc,
-        provider,
-        tools,
-        permissions,
-        RunnerConfig::new(model, me),
-    )
-    .with_context(setup.context.clone())
-    .with_hooks(hooks)
-    .with_commands(setup.commands.clone())
-    .with_notes(setup.notes())
-    .with_events(tx);
-    let outcome = runner.drive(cancel).await;
-    Ok(format!("{outcome:?}"))
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn errors_reach_the_window_as_code_and_message() {
-        let v = serde_json::to_value(CoreError::NoFolder("notes".into())).unwrap();
-        assert_eq!(v["code"], "no_folder");
-        assert_eq!(v["message"], "open the folder of workspace \"notes\" first");
-        let v = serde_json::to_value(CoreError::Keychain(SecretError::Unavailable(
-            "no D-Bus".into(),
-        )))
-        .unwrap();
-        assert_eq!(v["code"], "keychain_unavailable");
-        assert!(
-            v["message"]
-                .as_str()
-                .unwrap()
-                .contains("never in plain files")
-        );
     }
 }

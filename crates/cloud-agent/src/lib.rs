@@ -21,6 +21,7 @@ pub mod blobs;
 pub mod gateway;
 pub mod http;
 pub mod hub_routes;
+pub mod leases;
 pub mod limits;
 pub mod metrics;
 pub mod onboarding;

@@ -17,11 +17,12 @@ use std::time::Duration;
 
 use jarvis_agent::anthropic::Provider;
 use jarvis_agent::memory::Location;
-use jarvis_agent::permissions::{Mode, Permissions, Rule};
+use jarvis_agent::permissions::Mode;
 use jarvis_agent::runner::{Outcome, Runner, RunnerConfig};
 use jarvis_agent::sandbox::Sandbox;
 use jarvis_agent::settings::{ClaudeSetup, ConfigApproval, Unapproved};
 use jarvis_agent::tools::ToolBox;
+use jarvis_device::Hold;
 use jarvis_sync::client::{ClientConfig, SyncClient};
 use jarvis_sync::doc::{
     HandoffRequest, Role, SessionDoc, SessionStatus, UpdateSignal, WorkspaceIndex,
@@ -34,6 +35,21 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::{CLOUD_DEVICE, Control, ControlError, HandoffState, Identity, Lease, now_ms};
+use crate::leases::{ControlLeases, wire_lease};
+
+/// How long a yielding cloud runner waits for the hub to acknowledge what it wrote.
+const RELEASE_FLUSH: Duration = Duration::from_secs(30);
+
+/// The control plane's run settings as every runner reads them.
+fn wire_settings(s: &crate::control::RunSettings) -> jarvis_wire::device::RunSettings {
+    jarvis_wire::device::RunSettings {
+        permission_mode: s.permission_mode.clone(),
+        allow: s.allow.clone(),
+        deny: s.deny.clone(),
+        budget_micros: s.budget_micros,
+        model: s.model.clone(),
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct CloudConfig {
@@ -162,8 +178,8 @@ impl Cloud {
         })
     }
 
-    /// Renews the leases this runner holds, completes handoffs whose holder vanished, and
-    /// resumes (at start) every session whose lease it holds.
+    /// Completes handoffs whose holder vanished, and resumes (at start) every session whose
+    /// lease it holds. (Each hosted session keeps its own lease: see [`Cloud::host`].)
     async fn maintain(self: Arc<Self>) {
         match self.control.leases_of(CLOUD_DEVICE) {
             Ok(leases) => {
@@ -179,21 +195,6 @@ impl Cloud {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}
-            }
-            let held: Vec<(String, u64)> = lock(&self.active)
-                .iter()
-                .map(|(s, a)| (s.clone(), a.epoch))
-                .collect();
-            for (session, epoch) in held {
-                if let Err(e) =
-                    self.control
-                        .renew(&session, CLOUD_DEVICE, epoch, self.config.lease_ttl_ms)
-                {
-                    tracing::warn!(%session, error = %e, "the cloud lost a lease; stopping that session");
-                    if let Some(a) = lock(&self.active).get(&session) {
-                        a.fence.cancel();
-                    }
-                }
             }
             match self
                 .control
@@ -318,13 +319,23 @@ impl Cloud {
         stop: CancellationToken,
         fence: CancellationToken,
     ) -> anyhow::Result<()> {
+        // The lease is kept from the first moment (materialising a large workspace or waiting
+        // for the handed-off state can outlast a short TTL), by the keeper every device uses:
+        // renewed at a fraction of what the control plane left, fenced when it is lost.
+        let hold = Hold::keep(
+            Arc::new(ControlLeases::new(self.clone())),
+            session,
+            wire_lease(&lease),
+            stop.clone(),
+            fence.clone(),
+        );
         let row = self
             .control
             .session(session)?
             .ok_or_else(|| anyhow::anyhow!("session {session} is not registered"))?;
         let doc = SessionDoc::new(self.client.open(&format!("session/{session}")).await?);
         let mirror = self.mirror(&row.workspace).await?;
-        handoff::reach(&self.client, &lease.expect, self.config.reach_timeout).await?;
+        hold.reach(&self.client, self.config.reach_timeout).await?;
         mirror.settle(true).await;
         // "running" with nobody running it: the previous runner died mid-reply (this process,
         // killed, or a device that vanished). A reply it was streaming is kept but asked again.
@@ -357,13 +368,14 @@ impl Cloud {
             )
             .await;
         drop(changed);
-        if fence.is_cancelled() || self.shutdown.is_cancelled() {
+        if hold.lost() || self.shutdown.is_cancelled() {
             return result;
         }
         result?;
         // Asked to yield: everything this runner wrote reaches the hub before the lease moves.
-        self.release(session, &row.workspace, lease.epoch, &mirror)
-            .await
+        hold.release(&self.client, &row.workspace, &mirror, RELEASE_FLUSH)
+            .await?;
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -528,11 +540,19 @@ impl Cloud {
             .clone()
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| self.config.default_model.clone());
-        let mode = settings
-            .permission_mode
-            .as_deref()
-            .and_then(Mode::parse)
-            .unwrap_or(Mode::Ask);
+        // Run settings become permissions and a budget the one way every runner reads them.
+        let resolved = match jarvis_device::settings::resolve(
+            &wire_settings(&settings),
+            &jarvis_device::RunOverrides::default(),
+        ) {
+            Ok(r) => r,
+            // A deny rule that cannot be read would allow what it refuses: fail closed.
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        for w in &resolved.warnings {
+            tracing::warn!(%session, warning = %w, "run settings");
+        }
+        let mode = resolved.permissions.mode;
         // Said in the session itself, so whoever reads it sees how its commands run.
         let sandbox = self.config.sandbox.describe();
         if doc.setting("sandbox").as_deref() != Some(sandbox.as_str()) {
@@ -541,23 +561,7 @@ impl Cloud {
         if let Some(why) = self.mode_refusal(Some(mode)) {
             return self.fail_run(doc, why);
         }
-        let mut permissions = Permissions::new(mode);
-        for r in &settings.allow {
-            match Rule::parse(r) {
-                Ok(rule) => permissions.allow.push(rule),
-                // An allow rule skipped only asks more.
-                Err(e) => {
-                    tracing::warn!(%session, rule = r, error = %e, "skipping a malformed allow rule")
-                }
-            }
-        }
-        for r in &settings.deny {
-            match Rule::parse(r) {
-                Ok(rule) => permissions.deny.push(rule),
-                // A deny rule skipped would allow what it was meant to refuse: fail closed.
-                Err(e) => return Outcome::Failed(format!("malformed deny rule {r:?}: {e}")),
-            }
-        }
+        let permissions = resolved.permissions;
         let mut tools = ToolBox::new(mirror.root());
         tools.sandbox = self.config.sandbox.clone();
         // The workspace's Claude Code setup. No user ~/.claude here (this is not the user's
@@ -575,8 +579,7 @@ impl Cloud {
             Location::Cloud,
             self.config_approval(session).as_ref(),
         );
-        let explicit_mode = doc.setting("permission_mode").is_some();
-        let permissions = setup.permissions(permissions, explicit_mode, Some(&allow));
+        let permissions = setup.permissions(permissions, resolved.explicit_mode, Some(&allow));
         // A settings file's approved `defaultMode` may widen the mode: checked again.
         if let Some(why) = self.mode_refusal(Some(permissions.mode)) {
             return self.fail_run(doc, why);
@@ -599,7 +602,7 @@ impl Cloud {
             permissions.mode,
         );
         let mut config = RunnerConfig::new(&model, CLOUD_DEVICE);
-        config.budget_micros = settings.budget_micros;
+        config.budget_micros = resolved.budget_micros;
         config.apply_session_settings(doc);
         let mut runner = Runner::new(doc.clone(), provider.as_ref(), tools, permissions, config)
             .with_context(setup.context.clone())
@@ -678,7 +681,8 @@ impl Cloud {
         Ok(env)
     }
 
-    /// Flushes what this runner wrote and gives the lease to the pending target.
+    /// Flushes what this runner wrote and gives the lease to the pending target (a session
+    /// held but not hosted; a hosted one releases through its [`Hold`]).
     async fn release(
         self: &Arc<Self>,
         session: &str,
@@ -686,26 +690,16 @@ impl Cloud {
         epoch: u64,
         mirror: &Arc<FileMirror>,
     ) -> anyhow::Result<()> {
-        mirror.rescan().await;
-        mirror.settle(false).await;
-        self.client.flush_all(Duration::from_secs(30)).await?;
-        let docs = handoff::session_documents(session, workspace, mirror.index());
-        let expect = handoff::snapshot(&self.client, &docs).await?;
-        let lease = self.control.release(
+        jarvis_device::handoff::leave(
+            &ControlLeases::new(self.clone()),
+            &self.client,
             session,
-            CLOUD_DEVICE,
+            workspace,
             epoch,
-            expect,
-            self.config.lease_ttl_ms,
-        )?;
-        tracing::info!(%session, to = ?lease.device, epoch = lease.epoch, "the cloud handed the session over");
-        self.control.audit(
-            None,
-            "lease.release",
-            session,
-            &format!("cloud → {}", lease.device.as_deref().unwrap_or("nobody")),
-        );
-        self.lease_changed(&lease).await;
+            mirror,
+            RELEASE_FLUSH,
+        )
+        .await?;
         Ok(())
     }
 
