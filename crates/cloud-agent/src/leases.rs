@@ -10,18 +10,39 @@ use jarvis_device::{DeviceError, DeviceResult, LeaseAuthority};
 use jarvis_wire::ErrorCode;
 use jarvis_wire::device::{ExpectedDoc, HandoffState, Lease};
 
-use crate::control::{CLOUD_DEVICE, ControlError};
-use crate::runner::Cloud;
+use futures_util::future::BoxFuture;
+
+use crate::control::{CLOUD_DEVICE, Control, ControlError};
+
+/// What the lease authority needs of the cloud runner (a trait, so this module does not
+/// import the runner): mirroring a handover into the session document, and the runner's own
+/// handoff request (it checks the sandbox can run the session's mode).
+pub trait LeaseWatcher: Send + Sync {
+    fn changed(&self, lease: crate::control::Lease) -> BoxFuture<'static, ()>;
+    fn request_handoff(
+        &self,
+        session: String,
+        to: String,
+        expect: Vec<crate::control::ExpectedDoc>,
+        wait: Duration,
+    ) -> BoxFuture<'static, Result<crate::control::HandoffState, ControlError>>;
+}
 
 /// The control plane as the cloud runner's lease authority.
 #[derive(Clone)]
 pub struct ControlLeases {
-    cloud: Arc<Cloud>,
+    control: Arc<Control>,
+    ttl_ms: u64,
+    watcher: Arc<dyn LeaseWatcher>,
 }
 
 impl ControlLeases {
-    pub fn new(cloud: Arc<Cloud>) -> Self {
-        ControlLeases { cloud }
+    pub fn new(control: Arc<Control>, ttl_ms: u64, watcher: Arc<dyn LeaseWatcher>) -> Self {
+        ControlLeases {
+            control,
+            ttl_ms,
+            watcher,
+        }
     }
 }
 
@@ -64,9 +85,8 @@ impl LeaseAuthority for ControlLeases {
     }
 
     async fn acquire(&self, session: &str) -> DeviceResult<Lease> {
-        let ttl = self.cloud.lease_ttl_ms();
+        let ttl = self.ttl_ms;
         let lease = self
-            .cloud
             .control
             .acquire(session, CLOUD_DEVICE, ttl)
             .map_err(refusal)?;
@@ -74,9 +94,8 @@ impl LeaseAuthority for ControlLeases {
     }
 
     async fn renew(&self, session: &str, epoch: u64) -> DeviceResult<Lease> {
-        let ttl = self.cloud.lease_ttl_ms();
+        let ttl = self.ttl_ms;
         let lease = self
-            .cloud
             .control
             .renew(session, CLOUD_DEVICE, epoch, ttl)
             .map_err(refusal)?;
@@ -90,24 +109,23 @@ impl LeaseAuthority for ControlLeases {
         expect: Vec<ExpectedDoc>,
     ) -> DeviceResult<Lease> {
         let lease = self
-            .cloud
             .control
             .release(
                 session,
                 CLOUD_DEVICE,
                 epoch,
                 expect.into_iter().map(control_doc).collect(),
-                self.cloud.lease_ttl_ms(),
+                self.ttl_ms,
             )
             .map_err(refusal)?;
         tracing::info!(%session, to = ?lease.device, epoch = lease.epoch, "the cloud handed the session over");
-        self.cloud.control.audit(
+        self.control.audit(
             None,
             "lease.release",
             session,
             &format!("cloud → {}", lease.device.as_deref().unwrap_or("nobody")),
         );
-        self.cloud.lease_changed(&lease).await;
+        self.watcher.changed(lease.clone()).await;
         Ok(wire_lease(&lease))
     }
 
@@ -119,11 +137,10 @@ impl LeaseAuthority for ControlLeases {
         wait: Duration,
     ) -> DeviceResult<HandoffState> {
         let state = self
-            .cloud
+            .watcher
             .request_handoff(
-                &crate::control::system_identity(),
-                session,
-                to,
+                session.to_owned(),
+                to.to_owned(),
                 expect.into_iter().map(control_doc).collect(),
                 wait,
             )

@@ -35,7 +35,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::{CLOUD_DEVICE, Control, ControlError, HandoffState, Identity, Lease, now_ms};
-use crate::leases::{ControlLeases, wire_lease};
+use crate::leases::{ControlLeases, LeaseWatcher, wire_lease};
 
 /// How long a yielding cloud runner waits for the hub to acknowledge what it wrote.
 const RELEASE_FLUSH: Duration = Duration::from_secs(30);
@@ -162,6 +162,16 @@ impl Cloud {
 
     pub fn lease_ttl_ms(&self) -> u64 {
         self.config.lease_ttl_ms
+    }
+
+    /// The control plane as this runner's lease authority; a handover is mirrored into the
+    /// session document.
+    fn leases(self: &Arc<Self>) -> ControlLeases {
+        ControlLeases::new(
+            self.control.clone(),
+            self.config.lease_ttl_ms,
+            Arc::new(Watcher(self.clone())),
+        )
     }
 
     /// How commands of cloud sessions are contained.
@@ -323,7 +333,7 @@ impl Cloud {
         // for the handed-off state can outlast a short TTL), by the keeper every device uses:
         // renewed at a fraction of what the control plane left, fenced when it is lost.
         let hold = Hold::keep(
-            Arc::new(ControlLeases::new(self.clone())),
+            Arc::new(self.leases()),
             session,
             wire_lease(&lease),
             stop.clone(),
@@ -691,7 +701,7 @@ impl Cloud {
         mirror: &Arc<FileMirror>,
     ) -> anyhow::Result<()> {
         jarvis_device::handoff::leave(
-            &ControlLeases::new(self.clone()),
+            &self.leases(),
             &self.client,
             session,
             workspace,
@@ -930,6 +940,37 @@ fn needs_turn(doc: &SessionDoc) -> bool {
             has_tools && !pending_approval
         }
         Role::System => false,
+    }
+}
+
+/// Mirrors the cloud's handovers into the session document ([`Cloud::lease_changed`]).
+struct Watcher(Arc<Cloud>);
+
+impl LeaseWatcher for Watcher {
+    fn changed(&self, lease: Lease) -> futures_util::future::BoxFuture<'static, ()> {
+        let cloud = self.0.clone();
+        Box::pin(async move { cloud.lease_changed(&lease).await })
+    }
+
+    fn request_handoff(
+        &self,
+        session: String,
+        to: String,
+        expect: Vec<ExpectedDoc>,
+        wait: Duration,
+    ) -> futures_util::future::BoxFuture<'static, Result<HandoffState, ControlError>> {
+        let cloud = self.0.clone();
+        Box::pin(async move {
+            cloud
+                .request_handoff(
+                    &crate::control::system_identity(),
+                    &session,
+                    &to,
+                    expect,
+                    wait,
+                )
+                .await
+        })
     }
 }
 
