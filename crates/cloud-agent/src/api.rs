@@ -252,6 +252,7 @@ pub fn router(api: Api) -> Router {
     let webhooks = crate::webhooks::router(api.clone());
     let agents = crate::schedule::router(api.clone());
     let secrets = crate::secrets::router(api.clone());
+    let devenv = crate::devenv::routes::router(api.clone());
     Router::new()
         .route("/openapi.json", get(openapi))
         .route("/api/pair/start", post(pair_start))
@@ -304,6 +305,7 @@ pub fn router(api: Api) -> Router {
         .merge(webhooks)
         .merge(agents)
         .merge(secrets)
+        .merge(devenv)
 }
 
 async fn openapi() -> Response {

@@ -27,7 +27,7 @@ use crate::control::{ControlError, now_ms};
 /// The kinds of configuration that need an owner's approval: background agents, Claude Code
 /// settings files (allow rules, a wider mode, `env`, hooks) and slash commands (their
 /// `allowed-tools`).
-pub const KINDS: &[&str] = &["agent", "settings", "command"];
+pub const KINDS: &[&str] = &["agent", "settings", "command", "environment"];
 
 /// Which kind of configuration a workspace path is, if any.
 pub fn kind_of(path: &str) -> Option<&'static str> {
@@ -40,6 +40,9 @@ pub fn kind_of(path: &str) -> Option<&'static str> {
         Some("settings")
     } else if path.starts_with(".claude/commands/") && path.ends_with(".md") {
         Some("command")
+    } else if path == crate::secrets::ENVIRONMENT_FILE {
+        // Its network policy (and, later, its setup script).
+        Some("environment")
     } else {
         None
     }
@@ -83,7 +86,7 @@ pub async fn claude_config(
             WorkspaceIndex::new(doc.clone())
                 .list()
                 .into_iter()
-                .filter(|(p, _)| matches!(kind_of(p), Some("settings" | "command")))
+                .filter(|(p, _)| matches!(kind_of(p), Some("settings" | "command" | "environment")))
                 .collect::<Vec<_>>()
         })
         .await

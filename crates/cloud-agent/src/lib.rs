@@ -8,6 +8,7 @@ pub mod api;
 pub mod approvals;
 pub mod blobs;
 pub mod control;
+pub mod devenv;
 pub mod gateway;
 pub mod limits;
 pub mod runner;

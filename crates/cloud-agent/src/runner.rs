@@ -280,6 +280,11 @@ impl Cloud {
         Ok(m)
     }
 
+    /// The server's data dir.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.config.data_dir
+    }
+
     /// Where a workspace is materialised (tests and the API read files from here).
     pub fn workspace_dir(&self, workspace: &str) -> PathBuf {
         self.config.data_dir.join("workspaces").join(workspace)
@@ -302,6 +307,17 @@ impl Cloud {
         let mirror = self.mirror(&row.workspace).await?;
         handoff::reach(&self.client, &lease.expect, self.config.reach_timeout).await?;
         mirror.settle(true).await;
+        // The repository the device sent, rebuilt under the working tree that just arrived.
+        if let Some(line) = crate::devenv::git::restore_pending(
+            &self.config.data_dir,
+            &self.config.sandbox,
+            session,
+            mirror.root(),
+        )
+        .await
+        {
+            crate::devenv::note(&doc, &line);
+        }
         // "running" with nobody running it: the previous runner died mid-reply (this process,
         // killed, or a device that vanished). A reply it was streaming is kept but asked again.
         if doc.meta().status == SessionStatus::Running
@@ -562,6 +578,12 @@ impl Cloud {
             }
             Err(why) => return self.fail_run(doc, why),
         }
+        // The agent's branch and the remote; the network policy in force, said once.
+        tools
+            .env
+            .extend(crate::devenv::session_env(&self.config.data_dir, session));
+        let (_, network) = crate::devenv::egress::policy(&self.config.approvals, mirror.root());
+        crate::devenv::note_once(doc, &format!("Network: {network}."));
         let scope = tools.scope.clone();
         let hooks = setup.hooks(
             mirror.root(),

@@ -365,13 +365,24 @@ impl SecretStore {
 /// without following a final symlink, its real path must lie inside the workspace, and an
 /// error never quotes its content.
 pub fn requested_names(workspace_root: &Path) -> Result<Vec<String>, String> {
-    use std::io::Read;
-    use std::os::fd::AsRawFd;
     #[derive(Deserialize)]
     struct Environment {
         #[serde(default)]
         secrets: Vec<String>,
     }
+    let Some(text) = read_environment_file(workspace_root)? else {
+        return Ok(Vec::new());
+    };
+    toml::from_str::<Environment>(&text)
+        .map(|e| e.secrets)
+        .map_err(|e| format!("{ENVIRONMENT_FILE}: {}", e.message()))
+}
+
+/// The text of `.jarvis/environment.toml` (None when missing), opened as
+/// [`requested_names`] explains: never through a symlink, never outside the workspace.
+pub fn read_environment_file(workspace_root: &Path) -> Result<Option<String>, String> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
     let refuse = |why: &str| Err(format!("{ENVIRONMENT_FILE}: {why}"));
     let root = workspace_root
         .canonicalize()
@@ -383,7 +394,7 @@ pub fn requested_names(workspace_root: &Path) -> Result<Vec<String>, String> {
         .open(&path)
     {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return refuse("is a symlink"),
         Err(e) => return refuse(&e.to_string()),
     };
@@ -397,9 +408,7 @@ pub fn requested_names(workspace_root: &Path) -> Result<Vec<String>, String> {
     file.take(64 * 1024)
         .read_to_string(&mut text)
         .map_err(|_| format!("{ENVIRONMENT_FILE}: not UTF-8 text"))?;
-    toml::from_str::<Environment>(&text)
-        .map(|e| e.secrets)
-        .map_err(|e| format!("{ENVIRONMENT_FILE}: {}", e.message()))
+    Ok(Some(text))
 }
 
 // ---- HTTP routes (thin: authorize, call the store, audit) -----------------------------------

@@ -434,6 +434,8 @@ pub async fn build(
     let secrets =
         crate::secrets::SecretStore::open(&db, &args.data_dir, args.secret_key.as_deref())?;
     let approvals = Arc::new(crate::approvals::Approvals::open(&db)?);
+    let (sandbox, _egress) =
+        crate::devenv::egress::attach(sandbox, &args.data_dir, approvals.clone())?;
     let user_rules = Arc::new(crate::user_rules::UserRules::open(&db)?);
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let provider_config =

@@ -1,0 +1,321 @@
+//! Git travels with the session (the cloud's half; the device's is `jarvis_sync::gitstate`).
+//!
+//! A device about to Continue in cloud uploads a bundle (a blob of the workspace) and records
+//! it with `PUT /api/sessions/{id}/git` ([`GitRecord`], kept under `<data>/devenv/sessions`).
+//! When the cloud takes the session, [`restore_pending`] rebuilds the repository under the
+//! synced working tree: the bundle's refs, HEAD on the agent's branch `jarvis/<session>` at the
+//! device's commit, the index from the device's staged tree, `origin` the device's remote
+//! (without credentials). On Continue here the device asks for the agent's branch back
+//! ([`bundle_back`]).
+//!
+//! The repository lives in the workspace, which sandboxed commands write: its `.git/config`
+//! and hooks are the agent's. So every git command on it runs inside the sandbox too (a script
+//! with its inputs in the environment, never spliced into the script; bundles through stdin and
+//! stdout) — the server never runs git on a repository a command could have prepared.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jarvis_agent::sandbox::{ProcessScope, Sandbox};
+use jarvis_sync::gitstate::GitState;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+/// The longest a sandboxed git script may take.
+const GIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One session's git state as the device sent it, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitRecord {
+    pub workspace: String,
+    pub state: GitState,
+    /// The bundle's blob hash in the workspace's blob store.
+    pub bundle: String,
+    pub agent_branch: String,
+    /// Whether the cloud copy has been rebuilt from it.
+    pub applied: bool,
+    /// Commits the cloud copy holds (what the next bundle may leave out).
+    #[serde(default)]
+    pub known: Vec<String>,
+    /// Why the last rebuild failed (said to the device and in the session).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The agent's branch for a session.
+pub fn agent_branch(session: &str) -> String {
+    format!("jarvis/{session}")
+}
+
+fn valid_sha(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// A session id as a file name (ids are checked by the control plane; this keeps any other
+/// spelling out of the path anyway).
+fn record_path(data_dir: &Path, session: &str) -> Option<PathBuf> {
+    session
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        .then(|| {
+            data_dir
+                .join("devenv/sessions")
+                .join(format!("{session}.json"))
+        })
+        .filter(|_| !session.is_empty() && session.len() <= 128)
+}
+
+pub fn load(data_dir: &Path, session: &str) -> Result<Option<GitRecord>, String> {
+    let Some(path) = record_path(data_dir, session) else {
+        return Err(format!("invalid session id {session:?}"));
+    };
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+pub fn store(data_dir: &Path, session: &str, record: &GitRecord) -> Result<(), String> {
+    let Some(path) = record_path(data_dir, session) else {
+        return Err(format!("invalid session id {session:?}"));
+    };
+    let dir = path.parent().unwrap_or(data_dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = path.with_extension(format!("json.{:016x}", rand::random::<u64>()));
+    let body = serde_json::to_vec_pretty(record).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, body)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Checks what a device sends before it is recorded.
+pub fn validate(state: &GitState, bundle: &str) -> Result<(), String> {
+    if !jarvis_sync::blob::valid_hash(bundle) {
+        return Err("bundle must be a blob hash".into());
+    }
+    if !valid_sha(&state.head) || !valid_sha(&state.index) {
+        return Err("head and index must be commit ids".into());
+    }
+    if let Some(b) = &state.branch
+        && (b.is_empty() || b.len() > 200 || b.starts_with('-') || b.contains(".."))
+    {
+        return Err(format!("invalid branch name {b:?}"));
+    }
+    if state.refs.len() > 64 || state.refs.iter().any(|(_, s)| !valid_sha(s)) {
+        return Err("refs must be at most 64 commit ids".into());
+    }
+    if state
+        .remote
+        .as_deref()
+        .is_some_and(|r| r.len() > 2048 || r.starts_with('-') || r.contains('\n'))
+    {
+        return Err("invalid remote".into());
+    }
+    Ok(())
+}
+
+/// Runs `script` with `sh` in the sandbox for `workspace`, `stdin` fed in, and returns its
+/// stdout (an error with its stderr's last lines when it fails).
+pub async fn sandboxed(
+    sandbox: &Sandbox,
+    workspace: &Path,
+    script: &str,
+    env: &[(String, String)],
+    stdin: Option<Vec<u8>>,
+) -> Result<Vec<u8>, String> {
+    let mut cmd = sandbox
+        .command(workspace, "sh", &["-c".to_owned(), script.to_owned()], env)
+        .map_err(|e| e.to_string())?;
+    cmd.command
+        .stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let scope = ProcessScope::new();
+    let mut child = scope.spawn(cmd).map_err(|e| format!("starting git: {e}"))?;
+    let feed = match (stdin, child.stdin.take()) {
+        (Some(bytes), Some(mut pipe)) => Some(tokio::spawn(async move {
+            let r = pipe.write_all(&bytes).await;
+            drop(pipe);
+            r
+        })),
+        _ => None,
+    };
+    let out = tokio::time::timeout(GIT_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| "git timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    scope.kill_all();
+    if let Some(feed) = feed {
+        // A script that failed early closes its stdin: its own error says more than EPIPE.
+        let fed = feed.await.map_err(|e| e.to_string())?;
+        if out.status.success() {
+            fed.map_err(|e| format!("feeding git: {e}"))?;
+        }
+    }
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(6).collect();
+        Err(tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+    }
+}
+
+/// The rebuild, inside the sandbox. Inputs: the bundle on stdin; HEAD_SHA, INDEX_SHA,
+/// AGENT_BRANCH, REMOTE in the environment. Prints every branch's commit.
+const RESTORE: &str = r#"set -e
+export GIT_CONFIG_NOSYSTEM=1
+[ -d .git ] || git init -q
+refs=$(mktemp)
+git bundle unbundle - > "$refs"
+while read -r sha ref; do
+  case "$ref" in
+    refs/heads/*|refs/jarvis/*) git update-ref "$ref" "$sha" ;;
+  esac
+done < "$refs"
+rm -f "$refs"
+git check-ref-format --branch "$AGENT_BRANCH" > /dev/null
+if ! git rev-parse -q --verify "refs/heads/$AGENT_BRANCH" > /dev/null \
+   || git merge-base --is-ancestor "refs/heads/$AGENT_BRANCH" "$HEAD_SHA"; then
+  git update-ref "refs/heads/$AGENT_BRANCH" "$HEAD_SHA"
+fi
+git symbolic-ref HEAD "refs/heads/$AGENT_BRANCH"
+git read-tree "$INDEX_SHA^{tree}"
+# The mirror carries contents, not modes: a mode is no difference here.
+git config core.fileMode false
+git config user.name "Jarvis"
+git config user.email "jarvis@localhost"
+if [ -n "$REMOTE" ]; then
+  git remote remove origin 2> /dev/null || true
+  git remote add origin "$REMOTE"
+fi
+git for-each-ref --format='%(objectname)' refs/heads
+"#;
+
+/// The agent's branch as a bundle, leaving out the commits in HAVE (space-separated); empty
+/// output when the branch has nothing new.
+const BUNDLE_BACK: &str = r#"set -e
+export GIT_CONFIG_NOSYSTEM=1
+git check-ref-format --branch "$AGENT_BRANCH" > /dev/null
+git rev-parse -q --verify "refs/heads/$AGENT_BRANCH" > /dev/null || exit 0
+not=""
+for sha in $HAVE; do
+  if git cat-file -e "$sha^{commit}" 2> /dev/null; then not="$not $sha"; fi
+done
+if [ -n "$not" ] && [ -z "$(git rev-list -n 1 "refs/heads/$AGENT_BRANCH" --not $not)" ]; then
+  exit 0
+fi
+if [ -n "$not" ]; then
+  git bundle create -q - "refs/heads/$AGENT_BRANCH" --not $not
+else
+  git bundle create -q - "refs/heads/$AGENT_BRANCH"
+fi
+"#;
+
+/// Rebuilds the repository of a session that has a git state not yet applied, after its
+/// working tree arrived. Returns a line for the session (None when there was nothing to do).
+pub async fn restore_pending(
+    data_dir: &Path,
+    sandbox: &Sandbox,
+    session: &str,
+    workspace_root: &Path,
+) -> Option<String> {
+    let mut record = match load(data_dir, session) {
+        Ok(Some(r)) if !r.applied => r,
+        Ok(_) => return None,
+        Err(e) => return Some(format!("The git state of this session cannot be read: {e}")),
+    };
+    let blobs = jarvis_sync::blob::BlobStore::new(data_dir.join("blobs").join(&record.workspace));
+    let bundle = match jarvis_sync::blob::read(&blobs, &record.bundle) {
+        Ok(b) => b,
+        Err(e) => {
+            record.error = Some(format!("the bundle is missing: {e}"));
+            if let Err(e) = store(data_dir, session, &record) {
+                tracing::error!(%session, error = %e, "recording the git state failed");
+            }
+            return Some(format!(
+                "Git: the repository was not rebuilt: the bundle is missing ({e})."
+            ));
+        }
+    };
+    let env = vec![
+        ("HEAD_SHA".to_owned(), record.state.head.clone()),
+        ("INDEX_SHA".to_owned(), record.state.index.clone()),
+        ("AGENT_BRANCH".to_owned(), record.agent_branch.clone()),
+        (
+            "REMOTE".to_owned(),
+            record.state.remote.clone().unwrap_or_default(),
+        ),
+    ];
+    let line = match sandboxed(sandbox, workspace_root, RESTORE, &env, Some(bundle)).await {
+        Ok(out) => {
+            record.applied = true;
+            record.error = None;
+            let mut known: Vec<String> = String::from_utf8_lossy(&out)
+                .lines()
+                .map(str::to_owned)
+                .filter(|s| valid_sha(s))
+                .collect();
+            known.extend(record.state.refs.iter().map(|(_, s)| s.clone()));
+            known.sort();
+            known.dedup();
+            record.known = known;
+            format!(
+                "Git: the repository came with the session — on branch {} at {}, from {}{}.",
+                record.agent_branch,
+                &record.state.head[..10],
+                record.state.branch.as_deref().unwrap_or("a detached HEAD"),
+                record
+                    .state
+                    .remote
+                    .as_deref()
+                    .map(|r| format!("; origin is {r}"))
+                    .unwrap_or_default()
+            )
+        }
+        Err(e) => {
+            // Known commits the copy no longer has make the next bundle incomplete: forget them
+            // so the device sends everything.
+            record.known.clear();
+            record.error = Some(e.clone());
+            tracing::warn!(%session, error = %e, "rebuilding the cloud copy's repository failed");
+            format!("Git: the repository was not rebuilt: {e}")
+        }
+    };
+    if let Err(e) = store(data_dir, session, &record) {
+        tracing::error!(%session, error = %e, "recording the git state failed");
+    }
+    Some(line)
+}
+
+/// The agent's branch, as a bundle without the commits the device has (`have`): None when
+/// there is nothing new.
+pub async fn bundle_back(
+    sandbox: &Sandbox,
+    workspace_root: &Path,
+    agent_branch: &str,
+    have: &[String],
+) -> Result<Option<Vec<u8>>, String> {
+    let have: Vec<&str> = have
+        .iter()
+        .map(String::as_str)
+        .filter(|s| valid_sha(s))
+        .take(256)
+        .collect();
+    if !workspace_root.join(".git").is_dir() {
+        return Ok(None);
+    }
+    let env = vec![
+        ("AGENT_BRANCH".to_owned(), agent_branch.to_owned()),
+        ("HAVE".to_owned(), have.join(" ")),
+    ];
+    let out = sandboxed(sandbox, workspace_root, BUNDLE_BACK, &env, None).await?;
+    Ok((!out.is_empty()).then_some(out))
+}

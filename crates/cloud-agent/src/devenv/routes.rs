@@ -1,0 +1,129 @@
+//! The git state's routes: a device records the bundle it uploaded before Continue in cloud,
+//! asks what the cloud copy already has, and takes the agent's branch back on Continue here.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use jarvis_sync::gitstate::GitState;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::git::{self, GitRecord};
+use crate::access::Action;
+use crate::api::{Api, ApiError, Body, Caller};
+
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/api/sessions/{id}/git", get(get_git).put(put_git))
+        .route("/api/sessions/{id}/git/back", get(back))
+        .with_state(api)
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+}
+
+fn storage(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
+}
+
+#[derive(Deserialize)]
+struct PutGit {
+    state: GitState,
+    /// The bundle's blob hash (uploaded to `PUT /blobs/<hash>` for the session's workspace).
+    bundle: String,
+}
+
+/// `PUT /api/sessions/{id}/git`: the git state the cloud rebuilds when it next takes the session.
+async fn put_git(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Body(b): Body<PutGit>,
+) -> Result<Json<Value>, ApiError> {
+    let row = api.control.check_session_for(&who, &id, Action::Write)?;
+    if who.read_only {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "read_only",
+            "this token is read-only",
+        ));
+    }
+    git::validate(&b.state, &b.bundle).map_err(invalid)?;
+    let data = api.cloud.data_dir();
+    let blobs = jarvis_sync::blob::BlobStore::new(data.join("blobs").join(&row.workspace));
+    if !blobs.contains(&b.bundle) {
+        return Err(invalid("upload the bundle first (PUT /blobs/<hash>)"));
+    }
+    let known = git::load(data, &id)
+        .map_err(storage)?
+        .map(|r| r.known)
+        .unwrap_or_default();
+    let record = GitRecord {
+        workspace: row.workspace,
+        state: b.state,
+        bundle: b.bundle,
+        agent_branch: git::agent_branch(&id),
+        applied: false,
+        known,
+        error: None,
+    };
+    git::store(data, &id, &record).map_err(storage)?;
+    api.control
+        .audit(Some(&who), "session.git", &id, &record.state.head);
+    Ok(Json(json!({"agent_branch": record.agent_branch})))
+}
+
+/// `GET /api/sessions/{id}/git`: what the cloud copy has (`known` commits) and where it began.
+async fn get_git(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    api.control.check_session_for(&who, &id, Action::Read)?;
+    let record = git::load(api.cloud.data_dir(), &id).map_err(storage)?;
+    Ok(Json(match record {
+        Some(r) => json!({
+            "agent_branch": r.agent_branch, "known": r.known, "applied": r.applied,
+            "error": r.error, "base_branch": r.state.branch, "base_head": r.state.head,
+        }),
+        None => json!({"agent_branch": git::agent_branch(&id), "known": [], "applied": false}),
+    }))
+}
+
+#[derive(Deserialize)]
+struct BackQuery {
+    /// Commits the device has, comma-separated.
+    #[serde(default)]
+    have: String,
+}
+
+/// `GET /api/sessions/{id}/git/back?have=…`: the agent's branch as a bundle (base64) without
+/// what the device has; `bundle` is null when there is nothing new.
+async fn back(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Query(q): Query<BackQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let row = api.control.check_session_for(&who, &id, Action::Read)?;
+    let record = git::load(api.cloud.data_dir(), &id).map_err(storage)?;
+    let have: Vec<String> = q.have.split(',').map(str::to_owned).collect();
+    let branch = git::agent_branch(&id);
+    let bundle = git::bundle_back(
+        api.cloud.sandbox(),
+        &api.cloud.workspace_dir(&row.workspace),
+        &branch,
+        &have,
+    )
+    .await
+    .map_err(|e| ApiError::new(StatusCode::CONFLICT, "git", e))?;
+    Ok(Json(json!({
+        "agent_branch": branch,
+        "base_branch": record.as_ref().and_then(|r| r.state.branch.clone()),
+        "base_head": record.as_ref().map(|r| r.state.head.clone()),
+        "bundle": bundle.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+    })))
+}
