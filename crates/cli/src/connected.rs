@@ -436,6 +436,19 @@ pub async fn run_here(
     match outcome {
         Outcome::LeaseLost => {}
         _ => {
+            // Yielding to the cloud: the repository goes with the session.
+            if doc.handoff().is_some_and(|h| h.to == "cloud")
+                && let Err(e) = jarvis_sync::gitstate::send_to_cloud(
+                    &device.api.hub,
+                    &device.api.token,
+                    &session,
+                    &workspace,
+                    &dir,
+                )
+                .await
+            {
+                eprintln!("warning: the repository's git state did not reach the cloud: {e}");
+            }
             let l = device
                 .release(&session, &workspace, lease.epoch, &mirror)
                 .await?;
@@ -541,6 +554,18 @@ pub async fn request_handoff(
         device.client.flush_all(Duration::from_secs(60)).await?;
         let docs = handoff::session_documents(session, &workspace, mirror.index());
         expect = handoff::snapshot(&device.client, &docs).await?;
+        // The repository travels too (`.git` is never synced as files).
+        if to == "cloud" {
+            jarvis_sync::gitstate::send_to_cloud(
+                &device.api.hub,
+                &device.api.token,
+                session,
+                &workspace,
+                dir,
+            )
+            .await
+            .context("sending the repository's git state")?;
+        }
     }
     let v = device
         .api

@@ -728,6 +728,20 @@ async fn handoff_cmd(
         lease.epoch
     );
     drop(device);
+    // The cloud's commits come back on the agent's branch (never onto the user's own).
+    if let Some(d) = dir.as_deref() {
+        match jarvis_sync::gitstate::receive_from_cloud(&login.hub, &login.token, session, d).await
+        {
+            Ok(Some(b)) => eprintln!(
+                "the cloud's commits are on branch {} (at {}){}",
+                b.branch,
+                &b.head[..b.head.len().min(10)],
+                b.note.map(|n| format!("; note: {n}")).unwrap_or_default()
+            ),
+            Ok(None) => {}
+            Err(e) => eprintln!("warning: the cloud's commits did not come back: {e}"),
+        }
+    }
     // Continue here: run whatever the session was in the middle of, in the folder.
     let env: HashMap<String, String> = std::env::vars().collect();
     let provider = ProviderConfig::from_env(&env, |p| std::fs::read_to_string(p))?.build()?;

@@ -295,6 +295,126 @@ fn short(sha: &str) -> &str {
     &sha[..sha.len().min(10)]
 }
 
+/// Sends the repository at `dir` with a session about to Continue in cloud: asks the hub what
+/// the cloud copy has, uploads a bundle of the rest as a blob of `workspace`, and records it
+/// for the session. Returns the bytes sent for the git state (None: not a repository).
+pub async fn send_to_cloud(
+    hub: &str,
+    token: &str,
+    session: &str,
+    workspace: &str,
+    dir: &Path,
+) -> Result<Option<u64>, SendError> {
+    let http = reqwest::Client::new();
+    let hub = hub.trim_end_matches('/');
+    let known: serde_json::Value = http
+        .get(format!("{hub}/api/sessions/{session}/git"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let have: Vec<String> = known["known"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let dir = dir.to_owned();
+    let captured = tokio::task::spawn_blocking(move || capture(&dir, &have))
+        .await
+        .map_err(|e| SendError::Hub(e.to_string()))??;
+    let Some(captured) = captured else {
+        return Ok(None);
+    };
+    let hash = crate::blob::hash_bytes(&captured.bundle);
+    let size = captured.bundle.len() as u64;
+    http.put(format!("{hub}/blobs/{hash}"))
+        .bearer_auth(token)
+        .header("x-jarvis-workspace", workspace)
+        .body(captured.bundle)
+        .send()
+        .await?
+        .error_for_status()?;
+    let record = serde_json::json!({"state": captured.state, "bundle": hash});
+    let body = serde_json::to_vec(&record).map_err(|e| SendError::Hub(e.to_string()))?;
+    let sent = size + body.len() as u64;
+    http.put(format!("{hub}/api/sessions/{session}/git"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(Some(sent))
+}
+
+/// Brings the cloud's commits of a session back into the repository at `dir` (see
+/// [`bring_back`]); None when `dir` is no repository or the cloud has nothing new.
+pub async fn receive_from_cloud(
+    hub: &str,
+    token: &str,
+    session: &str,
+    dir: &Path,
+) -> Result<Option<BroughtBack>, SendError> {
+    let owned = dir.to_owned();
+    let have =
+        tokio::task::spawn_blocking(move || is_repository(&owned).then(|| known_commits(&owned)))
+            .await
+            .map_err(|e| SendError::Hub(e.to_string()))?;
+    let Some(have) = have else {
+        return Ok(None);
+    };
+    let hub = hub.trim_end_matches('/');
+    let resp = reqwest::Client::new()
+        .get(format!("{hub}/api/sessions/{session}/git/back"))
+        .query(&[("have", have.join(","))])
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?;
+    if resp.status() == reqwest::StatusCode::NO_CONTENT {
+        return Ok(None);
+    }
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (Some(branch), base_branch, base_head) = (
+        header("x-jarvis-agent-branch"),
+        header("x-jarvis-base-branch"),
+        header("x-jarvis-base-head"),
+    ) else {
+        return Err(SendError::Hub(
+            "the hub did not name the agent's branch".into(),
+        ));
+    };
+    let bundle = resp.bytes().await?.to_vec();
+    let dir = dir.to_owned();
+    let back = tokio::task::spawn_blocking(move || {
+        let base = base_branch.as_deref().zip(base_head.as_deref());
+        bring_back(&dir, &bundle, &branch, base)
+    })
+    .await
+    .map_err(|e| SendError::Hub(e.to_string()))??;
+    Ok(Some(back))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error("the hub: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("{0}")]
+    Hub(String),
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -2,10 +2,10 @@
 //! asks what the cloud copy already has, and takes the agent's branch back on Continue here.
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use base64::Engine;
 use jarvis_sync::gitstate::GitState;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -100,14 +100,15 @@ struct BackQuery {
     have: String,
 }
 
-/// `GET /api/sessions/{id}/git/back?have=…`: the agent's branch as a bundle (base64) without
-/// what the device has; `bundle` is null when there is nothing new.
+/// `GET /api/sessions/{id}/git/back?have=…`: the agent's branch as a bundle without what the
+/// device has (`application/octet-stream`; 204 when there is nothing new), with the branch the
+/// cloud started from in `X-Jarvis-Base-Branch` / `X-Jarvis-Base-Head`.
 async fn back(
     State(api): State<Api>,
     Caller(who): Caller,
     Path(id): Path<String>,
     Query(q): Query<BackQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let row = api.control.check_session_for(&who, &id, Action::Read)?;
     let record = git::load(api.cloud.data_dir(), &id).map_err(storage)?;
     let have: Vec<String> = q.have.split(',').map(str::to_owned).collect();
@@ -120,10 +121,29 @@ async fn back(
     )
     .await
     .map_err(|e| ApiError::new(StatusCode::CONFLICT, "git", e))?;
-    Ok(Json(json!({
-        "agent_branch": branch,
-        "base_branch": record.as_ref().and_then(|r| r.state.branch.clone()),
-        "base_head": record.as_ref().map(|r| r.state.head.clone()),
-        "bundle": bundle.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
-    })))
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &'static str, value: Option<&str>| {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(name, v);
+        }
+    };
+    put("x-jarvis-agent-branch", Some(&branch));
+    put(
+        "x-jarvis-base-branch",
+        record.as_ref().and_then(|r| r.state.branch.as_deref()),
+    );
+    put(
+        "x-jarvis-base-head",
+        record.as_ref().map(|r| r.state.head.as_str()),
+    );
+    Ok(match bundle {
+        Some(b) => {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            (StatusCode::OK, headers, b).into_response()
+        }
+        None => (StatusCode::NO_CONTENT, headers).into_response(),
+    })
 }
