@@ -742,3 +742,170 @@ mod sha2_hash {
             .to_owned()
     }
 }
+
+/// Approves the current content of a workspace file once the hub has it (the cloud's copy
+/// reaches the hub through its mirror: polled with a deadline).
+async fn approve(base: &str, token: &str, workspace: &str, path: &str, text: &str) {
+    let hash = sha2_hash::hex_sha256(text);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, v) = call(
+            base,
+            "POST",
+            &format!("/api/workspaces/{workspace}/config/approve"),
+            token,
+            Some(json!({"kind": "environment", "path": path, "hash": hash})),
+        )
+        .await;
+        if s == 200 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "approving {path}: {s} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends a message and waits until the cloud answered it with `expect`.
+async fn turn(base: &str, token: &str, id: &str, message: &str, expect: &str) -> Value {
+    let (s, v) = call(
+        base,
+        "POST",
+        &format!("/api/sessions/{id}/messages"),
+        token,
+        Some(json!({"text": message})),
+    )
+    .await;
+    assert!(s == 200 || s == 202, "{s} {v}");
+    session_until(base, token, id, expect, |v| {
+        v["status"] == "done" && texts(v, "assistant").last().is_some_and(|t| t == expect)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_setup_runs_once_survives_a_restart_and_an_edit_waits_for_an_owner() {
+    if jarvis_agent::sandbox::Sandbox::probe_bubblewrap(&Default::default()).is_err() {
+        eprintln!("skipping: bubblewrap cannot create namespaces here");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = tmp.path().join("dev");
+    std::fs::create_dir_all(dev.join(".jarvis")).unwrap();
+    let environment = "setup = \"mkdir -p node_modules/dep && echo ran >> node_modules/.runs && echo v1 > node_modules/dep/index.js\"\ncache = [\"node_modules\"]\n\n[env]\nGREETING = \"hello from the environment\"\n";
+    std::fs::write(dev.join(".jarvis/environment.toml"), environment).unwrap();
+    std::fs::write(dev.join("app.js"), "console.log('app')\n").unwrap();
+    let count = "wc -l < node_modules/.runs; cat node_modules/dep/index.js";
+    let fake = FakeServer::start(vec![
+        text("On the device."),
+        bash("t1", &format!("{count}; echo \"$GREETING\"")),
+        text("one"),
+        bash("t2", count),
+        text("two"),
+        // An editor (here the agent itself) changes the setup.
+        bash(
+            "t3",
+            "sed -i 's/echo v1/echo v2/' .jarvis/environment.toml && echo edited",
+        ),
+        text("three"),
+        bash("t4", count),
+        text("four"),
+        bash("t5", count),
+        text("five"),
+    ])
+    .await
+    .unwrap();
+    let data = tmp.path().join("hub");
+    let alice = add_user(&data, "alice").unwrap();
+    let env = [
+        ("ANTHROPIC_BASE_URL", fake.url()),
+        ("ANTHROPIC_API_KEY", "test-key".to_owned()),
+        ("JARVIS_SANDBOX", "bwrap".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let agent = CloudAgent::start_with_env(&data, 0, &env).unwrap();
+    let port = agent.port;
+    let base = format!("http://127.0.0.1:{port}");
+    let home = tmp.path().join("home");
+    run({
+        let mut c = jarvis(&home, &fake.url());
+        c.args(["login", &base, "--token", &alice]);
+        c
+    });
+    run({
+        let mut c = jarvis(&home, &fake.url());
+        c.args([
+            "run",
+            "--session",
+            "e1",
+            "--workspace",
+            "envws",
+            "--permission-mode",
+            "allow-all",
+            "--dir",
+        ])
+        .arg(&dev)
+        .arg("Set up.");
+        c
+    });
+    approve(
+        &base,
+        &alice,
+        "envws",
+        ".jarvis/environment.toml",
+        environment,
+    )
+    .await;
+    run({
+        let mut c = jarvis(&home, &fake.url());
+        c.args(["handoff", "e1", "--to", "cloud", "--dir"])
+            .arg(&dev);
+        c
+    });
+
+    let v = turn(&base, &alice, "e1", "Check the setup.", "one").await;
+    let results = tool_results(&v);
+    assert_eq!(
+        results.last().unwrap().trim(),
+        "1\nv1\nhello from the environment",
+        "{results:?}"
+    );
+    assert!(
+        texts(&v, "system")
+            .iter()
+            .any(|t| t.starts_with("Setup: ran the setup"))
+    );
+    // The dependency folder lives in the server's cache, not in the synced workspace.
+    let ws = data.join("workspaces/envws");
+    assert!(!ws.join("node_modules/.runs").exists());
+    assert!(data.join("devenv/cache/envws/node_modules/.runs").exists());
+
+    // A restart: the folder is reused, the setup does not run again.
+    agent.terminate(Duration::from_secs(10)).unwrap();
+    let agent = CloudAgent::start_with_env(&data, port, &env).unwrap();
+    let v = turn(&base, &alice, "e1", "Again.", "two").await;
+    assert_eq!(tool_results(&v).last().unwrap().trim(), "1\nv1");
+
+    // The file changes: nothing runs until an owner approves the new content.
+    turn(&base, &alice, "e1", "Change the setup.", "three").await;
+    let v = turn(&base, &alice, "e1", "And now?", "four").await;
+    assert_eq!(tool_results(&v).last().unwrap().trim(), "1\nv1");
+    assert!(
+        texts(&v, "system")
+            .iter()
+            .any(|t| t.contains("waits for an owner's approval")),
+        "{:?}",
+        texts(&v, "system")
+    );
+    let edited = environment.replace("echo v1", "echo v2");
+    assert_eq!(
+        std::fs::read_to_string(ws.join(".jarvis/environment.toml")).unwrap(),
+        edited
+    );
+    approve(&base, &alice, "envws", ".jarvis/environment.toml", &edited).await;
+    let v = turn(&base, &alice, "e1", "Approved.", "five").await;
+    assert_eq!(tool_results(&v).last().unwrap().trim(), "2\nv2");
+    drop(agent);
+}

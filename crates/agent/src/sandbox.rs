@@ -118,7 +118,8 @@ pub trait Egress: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EgressRoute {
     pub env: Vec<(String, String)>,
-    /// (host path, path inside) bound read-write: the proxy's Unix socket.
+    /// (host path, path inside) bound read-write, after the workspace: the proxy's Unix
+    /// socket, a workspace's cached dependency folders (kept outside it on the host).
     pub sockets: Vec<(PathBuf, PathBuf)>,
     /// (host path, path inside) bound read-only: e.g. the forwarder the wrapper runs.
     pub files: Vec<(PathBuf, PathBuf)>,

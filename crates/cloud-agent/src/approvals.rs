@@ -40,8 +40,10 @@ pub fn kind_of(path: &str) -> Option<&'static str> {
         Some("settings")
     } else if path.starts_with(".claude/commands/") && path.ends_with(".md") {
         Some("command")
-    } else if path == crate::secrets::ENVIRONMENT_FILE {
-        // Its network policy (and, later, its setup script).
+    } else if path == crate::secrets::ENVIRONMENT_FILE
+        || path == crate::devenv::environment::DEVCONTAINER_FILE
+    {
+        // Network policy and setup script (the devcontainer's lifecycle commands).
         Some("environment")
     } else {
         None

@@ -584,6 +584,30 @@ impl Cloud {
             .extend(crate::devenv::session_env(&self.config.data_dir, session));
         let (_, network) = crate::devenv::egress::policy(&self.config.approvals, mirror.root());
         crate::devenv::note_once(doc, &format!("Network: {network}."));
+        // The environment file's variables (secrets win a clash), then its setup script, run
+        // once per approved content.
+        if let Ok(Some(e)) = crate::devenv::environment::load(mirror.root()) {
+            let mut env = e.env;
+            env.append(&mut tools.env);
+            tools.env = env;
+        }
+        let workspace = mirror
+            .root()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(line) = crate::devenv::setup::ensure(
+            &self.config.data_dir,
+            &self.config.approvals,
+            &tools.sandbox,
+            &workspace,
+            mirror.root(),
+            &tools.env,
+        )
+        .await
+        {
+            crate::devenv::note_once(doc, &line);
+        }
         let scope = tools.scope.clone();
         let hooks = setup.hooks(
             mirror.root(),

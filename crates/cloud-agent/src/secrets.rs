@@ -381,13 +381,19 @@ pub fn requested_names(workspace_root: &Path) -> Result<Vec<String>, String> {
 /// The text of `.jarvis/environment.toml` (None when missing), opened as
 /// [`requested_names`] explains: never through a symlink, never outside the workspace.
 pub fn read_environment_file(workspace_root: &Path) -> Result<Option<String>, String> {
+    read_workspace_file(workspace_root, ENVIRONMENT_FILE)
+}
+
+/// A configuration file of a workspace folder (`rel`, e.g. `.devcontainer/devcontainer.json`),
+/// opened as [`requested_names`] explains.
+pub fn read_workspace_file(workspace_root: &Path, rel: &str) -> Result<Option<String>, String> {
     use std::io::Read;
     use std::os::fd::AsRawFd;
-    let refuse = |why: &str| Err(format!("{ENVIRONMENT_FILE}: {why}"));
+    let refuse = |why: &str| Err(format!("{rel}: {why}"));
     let root = workspace_root
         .canonicalize()
         .map_err(|e| format!("the workspace folder: {e}"))?;
-    let path = root.join(ENVIRONMENT_FILE);
+    let path = root.join(rel);
     let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
@@ -400,14 +406,14 @@ pub fn read_environment_file(workspace_root: &Path) -> Result<Option<String>, St
     };
     // Where the opened file really is (a folder on the way may have been a symlink).
     let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map_err(|e| format!("{ENVIRONMENT_FILE}: {e}"))?;
+        .map_err(|e| format!("{rel}: {e}"))?;
     if !real.starts_with(&root) || !file.metadata().is_ok_and(|m| m.is_file()) {
         return refuse("is not a file inside the workspace");
     }
     let mut text = String::new();
     file.take(64 * 1024)
         .read_to_string(&mut text)
-        .map_err(|_| format!("{ENVIRONMENT_FILE}: not UTF-8 text"))?;
+        .map_err(|_| format!("{rel}: not UTF-8 text"))?;
     Ok(Some(text))
 }
 

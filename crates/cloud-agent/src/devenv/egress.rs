@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use jarvis_agent::egress::{EgressProxy, NetworkPolicy, ProxyConfig, ProxyEgress};
-use jarvis_agent::sandbox::Sandbox;
+use jarvis_agent::sandbox::{Egress, EgressRoute, Sandbox};
 
 use crate::secrets::ENVIRONMENT_FILE;
 
@@ -106,8 +106,9 @@ pub fn test_resolve_from_env() -> anyhow::Result<HashMap<String, SocketAddr>> {
     Ok(out)
 }
 
-/// The server's sandbox with the egress hook (bubblewrap only; the forwarder is this binary,
-/// run as `jarvis-cloud egress-forward`).
+/// The server's sandbox with the workspace hook (bubblewrap only): the egress proxy (the
+/// forwarder is this binary, run as `jarvis-cloud egress-forward`) and the cached dependency
+/// folders bound over the workspace.
 pub fn attach(
     sandbox: Sandbox,
     data_dir: &Path,
@@ -116,9 +117,45 @@ pub fn attach(
     let proxies = Arc::new(Proxies::new(data_dir, approvals, test_resolve_from_env()?));
     let forwarder = std::env::current_exe()?;
     let p = proxies.clone();
-    let hook = ProxyEgress {
-        forwarder,
-        proxy_for: Arc::new(move |root: &Path| p.proxy_for(root)),
+    let hook = WorkspaceHook {
+        proxy: ProxyEgress {
+            forwarder,
+            proxy_for: Arc::new(move |root: &Path| p.proxy_for(root)),
+        },
+        data_dir: data_dir.to_owned(),
     };
     Ok((sandbox.with_egress(Arc::new(hook)), proxies))
+}
+
+/// What a sandboxed process of a workspace gets besides its folder: the proxy, and its cache.
+#[derive(Debug)]
+struct WorkspaceHook {
+    proxy: ProxyEgress,
+    data_dir: PathBuf,
+}
+
+impl Egress for WorkspaceHook {
+    fn route(&self, root: &Path) -> Result<EgressRoute, String> {
+        let mut route = self.proxy.route(root)?;
+        let Some(workspace) = root.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            return Ok(route);
+        };
+        // A malformed file is said by the setup; the folders are then simply not cached.
+        if let Ok(Some(env)) = super::environment::load(root) {
+            for rel in env.cache {
+                let host = super::setup::cache_folder(&self.data_dir, &workspace, &rel);
+                std::fs::create_dir_all(&host)
+                    .map_err(|e| format!("the cache folder {}: {e}", host.display()))?;
+                route.sockets.push((host, root.join(&rel)));
+            }
+        }
+        Ok(route)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}; cached dependency folders per workspace",
+            self.proxy.describe()
+        )
+    }
 }

@@ -117,15 +117,15 @@ pub fn validate(state: &GitState, bundle: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `script` with `sh` in the sandbox for `workspace`, `stdin` fed in, and returns its
-/// stdout (an error with its stderr's last lines when it fails).
-pub async fn sandboxed(
+/// Runs `script` with `sh` in the sandbox for `workspace`, `stdin` fed in, within `timeout`.
+pub async fn run_sandboxed(
     sandbox: &Sandbox,
     workspace: &Path,
     script: &str,
     env: &[(String, String)],
     stdin: Option<Vec<u8>>,
-) -> Result<Vec<u8>, String> {
+    timeout: Duration,
+) -> Result<std::process::Output, String> {
     let mut cmd = sandbox
         .command(workspace, "sh", &["-c".to_owned(), script.to_owned()], env)
         .map_err(|e| e.to_string())?;
@@ -138,7 +138,7 @@ pub async fn sandboxed(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let scope = ProcessScope::new();
-    let mut child = scope.spawn(cmd).map_err(|e| format!("starting git: {e}"))?;
+    let mut child = scope.spawn(cmd).map_err(|e| format!("starting sh: {e}"))?;
     let feed = match (stdin, child.stdin.take()) {
         (Some(bytes), Some(mut pipe)) => Some(tokio::spawn(async move {
             let r = pipe.write_all(&bytes).await;
@@ -147,18 +147,31 @@ pub async fn sandboxed(
         })),
         _ => None,
     };
-    let out = tokio::time::timeout(GIT_TIMEOUT, child.wait_with_output())
+    let out = tokio::time::timeout(timeout, child.wait_with_output())
         .await
-        .map_err(|_| "git timed out".to_owned())?
+        .map_err(|_| format!("timed out after {} s", timeout.as_secs()))?
         .map_err(|e| e.to_string())?;
     scope.kill_all();
     if let Some(feed) = feed {
         // A script that failed early closes its stdin: its own error says more than EPIPE.
         let fed = feed.await.map_err(|e| e.to_string())?;
         if out.status.success() {
-            fed.map_err(|e| format!("feeding git: {e}"))?;
+            fed.map_err(|e| format!("feeding the script: {e}"))?;
         }
     }
+    Ok(out)
+}
+
+/// Runs `script` with `sh` in the sandbox for `workspace`, `stdin` fed in, and returns its
+/// stdout (an error with its stderr's last lines when it fails).
+pub async fn sandboxed(
+    sandbox: &Sandbox,
+    workspace: &Path,
+    script: &str,
+    env: &[(String, String)],
+    stdin: Option<Vec<u8>>,
+) -> Result<Vec<u8>, String> {
+    let out = run_sandboxed(sandbox, workspace, script, env, stdin, GIT_TIMEOUT).await?;
     if out.status.success() {
         Ok(out.stdout)
     } else {

@@ -6,6 +6,7 @@ pub mod egress;
 pub mod environment;
 pub mod git;
 pub mod routes;
+pub mod setup;
 
 /// Where pull requests are opened (`JARVIS_GITHUB_API`, default the public API); tests point it
 /// at a fake.
