@@ -17,19 +17,21 @@ pub fn github_api() -> String {
         .unwrap_or_else(|| "https://api.github.com".into())
 }
 
-/// Variables a session's processes get: the agent's branch, the remote, the GitHub API base.
+/// Variables the processes of a session that came with a repository get: the agent's branch,
+/// the branch it started from, the remote, the GitHub API base. None for other sessions.
 pub fn session_env(data_dir: &std::path::Path, session: &str) -> Vec<(String, String)> {
+    let Ok(Some(r)) = git::load(data_dir, session) else {
+        return Vec::new();
+    };
     let mut env = vec![
-        ("JARVIS_GIT_BRANCH".to_owned(), git::agent_branch(session)),
+        ("JARVIS_GIT_BRANCH".to_owned(), r.agent_branch),
         ("GITHUB_API_URL".to_owned(), github_api()),
     ];
-    if let Ok(Some(r)) = git::load(data_dir, session) {
-        if let Some(remote) = r.state.remote {
-            env.push(("JARVIS_GIT_REMOTE".to_owned(), remote));
-        }
-        if let Some(base) = r.state.branch {
-            env.push(("JARVIS_GIT_BASE".to_owned(), base));
-        }
+    if let Some(remote) = r.state.remote {
+        env.push(("JARVIS_GIT_REMOTE".to_owned(), remote));
+    }
+    if let Some(base) = r.state.branch {
+        env.push(("JARVIS_GIT_BASE".to_owned(), base));
     }
     env
 }
