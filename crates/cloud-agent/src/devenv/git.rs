@@ -34,9 +34,6 @@ pub struct GitRecord {
     pub agent_branch: String,
     /// Whether the cloud copy has been rebuilt from it.
     pub applied: bool,
-    /// Commits the cloud copy holds (what the next bundle may leave out).
-    #[serde(default)]
-    pub known: Vec<String>,
     /// Why the last rebuild failed (said to the device and in the session).
     #[serde(default)]
     pub error: Option<String>,
@@ -89,6 +86,48 @@ pub fn store(data_dir: &Path, session: &str, record: &GitRecord) -> Result<(), S
     std::fs::write(&tmp, body)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn known_path(data_dir: &Path, workspace: &str) -> Option<PathBuf> {
+    (!workspace.is_empty()
+        && workspace.len() <= 128
+        && workspace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !workspace.starts_with('.'))
+    .then(|| {
+        data_dir
+            .join("devenv/workspaces")
+            .join(format!("{workspace}.known"))
+    })
+}
+
+/// The commits the workspace's cloud copy holds (one repository per workspace, whichever
+/// session brought them): what the next bundle may leave out.
+pub fn known(data_dir: &Path, workspace: &str) -> Vec<String> {
+    known_path(data_dir, workspace)
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|t| {
+            t.lines()
+                .filter(|l| valid_sha(l))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn store_known(data_dir: &Path, workspace: &str, commits: &[String]) {
+    let Some(path) = known_path(data_dir, workspace) else {
+        return;
+    };
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&path, commits.join("\n")));
+    // Unrecorded, the next bundle is only larger: say so, nothing breaks.
+    if let Err(e) = written {
+        tracing::warn!(%workspace, error = %e, "recording the cloud copy's commits failed");
+    }
 }
 
 /// Checks what a device sends before it is recorded.
@@ -279,7 +318,7 @@ pub async fn restore_pending(
             known.extend(record.state.refs.iter().map(|(_, s)| s.clone()));
             known.sort();
             known.dedup();
-            record.known = known;
+            store_known(data_dir, &record.workspace, &known);
             format!(
                 "Git: the repository came with the session — on branch {} at {}, from {}{}.",
                 record.agent_branch,
@@ -296,7 +335,7 @@ pub async fn restore_pending(
         Err(e) => {
             // Known commits the copy no longer has make the next bundle incomplete: forget them
             // so the device sends everything.
-            record.known.clear();
+            store_known(data_dir, &record.workspace, &[]);
             record.error = Some(e.clone());
             tracing::warn!(%session, error = %e, "rebuilding the cloud copy's repository failed");
             format!("Git: the repository was not rebuilt: {e}")

@@ -57,17 +57,12 @@ async fn put_git(
     if !blobs.contains(&b.bundle) {
         return Err(invalid("upload the bundle first (PUT /blobs/<hash>)"));
     }
-    let known = git::load(data, &id)
-        .map_err(storage)?
-        .map(|r| r.known)
-        .unwrap_or_default();
     let record = GitRecord {
         workspace: row.workspace,
         state: b.state,
         bundle: b.bundle,
         agent_branch: git::agent_branch(&id),
         applied: false,
-        known,
         error: None,
     };
     git::store(data, &id, &record).map_err(storage)?;
@@ -82,14 +77,16 @@ async fn get_git(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    api.control.check_session_for(&who, &id, Action::Read)?;
-    let record = git::load(api.cloud.data_dir(), &id).map_err(storage)?;
+    let row = api.control.check_session_for(&who, &id, Action::Read)?;
+    let data = api.cloud.data_dir();
+    let record = git::load(data, &id).map_err(storage)?;
+    let known = git::known(data, &row.workspace);
     Ok(Json(match record {
         Some(r) => json!({
-            "agent_branch": r.agent_branch, "known": r.known, "applied": r.applied,
+            "agent_branch": r.agent_branch, "known": known, "applied": r.applied,
             "error": r.error, "base_branch": r.state.branch, "base_head": r.state.head,
         }),
-        None => json!({"agent_branch": git::agent_branch(&id), "known": [], "applied": false}),
+        None => json!({"agent_branch": git::agent_branch(&id), "known": known, "applied": false}),
     }))
 }
 
@@ -109,7 +106,8 @@ async fn back(
     Path(id): Path<String>,
     Query(q): Query<BackQuery>,
 ) -> Result<Response, ApiError> {
-    let row = api.control.check_session_for(&who, &id, Action::Read)?;
+    // Write: it runs a command in the cloud copy, and only who may take the session back asks.
+    let row = api.control.check_session_for(&who, &id, Action::Write)?;
     let record = git::load(api.cloud.data_dir(), &id).map_err(storage)?;
     let have: Vec<String> = q.have.split(',').map(str::to_owned).collect();
     let branch = git::agent_branch(&id);
