@@ -800,7 +800,13 @@ async fn a_setup_runs_once_survives_a_restart_and_an_edit_waits_for_an_owner() {
     let count = "wc -l < node_modules/.runs; cat node_modules/dep/index.js";
     let fake = FakeServer::start(vec![
         text("On the device."),
-        bash("t1", &format!("{count}; echo \"$GREETING\"")),
+        // The file has no [network]: off, even for a name the proxy would pin to a live server.
+        bash(
+            "t1",
+            &format!(
+                "{count}; echo \"$GREETING\"; curl -sS --max-time 5 http://pkg.test/ > /dev/null 2>&1 && echo reached || echo unreachable"
+            ),
+        ),
         text("one"),
         bash("t2", count),
         text("two"),
@@ -819,10 +825,17 @@ async fn a_setup_runs_once_survives_a_restart_and_an_edit_waits_for_an_owner() {
     .unwrap();
     let data = tmp.path().join("hub");
     let alice = add_user(&data, "alice").unwrap();
+    // A live loopback server (the forge answers anything) the policy must keep out of reach.
+    let (live, _) = forge(tmp.path().join("none")).await;
     let env = [
         ("ANTHROPIC_BASE_URL", fake.url()),
         ("ANTHROPIC_API_KEY", "test-key".to_owned()),
         ("JARVIS_SANDBOX", "bwrap".to_owned()),
+        ("JARVIS_EGRESS_TEST", "1".to_owned()),
+        (
+            "JARVIS_EGRESS_RESOLVE",
+            format!("pkg.test=127.0.0.1:{live}"),
+        ),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let agent = CloudAgent::start_with_env(&data, 0, &env).unwrap();
@@ -869,7 +882,7 @@ async fn a_setup_runs_once_survives_a_restart_and_an_edit_waits_for_an_owner() {
     let results = tool_results(&v);
     assert_eq!(
         results.last().unwrap().trim(),
-        "1\nv1\nhello from the environment",
+        "1\nv1\nhello from the environment\nunreachable",
         "{results:?}"
     );
     assert!(

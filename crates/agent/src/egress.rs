@@ -15,7 +15,8 @@
 //!
 //! Whatever the policy, the proxy connects to the address it resolved itself (no second lookup
 //! to rebind) and never to loopback, link-local (cloud metadata), private or shared ranges
-//! ([`forbidden_destination`]) — that is where the server's own ports and its neighbours are.
+//! ([`forbidden_destination`]), nor to an address of this machine's own interfaces — that is
+//! where the server's own ports and its neighbours are.
 //! The one exception is [`ProxyConfig::test_resolve`], names pinned to addresses, which only a
 //! test build of the server fills (see `JARVIS_EGRESS_TEST`): tests need a name that reaches a
 //! loopback server, and that bypass is explicit there and nowhere else.
@@ -154,13 +155,36 @@ impl ProxyConfig {
                 .map_err(|e| format!("cannot resolve {name}: {e}"))?
                 .collect(),
         };
+        let own = own_addresses();
         candidates
             .into_iter()
-            .find(|a| !forbidden_destination(a.ip()))
+            .find(|a| !forbidden_destination(a.ip()) && !own.contains(&a.ip()))
             .ok_or_else(|| {
-                format!("{name} resolves only to loopback, link-local or private addresses")
+                format!(
+                    "{name} resolves only to loopback, link-local, private or this server's own addresses"
+                )
             })
     }
+}
+
+/// Every address of this machine's interfaces: a public one is still the server itself (its
+/// own ports), which no policy reaches.
+fn own_addresses() -> &'static [IpAddr] {
+    static OWN: std::sync::OnceLock<Vec<IpAddr>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| {
+        nix::ifaddrs::getifaddrs()
+            .map(|addrs| {
+                addrs
+                    .filter_map(|a| a.address)
+                    .filter_map(|a| {
+                        a.as_sockaddr_in()
+                            .map(|v4| IpAddr::V4(v4.ip()))
+                            .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
 }
 
 /// One workspace's proxy: a Unix socket and the task accepting on it (stopped when dropped).
@@ -529,6 +553,19 @@ mod tests {
             "127.0.0.1:9".parse().unwrap()
         );
         assert!(pinned.destination("127.0.0.1", 9).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn full_refuses_this_machines_own_addresses() {
+        let cfg = ProxyConfig::new(NetworkPolicy::Full);
+        for ip in own_addresses() {
+            let host = match ip {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => format!("[{v6}]"),
+            };
+            assert!(cfg.destination(&host, 8080).await.is_err(), "{host}");
+        }
+        assert!(!own_addresses().is_empty());
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub async fn ensure(
         Err(e) => return Some(format!("Setup: not run: {e}")),
     };
     let Setup { script, path, hash } = setup;
+    // One setup at a time: two sessions of a workspace starting together run it once.
+    static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = RUNNING.lock().await;
     let done = std::fs::read_to_string(marker(data_dir, workspace)).unwrap_or_default();
     if done.trim() == hash {
         return None;
