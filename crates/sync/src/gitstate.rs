@@ -234,6 +234,13 @@ pub fn bring_back(
     agent_branch: &str,
     base: Option<(&str, &str)>,
 ) -> Result<BroughtBack, GitError> {
+    // Whatever the hub says, only an agent's branch is ever written here.
+    if !agent_branch.starts_with("jarvis/") {
+        return Err(GitError::Failed {
+            args: "bring back".into(),
+            message: format!("{agent_branch:?} is not an agent's branch (jarvis/…)"),
+        });
+    }
     git(dir, &["check-ref-format", "--branch", agent_branch])?;
     // Unbundling checks the bundle's prerequisites and every object it carries.
     let listed = String::from_utf8_lossy(&git_stdin(dir, &["bundle", "unbundle", "-"], bundle)?)
@@ -562,6 +569,9 @@ mod tests {
         assert_eq!(run(&repo, "git rev-parse main").trim(), mine);
         assert_eq!(run(&repo, "git rev-parse jarvis/s1").trim(), fix);
         assert!(back.note.unwrap().contains("main moved"));
+        // The user's own branch is never a target, whatever the hub names.
+        assert!(bring_back(&repo, &bundle, "main", None).is_err());
+        assert_eq!(run(&repo, "git rev-parse main").trim(), mine);
         // A bundle that is not one is refused, and nothing changes.
         assert!(bring_back(&repo, b"garbage", "jarvis/s1", None).is_err());
         assert_eq!(run(&repo, "git rev-parse jarvis/s1").trim(), fix);

@@ -371,3 +371,57 @@ pub async fn bundle_back(
     let out = sandboxed(sandbox, workspace_root, BUNDLE_BACK, &env, None).await?;
     Ok((!out.is_empty()).then_some(out))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn state() -> GitState {
+        GitState {
+            head: "a".repeat(40),
+            branch: Some("main".into()),
+            index: "b".repeat(40),
+            remote: Some("https://example.test/o/r.git".into()),
+            refs: vec![("HEAD".into(), "a".repeat(40))],
+        }
+    }
+
+    #[test]
+    fn what_a_device_sends_is_checked() {
+        let blob = jarvis_sync::blob::hash_bytes(b"bundle");
+        assert!(validate(&state(), &blob).is_ok());
+        assert!(validate(&state(), "../../etc/passwd").is_err());
+        let mut s = state();
+        s.head = "HEAD; rm -rf /".into();
+        assert!(validate(&s, &blob).is_err());
+        let mut s = state();
+        s.branch = Some("--upload-pack=x".into());
+        assert!(validate(&s, &blob).is_err());
+        let mut s = state();
+        s.remote = Some("-c core.sshCommand=x".into());
+        assert!(validate(&s, &blob).is_err());
+    }
+
+    #[test]
+    fn records_and_known_commits_stay_in_their_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(record_path(dir.path(), "../x").is_none());
+        assert!(record_path(dir.path(), "a/b").is_none());
+        assert!(known_path(dir.path(), "..").is_none());
+        assert!(known_path(dir.path(), "../w").is_none());
+        store_known(dir.path(), "w", &["c".repeat(40), "not-a-sha".into()]);
+        assert_eq!(known(dir.path(), "w"), vec!["c".repeat(40)]);
+        let record = GitRecord {
+            workspace: "w".into(),
+            state: state(),
+            bundle: jarvis_sync::blob::hash_bytes(b"x"),
+            agent_branch: agent_branch("s1"),
+            applied: false,
+            error: None,
+        };
+        store(dir.path(), "s1", &record).unwrap();
+        assert_eq!(load(dir.path(), "s1").unwrap(), Some(record));
+        assert_eq!(load(dir.path(), "s2").unwrap(), None);
+    }
+}
