@@ -922,3 +922,105 @@ async fn a_setup_runs_once_survives_a_restart_and_an_edit_waits_for_an_owner() {
     assert_eq!(tool_results(&v).last().unwrap().trim(), "2\nv2");
     drop(agent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_device_that_yields_to_the_cloud_sends_its_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = tmp.path().join("dev");
+    std::fs::create_dir_all(&dev).unwrap();
+    std::fs::write(dev.join("a.txt"), "a\n").unwrap();
+    git(&dev, "init -q -b work && git add -A && git commit -qm one");
+    std::fs::write(dev.join("b.txt"), "b\n").unwrap();
+    git(
+        &dev,
+        "add b.txt && git commit -qm two && echo c > c.txt && git add c.txt",
+    );
+    let fake = FakeServer::start(vec![
+        // Streams for seconds on the device: the handoff cuts it.
+        FakeResponse::sse(
+            &reply(&"working on it ".repeat(80), &[], (10, 5, 0, 0)),
+            &[24],
+        )
+        .with_delay(Duration::from_millis(50)),
+        text("Done in the cloud."),
+    ])
+    .await
+    .unwrap();
+    let data = tmp.path().join("hub");
+    let alice = add_user(&data, "alice").unwrap();
+    let env = [
+        ("ANTHROPIC_BASE_URL", fake.url()),
+        ("ANTHROPIC_API_KEY", "test-key".to_owned()),
+        ("JARVIS_SANDBOX", "limits".to_owned()),
+        // Unconfined by choice: this test is about git, not containment (see sandbox.rs).
+        ("JARVIS_ALLOW_UNSANDBOXED", "1".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let agent = CloudAgent::start_with_env(&data, 0, &env).unwrap();
+    let base = format!("http://127.0.0.1:{}", agent.port);
+    let home = tmp.path().join("home");
+    run({
+        let mut c = jarvis(&home, &fake.url());
+        c.args(["login", &base, "--token", &alice]);
+        c
+    });
+    let mut device = {
+        let mut c = jarvis(&home, &fake.url());
+        c.args([
+            "run",
+            "--session",
+            "y1",
+            "--workspace",
+            "yws",
+            "--permission-mode",
+            "allow-all",
+            "--dir",
+        ])
+        .arg(&dev)
+        .arg("Work.")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        c.spawn().unwrap()
+    };
+    session_until(&base, &alice, "y1", "the device streaming", |v| {
+        texts(v, "assistant")
+            .iter()
+            .any(|t| t.contains("working on it"))
+    })
+    .await;
+    // No --dir: the running device yields, and sends its repository as it does.
+    let (out, _) = run({
+        let mut c = jarvis(&home, &fake.url());
+        c.args(["handoff", "y1", "--to", "cloud"]);
+        c
+    });
+    assert!(out.contains("now runs on cloud"), "{out}");
+    let v = session_until(&base, &alice, "y1", "the repository note", |v| {
+        texts(v, "system").iter().any(|t| t.starts_with("Git:"))
+    })
+    .await;
+    let note = texts(&v, "system")
+        .into_iter()
+        .find(|t| t.starts_with("Git:"))
+        .unwrap();
+    assert!(
+        note.contains("came with the session") && note.contains("from work"),
+        "{note}"
+    );
+    let cloud = data.join("workspaces/yws");
+    assert_eq!(git(&cloud, "log --format=%H"), git(&dev, "log --format=%H"));
+    assert_eq!(
+        git(&cloud, "status --porcelain"),
+        git(&dev, "status --porcelain")
+    );
+    assert_eq!(git(&cloud, "branch --show-current").trim(), "jarvis/y1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while device.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the device did not yield"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(agent);
+}
