@@ -227,8 +227,14 @@ impl EgressProxy {
         let shared = config.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                let stream = match listener.accept().await {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "the egress proxy cannot accept");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
                 };
                 let cfg = shared.read().unwrap_or_else(|p| p.into_inner()).clone();
                 tokio::spawn(async move {
