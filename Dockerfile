@@ -2,9 +2,10 @@
 # My Jarvis cloud agent: one image for Render, Railway, Fly and docker compose.
 # Build: docker build -t jarvis-cloud .     Run: docker run -p 8080:8080 -v jarvis-data:/data jarvis-cloud
 #
-# Stages: the web view (Node), the binaries (Rust), then a small Debian runtime with only what the
-# runner needs at run time (git for PR reviews, bubblewrap for the bash sandbox, tini as PID 1 so
-# the agent's reaped bash processes never linger as zombies).
+# Stages: the web view (Node), the binaries (Rust), then a Debian runtime with the packages of
+# deploy/packages.txt (git, bubblewrap for the command sandbox, tini as PID 1; in the default full
+# image also the runtimes and test runners the cloud copy's commands use). `--build-arg
+# IMAGE=slim` builds without those.
 
 FROM node:20-bookworm-slim AS ui
 WORKDIR /src/ui
@@ -25,9 +26,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -D -m 0755 target/release/jarvis /out/jarvis
 
 FROM debian:bookworm-slim AS runtime
+# full (default): node + npm, python3 + pip + pytest, build tools and curl for the cloud copy's
+# commands; slim: only what the server itself needs. The list is deploy/packages.txt.
+ARG IMAGE=full
+COPY deploy/packages.txt /tmp/packages.txt
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates git bubblewrap tini \
-    && rm -rf /var/lib/apt/lists/* \
+    && awk -v image="$IMAGE" '!/^#/ && NF == 2 && ($2 == "all" || $2 == image) { print $1 }' /tmp/packages.txt \
+       | xargs apt-get install -y --no-install-recommends \
+    && rm -rf /var/lib/apt/lists/* /tmp/packages.txt \
     && groupadd --system --gid 10001 jarvis \
     && useradd --system --uid 10001 --gid jarvis --home-dir /home/jarvis --create-home jarvis \
     && mkdir -p /data /app \

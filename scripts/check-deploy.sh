@@ -11,3 +11,11 @@ bin=.venv/bin
 "$bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
 "$bin/yamllint" --strict render.yaml docker-compose.yml .hadolint.yaml .yamllint.yaml
 "$bin/python" deploy/check_config.py
+# One package list: the Dockerfile and install-deps.sh both read it, and every line is
+# "<package> all|full".
+grep -q 'deploy/packages.txt' Dockerfile || { echo "Dockerfile does not read deploy/packages.txt" >&2; exit 1; }
+grep -q 'deploy/packages.txt' scripts/install-deps.sh || { echo "install-deps.sh does not read deploy/packages.txt" >&2; exit 1; }
+if grep -v '^#' deploy/packages.txt | grep -v '^$' | grep -Ev '^[a-z0-9][a-z0-9.+-]* (all|full)$'; then
+  echo "deploy/packages.txt: lines above are not \"<package> all|full\"" >&2
+  exit 1
+fi

@@ -37,6 +37,16 @@ apt_needs=(
   "rsync:rsync"
 )
 missing=()
+# Every package of the full runtime image (deploy/packages.txt), so tests run the toolchains the
+# cloud copy has.
+while read -r pkg image; do
+  [[ -z "$pkg" || "$pkg" == \#* ]] && continue
+  [[ "$image" == all || "$image" == full ]] || continue
+  # A command of the package's name from elsewhere (e.g. NodeSource's nodejs, which carries npm)
+  # counts: installing Debian's over it would conflict.
+  command -v "$pkg" >/dev/null 2>&1 && continue
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done < deploy/packages.txt
 for entry in "${apt_needs[@]}"; do
   probe="${entry%%:*}"
   pkg="${entry#*:}"

@@ -38,8 +38,28 @@ pub struct HandoffArgs {
     /// Files the device edits just before each handoff (they must reach the cloud first).
     #[arg(long, default_value_t = 1)]
     pub edits: usize,
+    /// Make the workspace a git repository with this many local commits (after one commit of
+    /// every file): its git state travels with each handoff.
+    #[arg(long, default_value_t = 0)]
+    pub git_commits: usize,
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "bench")
+        .env("GIT_AUTHOR_EMAIL", "bench@localhost")
+        .env("GIT_COMMITTER_NAME", "bench")
+        .env("GIT_COMMITTER_EMAIL", "bench@localhost")
+        .output()?;
+    if !out.status.success() {
+        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Waits until `cond` holds for the session document, re-checking on every update.
@@ -97,6 +117,36 @@ pub async fn run(args: HandoffArgs) -> Result<()> {
         args.files,
         bytes as f64 / 1e6
     );
+
+    let mut git_bytes = None;
+    if args.git_commits > 0 {
+        git(&dir, &["init", "-q", "-b", "main"])?;
+        git(&dir, &["add", "-A"])?;
+        git(&dir, &["commit", "-qm", "all files"])?;
+        for c in 0..args.git_commits {
+            std::fs::write(
+                dir.join(format!("commit-{}.txt", c % 10)),
+                format!("change {c}\n"),
+            )?;
+            git(&dir, &["add", "-A"])?;
+            git(&dir, &["commit", "-qm", &format!("local commit {c}")])?;
+        }
+        // What a handoff sends, captured exactly as the device does: the first time everything
+        // reachable plus the index's tree.
+        let captured = jarvis_sync::gitstate::capture(&dir, &[])?
+            .context("the workspace is not a repository")?;
+        // Later handoffs of the workspace leave out what its cloud copy already has.
+        let later =
+            jarvis_sync::gitstate::capture(&dir, std::slice::from_ref(&captured.state.head))?
+                .context("the workspace is not a repository")?;
+        git_bytes = Some((captured.bundle.len(), later.bundle.len()));
+        eprintln!(
+            "git: {} commits, bundle {:.1} KB the first time, {:.1} KB later",
+            args.git_commits + 1,
+            captured.bundle.len() as f64 / 1e3,
+            later.bundle.len() as f64 / 1e3
+        );
+    }
 
     let fake = FakeServer::start(Vec::new()).await?;
     let fake_url = fake.url();
@@ -244,6 +294,14 @@ pub async fn run(args: HandoffArgs) -> Result<()> {
             bail!("{name} differs in the cloud's workspace");
         }
     }
+    // The cloud's copy has the device's history under the agent's branch.
+    if args.git_commits > 0 {
+        let last = format!("jarvis/h{}", args.handoffs);
+        let theirs = git(&cloud_copy, &["log", "--format=%H", &last])?;
+        if theirs != git(&dir, &["log", "--format=%H", "main"])? {
+            bail!("the cloud's git log differs from the device's");
+        }
+    }
     for v in [&mut total, &mut release] {
         v.sort_by(f64::total_cmp);
     }
@@ -252,12 +310,25 @@ pub async fn run(args: HandoffArgs) -> Result<()> {
         crate::machine(),
         std::env::args().collect::<Vec<_>>().join(" ")
     );
-    out.push_str("| files | MB | handoffs | lease moved p50 ms | p99 ms | first cloud token p50 ms | p99 ms | max ms |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| files | MB | git commits | git state sent KB | handoffs | lease moved p50 ms | p99 ms | first cloud token p50 ms | p99 ms | max ms |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
     out.push_str(&format!(
-        "| {} | {:.1} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+        "| {} | {:.1} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
         args.files,
         bytes as f64 / 1e6,
+        if args.git_commits > 0 {
+            args.git_commits + 1
+        } else {
+            0
+        },
+        git_bytes.map_or_else(
+            || "-".to_owned(),
+            |(first, later)| format!(
+                "{:.1} first, {:.1} later",
+                first as f64 / 1e3,
+                later as f64 / 1e3
+            )
+        ),
         total.len(),
         percentile(&release, 0.5),
         percentile(&release, 0.99),

@@ -7,6 +7,7 @@
 pub mod anthropic;
 pub mod commands;
 pub mod compaction;
+pub mod egress;
 pub mod hooks;
 pub mod memory;
 pub mod models;

@@ -118,8 +118,11 @@ pub trait Egress: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EgressRoute {
     pub env: Vec<(String, String)>,
-    /// (host path, path inside) bound read-write: the proxy's Unix socket.
+    /// (host path, path inside) bound read-write, after the workspace: the proxy's Unix
+    /// socket, a workspace's cached dependency folders (kept outside it on the host).
     pub sockets: Vec<(PathBuf, PathBuf)>,
+    /// (host path, path inside) bound read-only: e.g. the forwarder the wrapper runs.
+    pub files: Vec<(PathBuf, PathBuf)>,
     /// A program (and arguments) run inside the namespace in front of the command, e.g. a
     /// forwarder listening on the sandbox's own loopback; it must `exec` the rest of its argv.
     pub wrapper: Vec<String>,
@@ -519,6 +522,11 @@ impl Sandbox {
         }
         for (host, inside) in &route.sockets {
             a.push("--bind".into());
+            a.push(host.clone().into_os_string());
+            a.push(inside.clone().into_os_string());
+        }
+        for (host, inside) in &route.files {
+            a.push("--ro-bind".into());
             a.push(host.clone().into_os_string());
             a.push(inside.clone().into_os_string());
         }
@@ -1090,6 +1098,7 @@ mod tests {
             Ok(EgressRoute {
                 env: vec![("JARVIS_EGRESS".into(), "/run/egress.sock".into())],
                 sockets: vec![(self.0.clone(), PathBuf::from("/run/egress.sock"))],
+                files: Vec::new(),
                 wrapper: Vec::new(),
             })
         }

@@ -66,6 +66,9 @@ pub async fn run(
         ),
         Err(e) => return Err(anyhow::Error::new(e).context(format!("running session {session}"))),
     };
+    if let Some(w) = &report.git_warning {
+        eprintln!("warning: {w}");
+    }
     let doc = device.session(&report.session).await?;
     let usage = doc.meta().usage;
     let name = outcome_name(&report.outcome);
@@ -124,6 +127,19 @@ pub async fn handoff(
         "session {session} is on this device now (epoch {})",
         lease.epoch
     );
+    // The cloud's commits come back on the agent's branch (never onto the user's own).
+    if let Some(d) = dir.as_deref() {
+        match device.api.receive_git_state(session, d).await {
+            Ok(Some(b)) => eprintln!(
+                "the cloud's commits are on branch {} (at {}){}",
+                b.branch,
+                &b.head[..b.head.len().min(10)],
+                b.note.map(|n| format!("; note: {n}")).unwrap_or_default()
+            ),
+            Ok(None) => {}
+            Err(e) => eprintln!("warning: the cloud's commits did not come back: {e}"),
+        }
+    }
     drop(device);
     // Continue here: run whatever the session was in the middle of, in the folder, with the
     // session's own run settings (read from the hub by the device).

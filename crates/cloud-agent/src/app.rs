@@ -71,6 +71,7 @@ pub fn app(parts: &Parts) -> Router {
         .merge(crate::api::leases::router().layer(limit(LARGE)))
         .merge(crate::api::reports::router().layer(limit(DEFAULT)))
         .merge(crate::api::secrets::router().layer(limit(DEFAULT)))
+        .merge(crate::devenv::routes::router().layer(limit(DEFAULT)))
         .with_state(parts.services.clone());
     let router = crate::hub_routes::router(parts.hub.clone())
         .merge(api)

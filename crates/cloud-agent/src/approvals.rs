@@ -17,7 +17,7 @@ pub use jarvis_control::approvals::*;
 /// The kinds of configuration that need an owner's approval: background agents, Claude Code
 /// settings files (allow rules, a wider mode, `env`, hooks) and slash commands (their
 /// `allowed-tools`).
-pub const KINDS: &[&str] = &["agent", "settings", "command"];
+pub const KINDS: &[&str] = &["agent", "settings", "command", "environment"];
 
 /// Where background agents are defined (`crate::agents` reads them from here). Defined with
 /// the kinds of configuration, which the agents' definitions depend on, not the other way.
@@ -34,6 +34,11 @@ pub fn kind_of(path: &str) -> Option<&'static str> {
         Some("settings")
     } else if path.starts_with(".claude/commands/") && path.ends_with(".md") {
         Some("command")
+    } else if path == crate::secrets::ENVIRONMENT_FILE
+        || path == crate::devenv::environment::DEVCONTAINER_FILE
+    {
+        // Network policy and setup script (the devcontainer's lifecycle commands).
+        Some("environment")
     } else {
         None
     }
@@ -77,7 +82,7 @@ pub async fn claude_config(
             WorkspaceIndex::new(doc.clone())
                 .list()
                 .into_iter()
-                .filter(|(p, _)| matches!(kind_of(p), Some("settings" | "command")))
+                .filter(|(p, _)| matches!(kind_of(p), Some("settings" | "command" | "environment")))
                 .collect::<Vec<_>>()
         })
         .await

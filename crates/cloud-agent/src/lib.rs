@@ -18,6 +18,7 @@ pub mod api;
 pub mod app;
 pub mod approvals;
 pub mod blobs;
+pub mod devenv;
 pub mod gateway;
 pub mod http;
 pub mod hub_routes;

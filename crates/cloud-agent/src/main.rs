@@ -125,6 +125,11 @@ fn control(data_dir: &std::path::Path) -> Result<Control> {
 }
 
 fn main() -> Result<()> {
+    // Inside a sandbox, in front of a command: the egress forwarder (see jarvis_agent::egress).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(jarvis_agent::egress::FORWARD_ARG) {
+        std::process::exit(jarvis_agent::egress::forward_main(&args[2..]));
+    }
     let cli = Cli::parse();
     let json = std::env::var("JARVIS_LOG_FORMAT").is_ok_and(|v| v == "json");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -315,6 +315,11 @@ impl Cloud {
         Ok(m)
     }
 
+    /// The server's data dir.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.config.data_dir
+    }
+
     /// Where a workspace is materialised (tests and the API read files from here).
     pub fn workspace_dir(&self, workspace: &str) -> PathBuf {
         self.config.data_dir.join("workspaces").join(workspace)
@@ -347,6 +352,17 @@ impl Cloud {
         let mirror = self.mirror(&row.workspace).await?;
         hold.reach(&self.client, self.config.reach_timeout).await?;
         mirror.settle(true).await;
+        // The repository the device sent, rebuilt under the working tree that just arrived.
+        if let Some(line) = crate::devenv::git::restore_pending(
+            &self.config.data_dir,
+            &self.config.sandbox,
+            session,
+            mirror.root(),
+        )
+        .await
+        {
+            crate::devenv::note(&doc, &line);
+        }
         // "running" with nobody running it: the previous runner died mid-reply (this process,
         // killed, or a device that vanished). A reply it was streaming is kept but asked again.
         if doc.meta().status == SessionStatus::Running
@@ -603,6 +619,36 @@ impl Cloud {
                 tools.env.extend(env);
             }
             Err(why) => return self.fail_run(doc, why),
+        }
+        // The agent's branch and the remote; the network policy in force, said once.
+        tools
+            .env
+            .extend(crate::devenv::session_env(&self.config.data_dir, session));
+        let (_, network) = crate::devenv::egress::policy(&self.config.approvals, mirror.root());
+        crate::devenv::note_once(doc, &format!("Network: {network}."));
+        // The environment file's variables (secrets win a clash), then its setup script, run
+        // once per approved content.
+        if let Ok(Some(e)) = crate::devenv::environment::load(mirror.root()) {
+            let mut env = e.env;
+            env.append(&mut tools.env);
+            tools.env = env;
+        }
+        let workspace = mirror
+            .root()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(line) = crate::devenv::setup::ensure(
+            &self.config.data_dir,
+            &self.config.approvals,
+            &tools.sandbox,
+            &workspace,
+            mirror.root(),
+            &tools.env,
+        )
+        .await
+        {
+            crate::devenv::note_once(doc, &line);
         }
         let scope = tools.scope.clone();
         let hooks = setup.hooks(

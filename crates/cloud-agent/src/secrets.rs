@@ -25,41 +25,56 @@ pub const ENVIRONMENT_FILE: &str = ".jarvis/environment.toml";
 /// without following a final symlink, its real path must lie inside the workspace, and an
 /// error never quotes its content.
 pub fn requested_names(workspace_root: &Path) -> Result<Vec<String>, String> {
-    use std::io::Read;
-    use std::os::fd::AsRawFd;
     #[derive(Deserialize)]
     struct Environment {
         #[serde(default)]
         secrets: Vec<String>,
     }
-    let refuse = |why: &str| Err(format!("{ENVIRONMENT_FILE}: {why}"));
+    let Some(text) = read_environment_file(workspace_root)? else {
+        return Ok(Vec::new());
+    };
+    toml::from_str::<Environment>(&text)
+        .map(|e| e.secrets)
+        .map_err(|e| format!("{ENVIRONMENT_FILE}: {}", e.message()))
+}
+
+/// The text of `.jarvis/environment.toml` (None when missing), opened as
+/// [`requested_names`] explains: never through a symlink, never outside the workspace.
+pub fn read_environment_file(workspace_root: &Path) -> Result<Option<String>, String> {
+    read_workspace_file(workspace_root, ENVIRONMENT_FILE)
+}
+
+/// A configuration file of a workspace folder (`rel`, e.g. `.devcontainer/devcontainer.json`),
+/// opened as [`requested_names`] explains.
+pub fn read_workspace_file(workspace_root: &Path, rel: &str) -> Result<Option<String>, String> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let refuse = |why: &str| Err(format!("{rel}: {why}"));
     let root = workspace_root
         .canonicalize()
         .map_err(|e| format!("the workspace folder: {e}"))?;
-    let path = root.join(ENVIRONMENT_FILE);
+    let path = root.join(rel);
     let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
     {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return refuse("is a symlink"),
         Err(e) => return refuse(&e.to_string()),
     };
     // Where the opened file really is (a folder on the way may have been a symlink).
     let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map_err(|e| format!("{ENVIRONMENT_FILE}: {e}"))?;
+        .map_err(|e| format!("{rel}: {e}"))?;
     if !real.starts_with(&root) || !file.metadata().is_ok_and(|m| m.is_file()) {
         return refuse("is not a file inside the workspace");
     }
     let mut text = String::new();
     file.take(64 * 1024)
         .read_to_string(&mut text)
-        .map_err(|_| format!("{ENVIRONMENT_FILE}: not UTF-8 text"))?;
-    toml::from_str::<Environment>(&text)
-        .map(|e| e.secrets)
-        .map_err(|e| format!("{ENVIRONMENT_FILE}: {}", e.message()))
+        .map_err(|_| format!("{rel}: not UTF-8 text"))?;
+    Ok(Some(text))
 }
 
 // ---- HTTP routes (thin: authorize, call the store, audit) -----------------------------------

@@ -222,6 +222,10 @@ pub async fn build(
         args.secret_key.as_deref(),
     )?;
     let approvals = Arc::new(crate::approvals::Approvals::new(control.store()));
+    // Every command of a cloud session reaches the network only through its workspace's
+    // egress proxy (the approved `.jarvis/environment.toml` says how far).
+    let (sandbox, _egress) =
+        crate::devenv::egress::attach(sandbox, &args.data_dir, approvals.clone())?;
     let user_rules = Arc::new(crate::user_rules::UserRules::new(control.store()));
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let provider_config =

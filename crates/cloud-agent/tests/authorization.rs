@@ -324,6 +324,12 @@ fn matrix() -> Vec<Row> {
         row(M::POST, "/api/sessions/{id}/handoff", WRITERS),
         row(M::GET, "/api/sessions/{id}/lease", READERS),
         row(M::POST, "/api/sessions/{id}/lease", WRITERS),
+        // The git state travelling with the session: readers see what the cloud copy has;
+        // recording a bundle or taking the agent's branch back (a command in the cloud copy)
+        // is for who may take the session.
+        row(M::GET, "/api/sessions/{id}/git", READERS),
+        row(M::PUT, "/api/sessions/{id}/git", WRITERS),
+        row(M::GET, "/api/sessions/{id}/git/back", WRITERS),
         listed(M::GET, "/api/usage", READERS, "\"session\":\"s\""),
         row(M::GET, "/api/audit", NOBODY),
         row(M::GET, "/api/workspaces/{id}/config", READERS),

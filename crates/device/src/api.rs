@@ -10,7 +10,7 @@ use jarvis_wire::{ErrorBody, ErrorCode};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::error::{DeviceError, DeviceResult};
+use crate::error::{DeviceError, DeviceResult, LocalContext};
 
 /// The longest a device waits in total on one call that the hub keeps rate-limiting.
 const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(120);
@@ -67,6 +67,32 @@ impl Api {
     /// The hub's address, without a trailing slash.
     pub fn hub(&self) -> &str {
         &self.hub
+    }
+
+    /// Continue in cloud: the repository at `dir` goes with the session as a git bundle blob
+    /// (`.git` itself is never synced as files). None: `dir` is not a repository. Some(bytes):
+    /// what was sent.
+    pub async fn send_git_state(
+        &self,
+        session: &str,
+        workspace: &str,
+        dir: &std::path::Path,
+    ) -> DeviceResult<Option<u64>> {
+        jarvis_sync::gitstate::send_to_cloud(&self.hub, &self.token, session, workspace, dir)
+            .await
+            .local(|| "sending the repository's git state".into())
+    }
+
+    /// Continue here: the cloud's commits onto the agent's branch of the repository at `dir`
+    /// (never onto the user's own branch). None: nothing to bring back.
+    pub async fn receive_git_state(
+        &self,
+        session: &str,
+        dir: &std::path::Path,
+    ) -> DeviceResult<Option<jarvis_sync::gitstate::BroughtBack>> {
+        jarvis_sync::gitstate::receive_from_cloud(&self.hub, &self.token, session, dir)
+            .await
+            .local(|| "bringing the cloud's commits back".into())
     }
 
     /// The hub's sync socket.

@@ -108,6 +108,10 @@ pub async fn request_handoff(
             Duration::from_secs(60),
         )
         .await?;
+        // The repository travels too (`.git` is never synced as files).
+        if to == jarvis_wire::device::CLOUD_DEVICE {
+            device.api.send_git_state(session, &workspace, dir).await?;
+        }
     }
     let to = if to == "here" { device.id.as_str() } else { to };
     match device

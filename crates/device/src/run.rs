@@ -51,6 +51,9 @@ pub struct RunReport {
     /// Where the session went when this device yielded (None: it rests, or the lease was
     /// lost).
     pub handed_to: Option<String>,
+    /// Yielding to the cloud, the repository's git state could not be sent (the session went
+    /// anyway; the cloud copy has the files but not the history). For the user to read.
+    pub git_warning: Option<String>,
 }
 
 /// A session's id for a new run.
@@ -96,6 +99,7 @@ pub struct Prepared {
     model: String,
     me: String,
     client: Arc<SyncClient>,
+    api: crate::api::Api,
     allow: HubAllowStore,
 }
 
@@ -166,6 +170,7 @@ pub async fn prepare(
         model: opts.model,
         me: device.id.clone(),
         client: device.client.clone(),
+        api: device.api.clone(),
         allow,
     })
 }
@@ -205,7 +210,25 @@ impl Prepared {
                 session: self.session,
                 outcome: Outcome::LeaseLost,
                 handed_to: None,
+                git_warning: None,
             });
+        }
+        // Yielding to the cloud: the repository goes with the session, before the lease does
+        // (the cloud rebuilds it when it takes over).
+        let mut git_warning = None;
+        if self
+            .doc
+            .handoff()
+            .is_some_and(|h| h.to == jarvis_wire::device::CLOUD_DEVICE)
+            && let Err(e) = self
+                .api
+                .send_git_state(&self.session, &self.workspace, &self.dir)
+                .await
+        {
+            tracing::warn!(session = %self.session, error = %e, "git state not sent");
+            git_warning = Some(format!(
+                "the repository's git state did not reach the cloud: {e}"
+            ));
         }
         let lease = self
             .hold
@@ -215,6 +238,7 @@ impl Prepared {
             session: self.session,
             outcome,
             handed_to: lease.device,
+            git_warning,
         })
     }
 }
@@ -284,6 +308,7 @@ pub async fn run_offline(
         session: session.to_owned(),
         outcome,
         handed_to: None,
+        git_warning: None,
     })
 }
 

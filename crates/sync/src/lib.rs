@@ -8,6 +8,7 @@ pub mod awareness;
 pub mod blob;
 pub mod client;
 pub mod doc;
+pub mod gitstate;
 pub mod handoff;
 pub mod hub;
 pub mod mirror;

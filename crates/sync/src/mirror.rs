@@ -1,8 +1,8 @@
 //! `FileMirror`: a folder kept identical to a workspace's documents, both ways.
 //!
 //! Disk → documents: the initial import walks the folder (`.gitignore`, `.jarvisignore` and the
-//! defaults `.git`, `node_modules`, `target` apply); afterwards a `notify` watcher reports
-//! changes, which are coalesced briefly and imported as a text diff applied to the file's Y.Text
+//! defaults `.git`, `node_modules`, `.venv`, `target` apply); afterwards a `notify` watcher
+//! reports changes, which are coalesced briefly and imported as a text diff applied to the file's Y.Text
 //! (so concurrent edits on another device merge character by character).
 //! Documents → disk: remote changes to the index or a file document are written with
 //! [`atomic_write`](crate::paths::atomic_write) after the path passed [`resolve_for_write`]; what we wrote is remembered by
@@ -70,7 +70,8 @@ pub fn waiting_uploads(store: &dyn crate::store::Store) -> WaitingUploads {
         _ => WaitingUploads::new(),
     }
 }
-const DEFAULT_IGNORES: &[&str] = &[".git", "node_modules", "target"];
+// The dependency folders a cloud copy caches per workspace (see the cloud's devenv) never sync.
+const DEFAULT_IGNORES: &[&str] = &[".git", "node_modules", ".venv", "target"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {

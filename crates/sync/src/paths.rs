@@ -74,7 +74,7 @@ pub fn check_relative(path: &str) -> Result<(), PathError> {
 /// (`.git::$INDEX_ALLOCATION`), the NTFS short name `git~1`, or code points HFS+ ignores
 /// (`.g\u{200c}it`). Git itself refuses the same spellings (`verify_dotfile`), because on macOS
 /// and Windows each of them opens the real `.git/hooks`.
-fn is_git_alias(seg: &str) -> bool {
+pub fn is_git_alias(seg: &str) -> bool {
     // Everything from the first ':' is an NTFS stream name, not part of the file name.
     let seg = seg.split(':').next().unwrap_or(seg);
     let folded: String = seg

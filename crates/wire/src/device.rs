@@ -4,6 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The device id the cloud runner holds leases under ("Continue in cloud" hands to it).
+pub const CLOUD_DEVICE: &str = "cloud";
+
 /// A document's state a holder left (or a new holder must reach) before the session moves:
 /// its name and its v1-encoded state vector in hex.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
