@@ -162,23 +162,11 @@ pub async fn run(args: PresenceArgs) -> Result<()> {
     if !out.status.success() {
         bail!("user add failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let out = Command::new(&args.jarvis_bin)
-        .args(["token", "create", "--scope", "session/*", "--read-only"])
-        .args(["--data-dir"])
-        .arg(data.path())
-        .output()
-        .context("token create")?;
-    if !out.status.success() {
-        bail!(
-            "token create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let token = String::from_utf8(out.stdout)?
-        .lines()
-        .last()
-        .context("no token")?
-        .to_owned();
+    let token = super::create_token(
+        &args.jarvis_bin,
+        data.path(),
+        &["--scope", "session/*", "--read-only"],
+    )?;
     let server = serve(&args.jarvis_bin, data.path())?;
     let pid = server.child.id();
     let (_, before, _) = super::proc_stats(pid)?;

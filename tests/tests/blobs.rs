@@ -1,13 +1,11 @@
 //! `PUT/GET /blobs/<hash>` on a real `jarvis-cloud`.
 #![allow(clippy::unwrap_used)]
 
-use jarvis_e2e::{CloudAgent, create_token};
+use jarvis_testkit::{CloudAgent, create_token, hub_with_token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blobs_are_verified_authorised_and_streamed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let rw = create_token(&data, &["ws/w1/*"], false).unwrap();
+    let (_tmp, data, rw) = hub_with_token(&["ws/w1/*"]);
     let ro = create_token(&data, &["ws/w1/*"], true).unwrap();
     let other = create_token(&data, &["ws/w2/*"], false).unwrap();
     let admin = create_token(&data, &["*"], false).unwrap();

@@ -4,32 +4,13 @@
 //! refuses read-only tokens.
 #![allow(clippy::unwrap_used)]
 
-use jarvis_e2e::{CloudAgent, create_token};
-use serde_json::{Value, json};
-
-async fn call(
-    base: &str,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r = reqwest::Client::new()
-        .request(method.parse().unwrap(), format!("{base}{path}"))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
+use jarvis_testkit::http::call;
+use jarvis_testkit::{CloudAgent, create_token, hub_with_token};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_changes_model_and_permission_mode() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let token = create_token(&data, &["*"], false).unwrap();
+    let (_tmp, data, token) = hub_with_token(&["*"]);
     let reader = create_token(&data, &["*"], true).unwrap();
     let agent = CloudAgent::start(&data, 0).unwrap();
     let base = format!("http://127.0.0.1:{}", agent.port);

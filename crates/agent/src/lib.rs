@@ -17,5 +17,4 @@ pub mod sandbox;
 pub mod settings;
 pub mod shells;
 pub mod sse;
-pub mod testing;
 pub mod tools;
