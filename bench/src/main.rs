@@ -271,14 +271,20 @@ struct Row {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(port: u16, token: &str, name: &str) -> Result<Ws> {
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+/// A socket to the server's `/sync` with Nagle off (`disable_nagle`), nothing sent yet.
+async fn open_socket(port: u16) -> Result<Ws> {
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(
         format!("ws://127.0.0.1:{port}/sync"),
         None,
         true,
     )
     .await
     .context("connect")?;
+    Ok(ws)
+}
+
+async fn connect(port: u16, token: &str, name: &str) -> Result<Ws> {
+    let mut ws = open_socket(port).await?;
     let auth = Frame::doc(
         name,
         Message::Auth(AuthMessage::Token {

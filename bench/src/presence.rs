@@ -74,13 +74,7 @@ async fn send(ws: &mut super::Ws, doc: &str, m: Message) -> Result<()> {
 }
 
 async fn flood(port: u16, token: String, socket: usize, args: PresenceArgs) -> Result<Outcome> {
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
-        format!("ws://127.0.0.1:{port}/sync"),
-        None,
-        true,
-    )
-    .await
-    .context("connect")?;
+    let mut ws = super::open_socket(port).await?;
     let state = format!("\"{}\"", "x".repeat(args.state_bytes.saturating_sub(2)));
     let mut last = None;
     for d in 0..args.documents {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use jarvis_testkit::cli::{jarvis_with_fake, run_ok};
-use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, reply, text};
 use jarvis_testkit::fs::copy_dir;
 use jarvis_testkit::http::Api;
 use jarvis_testkit::{CloudAgent, eventually, hub_with_user};
@@ -42,9 +42,9 @@ async fn the_cloud_applies_memory_and_deny_rules_but_not_unapproved_hooks() {
         ),
     ];
     let fake = FakeServer::start(vec![
-        FakeResponse::sse(&reply("Ready.", &[], (10, 5, 0, 0)), &[4096]),
+        text("Ready."),
         FakeResponse::sse(&reply("On it.", &calls, (10, 5, 0, 0)), &[4096]),
-        FakeResponse::sse(&reply("Done in the cloud.", &[], (10, 5, 0, 0)), &[4096]),
+        text("Done in the cloud."),
         // After the owner approved the settings file: its hook now guards protected/.
         FakeResponse::sse(
             &reply(
@@ -58,7 +58,7 @@ async fn the_cloud_applies_memory_and_deny_rules_but_not_unapproved_hooks() {
             ),
             &[4096],
         ),
-        FakeResponse::sse(&reply("Done again.", &[], (10, 5, 0, 0)), &[4096]),
+        text("Done again."),
     ])
     .await
     .unwrap();

@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use jarvis_testkit::cli::{Killed, jarvis, spawn_sync};
+use jarvis_testkit::cli::{Killed, jarvis, login, spawn_sync};
 use jarvis_testkit::http::Api;
 use jarvis_testkit::{CloudAgent, create_token, eventually, hub_with_token};
 
@@ -20,16 +20,8 @@ async fn login_status_and_two_syncing_devices() {
     std::fs::write(d1.join("todo.md"), "- buy milk\n").unwrap();
 
     for home in [&h1, &h2] {
-        let out = jarvis(home)
-            .args(["login", &hub, "--token", &token])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("mode 0600"));
+        let out = login(home, &hub, &token);
+        assert!(out.contains("mode 0600"), "{out}");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(home.join("login.json"))
             .unwrap()

@@ -16,19 +16,18 @@ use yrs::{GetString, ReadTxn, Text, Transact};
 
 const T: Duration = Duration::from_secs(20);
 
+/// The kit's API client, plus the refusal check every request here ends in.
 struct Http(Api);
 
-impl Http {
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        self.0.call(method, path, token, body).await
-    }
+impl std::ops::Deref for Http {
+    type Target = Api;
 
+    fn deref(&self) -> &Api {
+        &self.0
+    }
+}
+
+impl Http {
     /// A refusal: 403 or 404 with `{code, message}`, never the data.
     async fn refused(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> u16 {
         let (s, v) = self.call(method, path, token, body).await;
@@ -124,9 +123,8 @@ async fn users_cannot_reach_each_others_sessions_and_revoked_tokens_stop_at_once
     let blob = b"secret binary".to_vec();
     let hash = blake3::hash(&blob).to_hex().to_string();
     let r = api
-        .0
         .http()
-        .put(format!("{}/blobs/{hash}", api.0.base()))
+        .put(format!("{}/blobs/{hash}", api.base()))
         .bearer_auth(&alice)
         .header("x-jarvis-workspace", "wa")
         .body(blob.clone())
@@ -249,9 +247,8 @@ async fn users_cannot_reach_each_others_sessions_and_revoked_tokens_stop_at_once
     // Blobs: not by naming her workspace, and not by naming his own.
     for ws in ["wa", "wb"] {
         let r = api
-            .0
             .http()
-            .get(format!("{}/blobs/{hash}", api.0.base()))
+            .get(format!("{}/blobs/{hash}", api.base()))
             .bearer_auth(&bob)
             .header("x-jarvis-workspace", ws)
             .send()
@@ -263,9 +260,8 @@ async fn users_cannot_reach_each_others_sessions_and_revoked_tokens_stop_at_once
         assert!(!body.contains("secret"), "{body}");
     }
     let r = api
-        .0
         .http()
-        .put(format!("{}/blobs/{hash}", api.0.base()))
+        .put(format!("{}/blobs/{hash}", api.base()))
         .bearer_auth(&bob)
         .header("x-jarvis-workspace", "wa")
         .body(blob.clone())
@@ -340,9 +336,8 @@ async fn users_cannot_reach_each_others_sessions_and_revoked_tokens_stop_at_once
     let (s, _) = api.call("GET", "/api/sessions/sa", &alice2, None).await;
     assert_eq!(s, 401);
     let r = api
-        .0
         .http()
-        .get(format!("{}/blobs/{hash}", api.0.base()))
+        .get(format!("{}/blobs/{hash}", api.base()))
         .bearer_auth(&alice2)
         .header("x-jarvis-workspace", "wa")
         .send()
@@ -414,7 +409,6 @@ async fn the_session_list_stream_names_only_the_callers_sessions_and_ends_on_rev
     let api = Http(agent.api());
     let follow = |token: &str| {
         let r = api
-            .0
             .http()
             .get(agent.http_url("/api/sessions/changes"))
             .bearer_auth(token);

@@ -4,7 +4,7 @@
 //! fixed 5 s let its lease lapse: another device took the session in the middle of the call).
 #![allow(clippy::unwrap_used)]
 
-use jarvis_testkit::cli::jarvis_with_fake as jarvis;
+use jarvis_testkit::cli::{jarvis_with_fake as jarvis, login};
 use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
 use jarvis_testkit::{CloudAgent, create_token, hub_with_token};
 use serde_json::json;
@@ -33,16 +33,7 @@ async fn a_two_second_lease_survives_a_six_second_tool_call() {
     let home = tmp.path().join("home");
     let dir = tmp.path().join("project");
     std::fs::create_dir_all(&dir).unwrap();
-    let hub = format!("http://127.0.0.1:{}", agent.port);
-    let login = jarvis(&home, &fake.url())
-        .args(["login", &hub, "--token", &token])
-        .output()
-        .unwrap();
-    assert!(
-        login.status.success(),
-        "{}",
-        String::from_utf8_lossy(&login.stderr)
-    );
+    login(&home, &agent.base(), &token);
 
     let run = jarvis(&home, &fake.url())
         .arg("run")

@@ -13,7 +13,7 @@ use jarvis_sync::client::SyncClient;
 use jarvis_sync::doc::{FileText, WorkspaceIndex};
 use jarvis_sync::mirror::FileMirror;
 use jarvis_sync::protocol::{AuthMessage, Frame, Message};
-use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
+use jarvis_testkit::fake::{FakeServer, text};
 use jarvis_testkit::socket::{Socket, auth, connect, next_frame, send};
 use jarvis_testkit::sync_client::sync_client;
 use jarvis_testkit::{CloudAgent, create_token, eventually, hub_with_token, hub_with_user};
@@ -70,12 +70,7 @@ const TEXT_ENTRIES: &[(&str, &str, i64)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_peer_sets_content_and_the_executable_bit_only() {
-    let fake = FakeServer::start(vec![FakeResponse::sse(
-        &reply("Ready.", &[], (10, 5, 0, 0)),
-        &[4096],
-    )])
-    .await
-    .unwrap();
+    let fake = FakeServer::start(vec![text("Ready.")]).await.unwrap();
     let (tmp, data, alice) = hub_with_user("alice");
     let agent = CloudAgent::with_fake(&data, &fake).unwrap();
     api(

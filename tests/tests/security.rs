@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jarvis_testkit::fake::{FakeResponse, FakeServer, RecordedRequest, reply};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, RecordedRequest, reply, text};
 use jarvis_testkit::git::git_as;
 use jarvis_testkit::poll::until_async as until;
 use jarvis_testkit::sign::github_signature as sign;
@@ -619,7 +619,7 @@ async fn run_settings_written_into_the_session_document_grant_nothing() {
             ),
             &[4096],
         ),
-        FakeResponse::sse(&reply("done", &[], (10, 5, 0, 0)), &[4096]),
+        text("done"),
     ])
     .await
     .unwrap();

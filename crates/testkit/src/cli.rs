@@ -50,13 +50,14 @@ pub fn run_ok(mut cmd: Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `jarvis login <hub> --token <token>` on `home`; panics unless it succeeds.
-pub fn login(home: &Path, hub: &str, token: &str) {
+/// `jarvis login <hub> --token <token>` on `home`; panics unless it succeeds; answers what it
+/// printed.
+pub fn login(home: &Path, hub: &str, token: &str) -> String {
     run_ok({
         let mut c = jarvis(home);
         c.args(["login", hub, "--token", token]);
         c
-    });
+    })
 }
 
 /// A child process killed (and reaped) when dropped, so a failing test leaves none behind.
