@@ -6,8 +6,8 @@
 //!   made with its CLI (re-exported at the root).
 //! - [`device`], [`comeback`], [`soak`]: `jarvis sync` devices as users run them, the "device
 //!   comes back" scenario, the randomized soak.
-//! - [`http`], [`poll`], [`sync_client`], [`socket`], [`sign`], [`fs`], [`git`], [`cli`], [`agent`]: the small helpers tests
-//!   otherwise write again and again.
+//! - [`http`], [`poll`], [`sync_client`], [`socket`], [`sign`], [`fs`], [`git`], [`cli`],
+//!   [`agent`]: the small helpers tests otherwise write again and again.
 //!
 //! A normal library used only as a dev-dependency (and by the bench), never by production code.
 //! Binaries are found next to the test executable ([`binary`]), so the harness works from the
