@@ -256,9 +256,12 @@ async fn offline_edits_made_before_the_handoff_reach_the_cloud() {
     .unwrap();
     let (tmp, data, alice) = hub_with_user("alice");
     // Unconfined by choice: this test is not about containment (see sandbox.rs).
-    let cloud = CloudAgent::options(&data).fake_model(&fake).unconfined();
-    let agent = cloud.clone().start().unwrap();
-    let port = agent.port;
+    let agent = CloudAgent::options(&data)
+        .fake_model(&fake)
+        .unconfined()
+        .start()
+        .unwrap();
+    let again = agent.again();
     let hub = agent.api();
     let dev = tmp.path().join("notes");
     std::fs::create_dir_all(&dev).unwrap();
@@ -303,7 +306,7 @@ async fn offline_edits_made_before_the_handoff_reach_the_cloud() {
     agent.terminate(Duration::from_secs(10)).unwrap();
     std::fs::write(dev.join("notes.md"), "edited while offline\n").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let agent = cloud.clone().port(port).start().unwrap();
+    let agent = again.start().unwrap();
     let hub = agent.api();
 
     let out = run_ok({
@@ -351,12 +354,13 @@ async fn cloud_killed_mid_run_resumes_after_restart() {
     .unwrap();
     let (_tmp, data, alice) = hub_with_user("alice");
     // Unconfined by choice: this test is not about containment (see sandbox.rs).
-    let cloud = CloudAgent::options(&data)
+    let agent = CloudAgent::options(&data)
         .fake_model(&fake)
         .unconfined()
-        .env("JARVIS_LEASE_TTL_MS", "2000");
-    let agent = cloud.clone().start().unwrap();
-    let port = agent.port;
+        .env("JARVIS_LEASE_TTL_MS", "2000")
+        .start()
+        .unwrap();
+    let again = agent.again();
     let hub = agent.api();
     let (s, v) = hub
         .call("POST", "/api/workspaces", &alice, Some(json!({"id": "kw"})))
@@ -389,7 +393,7 @@ async fn cloud_killed_mid_run_resumes_after_restart() {
     }
     assert!(mid, "the cloud never got mid-run");
     agent.kill9().unwrap();
-    let agent = cloud.clone().port(port).start().unwrap();
+    let agent = again.start().unwrap();
     let hub = agent.api();
     let mut done = Value::Null;
     for _ in 0..1500 {
@@ -546,9 +550,11 @@ async fn a_restart_never_reruns_a_failed_session() {
     .await
     .unwrap();
     let (_tmp, data, alice) = hub_with_user("alice");
-    let cloud = CloudAgent::options(&data).fake_model(&fake);
-    let agent = cloud.clone().start().unwrap();
-    let port = agent.port;
+    let agent = CloudAgent::options(&data)
+        .fake_model(&fake)
+        .start()
+        .unwrap();
+    let again = agent.again();
     let hub = agent.api();
     let (s, v) = hub
         .call("POST", "/api/workspaces", &alice, Some(json!({"id": "fw"})))
@@ -575,7 +581,7 @@ async fn a_restart_never_reruns_a_failed_session() {
     assert_eq!(fake.requests().len(), 1);
     agent.terminate(Duration::from_secs(20)).unwrap();
 
-    let agent = cloud.clone().port(port).start().unwrap();
+    let agent = again.start().unwrap();
     let hub = agent.api();
     // A second cloud session runs to the end after the restart: by then the restarted runner
     // has resumed every session it holds, the failed one included.

@@ -69,8 +69,12 @@ async fn the_cloud_runner_restarted_loses_nothing() {
     .unwrap();
     let (tmp, data, alice) = hub_with_user("alice");
     // Unconfined by choice: this test is about the mirror, not containment (sandbox.rs).
-    let cloud = CloudAgent::options(&data).fake_model(&fake).unconfined();
-    let agent = cloud.clone().start().unwrap();
+    let agent = CloudAgent::options(&data)
+        .fake_model(&fake)
+        .unconfined()
+        .start()
+        .unwrap();
+    let again = agent.again();
     let port = agent.port;
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
@@ -106,7 +110,7 @@ async fn the_cloud_runner_restarted_loses_nothing() {
     // While the server is down: the runner's folder changes, and the device edits offline.
     comeback::edit_offline(&cloud_dir).unwrap();
     comeback::edit_elsewhere(&a.dir).unwrap();
-    let agent = cloud.clone().port(port).start().unwrap();
+    let agent = again.start().unwrap();
     let all = match converge_folders(&folders, Duration::from_secs(60), comeback::merged).await {
         Ok(s) => s,
         Err(e) => panic!("{e}\n{}", a.log()),

@@ -116,18 +116,22 @@ impl CloudOptions {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        match &self.log {
+        let mut agent = match &self.log {
             Some((level, path)) => {
                 CloudAgent::start_logged(&self.data_dir, self.port, &env, level, path)
             }
             None => CloudAgent::start_with_env(&self.data_dir, self.port, &env),
-        }
+        }?;
+        agent.options = Some(self.port(agent.port));
+        Ok(agent)
     }
 }
 
 /// A running `jarvis-cloud serve`; killed when dropped.
 pub struct CloudAgent {
     child: Child,
+    /// How it was started, when through [`CloudOptions`] (see [`CloudAgent::again`]).
+    options: Option<CloudOptions>,
     pub port: u16,
     pub data_dir: PathBuf,
 }
@@ -154,6 +158,15 @@ impl CloudAgent {
             .fake_model(fake)
             .unconfined()
             .start()
+    }
+
+    /// The options this server was started with, on the port it got: after a kill or a
+    /// SIGTERM, `.start()` brings the same server back on the same address (devices and
+    /// sessions keep their URLs). Only for servers started through [`CloudOptions`].
+    pub fn again(&self) -> CloudOptions {
+        self.options.clone().unwrap_or_else(|| {
+            panic!("again(): start the server with CloudAgent::options to restart it")
+        })
     }
 
     /// An HTTP API client of this server.
@@ -233,6 +246,7 @@ impl CloudAgent {
             .context("bad listening address")?;
         Ok(Self {
             child,
+            options: None,
             port,
             data_dir: data_dir.to_path_buf(),
         })
