@@ -23,13 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use jarvis_agent::compaction::SUMMARY_PROMPT;
 use jarvis_agent::models::{ModelInfo, Pricing};
 use jarvis_agent::permissions::{Mode, Permissions};
 use jarvis_agent::runner::{Outcome, Runner, RunnerConfig};
-use jarvis_agent::testing::{FakeOptions, FakeResponse, FakeServer, RecordedRequest, reply};
 use jarvis_agent::tools::ToolBox;
 use jarvis_sync::doc::{Block, SessionDoc};
+use jarvis_testkit::agent::{is_summary_request, last_step};
+use jarvis_testkit::fake::{FakeOptions, FakeResponse, FakeServer, RecordedRequest, reply};
 use serde_json::{Value, json};
 
 #[derive(clap::Parser, Clone)]
@@ -175,33 +175,6 @@ impl PromptCache {
             input: total - last_cached,
         }
     }
-}
-
-fn is_summary_request(body: &Value) -> bool {
-    body["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .and_then(|m| m["content"].as_array())
-        .and_then(|c| c.last())
-        .and_then(|b| b["text"].as_str())
-        .is_some_and(|t| t.starts_with(SUMMARY_PROMPT))
-}
-
-/// The step the visible transcript (or its summary) shows as written last.
-fn last_step(body: &Value) -> u32 {
-    let text = body["messages"].to_string();
-    let mut best = 0;
-    let mut rest = text.as_str();
-    while let Some(i) = rest.find("steps/") {
-        rest = &rest[i + 6..];
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        if rest[digits.len()..].starts_with(".txt")
-            && let Ok(n) = digits.parse::<u32>()
-        {
-            best = best.max(n);
-        }
-    }
-    best
 }
 
 struct Record {

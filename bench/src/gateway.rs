@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
-use jarvis_agent::testing::{FakeOptions, FakeResponse, FakeServer, reply, sse_body};
+use jarvis_testkit::fake::{FakeOptions, FakeResponse, FakeServer, reply, sse_body};
 use serde_json::json;
 
 #[derive(clap::Parser, Clone)]

@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
 use jarvis_device::handoff::request_handoff;
 use jarvis_device::{Device, RunOptions, RunOverrides, run_here};
 use jarvis_sync::doc::{Role, SessionDoc, UpdateSignal};
 use jarvis_sync::store::SqliteStore;
+use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Parser, Clone)]

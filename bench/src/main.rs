@@ -101,6 +101,28 @@ impl Drop for Server {
     }
 }
 
+/// `<bin> token create <args> --data-dir <data>`: the new token.
+fn create_token(bin: &Path, data: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(bin)
+        .args(["token", "create"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .last()
+        .context("no token")?
+        .to_owned())
+}
+
 fn wait_listening(child: &mut Child) -> Result<u16> {
     let stdout = child.stdout.take().context("no stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -160,22 +182,7 @@ fn start_server(kind: &str, args: &RelayArgs) -> Result<Server> {
     match kind {
         "jarvis" => {
             let data = tempfile::tempdir()?;
-            let out = Command::new(&args.jarvis_bin)
-                .args(["token", "create", "--scope", "*", "--data-dir"])
-                .arg(data.path())
-                .output()
-                .with_context(|| format!("running {}", args.jarvis_bin.display()))?;
-            if !out.status.success() {
-                bail!(
-                    "token create failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let token = String::from_utf8(out.stdout)?
-                .lines()
-                .last()
-                .context("no token")?
-                .to_owned();
+            let token = create_token(&args.jarvis_bin, data.path(), &["--scope", "*"])?;
             let mut child = Command::new(&args.jarvis_bin)
                 .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
                 .arg(data.path())
@@ -264,14 +271,20 @@ struct Row {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(port: u16, token: &str, name: &str) -> Result<Ws> {
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+/// A socket to the server's `/sync` with Nagle off (`disable_nagle`), nothing sent yet.
+async fn open_socket(port: u16) -> Result<Ws> {
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(
         format!("ws://127.0.0.1:{port}/sync"),
         None,
         true,
     )
     .await
     .context("connect")?;
+    Ok(ws)
+}
+
+async fn connect(port: u16, token: &str, name: &str) -> Result<Ws> {
+    let mut ws = open_socket(port).await?;
     let auth = Frame::doc(
         name,
         Message::Auth(AuthMessage::Token {

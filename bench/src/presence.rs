@@ -74,13 +74,7 @@ async fn send(ws: &mut super::Ws, doc: &str, m: Message) -> Result<()> {
 }
 
 async fn flood(port: u16, token: String, socket: usize, args: PresenceArgs) -> Result<Outcome> {
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
-        format!("ws://127.0.0.1:{port}/sync"),
-        None,
-        true,
-    )
-    .await
-    .context("connect")?;
+    let mut ws = super::open_socket(port).await?;
     let state = format!("\"{}\"", "x".repeat(args.state_bytes.saturating_sub(2)));
     let mut last = None;
     for d in 0..args.documents {
@@ -162,23 +156,11 @@ pub async fn run(args: PresenceArgs) -> Result<()> {
     if !out.status.success() {
         bail!("user add failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let out = Command::new(&args.jarvis_bin)
-        .args(["token", "create", "--scope", "session/*", "--read-only"])
-        .args(["--data-dir"])
-        .arg(data.path())
-        .output()
-        .context("token create")?;
-    if !out.status.success() {
-        bail!(
-            "token create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let token = String::from_utf8(out.stdout)?
-        .lines()
-        .last()
-        .context("no token")?
-        .to_owned();
+    let token = super::create_token(
+        &args.jarvis_bin,
+        data.path(),
+        &["--scope", "session/*", "--read-only"],
+    )?;
     let server = serve(&args.jarvis_bin, data.path())?;
     let pid = server.child.id();
     let (_, before, _) = super::proc_stats(pid)?;

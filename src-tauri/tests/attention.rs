@@ -9,7 +9,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,12 +18,10 @@ use serde_json::{Value, json};
 const NAME: &str = "a_cloud_session_needing_approval_then_finishing_raises_attention_once_each";
 const CHILD: &str = "JARVIS_ATTENTION_CHILD";
 
-async fn until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn until(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    jarvis_testkit::eventually(what, timeout, cond)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,36 +37,8 @@ async fn a_cloud_session_needing_approval_then_finishing_raises_attention_once_e
     // keeps serving from this process meanwhile.
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("dbus-run-session")
-            .args([
-                "--",
-                "sh",
-                "-c",
-                "echo -n jarvis-test | gnome-keyring-daemon --unlock --components=secrets \
-                 >/dev/null && exec \"$@\"",
-                "sh",
-            ])
-            .arg(exe)
-            .args(["--exact", NAME, "--nocapture", "--test-threads", "1"])
-            .env(CHILD, "1")
-            .env("JARVIS_TEST_HUB", &hub)
-            .env("JARVIS_TEST_TOKEN", &token)
-            .env("HOME", &home)
-            .env_remove("XDG_RUNTIME_DIR")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    support::rerun_in_keyring_session(NAME, CHILD, &hub, &token, &home).await;
     drop(agent);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "the core's half failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 async fn child() {

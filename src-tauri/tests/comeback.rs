@@ -6,16 +6,17 @@
 //! in a private D-Bus session with an unlocked GNOME Keyring (as tests/attention.rs does).
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use jarvis_desktop::core::{CoreConfig, CoreEvent, DesktopCore};
-use jarvis_e2e::comeback;
-use jarvis_e2e::device::{SyncDevice, converge, converge_folders};
-use jarvis_e2e::{CloudAgent, add_user};
+use jarvis_testkit::comeback;
+use jarvis_testkit::device::{SyncDevice, converge, converge_folders};
+use jarvis_testkit::{CloudAgent, add_user};
 
 const NAME: &str = "a_desktop_core_restarted_on_its_data_dir_loses_nothing";
 const CHILD: &str = "JARVIS_COMEBACK_CHILD";
@@ -40,36 +41,8 @@ async fn a_desktop_core_restarted_on_its_data_dir_loses_nothing() {
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("dbus-run-session")
-            .args([
-                "--",
-                "sh",
-                "-c",
-                "echo -n jarvis-test | gnome-keyring-daemon --unlock --components=secrets \
-                 >/dev/null && exec \"$@\"",
-                "sh",
-            ])
-            .arg(exe)
-            .args(["--exact", NAME, "--nocapture", "--test-threads", "1"])
-            .env(CHILD, "1")
-            .env("JARVIS_TEST_HUB", &hub)
-            .env("JARVIS_TEST_TOKEN", &token)
-            .env("HOME", &home)
-            .env_remove("XDG_RUNTIME_DIR")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    support::rerun_in_keyring_session(NAME, CHILD, &hub, &token, &home).await;
     drop(agent);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "the core's half failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A core on `data_dir` in a runtime of its own, mirroring `folder`; it runs until `stop` is

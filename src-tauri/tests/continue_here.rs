@@ -16,10 +16,10 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
 use jarvis_desktop::core::{CoreConfig, CoreError, CoreEvent, DesktopCore};
-use jarvis_e2e::{CloudAgent, add_user, create_user_token};
 use jarvis_sync::doc::Block;
+use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
+use jarvis_testkit::{CloudAgent, add_user, create_user_token};
 use serde_json::{Value, json};
 
 const NAME: &str = "continue_here_keeps_the_sessions_deny_rules_and_budget";

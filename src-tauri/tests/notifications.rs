@@ -24,7 +24,7 @@ async fn a_cloud_session_needing_approval_then_finishing_notifies_the_desktop() 
         "{} missing: scripts/install-deps.sh makes it",
         python.display()
     );
-    let app = jarvis_e2e::binary("jarvis-desktop");
+    let app = jarvis_testkit::binary("jarvis-desktop");
     assert!(app.exists(), "{} not built", app.display());
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("hub");

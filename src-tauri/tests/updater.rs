@@ -14,7 +14,7 @@ use jarvis_desktop::updates;
 use serde_json::json;
 
 fn cloud_bin() -> PathBuf {
-    jarvis_e2e::binary("jarvis-cloud")
+    jarvis_testkit::binary("jarvis-cloud")
 }
 
 /// Tauri's key format: base64 of the minisign public key file.
@@ -78,7 +78,7 @@ async fn a_signed_update_is_accepted_and_a_tampered_one_refused() {
     let release = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
     let app = app(&tauri_pubkey(&release));
     let handle = app.handle();
-    let agent = jarvis_e2e::CloudAgent::start(&data, 0).unwrap();
+    let agent = jarvis_testkit::CloudAgent::start(&data, 0).unwrap();
     let cloud = agent.http_url("");
 
     // Nothing published: no update.

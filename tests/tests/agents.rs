@@ -7,13 +7,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use jarvis_agent::testing::{FakeOptions, FakeResponse, FakeServer, RecordedRequest, reply};
-use jarvis_e2e::{CloudAgent, create_token};
-use jarvis_sync::client::{ClientConfig, SyncClient};
+use jarvis_sync::client::SyncClient;
 use jarvis_sync::mirror::FileMirror;
-use jarvis_sync::store::SqliteStore;
+use jarvis_testkit::fake::{FakeResponse, FakeServer, RecordedRequest, reply};
+use jarvis_testkit::http::Api;
+use jarvis_testkit::poll::until_async;
+use jarvis_testkit::sign::github_signature as sign;
+use jarvis_testkit::sync_client::sync_client;
+use jarvis_testkit::{CloudAgent, create_token};
 use serde_json::{Value, json};
 
 fn ms(s: &str) -> u64 {
@@ -29,20 +32,6 @@ fn ms(s: &str) -> u64 {
         .unwrap()
 }
 
-fn sign(body: &[u8], secret: &str) -> String {
-    // HMAC-SHA256 by the openssl CLI, independent of the server's implementation.
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("body");
-    std::fs::write(&f, body).unwrap();
-    let out = std::process::Command::new("openssl")
-        .args(["dgst", "-sha256", "-hmac", secret, "-hex"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    let s = String::from_utf8(out.stdout).unwrap();
-    format!("sha256={}", s.trim().rsplit(' ').next().unwrap())
-}
-
 fn set_clock(path: &Path, at: u64) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, format!("{at}\n")).unwrap();
@@ -50,46 +39,28 @@ fn set_clock(path: &Path, at: u64) {
 }
 
 async fn llm(usage: (u64, u64, u64, u64), delay: Duration) -> FakeServer {
-    FakeServer::start_with(
-        vec![],
-        FakeOptions {
-            keep_alive: false,
-            responder: Some(Arc::new(move |_: &RecordedRequest| {
-                FakeResponse::sse(&reply("Run finished: all good.", &[], usage), &[48])
-                    .with_delay(delay)
-            })),
-        },
-    )
+    FakeServer::answering(move |_: &RecordedRequest| {
+        FakeResponse::sse(&reply("Run finished: all good.", &[], usage), &[48]).with_delay(delay)
+    })
     .await
     .unwrap()
 }
 
 struct Client {
-    base: String,
+    api: Api,
     token: String,
-    http: reqwest::Client,
 }
 
 impl Client {
     fn new(agent: &CloudAgent, token: &str) -> Self {
         Client {
-            base: agent.http_url(""),
+            api: agent.api(),
             token: token.to_owned(),
-            http: reqwest::Client::new(),
         }
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        self.api.call(method, path, &self.token, body).await
     }
 
     async fn runs(&self, ws: &str, name: &str) -> Vec<Value> {
@@ -111,14 +82,7 @@ impl Client {
         timeout: Duration,
         mut f: impl AsyncFnMut(&Client) -> Option<T>,
     ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = f(self).await {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        until_async(what, timeout, async || f(self).await).await
     }
 
     async fn agent(&self, ws: &str, name: &str) -> Value {
@@ -281,13 +245,7 @@ async fn a_cron_agent_runs_at_its_time_once_across_restarts_and_catches_up_by_po
 }
 
 fn device(agent: &CloudAgent, token: &str, db: &Path) -> Arc<SyncClient> {
-    let mut config = ClientConfig::new(agent.sync_url(), token);
-    config.min_backoff = Duration::from_millis(20);
-    config.max_backoff = Duration::from_millis(200);
-    Arc::new(SyncClient::start(
-        config,
-        Arc::new(SqliteStore::open(db).unwrap()),
-    ))
+    Arc::new(sync_client(agent, token, db))
 }
 
 fn prompts(fake: &FakeServer) -> Vec<String> {

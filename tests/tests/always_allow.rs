@@ -5,24 +5,14 @@
 //! else's. Real `jarvis` and `jarvis-cloud`, the fake model provider.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
-use jarvis_e2e::{CloudAgent, add_user, binary};
+use jarvis_testkit::cli::{jarvis_with_fake as jarvis, spawn};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, bash, reply, text};
+use jarvis_testkit::http::{Api, blocks_of, call};
+use jarvis_testkit::{CloudAgent, add_user, hub_with_user};
 use serde_json::{Value, json};
-
-fn jarvis(home: &Path, fake: &str) -> Command {
-    let mut c = Command::new(binary("jarvis"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("JARVIS_HOME", home)
-        .env("ANTHROPIC_BASE_URL", fake)
-        .env("ANTHROPIC_API_KEY", "test-key")
-        .env("RUST_LOG", "warn");
-    c
-}
 
 fn run(mut cmd: Command) -> (bool, String) {
     let out = cmd.output().unwrap();
@@ -36,89 +26,11 @@ fn run(mut cmd: Command) -> (bool, String) {
     )
 }
 
-/// A child killed when dropped (a failing assertion must not leave it running).
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.0.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the device run did not exit"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-fn bash(id: &str, command: &str) -> FakeResponse {
-    FakeResponse::sse(
-        &reply(
-            "",
-            &[(id, "bash", json!({"command": command}))],
-            (10, 5, 0, 0),
-        ),
-        &[4096],
-    )
-}
-
-fn text(t: &str) -> FakeResponse {
-    FakeResponse::sse(&reply(t, &[], (10, 5, 0, 0)), &[4096])
-}
-
-async fn call(
-    base: &str,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r = reqwest::Client::new()
-        .request(method.parse().unwrap(), format!("{base}{path}"))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-fn blocks_of(session: &Value, kind: &str) -> Vec<Value> {
-    session["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|m| m["blocks"].as_array().unwrap().clone())
-        .filter(|b| b["type"] == kind)
-        .collect()
-}
-
 /// Waits (with a deadline) until the session's status is one of `want`.
 async fn until_status(base: &str, token: &str, id: &str, want: &[&str]) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (s, v) = call(base, "GET", &format!("/api/sessions/{id}"), token, None).await;
-        if s == 200 && want.iter().any(|w| v["status"] == *w) {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "session {id} never reached {want:?}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    Api::new(base)
+        .until_status(token, id, want, Duration::from_secs(60))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -141,20 +53,11 @@ async fn always_allow_prefix_survives_handoff_for_its_user_only() {
     ])
     .await
     .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let alice = add_user(&data, "alice").unwrap();
+    let (tmp, data, alice) = hub_with_user("alice");
     let bob = add_user(&data, "bob").unwrap();
-    let env = [
-        ("ANTHROPIC_BASE_URL", fake.url()),
-        ("ANTHROPIC_API_KEY", "test-key".to_owned()),
-        ("JARVIS_SANDBOX", "limits".to_owned()),
-        // Unconfined by choice: this test is about approvals, not containment (see sandbox.rs).
-        ("JARVIS_ALLOW_UNSANDBOXED", "1".to_owned()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let agent = CloudAgent::start_with_env(&data, 0, &env).unwrap();
-    let base = format!("http://127.0.0.1:{}", agent.port);
+    // Unconfined by choice: this test is about approvals, not containment (see sandbox.rs).
+    let agent = CloudAgent::unconfined_with_fake(&data, &fake).unwrap();
+    let base = agent.base();
 
     // Each user's memory for cloud runs, on the hub.
     for (token, text) in [(&alice, "ALICE-HUB-MEMORY"), (&bob, "BOB-HUB-MEMORY")] {
@@ -189,16 +92,14 @@ async fn always_allow_prefix_survives_handoff_for_its_user_only() {
     });
     assert!(ok, "{out}");
     // Ask mode: the device run waits at the approval.
-    let mut device_run = Proc(
-        jarvis(&home, &fake.url())
-            .args(["run", "--session", "d1", "--workspace", "proj"])
+    let mut device_run = spawn({
+        let mut c = jarvis(&home, &fake.url());
+        c.args(["run", "--session", "d1", "--workspace", "proj"])
             .args(["--permission-mode", "ask", "--dir"])
             .arg(&dev)
-            .arg("Run the tests.")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+            .arg("Run the tests.");
+        c
+    });
     let v = until_status(&base, &alice, "d1", &["waiting_approval"]).await;
     let approvals = blocks_of(&v, "approval");
     assert_eq!(approvals.len(), 1, "{v}");

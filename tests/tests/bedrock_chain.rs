@@ -6,12 +6,11 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jarvis_agent::providers::{SignedParts, sigv4_headers};
-use jarvis_agent::testing::{FakeOptions, FakeResponse, FakeServer, RecordedRequest, reply};
-use jarvis_e2e::binary;
+use jarvis_testkit::binary;
+use jarvis_testkit::fake::{FakeResponse, FakeServer, RecordedRequest, reply};
+use jarvis_testkit::sign::amz_date;
 
 const MODEL: &str = "anthropic.claude-sonnet-5-5";
 const IMDS_TOKEN: &str = "imds-session-token-1";
@@ -85,33 +84,10 @@ fn aws_fake(issued: &'static Issued) -> impl Fn(&RecordedRequest) -> FakeRespons
     }
 }
 
-/// `x-amz-date` (`20261130T120000Z`) as a time.
-fn amz_date(s: &str) -> SystemTime {
-    let n = |a: usize, b: usize| s[a..b].parse::<i64>().unwrap();
-    let (y, m, d) = (n(0, 4), n(4, 6), n(6, 8));
-    // Days from civil (Howard Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + n(9, 11) * 3600 + n(11, 13) * 60 + n(13, 15);
-    UNIX_EPOCH + Duration::from_secs(secs as u64)
-}
-
 /// Runs `jarvis run --local` against the fake with only the given AWS variables, and checks
 /// that every Bedrock request was signed with the issued credentials.
 async fn run_with(issued: &'static Issued, aws_env: &[(&str, String)]) -> FakeServer {
-    let server = FakeServer::start_with(
-        vec![],
-        FakeOptions {
-            keep_alive: false,
-            responder: Some(Arc::new(aws_fake(issued))),
-        },
-    )
-    .await
-    .unwrap();
+    let server = FakeServer::answering(aws_fake(issued)).await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
     let work = tmp.path().join("work");
@@ -230,15 +206,7 @@ async fn web_identity_credentials_sign_bedrock_requests() {
 /// Web identity needs the STS endpoint to be the fake itself, so the server is started first
 /// and its URL passed as `AWS_ENDPOINT_URL_STS`.
 async fn run_with_sts(issued: &'static Issued, token_file: &str) -> FakeServer {
-    let sts = FakeServer::start_with(
-        vec![],
-        FakeOptions {
-            keep_alive: false,
-            responder: Some(Arc::new(aws_fake(issued))),
-        },
-    )
-    .await
-    .unwrap();
+    let sts = FakeServer::answering(aws_fake(issued)).await.unwrap();
     let server = run_with(
         issued,
         &[
@@ -265,15 +233,7 @@ async fn an_ecs_task_role_signs_bedrock_requests() {
         secret: "ecs-secret",
         token: "ecs-session",
     };
-    let ecs = FakeServer::start_with(
-        vec![],
-        FakeOptions {
-            keep_alive: false,
-            responder: Some(Arc::new(aws_fake(&ISSUED))),
-        },
-    )
-    .await
-    .unwrap();
+    let ecs = FakeServer::answering(aws_fake(&ISSUED)).await.unwrap();
     run_with(
         &ISSUED,
         &[
@@ -295,15 +255,7 @@ async fn an_ec2_instance_role_over_imdsv2_signs_bedrock_requests() {
         secret: "imds-secret",
         token: "imds-session",
     };
-    let imds = FakeServer::start_with(
-        vec![],
-        FakeOptions {
-            keep_alive: false,
-            responder: Some(Arc::new(aws_fake(&ISSUED))),
-        },
-    )
-    .await
-    .unwrap();
+    let imds = FakeServer::answering(aws_fake(&ISSUED)).await.unwrap();
     run_with(
         &ISSUED,
         &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url())],

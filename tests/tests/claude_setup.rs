@@ -5,44 +5,19 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
-use jarvis_e2e::{CloudAgent, add_user, binary, eventually};
+use jarvis_testkit::cli::{jarvis_with_fake, run_ok};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, reply, text};
+use jarvis_testkit::fs::copy_dir;
+use jarvis_testkit::http::Api;
+use jarvis_testkit::{CloudAgent, eventually, hub_with_user};
 use serde_json::{Value, json};
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
-
 fn jarvis(home: &Path, fake: &str, args: &[&str]) -> String {
-    let out = Command::new(binary("jarvis"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("JARVIS_HOME", home)
-        .env("ANTHROPIC_BASE_URL", fake)
-        .env("ANTHROPIC_API_KEY", "test-key")
-        .env("RUST_LOG", "warn")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "jarvis {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut c = jarvis_with_fake(home, fake);
+    c.args(args);
+    run_ok(c)
 }
 
 fn blocks(session: &Value, role: Option<&str>) -> Vec<Value> {
@@ -67,9 +42,9 @@ async fn the_cloud_applies_memory_and_deny_rules_but_not_unapproved_hooks() {
         ),
     ];
     let fake = FakeServer::start(vec![
-        FakeResponse::sse(&reply("Ready.", &[], (10, 5, 0, 0)), &[4096]),
+        text("Ready."),
         FakeResponse::sse(&reply("On it.", &calls, (10, 5, 0, 0)), &[4096]),
-        FakeResponse::sse(&reply("Done in the cloud.", &[], (10, 5, 0, 0)), &[4096]),
+        text("Done in the cloud."),
         // After the owner approved the settings file: its hook now guards protected/.
         FakeResponse::sse(
             &reply(
@@ -83,13 +58,11 @@ async fn the_cloud_applies_memory_and_deny_rules_but_not_unapproved_hooks() {
             ),
             &[4096],
         ),
-        FakeResponse::sse(&reply("Done again.", &[], (10, 5, 0, 0)), &[4096]),
+        text("Done again."),
     ])
     .await
     .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let alice = add_user(&data, "alice").unwrap();
+    let (tmp, data, alice) = hub_with_user("alice");
     let agent = CloudAgent::start_with_env(
         &data,
         0,
@@ -142,15 +115,7 @@ async fn the_cloud_applies_memory_and_deny_rules_but_not_unapproved_hooks() {
     );
     let mut done = Value::Null;
     for _ in 0..1500 {
-        let v: Value = http
-            .get(format!("{base}/api/sessions/c1"))
-            .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = Api::new(&base).get_json("/api/sessions/c1", &alice).await;
         if v["status"] == "done" || v["status"] == "failed" {
             done = v;
             break;
@@ -242,15 +207,9 @@ async fn the_cloud_applies_memory_and_deny_rules_but_not_unapproved_hooks() {
 
     // The owner approves the settings file's exact content through the API; from then on its
     // hooks run in the cloud (inside the sandbox) and block the write they guard.
-    let config: Value = http
-        .get(format!("{base}/api/workspaces/proj/config"))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let config: Value = Api::new(&base)
+        .get_json("/api/workspaces/proj/config", &alice)
+        .await;
     let settings = config["config"]
         .as_array()
         .unwrap()
@@ -293,15 +252,7 @@ async fn the_cloud_applies_memory_and_deny_rules_but_not_unapproved_hooks() {
     );
     let mut again = Value::Null;
     for _ in 0..1500 {
-        let v: Value = http
-            .get(format!("{base}/api/sessions/c2"))
-            .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = Api::new(&base).get_json("/api/sessions/c2", &alice).await;
         if v["status"] == "done" || v["status"] == "failed" {
             again = v;
             break;

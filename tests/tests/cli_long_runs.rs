@@ -6,11 +6,10 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::Arc;
 
 use jarvis_agent::compaction::SUMMARY_PROMPT;
-use jarvis_agent::testing::{FakeOptions, FakeResponse, FakeServer, RecordedRequest, reply};
-use jarvis_e2e::binary;
+use jarvis_testkit::binary;
+use jarvis_testkit::fake::{FakeResponse, FakeServer, RecordedRequest, reply};
 use serde_json::{Value, json};
 
 fn jarvis(home: &Path, fake: &str, dir: &Path, args: &[&str]) -> Output {
@@ -75,15 +74,7 @@ fn model(r: &RecordedRequest) -> FakeResponse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_turns_follow_up_flags_and_compact() {
-    let server = FakeServer::start_with(
-        vec![],
-        FakeOptions {
-            keep_alive: false,
-            responder: Some(Arc::new(model)),
-        },
-    )
-    .await
-    .unwrap();
+    let server = FakeServer::answering(model).await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (home, dir) = (tmp.path().join("home"), tmp.path().join("work"));
     std::fs::create_dir_all(&home).unwrap();

@@ -1,33 +1,16 @@
 //! `jarvis login`, `jarvis status` and two `jarvis sync` processes mirroring one workspace.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use jarvis_e2e::{CloudAgent, binary, create_token, eventually};
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn jarvis(home: &std::path::Path) -> Command {
-    let mut c = Command::new(binary("jarvis"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("JARVIS_HOME", home);
-    c
-}
+use jarvis_testkit::cli::{Killed, jarvis, login, spawn_sync};
+use jarvis_testkit::http::Api;
+use jarvis_testkit::{CloudAgent, create_token, eventually, hub_with_token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_status_and_two_syncing_devices() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let token = create_token(&data, &["ws/notes/*"], false).unwrap();
+    let (tmp, data, token) = hub_with_token(&["ws/notes/*"]);
     let agent = CloudAgent::start(&data, 0).unwrap();
     let hub = format!("http://127.0.0.1:{}", agent.port);
     let (h1, h2) = (tmp.path().join("home1"), tmp.path().join("home2"));
@@ -37,16 +20,8 @@ async fn login_status_and_two_syncing_devices() {
     std::fs::write(d1.join("todo.md"), "- buy milk\n").unwrap();
 
     for home in [&h1, &h2] {
-        let out = jarvis(home)
-            .args(["login", &hub, "--token", &token])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("mode 0600"));
+        let out = login(home, &hub, &token);
+        assert!(out.contains("mode 0600"), "{out}");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(home.join("login.json"))
             .unwrap()
@@ -67,24 +42,8 @@ async fn login_status_and_two_syncing_devices() {
         String::from_utf8_lossy(&status.stdout)
     );
 
-    let _s1 = Killed(
-        jarvis(&h1)
-            .arg("sync")
-            .arg(&d1)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let _s2 = Killed(
-        jarvis(&h2)
-            .arg("sync")
-            .arg(&d2)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _s1 = spawn_sync(&h1, &d1);
+    let _s2 = spawn_sync(&h2, &d2);
     let t = d2.join("todo.md");
     eventually(
         "device 2 gets todo.md",
@@ -122,13 +81,10 @@ async fn login_status_and_two_syncing_devices() {
 /// admin and for an ordinary user — so the web view shows it without a `jarvis run` first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_synced_folder_is_a_listed_workspace_for_admin_and_member() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let admin = create_token(&data, &["*"], false).unwrap();
-    let bob = jarvis_e2e::add_user(&data, "bob").unwrap();
+    let (tmp, data, admin) = hub_with_token(&["*"]);
+    let bob = jarvis_testkit::add_user(&data, "bob").unwrap();
     let agent = CloudAgent::start(&data, 0).unwrap();
     let hub = format!("http://127.0.0.1:{}", agent.port);
-    let http = reqwest::Client::new();
     let mut syncs = Vec::new();
     for (who, token, name) in [("admin", &admin, "admin-notes"), ("bob", &bob, "bob-notes")] {
         let home = tmp.path().join(format!("home-{who}"));
@@ -168,15 +124,9 @@ async fn a_synced_folder_is_a_listed_workspace_for_admin_and_member() {
         assert!(printed.contains(&format!("{hub}/")), "{printed}");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let list: serde_json::Value = http
-                .get(format!("{hub}/api/workspaces/{name}"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let list: serde_json::Value = Api::new(&hub)
+                .get_json(&format!("/api/workspaces/{name}"), token)
+                .await;
             if list["files"].to_string().contains("hello.md") {
                 break;
             }
@@ -186,26 +136,10 @@ async fn a_synced_folder_is_a_listed_workspace_for_admin_and_member() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let all: serde_json::Value = http
-            .get(format!("{hub}/api/workspaces"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let all: serde_json::Value = Api::new(&hub).get_json("/api/workspaces", token).await;
         assert!(all.to_string().contains(name), "{all}");
     }
     // Bob does not see the admin's workspace.
-    let all: serde_json::Value = http
-        .get(format!("{hub}/api/workspaces"))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: serde_json::Value = Api::new(&hub).get_json("/api/workspaces", &bob).await;
     assert!(!all.to_string().contains("admin-notes"), "{all}");
 }

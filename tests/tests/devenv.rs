@@ -15,8 +15,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
 use jarvis_e2e::{CloudAgent, add_user, binary};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

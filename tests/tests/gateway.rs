@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use jarvis_agent::testing::{
+use jarvis_testkit::fake::{
     FakeOptions, FakeResponse, FakeServer, RecordedRequest, reply, sse_body,
 };
-use jarvis_e2e::{CloudAgent, add_user};
+use jarvis_testkit::sign::rsa_key;
+use jarvis_testkit::{CloudAgent, add_user};
 use serde_json::{Value, json};
 
 const UPSTREAM_KEY: &str = "sk-upstream-test-not-a-real-key";
@@ -203,7 +204,8 @@ async fn streams_chunk_by_chunk_forwards_headers_and_records_usage_per_user() {
         assert_eq!(v["error"]["type"], "authentication_error");
     }
     // A read-only token (a shared link) cannot spend the team's money.
-    let read_only = jarvis_e2e::create_user_token(dir.path(), Some("alice"), &["*"], true).unwrap();
+    let read_only =
+        jarvis_testkit::create_user_token(dir.path(), Some("alice"), &["*"], true).unwrap();
     let resp = http
         .post(agent.http_url("/v1/messages"))
         .header("x-api-key", &read_only)
@@ -225,7 +227,7 @@ async fn streams_chunk_by_chunk_forwards_headers_and_records_usage_per_user() {
 
     // Usage per user, cache writes and reads included: alice's stream, bob's JSON reply.
     let (alice_id, bob_id) = (user_id(&agent, &alice).await, user_id(&agent, &bob).await);
-    let admin = jarvis_e2e::create_token(dir.path(), &["*"], false).unwrap();
+    let admin = jarvis_testkit::create_token(dir.path(), &["*"], false).unwrap();
     let last = wait_usage(&agent, &admin, "usage of both users", |u| {
         let by = &u["gateway"]["by_user"];
         by[&alice_id]["requests"] == 1 && by[&bob_id]["requests"] == 1
@@ -553,20 +555,7 @@ async fn bedrock_upstream_is_signed_and_its_event_stream_reframed_as_sse() {
 async fn vertex_upstream_gets_a_service_account_token() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("key.pem");
-    let ok = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&key)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl is needed (scripts/install-deps.sh installs it)");
-    assert!(ok.success());
+    rsa_key(&key);
     let events = reply("Hello from Vertex.", &[], (8, 3, 0, 0));
     let fake = FakeServer::start(vec![
         FakeResponse::raw(

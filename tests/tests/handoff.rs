@@ -3,144 +3,15 @@
 //! cloud's materialised copy of it.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
-use jarvis_e2e::{CloudAgent, add_user, binary, eventually};
+use jarvis_testkit::cli::{jarvis_with_fake as jarvis, run_ok, spawn};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, bash, reply, text};
+use jarvis_testkit::http::blocks_of;
+use jarvis_testkit::{CloudAgent, eventually, hub_with_user};
 use serde_json::{Value, json};
-
-struct Proc {
-    child: Child,
-    out: Arc<Mutex<String>>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn output(&self) -> String {
-        self.out.lock().unwrap().clone()
-    }
-
-    /// Waits for the process to exit; returns its status.
-    async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                // Let the reader thread drain what is left.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                return s;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "process did not exit in {timeout:?}; output so far:\n{}",
-                self.output()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-fn jarvis(home: &Path, fake: &str) -> Command {
-    let mut c = Command::new(binary("jarvis"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("JARVIS_HOME", home)
-        .env("ANTHROPIC_BASE_URL", fake)
-        .env("ANTHROPIC_API_KEY", "test-key")
-        .env("RUST_LOG", "warn");
-    c
-}
-
-fn spawn(mut cmd: Command) -> Proc {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let out = Arc::new(Mutex::new(String::new()));
-    let stdout = child.stdout.take().unwrap();
-    let o = out.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let mut o = o.lock().unwrap();
-            o.push_str(&line);
-            o.push('\n');
-        }
-    });
-    Proc { child, out }
-}
-
-fn run_ok(mut cmd: Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "command failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Hub {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Hub {
-    fn new(agent: &CloudAgent) -> Self {
-        Hub {
-            base: format!("http://127.0.0.1:{}", agent.port),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn session(&self, token: &str, id: &str) -> Value {
-        let (s, v) = self
-            .call("GET", &format!("/api/sessions/{id}"), token, None)
-            .await;
-        assert_eq!(s, 200, "{v}");
-        v
-    }
-}
-
-fn blocks_of(session: &Value, kind: &str) -> Vec<Value> {
-    session["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|m| m["blocks"].as_array().unwrap().clone())
-        .filter(|b| b["type"] == kind)
-        .collect()
-}
 
 /// A reply that streams `text` slowly: `pieces` deltas, `gap` apart.
 fn slow_text(text: &str, gap: Duration) -> FakeResponse {
@@ -148,21 +19,6 @@ fn slow_text(text: &str, gap: Duration) -> FakeResponse {
     // One chunk per event, then the text delta split further by the chunk sizes: many small
     // writes with a pause between each.
     FakeResponse::sse(&events, &[24]).with_delay(gap)
-}
-
-fn bash(id: &str, command: &str) -> FakeResponse {
-    FakeResponse::sse(
-        &reply(
-            "",
-            &[(id, "bash", json!({"command": command}))],
-            (10, 5, 0, 0),
-        ),
-        &[4096],
-    )
-}
-
-fn text(t: &str) -> FakeResponse {
-    FakeResponse::sse(&reply(t, &[], (10, 5, 0, 0)), &[4096])
 }
 
 /// Every tool_use has exactly one tool_result.
@@ -210,22 +66,10 @@ async fn continue_in_cloud_and_back_with_full_history() {
     ])
     .await
     .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let alice = add_user(&data, "alice").unwrap();
-    let agent = CloudAgent::start_with_env(
-        &data,
-        0,
-        &[
-            ("ANTHROPIC_BASE_URL", &fake.url()),
-            ("ANTHROPIC_API_KEY", "test-key"),
-            ("JARVIS_SANDBOX", "limits"),
-            // Unconfined by choice: this test is not about containment (see sandbox.rs).
-            ("JARVIS_ALLOW_UNSANDBOXED", "1"),
-        ],
-    )
-    .unwrap();
-    let hub = Hub::new(&agent);
+    let (tmp, data, alice) = hub_with_user("alice");
+    // Unconfined by choice: this test is not about containment (see sandbox.rs).
+    let agent = CloudAgent::unconfined_with_fake(&data, &fake).unwrap();
+    let hub = agent.api();
     let dev = tmp.path().join("proj");
     std::fs::create_dir_all(&dev).unwrap();
     std::fs::write(dev.join("README.md"), "# project\n").unwrap();
@@ -233,7 +77,7 @@ async fn continue_in_cloud_and_back_with_full_history() {
     for h in [&home, &watcher_home] {
         run_ok({
             let mut c = jarvis(h, &fake.url());
-            c.args(["login", &hub.base, "--token", &alice]);
+            c.args(["login", hub.base(), "--token", &alice]);
             c
         });
     }
@@ -410,27 +254,22 @@ async fn offline_edits_made_before_the_handoff_reach_the_cloud() {
     ])
     .await
     .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let alice = add_user(&data, "alice").unwrap();
-    let env = [
-        ("ANTHROPIC_BASE_URL", fake.url()),
-        ("ANTHROPIC_API_KEY", "test-key".to_owned()),
-        ("JARVIS_SANDBOX", "limits".to_owned()),
-        // Unconfined by choice: this test is not about containment (see sandbox.rs).
-        ("JARVIS_ALLOW_UNSANDBOXED", "1".to_owned()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let agent = CloudAgent::start_with_env(&data, 0, &env).unwrap();
-    let port = agent.port;
-    let hub = Hub::new(&agent);
+    let (tmp, data, alice) = hub_with_user("alice");
+    // Unconfined by choice: this test is not about containment (see sandbox.rs).
+    let agent = CloudAgent::options(&data)
+        .fake_model(&fake)
+        .unconfined()
+        .start()
+        .unwrap();
+    let again = agent.again();
+    let hub = agent.api();
     let dev = tmp.path().join("notes");
     std::fs::create_dir_all(&dev).unwrap();
     std::fs::write(dev.join("notes.md"), "old notes\n").unwrap();
     let home = tmp.path().join("home");
     run_ok({
         let mut c = jarvis(&home, &fake.url());
-        c.args(["login", &hub.base, "--token", &alice]);
+        c.args(["login", hub.base(), "--token", &alice]);
         c
     });
     let mut device_run = spawn({
@@ -467,8 +306,8 @@ async fn offline_edits_made_before_the_handoff_reach_the_cloud() {
     agent.terminate(Duration::from_secs(10)).unwrap();
     std::fs::write(dev.join("notes.md"), "edited while offline\n").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let agent = CloudAgent::start_with_env(&data, port, &env).unwrap();
-    let hub = Hub::new(&agent);
+    let agent = again.start().unwrap();
+    let hub = agent.api();
 
     let out = run_ok({
         let mut c = jarvis(&home, &fake.url());
@@ -513,21 +352,16 @@ async fn cloud_killed_mid_run_resumes_after_restart() {
     ])
     .await
     .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let alice = add_user(&data, "alice").unwrap();
-    let env = [
-        ("ANTHROPIC_BASE_URL", fake.url()),
-        ("ANTHROPIC_API_KEY", "test-key".to_owned()),
-        ("JARVIS_SANDBOX", "limits".to_owned()),
-        // Unconfined by choice: this test is not about containment (see sandbox.rs).
-        ("JARVIS_ALLOW_UNSANDBOXED", "1".to_owned()),
-        ("JARVIS_LEASE_TTL_MS", "2000".to_owned()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let agent = CloudAgent::start_with_env(&data, 0, &env).unwrap();
-    let port = agent.port;
-    let hub = Hub::new(&agent);
+    let (_tmp, data, alice) = hub_with_user("alice");
+    // Unconfined by choice: this test is not about containment (see sandbox.rs).
+    let agent = CloudAgent::options(&data)
+        .fake_model(&fake)
+        .unconfined()
+        .env("JARVIS_LEASE_TTL_MS", "2000")
+        .start()
+        .unwrap();
+    let again = agent.again();
+    let hub = agent.api();
     let (s, v) = hub
         .call("POST", "/api/workspaces", &alice, Some(json!({"id": "kw"})))
         .await;
@@ -559,8 +393,8 @@ async fn cloud_killed_mid_run_resumes_after_restart() {
     }
     assert!(mid, "the cloud never got mid-run");
     agent.kill9().unwrap();
-    let agent = CloudAgent::start_with_env(&data, port, &env).unwrap();
-    let hub = Hub::new(&agent);
+    let agent = again.start().unwrap();
+    let hub = agent.api();
     let mut done = Value::Null;
     for _ in 0..1500 {
         let v = hub.session(&alice, "k").await;
@@ -583,19 +417,9 @@ async fn cloud_killed_mid_run_resumes_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_devices_race_for_one_session() {
     let fake = FakeServer::start(vec![]).await.unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let alice = add_user(&data, "alice").unwrap();
-    let agent = CloudAgent::start_with_env(
-        &data,
-        0,
-        &[
-            ("ANTHROPIC_BASE_URL", &fake.url()),
-            ("ANTHROPIC_API_KEY", "k"),
-        ],
-    )
-    .unwrap();
-    let hub = Arc::new(Hub::new(&agent));
+    let (_tmp, data, alice) = hub_with_user("alice");
+    let agent = CloudAgent::with_fake(&data, &fake).unwrap();
+    let hub = Arc::new(agent.api());
     // Two paired devices of the same person.
     let mut devices = Vec::new();
     for name in ["laptop", "desktop"] {
@@ -725,17 +549,13 @@ async fn a_restart_never_reruns_a_failed_session() {
     ])
     .await
     .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let alice = add_user(&data, "alice").unwrap();
-    let env = [
-        ("ANTHROPIC_BASE_URL", fake.url()),
-        ("ANTHROPIC_API_KEY", "test-key".to_owned()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let agent = CloudAgent::start_with_env(&data, 0, &env).unwrap();
-    let port = agent.port;
-    let hub = Hub::new(&agent);
+    let (_tmp, data, alice) = hub_with_user("alice");
+    let agent = CloudAgent::options(&data)
+        .fake_model(&fake)
+        .start()
+        .unwrap();
+    let again = agent.again();
+    let hub = agent.api();
     let (s, v) = hub
         .call("POST", "/api/workspaces", &alice, Some(json!({"id": "fw"})))
         .await;
@@ -761,8 +581,8 @@ async fn a_restart_never_reruns_a_failed_session() {
     assert_eq!(fake.requests().len(), 1);
     agent.terminate(Duration::from_secs(20)).unwrap();
 
-    let agent = CloudAgent::start_with_env(&data, port, &env).unwrap();
-    let hub = Hub::new(&agent);
+    let agent = again.start().unwrap();
+    let hub = agent.api();
     // A second cloud session runs to the end after the restart: by then the restarted runner
     // has resumed every session it holds, the failed one included.
     let (s, v) = hub

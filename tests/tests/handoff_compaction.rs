@@ -4,106 +4,35 @@
 //! again by itself and finishes the task, each step done once.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use jarvis_agent::compaction::SUMMARY_PROMPT;
-use jarvis_agent::testing::{FakeOptions, FakeResponse, FakeServer, RecordedRequest, reply};
-use jarvis_e2e::{CloudAgent, add_user, binary};
+use jarvis_testkit::agent::{is_summary_request, last_step};
+use jarvis_testkit::cli::{jarvis_with_fake, run_ok, spawn};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, RecordedRequest, reply};
+use jarvis_testkit::{CloudAgent, eventually, hub_with_user};
 use serde_json::{Value, json};
 
 const STEPS: u32 = 40;
 /// Small enough that the transcript of ~20 steps passes 85% of it.
 const WINDOW: &str = "9000";
 
-struct Proc {
-    child: Child,
-    out: Arc<Mutex<String>>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(mut cmd: Command) -> Proc {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let out = Arc::new(Mutex::new(String::new()));
-    let stdout = child.stdout.take().unwrap();
-    let o = out.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let mut o = o.lock().unwrap();
-            o.push_str(&line);
-            o.push('\n');
-        }
-    });
-    Proc { child, out }
-}
-
 fn jarvis(home: &Path, fake: &str) -> Command {
-    let mut c = Command::new(binary("jarvis"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("JARVIS_HOME", home)
-        .env("ANTHROPIC_BASE_URL", fake)
-        .env("ANTHROPIC_API_KEY", "test-key")
-        .env("JARVIS_CONTEXT_WINDOW", WINDOW)
-        .env("RUST_LOG", "warn");
+    let mut c = jarvis_with_fake(home, fake);
+    c.env("JARVIS_CONTEXT_WINDOW", WINDOW);
     c
-}
-
-fn run_ok(mut cmd: Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "command failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn is_summary_request(r: &RecordedRequest) -> bool {
-    r.body["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .and_then(|m| m["content"].as_array())
-        .and_then(|c| c.last())
-        .and_then(|b| b["text"].as_str())
-        .is_some_and(|t| t.starts_with(SUMMARY_PROMPT))
-}
-
-fn last_step(r: &RecordedRequest) -> u32 {
-    let text = r.body["messages"].to_string();
-    let mut best = 0;
-    for part in text.split("steps/").skip(1) {
-        let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
-        if part[digits.len()..].starts_with(".txt") {
-            best = best.max(digits.parse().unwrap_or(0));
-        }
-    }
-    best
 }
 
 /// Step N writes steps/N.txt; the first summary streams slowly (the handoff lands in it).
 fn model(summaries: &AtomicU32, r: &RecordedRequest) -> FakeResponse {
-    let done = last_step(r);
+    let done = last_step(&r.body);
     // Usage as the API reports it: the whole prompt by the fake's rule (the runner's meter
     // anchors on it).
-    let input = jarvis_agent::testing::count_tokens(&r.raw_body);
-    if is_summary_request(r) {
+    let input = jarvis_testkit::fake::count_tokens(&r.raw_body);
+    if is_summary_request(&r.body) {
         let text = format!(
             "The user asked for {STEPS} steps. Wrote steps/1.txt through steps/{done}.txt. "
         );
@@ -131,44 +60,22 @@ fn model(summaries: &AtomicU32, r: &RecordedRequest) -> FakeResponse {
     )
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handoff_during_a_compaction_resumes_in_the_cloud_and_finishes() {
     let summaries = Arc::new(AtomicU32::new(0));
     let s = summaries.clone();
-    let fake = FakeServer::start_with(
-        vec![],
-        FakeOptions {
-            keep_alive: false,
-            responder: Some(Arc::new(move |r: &RecordedRequest| model(&s, r))),
-        },
-    )
-    .await
-    .unwrap();
+    let fake = FakeServer::answering(move |r: &RecordedRequest| model(&s, r))
+        .await
+        .unwrap();
     // Over the window the fake answers as the API does (400 "prompt is too long").
     fake.set_context_window(WINDOW.parse().unwrap());
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let alice = add_user(&data, "alice").unwrap();
-    let agent = CloudAgent::start_with_env(
-        &data,
-        0,
-        &[
-            ("ANTHROPIC_BASE_URL", &fake.url()),
-            ("ANTHROPIC_API_KEY", "test-key"),
-            ("JARVIS_SANDBOX", "limits"),
-            ("JARVIS_ALLOW_UNSANDBOXED", "1"),
-            ("JARVIS_CONTEXT_WINDOW", WINDOW),
-        ],
-    )
-    .unwrap();
+    let (tmp, data, alice) = hub_with_user("alice");
+    let agent = CloudAgent::options(&data)
+        .fake_model(&fake)
+        .unconfined()
+        .env("JARVIS_CONTEXT_WINDOW", WINDOW)
+        .start()
+        .unwrap();
     let base = format!("http://127.0.0.1:{}", agent.port);
     let dev = tmp.path().join("proj");
     std::fs::create_dir_all(&dev).unwrap();
@@ -202,52 +109,31 @@ async fn a_handoff_during_a_compaction_resumes_in_the_cloud_and_finishes() {
         c
     });
     // The device's summary request is streaming: hand the session to the cloud now.
-    wait_for(
+    eventually(
         "the device's summary request",
         Duration::from_secs(60),
-        || fake.requests().iter().any(is_summary_request),
+        || fake.requests().iter().any(|r| is_summary_request(&r.body)),
     )
-    .await;
+    .await
+    .unwrap();
     let out = run_ok({
         let mut c = jarvis(&home, &fake.url());
         c.args(["handoff", "s1", "--to", "cloud"]);
         c
     });
     assert!(out.contains("now runs on cloud"), "{out}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while device.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the device did not yield");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    device.wait(Duration::from_secs(30)).await;
     assert!(
-        device
-            .out
-            .lock()
-            .unwrap()
-            .contains("\"handed_to\":\"cloud\""),
+        device.output().contains("\"handed_to\":\"cloud\""),
         "{}",
-        device.out.lock().unwrap()
+        device.output()
     );
 
     // The cloud compacts by itself and finishes.
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let session = loop {
-        let v: Value = http
-            .get(format!("{base}/api/sessions/s1"))
-            .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["status"] == "done" {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "the cloud did not finish: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let session = agent
+        .api()
+        .until_status(&alice, "s1", &["done"], Duration::from_secs(120))
+        .await;
     let blocks: Vec<Value> = session["messages"]
         .as_array()
         .unwrap()
@@ -281,7 +167,7 @@ async fn a_handoff_during_a_compaction_resumes_in_the_cloud_and_finishes() {
     // Every request fitted the window by the fake's rule.
     for r in fake.requests() {
         assert!(
-            jarvis_agent::testing::count_tokens(&r.raw_body) <= WINDOW.parse().unwrap(),
+            jarvis_testkit::fake::count_tokens(&r.raw_body) <= WINDOW.parse().unwrap(),
             "a request passed the window"
         );
     }

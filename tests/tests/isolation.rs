@@ -6,40 +6,28 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jarvis_e2e::{CloudAgent, add_user, create_user_token};
-use jarvis_sync::client::{ClientConfig, ConnectionStatus, SyncClient};
+use jarvis_sync::client::{ConnectionStatus, SyncClient};
 use jarvis_sync::doc::{Block, Message, Role, SessionDoc};
-use jarvis_sync::store::SqliteStore;
+use jarvis_testkit::http::Api;
+use jarvis_testkit::sync_client::sync_client_with_backoff;
+use jarvis_testkit::{CloudAgent, add_user, create_user_token, hub_with_user};
 use serde_json::{Value, json};
 use yrs::{GetString, ReadTxn, Text, Transact};
 
 const T: Duration = Duration::from_secs(20);
 
-struct Http {
-    base: String,
-    http: reqwest::Client,
+/// The kit's API client, plus the refusal check every request here ends in.
+struct Http(Api);
+
+impl std::ops::Deref for Http {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.0
+    }
 }
 
 impl Http {
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
     /// A refusal: 403 or 404 with `{code, message}`, never the data.
     async fn refused(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> u16 {
         let (s, v) = self.call(method, path, token, body).await;
@@ -61,12 +49,9 @@ impl Http {
 }
 
 fn client(agent: &CloudAgent, token: &str, dir: &std::path::Path, name: &str) -> SyncClient {
-    let store = SqliteStore::open(&dir.join(format!("{name}.db"))).unwrap();
-    let mut config = ClientConfig::new(agent.sync_url(), token);
     // Slow retries, so the state after a closed socket can be observed before the next try.
-    config.min_backoff = Duration::from_secs(3);
-    config.max_backoff = Duration::from_secs(3);
-    SyncClient::start(config, Arc::new(store))
+    let slow = Duration::from_secs(3);
+    sync_client_with_backoff(agent, token, &dir.join(format!("{name}.db")), slow, slow)
 }
 
 /// The id of the token labelled `label` in a `GET /api/tokens` answer.
@@ -92,16 +77,11 @@ fn ids(list: &Value, key: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_cannot_reach_each_others_sessions_and_revoked_tokens_stop_at_once() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let alice = add_user(&data, "alice").unwrap();
+    let (tmp, data, alice) = hub_with_user("alice");
     let alice2 = create_user_token(&data, Some("alice"), &["*"], false).unwrap();
     let bob = add_user(&data, "bob").unwrap();
     let agent = CloudAgent::start(&data, 0).unwrap();
-    let api = Http {
-        base: format!("http://127.0.0.1:{}", agent.port),
-        http: reqwest::Client::new(),
-    };
+    let api = Http(agent.api());
 
     // Alice's workspace and session, with content in the session, a file and a blob.
     for (token, ws, session) in [(&alice, "wa", "sa"), (&bob, "wb", "sb")] {
@@ -143,8 +123,8 @@ async fn users_cannot_reach_each_others_sessions_and_revoked_tokens_stop_at_once
     let blob = b"secret binary".to_vec();
     let hash = blake3::hash(&blob).to_hex().to_string();
     let r = api
-        .http
-        .put(format!("{}/blobs/{hash}", api.base))
+        .http()
+        .put(format!("{}/blobs/{hash}", api.base()))
         .bearer_auth(&alice)
         .header("x-jarvis-workspace", "wa")
         .body(blob.clone())
@@ -267,8 +247,8 @@ async fn users_cannot_reach_each_others_sessions_and_revoked_tokens_stop_at_once
     // Blobs: not by naming her workspace, and not by naming his own.
     for ws in ["wa", "wb"] {
         let r = api
-            .http
-            .get(format!("{}/blobs/{hash}", api.base))
+            .http()
+            .get(format!("{}/blobs/{hash}", api.base()))
             .bearer_auth(&bob)
             .header("x-jarvis-workspace", ws)
             .send()
@@ -280,8 +260,8 @@ async fn users_cannot_reach_each_others_sessions_and_revoked_tokens_stop_at_once
         assert!(!body.contains("secret"), "{body}");
     }
     let r = api
-        .http
-        .put(format!("{}/blobs/{hash}", api.base))
+        .http()
+        .put(format!("{}/blobs/{hash}", api.base()))
         .bearer_auth(&bob)
         .header("x-jarvis-workspace", "wa")
         .body(blob.clone())
@@ -356,8 +336,8 @@ async fn users_cannot_reach_each_others_sessions_and_revoked_tokens_stop_at_once
     let (s, _) = api.call("GET", "/api/sessions/sa", &alice2, None).await;
     assert_eq!(s, 401);
     let r = api
-        .http
-        .get(format!("{}/blobs/{hash}", api.base))
+        .http()
+        .get(format!("{}/blobs/{hash}", api.base()))
         .bearer_auth(&alice2)
         .header("x-jarvis-workspace", "wa")
         .send()
@@ -389,14 +369,9 @@ async fn users_cannot_reach_each_others_sessions_and_revoked_tokens_stop_at_once
 /// refusal (found by the handoff benchmark, whose observer raced the registration).
 #[tokio::test]
 async fn a_document_refused_before_its_session_exists_opens_once_it_does() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let alice = add_user(&data, "alice").unwrap();
+    let (tmp, data, alice) = hub_with_user("alice");
     let agent = CloudAgent::start(&data, 0).unwrap();
-    let api = Http {
-        base: format!("http://127.0.0.1:{}", agent.port),
-        http: reqwest::Client::new(),
-    };
+    let api = Http(agent.api());
     let c = client(&agent, &alice, tmp.path(), "early");
     c.open("session/early").await.unwrap();
     let refused = c.wait_synced("session/early", T).await.unwrap_err();
@@ -427,19 +402,14 @@ async fn a_document_refused_before_its_session_exists_opens_once_it_does() {
 #[tokio::test]
 async fn the_session_list_stream_names_only_the_callers_sessions_and_ends_on_revocation() {
     use futures_util::StreamExt;
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let alice = add_user(&data, "alice").unwrap();
+    let (tmp, data, alice) = hub_with_user("alice");
     let alice2 = create_user_token(&data, Some("alice"), &["*"], false).unwrap();
     let bob = add_user(&data, "bob").unwrap();
     let agent = CloudAgent::start(&data, 0).unwrap();
-    let api = Http {
-        base: format!("http://127.0.0.1:{}", agent.port),
-        http: reqwest::Client::new(),
-    };
+    let api = Http(agent.api());
     let follow = |token: &str| {
         let r = api
-            .http
+            .http()
             .get(agent.http_url("/api/sessions/changes"))
             .bearer_auth(token);
         async move {
@@ -461,7 +431,7 @@ async fn the_session_list_stream_names_only_the_callers_sessions_and_ends_on_rev
     };
     let (seen, _) = follow(&alice).await;
     let (seen2, ended2) = follow(&alice2).await;
-    jarvis_e2e::eventually("both streams open", T, || {
+    jarvis_testkit::eventually("both streams open", T, || {
         seen.lock().unwrap().contains("following") && seen2.lock().unwrap().contains("following")
     })
     .await
@@ -481,7 +451,7 @@ async fn the_session_list_stream_names_only_the_callers_sessions_and_ends_on_rev
             .await;
         assert!(s == 200 || s == 201, "{v}");
     }
-    jarvis_e2e::eventually("alice told of her new session", T, || {
+    jarvis_testkit::eventually("alice told of her new session", T, || {
         seen.lock().unwrap().contains("\"alices-plans\"")
     })
     .await
@@ -501,7 +471,7 @@ async fn the_session_list_stream_names_only_the_callers_sessions_and_ends_on_rev
         }],
     })
     .unwrap();
-    jarvis_e2e::eventually("alice told of the device's edit", T, || {
+    jarvis_testkit::eventually("alice told of the device's edit", T, || {
         seen.lock().unwrap().matches("event: changed").count() > before
     })
     .await
@@ -528,7 +498,7 @@ async fn the_session_list_stream_names_only_the_callers_sessions_and_ends_on_rev
         )
         .await;
     assert!(s == 200 || s == 201, "{v}");
-    jarvis_e2e::eventually("the revoked token's stream ended", T, || {
+    jarvis_testkit::eventually("the revoked token's stream ended", T, || {
         ended2.load(std::sync::atomic::Ordering::SeqCst)
     })
     .await

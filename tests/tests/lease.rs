@@ -4,29 +4,14 @@
 //! fixed 5 s let its lease lapse: another device took the session in the middle of the call).
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-use std::process::Command;
-
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
-use jarvis_e2e::{CloudAgent, binary, create_token};
+use jarvis_testkit::cli::{jarvis_with_fake as jarvis, login};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
+use jarvis_testkit::{CloudAgent, create_token, hub_with_token};
 use serde_json::json;
-
-fn jarvis(home: &Path, fake: &str) -> Command {
-    let mut c = Command::new(binary("jarvis"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("JARVIS_HOME", home)
-        .env("ANTHROPIC_BASE_URL", fake)
-        .env("ANTHROPIC_API_KEY", "test-key")
-        .env("RUST_LOG", "warn");
-    c
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_second_lease_survives_a_six_second_tool_call() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let token = create_token(&data, &["*"], false).unwrap();
+    let (tmp, data, token) = hub_with_token(&["*"]);
     let agent = CloudAgent::start_with_env(&data, 0, &[("JARVIS_LEASE_TTL_MS", "2000")]).unwrap();
     let fake = FakeServer::start(vec![
         FakeResponse::sse(
@@ -48,16 +33,7 @@ async fn a_two_second_lease_survives_a_six_second_tool_call() {
     let home = tmp.path().join("home");
     let dir = tmp.path().join("project");
     std::fs::create_dir_all(&dir).unwrap();
-    let hub = format!("http://127.0.0.1:{}", agent.port);
-    let login = jarvis(&home, &fake.url())
-        .args(["login", &hub, "--token", &token])
-        .output()
-        .unwrap();
-    assert!(
-        login.status.success(),
-        "{}",
-        String::from_utf8_lossy(&login.stderr)
-    );
+    login(&home, &agent.base(), &token);
 
     let run = jarvis(&home, &fake.url())
         .arg("run")

@@ -5,22 +5,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jarvis_e2e::{CloudAgent, create_token, eventually};
-use jarvis_sync::client::{ClientConfig, SyncClient};
+use jarvis_sync::client::SyncClient;
 use jarvis_sync::doc::{EntryKind, FileEntry, WorkspaceIndex};
 use jarvis_sync::mirror::FileMirror;
-use jarvis_sync::store::SqliteStore;
+use jarvis_testkit::sync_client::sync_client;
+use jarvis_testkit::{CloudAgent, eventually, hub_with_token};
 
 const T: Duration = Duration::from_secs(20);
 
 fn client(agent: &CloudAgent, token: &str, db: &Path) -> Arc<SyncClient> {
-    let mut config = ClientConfig::new(agent.sync_url(), token);
-    config.min_backoff = Duration::from_millis(20);
-    config.max_backoff = Duration::from_millis(200);
-    Arc::new(SyncClient::start(
-        config,
-        Arc::new(SqliteStore::open(db).unwrap()),
-    ))
+    Arc::new(sync_client(agent, token, db))
 }
 
 fn read(p: &Path) -> Option<String> {
@@ -39,9 +33,7 @@ async fn until_file(path: &Path, want: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_mirrors_sync_merge_and_resist_hostile_entries() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let token = create_token(&data, &["ws/w1/*"], false).unwrap();
+    let (tmp, data, token) = hub_with_token(&["ws/w1/*"]);
     let agent = CloudAgent::start(&data, 0).unwrap();
     let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
     std::fs::create_dir_all(a_dir.join("src")).unwrap();

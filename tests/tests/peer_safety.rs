@@ -7,43 +7,27 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
-use jarvis_e2e::{CloudAgent, add_user, create_token, eventually};
+use futures_util::SinkExt;
 use jarvis_sync::awareness::{self, AwarenessEntry};
-use jarvis_sync::client::{ClientConfig, SyncClient};
+use jarvis_sync::client::SyncClient;
 use jarvis_sync::doc::{FileText, WorkspaceIndex};
 use jarvis_sync::mirror::FileMirror;
-use jarvis_sync::protocol::{AuthMessage, Frame, Limits, Message};
-use jarvis_sync::store::SqliteStore;
+use jarvis_sync::protocol::{AuthMessage, Frame, Message};
+use jarvis_testkit::fake::{FakeServer, text};
+use jarvis_testkit::socket::{Socket, auth, connect, next_frame, send};
+use jarvis_testkit::sync_client::sync_client;
+use jarvis_testkit::{CloudAgent, create_token, eventually, hub_with_token, hub_with_user};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use yrs::{Any, Map, Transact};
 
 const T: Duration = Duration::from_secs(30);
 
 fn client(agent: &CloudAgent, token: &str, db: &Path) -> Arc<SyncClient> {
-    let mut config = ClientConfig::new(agent.sync_url(), token);
-    config.min_backoff = Duration::from_millis(20);
-    config.max_backoff = Duration::from_millis(200);
-    Arc::new(SyncClient::start(
-        config,
-        Arc::new(SqliteStore::open(db).unwrap()),
-    ))
+    Arc::new(sync_client(agent, token, db))
 }
 
 async fn api(agent: &CloudAgent, token: &str, method: &str, path: &str, body: Value) -> Value {
-    let r = reqwest::Client::new()
-        .request(method.parse().unwrap(), agent.http_url(path))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{method} {path}: {status} {v}");
-    v
+    agent.api().ok(method, path, token, Some(body)).await
 }
 
 fn mode(p: &Path) -> Option<u32> {
@@ -86,21 +70,9 @@ const TEXT_ENTRIES: &[(&str, &str, i64)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_peer_sets_content_and_the_executable_bit_only() {
-    let fake = FakeServer::start(vec![FakeResponse::sse(
-        &reply("Ready.", &[], (10, 5, 0, 0)),
-        &[4096],
-    )])
-    .await
-    .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let alice = add_user(&data, "alice").unwrap();
-    let env = [
-        ("ANTHROPIC_BASE_URL", fake.url()),
-        ("ANTHROPIC_API_KEY", "test-key".to_owned()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let agent = CloudAgent::start_with_env(&data, 0, &env).unwrap();
+    let fake = FakeServer::start(vec![text("Ready.")]).await.unwrap();
+    let (tmp, data, alice) = hub_with_user("alice");
+    let agent = CloudAgent::with_fake(&data, &fake).unwrap();
     api(
         &agent,
         &alice,
@@ -236,55 +208,21 @@ async fn a_peer_sets_content_and_the_executable_bit_only() {
     }
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn raw(agent: &CloudAgent) -> Socket {
-    tokio_tungstenite::connect_async(agent.sync_url())
-        .await
-        .unwrap()
-        .0
-}
-
-async fn send(ws: &mut Socket, doc: &str, m: Message) {
-    ws.send(WsMessage::Binary(Frame::doc(doc, m).encode().into()))
-        .await
-        .unwrap();
-}
-
 /// The next document message, or the close (code, reason).
 async fn next(ws: &mut Socket) -> Result<Message, (u16, String)> {
     loop {
-        match tokio::time::timeout(T, ws.next())
-            .await
-            .expect("no answer from hub")
-        {
-            Some(Ok(WsMessage::Binary(b))) => {
-                if let Frame::Doc { message, .. } = Frame::decode(&b, &Limits::default()).unwrap() {
-                    return Ok(message);
-                }
-            }
-            Some(Ok(WsMessage::Close(f))) => {
-                let f = f.expect("a close frame with a code");
-                return Err((u16::from(f.code), f.reason.to_string()));
-            }
-            Some(Ok(_)) => continue,
-            other => panic!("socket ended without a close frame: {other:?}"),
+        match next_frame(ws, T).await {
+            Ok(Frame::Doc { message, .. }) => return Ok(message),
+            Ok(_) => continue,
+            Err(Some(close)) => return Err(close),
+            Err(None) => panic!("socket ended without a close frame"),
         }
     }
 }
 
 async fn open(agent: &CloudAgent, doc: &str, token: &str) -> Socket {
-    let mut ws = raw(agent).await;
-    send(
-        &mut ws,
-        doc,
-        Message::Auth(AuthMessage::Token {
-            token: token.into(),
-            provider_version: None,
-        }),
-    )
-    .await;
+    let mut ws = connect(agent).await;
+    ws.send(auth(doc, token)).await.unwrap();
     match next(&mut ws).await {
         Ok(Message::Auth(AuthMessage::Authenticated { .. })) => ws,
         other => panic!("not authenticated: {other:?}"),
@@ -318,9 +256,7 @@ async fn query(ws: &mut Socket, doc: &str) -> Vec<AwarenessEntry> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_capped_and_only_its_owner_changes_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let rw = create_token(&data, &["session/*"], false).unwrap();
+    let (_tmp, data, rw) = hub_with_token(&["session/*"]);
     let ro = create_token(&data, &["session/*"], true).unwrap();
     let agent = CloudAgent::start(&data, 0).unwrap();
     let doc = "session/presence";
@@ -360,7 +296,7 @@ async fn presence_is_capped_and_only_its_owner_changes_it() {
     assert!(reason.contains("presence"), "{reason}");
     // Nor grow the hub across documents: 2 KB states on document after document are cut off
     // at the per-connection budget (256 KiB, ~126 such states), long before 400 documents.
-    let mut flood = raw(&agent).await;
+    let mut flood = connect(&agent).await;
     let state = format!("\"{}\"", "x".repeat(2000));
     let mut closed = None;
     for i in 0..400u64 {
@@ -444,9 +380,7 @@ async fn saved_crashers_end_only_their_own_socket() {
         .collect();
     files.sort();
     assert!(files.len() >= 5, "{files:?}");
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let rw = create_token(&data, &["session/*"], false).unwrap();
+    let (_tmp, data, rw) = hub_with_token(&["session/*"]);
     let mut agent = CloudAgent::start(&data, 0).unwrap();
     for (i, f) in files.iter().enumerate() {
         let bytes = std::fs::read(f).unwrap();

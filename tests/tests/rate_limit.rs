@@ -7,8 +7,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
 use jarvis_e2e::{CloudAgent, binary, create_token};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
 
 fn jarvis(home: &Path, fake: &str) -> Command {
     let mut c = Command::new(binary("jarvis"));

@@ -6,15 +6,13 @@
 
 use std::time::Duration;
 
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
-use jarvis_e2e::comeback;
-use jarvis_e2e::device::{Stop, SyncDevice, converge, converge_folders};
-use jarvis_e2e::{CloudAgent, add_user, create_token};
+use jarvis_testkit::comeback;
+use jarvis_testkit::device::{Stop, SyncDevice, converge, converge_folders};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
+use jarvis_testkit::{CloudAgent, hub_with_token, hub_with_user};
 
 async fn device_comes_back(how: Stop) {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let token = create_token(&data, &["ws/notes/*"], false).unwrap();
+    let (tmp, data, token) = hub_with_token(&["ws/notes/*"]);
     let hub = CloudAgent::start(&data, 0).unwrap();
     let url = format!("http://127.0.0.1:{}", hub.port);
     let mut a = SyncDevice::new("a", tmp.path(), &url, &token, "notes").unwrap();
@@ -69,18 +67,14 @@ async fn the_cloud_runner_restarted_loses_nothing() {
     )])
     .await
     .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let alice = add_user(&data, "alice").unwrap();
-    let env = [
-        ("ANTHROPIC_BASE_URL", fake.url()),
-        ("ANTHROPIC_API_KEY", "test-key".to_owned()),
-        ("JARVIS_SANDBOX", "limits".to_owned()),
-        // Unconfined by choice: this test is about the mirror, not containment (sandbox.rs).
-        ("JARVIS_ALLOW_UNSANDBOXED", "1".to_owned()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let agent = CloudAgent::start_with_env(&data, 0, &env).unwrap();
+    let (tmp, data, alice) = hub_with_user("alice");
+    // Unconfined by choice: this test is about the mirror, not containment (sandbox.rs).
+    let agent = CloudAgent::options(&data)
+        .fake_model(&fake)
+        .unconfined()
+        .start()
+        .unwrap();
+    let again = agent.again();
     let port = agent.port;
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
@@ -116,7 +110,7 @@ async fn the_cloud_runner_restarted_loses_nothing() {
     // While the server is down: the runner's folder changes, and the device edits offline.
     comeback::edit_offline(&cloud_dir).unwrap();
     comeback::edit_elsewhere(&a.dir).unwrap();
-    let agent = CloudAgent::start_with_env(&data, port, &env).unwrap();
+    let agent = again.start().unwrap();
     let all = match converge_folders(&folders, Duration::from_secs(60), comeback::merged).await {
         Ok(s) => s,
         Err(e) => panic!("{e}\n{}", a.log()),
@@ -131,9 +125,7 @@ async fn the_cloud_runner_restarted_loses_nothing() {
 /// behind are removed when it starts again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_upload_is_retried_and_partial_uploads_are_cleaned() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let token = create_token(&data, &["ws/notes/*"], false).unwrap();
+    let (tmp, data, token) = hub_with_token(&["ws/notes/*"]);
     let hub = CloudAgent::start(&data, 0).unwrap();
     let port = hub.port;
     let url = format!("http://127.0.0.1:{port}");
@@ -155,7 +147,7 @@ async fn a_failed_upload_is_retried_and_partial_uploads_are_cleaned() {
     std::fs::write(&part, vec![7u8; 1 << 20]).unwrap();
     // A binary file saved while the hub is down: its upload fails.
     a.write("photo.bin", comeback::binary_version(9)).unwrap();
-    jarvis_e2e::eventually(
+    jarvis_testkit::eventually(
         "the status line says the upload waits",
         Duration::from_secs(30),
         || {
@@ -182,7 +174,7 @@ async fn a_failed_upload_is_retried_and_partial_uploads_are_cleaned() {
     .await
     .unwrap();
     assert_eq!(all["photo.bin"].0, comeback::binary_version(9));
-    jarvis_e2e::eventually(
+    jarvis_testkit::eventually(
         "the status line says nothing waits",
         Duration::from_secs(10),
         || a.log().contains("every upload has reached the hub"),

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
-use jarvis_e2e::{CloudAgent, add_user};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, text, tool};
+use jarvis_testkit::http::Api;
+use jarvis_testkit::{CloudAgent, add_user, hub_with_user};
 use serde_json::{Value, json};
 
 const PROVIDER_KEY: &str = "sk-ant-test-provider-key-5c1d0e";
@@ -18,16 +19,14 @@ const GITHUB_TOKEN: &str = "ghp_test_server_token_8a7b6c";
 
 /// An API client that keeps every response body, so a test can search all of them.
 struct Client {
-    base: String,
-    http: reqwest::Client,
+    api: Api,
     seen: Mutex<Vec<String>>,
 }
 
 impl Client {
     fn new(agent: &CloudAgent) -> Self {
         Client {
-            base: format!("http://127.0.0.1:{}", agent.port),
-            http: reqwest::Client::new(),
+            api: agent.api(),
             seen: Mutex::new(Vec::new()),
         }
     }
@@ -39,37 +38,19 @@ impl Client {
         token: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
+        let (status, text) = self.api.call_text(method, path, token, body).await;
         self.seen.lock().unwrap().push(text.clone());
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     /// Waits until the session stops running (done or failed).
     async fn finished(&self, token: &str, id: &str, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let (s, v) = self
-                .call("GET", &format!("/api/sessions/{id}"), token, None)
-                .await;
-            assert_eq!(s, 200, "{v}");
-            if v["status"] == "done" || v["status"] == "failed" {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "session {id} did not finish: {v}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let v = self
+            .api
+            .until_status(token, id, &["done", "failed"], timeout)
+            .await;
+        self.seen.lock().unwrap().push(v.to_string());
+        v
     }
 
     fn responses(&self) -> String {
@@ -78,26 +59,11 @@ impl Client {
 }
 
 fn bash(id: &str, command: &str, timeout_ms: u64) -> FakeResponse {
-    FakeResponse::sse(
-        &reply(
-            "",
-            &[(
-                id,
-                "bash",
-                json!({"command": command, "timeout_ms": timeout_ms}),
-            )],
-            (10, 5, 0, 0),
-        ),
-        &[4096],
+    tool(
+        id,
+        "bash",
+        json!({"command": command, "timeout_ms": timeout_ms}),
     )
-}
-
-fn tool(id: &str, name: &str, input: Value) -> FakeResponse {
-    FakeResponse::sse(&reply("", &[(id, name, input)], (10, 5, 0, 0)), &[4096])
-}
-
-fn text(t: &str) -> FakeResponse {
-    FakeResponse::sse(&reply(t, &[], (10, 5, 0, 0)), &[4096])
 }
 
 /// The result of tool call `id` in a session: (content, is_error).
@@ -158,9 +124,7 @@ fn broken_bwrap(dir: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_non_admins_cloud_bash_reaches_nothing_and_leaves_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let alice = add_user(&data, "alice").unwrap();
+    let (_tmp, data, alice) = hub_with_user("alice");
     // What the attacker is after: another user's materialised workspace and the server's files.
     std::fs::create_dir_all(data.join("workspaces/bobs")).unwrap();
     std::fs::write(data.join("workspaces/bobs/plans.txt"), "bob-private-plans").unwrap();
@@ -376,9 +340,7 @@ async fn a_non_admins_cloud_bash_reaches_nothing_and_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_namespaces_commands_are_refused_unless_the_operator_opts_in() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let alice = add_user(&data, "alice").unwrap();
+    let (tmp, data, alice) = hub_with_user("alice");
     let bwrap = broken_bwrap(tmp.path());
     let fake = FakeServer::start(vec![
         bash("refused", "echo should-not-run", 5_000),
@@ -528,9 +490,7 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_secret_reaches_only_the_process_that_names_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let alice = add_user(&data, "alice").unwrap();
+    let (tmp, data, alice) = hub_with_user("alice");
     let bob = add_user(&data, "bob").unwrap();
     let secret = format!("s3cr3t-{:016x}", 0x5eed_u64 * std::process::id() as u64);
     let hash = {
@@ -675,7 +635,7 @@ async fn a_secret_reaches_only_the_process_that_names_it() {
     assert!(seen.contains("bob sees [nothing]"), "{seen}");
 
     // Audited, without the value.
-    let admin_token = jarvis_e2e::create_token(&data, &["*"], false).unwrap();
+    let admin_token = jarvis_testkit::create_token(&data, &["*"], false).unwrap();
     let (s, audit) = api.call("GET", "/api/audit", &admin_token, None).await;
     assert_eq!(s, 200, "{audit}");
     let audit_text = audit.to_string();

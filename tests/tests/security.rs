@@ -10,42 +10,18 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jarvis_agent::testing::{FakeOptions, FakeResponse, FakeServer, RecordedRequest, reply};
-use jarvis_e2e::{CloudAgent, add_user, create_token};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, RecordedRequest, reply, text};
+use jarvis_testkit::git::git_as;
+use jarvis_testkit::poll::until_async as until;
+use jarvis_testkit::sign::github_signature as sign;
+use jarvis_testkit::{CloudAgent, add_user, create_token};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "webhook-secret-for-security-tests";
 
-fn sign(body: &[u8], secret: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("body");
-    std::fs::write(&f, body).unwrap();
-    let out = Command::new("openssl")
-        .args(["dgst", "-sha256", "-hmac", secret, "-hex"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    let s = String::from_utf8(out.stdout).unwrap();
-    format!("sha256={}", s.trim().rsplit(' ').next().unwrap())
-}
-
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Stranger")
-        .env("GIT_AUTHOR_EMAIL", "s@example.com")
-        .env("GIT_COMMITTER_NAME", "Stranger")
-        .env("GIT_COMMITTER_EMAIL", "s@example.com")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    git_as(dir, "Stranger", "s@example.com", args)
 }
 
 async fn api(
@@ -55,26 +31,7 @@ async fn api(
     token: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut r = reqwest::Client::new()
-        .request(method, agent.http_url(path))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-async fn until<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    agent.api().call(method.as_str(), path, token, body).await
 }
 
 fn now_ms() -> u64 {
@@ -141,51 +98,36 @@ async fn a_pull_request_that_plants_an_agent_runs_nothing() {
         ],
     );
 
-    let llm = FakeServer::start_with(
-        vec![],
-        FakeOptions {
-            keep_alive: false,
-            responder: Some(Arc::new(|_: &RecordedRequest| {
-                FakeResponse::sse(
-                    &reply("Looks risky: it adds an agent.", &[], (10, 5, 0, 0)),
-                    &[64],
-                )
-            })),
-        },
-    )
+    let llm = FakeServer::answering(|_: &RecordedRequest| {
+        FakeResponse::sse(
+            &reply("Looks risky: it adds an agent.", &[], (10, 5, 0, 0)),
+            &[64],
+        )
+    })
     .await
     .unwrap();
-    let github = FakeServer::start_with(
-        vec![],
-        FakeOptions {
-            keep_alive: false,
-            responder: Some(Arc::new(|r: &RecordedRequest| {
-                if r.method == "POST" && r.path.ends_with("/reviews") {
-                    FakeResponse::raw(200, r#"{"id": 1}"#)
-                } else {
-                    FakeResponse::raw(404, r#"{"message":"Not Found"}"#)
-                }
-            })),
-        },
-    )
+    let github = FakeServer::answering(|r: &RecordedRequest| {
+        if r.method == "POST" && r.path.ends_with("/reviews") {
+            FakeResponse::raw(200, r#"{"id": 1}"#)
+        } else {
+            FakeResponse::raw(404, r#"{"message":"Not Found"}"#)
+        }
+    })
     .await
     .unwrap();
-    let env = [
-        ("ANTHROPIC_BASE_URL", llm.url()),
-        ("ANTHROPIC_API_KEY", "test-key".into()),
-        ("JARVIS_SANDBOX", "limits".into()),
-        ("JARVIS_ALLOW_UNSANDBOXED", "1".into()),
-        ("JARVIS_GITHUB_WEBHOOK_SECRET", SECRET.into()),
-        ("JARVIS_GITHUB_API_URL", github.url()),
-        (
+    let agent = CloudAgent::options(data.path())
+        .fake_model(&llm)
+        .unconfined()
+        .env("JARVIS_GITHUB_WEBHOOK_SECRET", SECRET)
+        .env("JARVIS_GITHUB_API_URL", &github.url())
+        .env(
             "JARVIS_GITHUB_CLONE_URL",
-            format!("file://{}", repos.path().display()),
-        ),
-        ("JARVIS_AGENTS_RELOAD_S", "1".into()),
-        ("JARVIS_AGENTS_TICK_MS", "50".into()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let agent = CloudAgent::start_with_env(data.path(), 0, &env).unwrap();
+            &format!("file://{}", repos.path().display()),
+        )
+        .env("JARVIS_AGENTS_RELOAD_S", "1")
+        .env("JARVIS_AGENTS_TICK_MS", "50")
+        .start()
+        .unwrap();
     let admin = create_token(data.path(), &["*"], false).unwrap();
 
     let payload = json!({
@@ -407,7 +349,7 @@ async fn anonymous_oversized_and_stalled_bodies_are_refused_before_they_are_read
     assert!(status == 0 || status == 408, "{status}");
     assert!(took < Duration::from_secs(5), "{took:?}");
     // The server still answers everyone.
-    let (status, _) = jarvis_e2e::http_get(p, "/healthz").await.unwrap();
+    let (status, _) = jarvis_testkit::http_get(p, "/healthz").await.unwrap();
     assert_eq!(status, 200);
 }
 
@@ -527,7 +469,7 @@ async fn run_settings_written_into_the_session_document_grant_nothing() {
             ),
             &[4096],
         ),
-        FakeResponse::sse(&reply("done", &[], (10, 5, 0, 0)), &[4096]),
+        text("done"),
     ])
     .await
     .unwrap();
@@ -704,7 +646,7 @@ async fn a_member_cannot_create_documents_or_blobs_past_their_quota() {
 fn token_create_says_what_each_recipe_can_do() {
     let data = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(jarvis_e2e::binary("jarvis-cloud"))
+        let out = Command::new(jarvis_testkit::binary("jarvis-cloud"))
             .args(["token", "create", "--data-dir"])
             .arg(data.path())
             .args(args)

@@ -6,7 +6,7 @@
 //! (replay a seed with `JARVIS_SOAK_SEED=<seed>`).
 #![allow(clippy::unwrap_used)]
 
-use jarvis_e2e::soak::{SoakConfig, run};
+use jarvis_testkit::soak::{SoakConfig, run};
 
 async fn soak(restarts: u32) {
     let tmp = tempfile::tempdir().unwrap();

@@ -4,24 +4,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use jarvis_e2e::{CloudAgent, create_token, eventually, http_get};
+use futures_util::SinkExt;
 use jarvis_sync::client::{ClientConfig, SyncClient};
 use jarvis_sync::doc::{self, Block, FileText, Role, SessionDoc};
-use jarvis_sync::protocol::{AuthMessage, Frame, Limits, Message, SyncMessage};
+use jarvis_sync::protocol::{AuthMessage, Frame, Message, SyncMessage};
 use jarvis_sync::store::SqliteStore;
+use jarvis_testkit::socket::{self, Socket, auth, connect};
+use jarvis_testkit::sync_client::sync_client;
+use jarvis_testkit::{CloudAgent, create_token, eventually, http_get, hub_with_token};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use yrs::{GetString, Text, Transact};
 
 const T: Duration = Duration::from_secs(20);
 
 fn client(agent: &CloudAgent, token: &str, dir: &std::path::Path, name: &str) -> SyncClient {
-    let store = SqliteStore::open(&dir.join(format!("{name}.db"))).unwrap();
-    let mut config = ClientConfig::new(agent.sync_url(), token);
-    config.min_backoff = Duration::from_millis(20);
-    config.max_backoff = Duration::from_millis(200);
-    SyncClient::start(config, Arc::new(store))
+    sync_client(agent, token, &dir.join(format!("{name}.db")))
 }
 
 fn text_of(doc: &yrs::Doc, name: &str) -> String {
@@ -48,9 +45,7 @@ fn user_message(id: &str, author: &str, text: &str) -> doc::Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_converge_including_offline_edits() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("hub");
-    let token = create_token(&data, &["*"], false).unwrap();
+    let (dir, data, token) = hub_with_token(&["*"]);
     let agent = CloudAgent::start(&data, 0).unwrap();
     let a = client(&agent, &token, dir.path(), "a");
     let b = client(&agent, &token, dir.path(), "b");
@@ -157,9 +152,7 @@ async fn two_clients_converge_including_offline_edits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_acknowledged_update() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("hub");
-    let token = create_token(&data, &["*"], false).unwrap();
+    let (dir, data, token) = hub_with_token(&["*"]);
     let agent = CloudAgent::start(&data, 0).unwrap();
     let port = agent.port;
     let url = agent.sync_url();
@@ -228,9 +221,7 @@ async fn kill_9_loses_no_acknowledged_update() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_commits_and_exits_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("hub");
-    let token = create_token(&data, &["session/*"], false).unwrap();
+    let (dir, data, token) = hub_with_token(&["session/*"]);
     let agent = CloudAgent::start(&data, 0).unwrap();
     let port = agent.port;
     let c = client(&agent, &token, dir.path(), "c");
@@ -248,56 +239,22 @@ async fn sigterm_commits_and_exits_cleanly() {
     assert_eq!(text_of(&doc2, "x"), "before shutdown");
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn raw(agent: &CloudAgent) -> Socket {
-    tokio_tungstenite::connect_async(agent.sync_url())
-        .await
-        .unwrap()
-        .0
+    connect(agent).await
 }
 
-async fn next_frame(ws: &mut Socket) -> Result<Frame, Option<(CloseCode, String)>> {
-    loop {
-        match tokio::time::timeout(T, ws.next())
-            .await
-            .expect("no answer from hub")
-        {
-            Some(Ok(WsMessage::Binary(b))) => {
-                return Ok(Frame::decode(&b, &Limits::default()).unwrap());
-            }
-            Some(Ok(WsMessage::Close(f))) => {
-                return Err(f.map(|f| (f.code, f.reason.to_string())));
-            }
-            Some(Ok(_)) => continue,
-            _ => return Err(None),
-        }
-    }
+async fn next_frame(ws: &mut Socket) -> Result<Frame, Option<(u16, String)>> {
+    socket::next_frame(ws, T).await
 }
 
 async fn expect_close(ws: &mut Socket) -> (u16, String) {
     loop {
         match next_frame(ws).await {
             Ok(_) => continue,
-            Err(Some((code, reason))) => return (u16::from(code), reason),
+            Err(Some((code, reason))) => return (code, reason),
             Err(None) => panic!("socket ended without a close frame"),
         }
     }
-}
-
-fn auth(doc: &str, token: &str) -> WsMessage {
-    WsMessage::Binary(
-        Frame::doc(
-            doc,
-            Message::Auth(AuthMessage::Token {
-                token: token.into(),
-                provider_version: None,
-            }),
-        )
-        .encode()
-        .into(),
-    )
 }
 
 async fn expect_denied(ws: &mut Socket, doc: &str, token: &str) -> String {
@@ -313,9 +270,7 @@ async fn expect_denied(ws: &mut Socket, doc: &str, token: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_ends_only_the_offending_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("hub");
-    let token = create_token(&data, &["session/*"], false).unwrap();
+    let (dir, data, token) = hub_with_token(&["session/*"]);
     let other_doc_token = create_token(&data, &["session/other"], false).unwrap();
     let mut agent = CloudAgent::start(&data, 0).unwrap();
 
@@ -410,7 +365,7 @@ async fn bad_input_ends_only_the_offending_connection() {
     let (status, _) = http_get(agent.port, "/metrics").await.unwrap();
     assert_eq!(status, 401);
     let monitor = create_token(&data, &["metrics"], true).unwrap();
-    let (_, metrics) = jarvis_e2e::http_get_as(agent.port, "/metrics", Some(&monitor))
+    let (_, metrics) = jarvis_testkit::http_get_as(agent.port, "/metrics", Some(&monitor))
         .await
         .unwrap();
     let denied: u64 = metrics
@@ -430,9 +385,7 @@ async fn bad_input_ends_only_the_offending_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_tokens_cannot_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("hub");
-    let rw = create_token(&data, &["session/*"], false).unwrap();
+    let (dir, data, rw) = hub_with_token(&["session/*"]);
     let ro = create_token(&data, &["session/shared"], true).unwrap();
     let agent = CloudAgent::start(&data, 0).unwrap();
     let writer = client(&agent, &rw, dir.path(), "w");

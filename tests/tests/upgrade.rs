@@ -6,10 +6,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use jarvis_e2e::{CloudAgent, binary, eventually};
+use jarvis_testkit::cli::{login, spawn_sync};
+use jarvis_testkit::fs::copy_dir;
+use jarvis_testkit::{CloudAgent, eventually};
 use serde_json::Value;
 
 /// Where make.sh kept the synced folder.
@@ -21,36 +23,6 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn jarvis(home: &Path) -> Command {
-    let mut c = Command::new(binary("jarvis"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("JARVIS_HOME", home);
-    c
 }
 
 fn unpack(into: &Path) -> Value {
@@ -143,24 +115,8 @@ async fn a_hub_and_a_device_from_db3b687_open_in_this_build() {
     let fresh_home = tmp.path().join("fresh-home");
     let fresh = tmp.path().join("fresh/notes");
     std::fs::create_dir_all(&fresh).unwrap();
-    let out = jarvis(&fresh_home)
-        .args(["login", &hub, "--token", admin])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _fresh_sync = Killed(
-        jarvis(&fresh_home)
-            .arg("sync")
-            .arg(&fresh)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    login(&fresh_home, &hub, admin);
+    let _fresh_sync = spawn_sync(&fresh_home, &fresh);
     // The device remembers its folder by path: the upgrade happens in place, so the folder
     // goes back exactly where the old build synced it (see make.sh).
     let old_folder = PathBuf::from(FOLDER);
@@ -203,15 +159,7 @@ async fn a_hub_and_a_device_from_db3b687_open_in_this_build() {
         std::fs::read_to_string(&notes).unwrap()
     );
     std::fs::write(&notes, &edited).unwrap();
-    let _old_sync = Killed(
-        jarvis(&old_home)
-            .arg("sync")
-            .arg(&old_folder)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _old_sync = spawn_sync(&old_home, &old_folder);
     let fresh_notes = fresh.join("notes.md");
     let want = edited.clone();
     eventually(

@@ -6,11 +6,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jarvis_agent::testing::{FakeOptions, FakeResponse, FakeServer, RecordedRequest, reply};
-use jarvis_e2e::{CloudAgent, create_token};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, RecordedRequest, reply};
+use jarvis_testkit::git::git_as;
+use jarvis_testkit::poll::until;
+use jarvis_testkit::sign::github_signature as sign;
+use jarvis_testkit::{CloudAgent, create_token};
 use serde_json::{Value, json};
 
 const SECRET: &str = "webhook-secret-for-tests";
@@ -24,36 +26,8 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
-fn sign(body: &[u8], secret: &str) -> String {
-    // HMAC-SHA256 by the openssl CLI: independent of the server's implementation.
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("body");
-    std::fs::write(&f, body).unwrap();
-    let out = Command::new("openssl")
-        .args(["dgst", "-sha256", "-hmac", secret, "-hex"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    let s = String::from_utf8(out.stdout).unwrap();
-    format!("sha256={}", s.trim().rsplit(' ').next().unwrap())
-}
-
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Codertocat")
-        .env("GIT_AUTHOR_EMAIL", "c@example.com")
-        .env("GIT_COMMITTER_NAME", "Codertocat")
-        .env("GIT_COMMITTER_EMAIL", "c@example.com")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    git_as(dir, "Codertocat", "c@example.com", args)
 }
 
 /// `<root>/Codertocat/Hello-World.git` with `master` and the pull requests' heads under
@@ -161,34 +135,21 @@ async fn setup_with(delay: Duration) -> Setup {
     let data = tempfile::tempdir().unwrap();
     let repos = tempfile::tempdir().unwrap();
     let (base, head) = hello_world(repos.path());
-    let llm = FakeServer::start_with(
-        vec![],
-        FakeOptions {
-            keep_alive: false,
-            responder: Some(Arc::new(move |_: &RecordedRequest| {
-                FakeResponse::sse(&reply(REVIEW, &[], (900, 60, 0, 0)), &[64]).with_delay(delay)
-            })),
-        },
-    )
+    let llm = FakeServer::answering(move |_: &RecordedRequest| {
+        FakeResponse::sse(&reply(REVIEW, &[], (900, 60, 0, 0)), &[64]).with_delay(delay)
+    })
     .await
     .unwrap();
-    let github = FakeServer::start_with(
-        vec![],
-        FakeOptions {
-            keep_alive: false,
-            responder: Some(Arc::new(|r: &RecordedRequest| {
-                if r.method == "POST" && r.path.ends_with("/reviews") {
-                    FakeResponse::raw(
-                        200,
-                        &json!({"id": 80, "state": "COMMENTED", "body": r.body["body"]})
-                            .to_string(),
-                    )
-                } else {
-                    FakeResponse::raw(404, r#"{"message":"Not Found"}"#)
-                }
-            })),
-        },
-    )
+    let github = FakeServer::answering(|r: &RecordedRequest| {
+        if r.method == "POST" && r.path.ends_with("/reviews") {
+            FakeResponse::raw(
+                200,
+                &json!({"id": 80, "state": "COMMENTED", "body": r.body["body"]}).to_string(),
+            )
+        } else {
+            FakeResponse::raw(404, r#"{"message":"Not Found"}"#)
+        }
+    })
     .await
     .unwrap();
     let env = env_for(&llm, &github, repos.path());
@@ -229,17 +190,6 @@ async fn deliver(
     let resp = r.send().await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-async fn until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn reviews(github: &FakeServer) -> Vec<RecordedRequest> {
@@ -461,15 +411,9 @@ async fn a_mention_in_a_pr_comment_asks_for_a_review_other_events_are_ignored() 
 async fn the_repository_is_fetched_over_http_with_the_token_as_a_header_never_in_the_url() {
     let data = tempfile::tempdir().unwrap();
     // A Git host that knows no repositories: it records what git asked and answers 404.
-    let host = FakeServer::start_with(
-        vec![],
-        FakeOptions {
-            keep_alive: false,
-            responder: Some(Arc::new(|_: &RecordedRequest| {
-                FakeResponse::raw(404, "Repository not found.")
-            })),
-        },
-    )
+    let host = FakeServer::answering(|_: &RecordedRequest| {
+        FakeResponse::raw(404, "Repository not found.")
+    })
     .await
     .unwrap();
     let agent = CloudAgent::start_with_env(

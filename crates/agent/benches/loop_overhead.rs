@@ -13,9 +13,9 @@ use futures_util::StreamExt;
 use jarvis_agent::anthropic::{AnthropicProvider, Auth};
 use jarvis_agent::permissions::{Mode, Permissions};
 use jarvis_agent::runner::{Outcome, Runner, RunnerConfig};
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply, sse_body};
 use jarvis_agent::tools::ToolBox;
 use jarvis_sync::doc::{Block, SessionDoc};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, reply, sse_body};
 use tokio_util::sync::CancellationToken;
 use yrs::Doc;
 
@@ -63,7 +63,7 @@ impl jarvis_agent::anthropic::Provider for Replay {
 }
 
 fn in_memory(events: &[serde_json::Value], text: &str) -> (f64, f64, usize) {
-    let chunks = jarvis_agent::testing::split(sse_body(events).as_bytes(), &[1024]);
+    let chunks = jarvis_testkit::fake::split(sse_body(events).as_bytes(), &[1024]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

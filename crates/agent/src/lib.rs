@@ -18,5 +18,4 @@ pub mod sandbox;
 pub mod settings;
 pub mod shells;
 pub mod sse;
-pub mod testing;
 pub mod tools;

@@ -2,36 +2,21 @@
 //! UserPromptSubmit, Stop), nested memory, and "always allow" kept across runners.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use jarvis_agent::anthropic::{AnthropicProvider, Auth};
+use jarvis_agent::anthropic::AnthropicProvider;
 use jarvis_agent::memory::Location;
 use jarvis_agent::permissions::{Mode, Permissions};
-use jarvis_agent::runner::{Outcome, Runner, RunnerConfig};
+use jarvis_agent::runner::{Outcome, Runner};
 use jarvis_agent::settings::{AllowStore, ClaudeSetup, FileAllowStore, OwnDevice, Unapproved};
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
 use jarvis_agent::tools::{Sandbox, ToolBox};
 use jarvis_sync::doc::{Block, Decision, Role, SessionDoc};
+use jarvis_testkit::agent::{provider, runner_config as config};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use yrs::Doc;
-
-fn provider(server: &FakeServer) -> AnthropicProvider {
-    AnthropicProvider::new(
-        &server.url(),
-        Auth::ApiKey("sk-test-not-a-real-key".into()),
-        BTreeMap::new(),
-    )
-}
-
-fn config() -> RunnerConfig {
-    let mut c = RunnerConfig::new("fake-model", "laptop");
-    c.flush_interval = Duration::from_millis(1);
-    c
-}
 
 fn write(root: &Path, rel: &str, text: &str) {
     let p = root.join(rel);

@@ -4,39 +4,24 @@
 //! answers a request over the window as the real API does.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jarvis_agent::anthropic::{AnthropicProvider, Auth, Retry};
-use jarvis_agent::compaction::SUMMARY_PROMPT;
 use jarvis_agent::models::{ModelInfo, Pricing};
 use jarvis_agent::permissions::{Mode, Permissions};
 use jarvis_agent::runner::{CONTINUE_PROMPT, Outcome, Runner, RunnerConfig};
-use jarvis_agent::testing::{
-    FakeOptions, FakeResponse, FakeServer, RecordedRequest, count_tokens, reply,
-};
 use jarvis_agent::tools::ToolBox;
 use jarvis_sync::doc::{Block, Role, SessionDoc};
+use jarvis_testkit::agent::{is_summary_request, last_step, provider};
+use jarvis_testkit::fake::{
+    FakeOptions, FakeResponse, FakeServer, RecordedRequest, count_tokens, reply,
+};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 const WINDOW: u64 = 20_000;
 const STEPS: u32 = 300;
-
-fn provider(server: &FakeServer) -> AnthropicProvider {
-    AnthropicProvider::new(
-        &server.url(),
-        Auth::ApiKey("sk-test-not-a-real-key".into()),
-        BTreeMap::new(),
-    )
-    .with_retry(Retry {
-        attempts: 3,
-        base: Duration::from_millis(5),
-        max: Duration::from_millis(20),
-    })
-}
 
 fn config(window: u64, max_output: u32) -> RunnerConfig {
     let info = ModelInfo::custom(
@@ -55,24 +40,6 @@ fn is_messages(r: &RecordedRequest) -> bool {
     r.method == "POST" && r.path == "/v1/messages"
 }
 
-fn is_summary_request(r: &RecordedRequest) -> bool {
-    let last = &r.body["messages"].as_array().unwrap().last().unwrap()["content"];
-    last.as_array()
-        .and_then(|c| c.last())
-        .and_then(|b| b["text"].as_str())
-        .is_some_and(|t| t.starts_with(SUMMARY_PROMPT))
-}
-
-/// The highest step the visible transcript (or its summary) shows as written.
-fn last_step(r: &RecordedRequest) -> u32 {
-    let re = regex::Regex::new(r"steps/(\d+)\.txt").unwrap();
-    let text = r.body["messages"].to_string();
-    re.captures_iter(&text)
-        .filter_map(|c| c[1].parse().ok())
-        .max()
-        .unwrap_or(0)
-}
-
 fn usage_for(r: &RecordedRequest, output: &str) -> (u64, u64, u64, u64) {
     // Everything reported as cache read and write, as the API does with breakpoints; the
     // meter adds the three counts.
@@ -89,8 +56,8 @@ fn usage_for(r: &RecordedRequest, output: &str) -> (u64, u64, u64, u64) {
 /// A scripted model doing a 300-step task: step N writes steps/N.txt (about 1 KB), a summary
 /// request gets a summary naming the last step, and after step 300 it ends its turn.
 fn step_model(r: &RecordedRequest) -> FakeResponse {
-    let done = last_step(r);
-    if is_summary_request(r) {
+    let done = last_step(&r.body);
+    if is_summary_request(&r.body) {
         let s = format!(
             "The user asked for {STEPS} steps. Wrote steps/1.txt through steps/{done}.txt; each step writes the next file."
         );
@@ -128,7 +95,7 @@ async fn long_run(
     let m = meter.clone();
     let responder = move |r: &RecordedRequest| {
         let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
-        if is_messages(r) && !is_summary_request(r) {
+        if is_messages(r) && !is_summary_request(&r.body) {
             // The runner writes the meter just before it sends; this request is that one.
             if let Some((tokens, _)) = doc.context() {
                 m.lock().unwrap().push((tokens, count_tokens(&r.raw_body)));
@@ -260,7 +227,7 @@ async fn handoffs_mid_run_and_during_a_compaction_reach_the_same_end() {
     let run = long_run(
         doc.clone(),
         move |r, n| {
-            if is_messages(r) && is_summary_request(r) {
+            if is_messages(r) && is_summary_request(&r.body) {
                 return s.fetch_add(1, Ordering::SeqCst) + 1 == 2;
             }
             n == 40
@@ -549,7 +516,7 @@ async fn prompt_too_long_from_the_provider_compacts_and_asks_again() {
         FakeOptions {
             keep_alive: true,
             responder: Some(Arc::new(|r: &RecordedRequest| {
-                if is_summary_request(r) {
+                if is_summary_request(&r.body) {
                     return FakeResponse::sse(
                         &reply(
                             "Summary: the user said hello many times.",

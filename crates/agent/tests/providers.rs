@@ -3,16 +3,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jarvis_agent::permissions::{Mode, Permissions};
 use jarvis_agent::providers::{
     EventStreamDecoder, ProviderConfig, SignedParts, encode_event_message, sigv4_headers,
 };
 use jarvis_agent::runner::{Outcome, Runner, RunnerConfig};
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
 use jarvis_agent::tools::ToolBox;
 use jarvis_sync::doc::{Block, Role, SessionDoc};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
+use jarvis_testkit::sign::{amz_date, rsa_key};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use yrs::Doc;
@@ -81,21 +82,6 @@ fn edit_call() -> (&'static str, &'static str, Value) {
         "edit",
         json!({"path": "hello.txt", "old_string": "world", "new_string": "Jarvis"}),
     )
-}
-
-/// `20261124T040205Z` → SystemTime.
-fn amz_date(s: &str) -> SystemTime {
-    let n = |a: usize, b: usize| s[a..b].parse::<i64>().unwrap();
-    let (y, m, d) = (n(0, 4), n(4, 6), n(6, 8));
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let secs = days * 86400 + n(9, 11) * 3600 + n(11, 13) * 60 + n(13, 15);
-    UNIX_EPOCH + Duration::from_secs(secs as u64)
 }
 
 #[tokio::test]
@@ -208,30 +194,7 @@ fn event_stream_checksums_are_verified() {
 }
 
 fn rsa_keypair(dir: &std::path::Path) -> (String, String) {
-    let key = dir.join("key.pem");
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&key)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl is needed for this test (scripts/install-deps.sh installs it)");
-    assert!(ok.success(), "openssl genpkey failed");
-    let out = std::process::Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    (
-        std::fs::read_to_string(&key).unwrap(),
-        String::from_utf8(out.stdout).unwrap(),
-    )
+    rsa_key(&dir.join("key.pem"))
 }
 
 #[tokio::test]

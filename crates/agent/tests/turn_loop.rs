@@ -1,15 +1,14 @@
 //! The turn loop against a fake Anthropic server speaking real SSE over HTTP.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use jarvis_agent::anthropic::{AnthropicProvider, Auth, Retry};
 use jarvis_agent::permissions::{Mode, Permissions};
-use jarvis_agent::runner::{Outcome, Runner, RunnerConfig};
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply, split, sse_body};
+use jarvis_agent::runner::{Outcome, Runner};
 use jarvis_agent::tools::ToolBox;
 use jarvis_sync::doc::{Block, Decision, Role, SessionDoc, SessionStatus};
+use jarvis_testkit::agent::{provider, runner_config as config};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, reply, split, sse_body};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use yrs::updates::decoder::Decode;
@@ -18,30 +17,11 @@ use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 /// Awkward chunking: splits inside event names, JSON and multi-byte characters.
 const CHUNKS: &[usize] = &[7, 13, 1, 64, 3];
 
-fn provider(server: &FakeServer) -> AnthropicProvider {
-    AnthropicProvider::new(
-        &server.url(),
-        Auth::ApiKey("sk-test-not-a-real-key".into()),
-        BTreeMap::new(),
-    )
-    .with_retry(Retry {
-        attempts: 3,
-        base: Duration::from_millis(10),
-        max: Duration::from_millis(50),
-    })
-}
-
 fn workspace() -> (tempfile::TempDir, ToolBox) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hello.txt"), "Hello, wörld!\n").unwrap();
     let tools = ToolBox::new(dir.path());
     (dir, tools)
-}
-
-fn config() -> RunnerConfig {
-    let mut c = RunnerConfig::new("fake-model", "laptop");
-    c.flush_interval = Duration::from_millis(1);
-    c
 }
 
 fn sync(a: &Doc, b: &Doc) {

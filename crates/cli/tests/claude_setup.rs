@@ -5,23 +5,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
+use jarvis_testkit::cli::{jarvis_with_fake, json_lines as lines};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
+use jarvis_testkit::fs::copy_dir;
 use serde_json::{Value, json};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
 
 /// A fresh copy of the fixture (runs write into it).
 fn fixture() -> tempfile::TempDir {
@@ -34,24 +23,11 @@ fn fixture() -> tempfile::TempDir {
 }
 
 fn jarvis(server: &FakeServer, home: &Path, dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_jarvis"))
-        .args(args)
+    let mut c = jarvis_with_fake(home, &server.url());
+    c.args(args)
         .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home.join("user-home"))
-        .env("JARVIS_HOME", home)
-        .env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")
-        .env("ANTHROPIC_BASE_URL", server.url())
-        .output()
-        .unwrap()
-}
-
-fn lines(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
-        .collect()
+        .env("HOME", home.join("user-home"));
+    c.output().unwrap()
 }
 
 fn system_text(body: &Value) -> String {

@@ -3,8 +3,9 @@
 
 use std::process::{Command, Output};
 
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
-use serde_json::{Value, json};
+use jarvis_testkit::cli::{jarvis_with_fake, json_lines as lines};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
+use serde_json::json;
 
 fn jarvis(
     server: &FakeServer,
@@ -12,23 +13,9 @@ fn jarvis(
     dir: &std::path::Path,
     args: &[&str],
 ) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_jarvis"))
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("JARVIS_HOME", home)
-        .env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")
-        .env("ANTHROPIC_BASE_URL", server.url())
-        .output()
-        .unwrap()
-}
-
-fn lines(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
-        .collect()
+    let mut c = jarvis_with_fake(home, &server.url());
+    c.args(args).current_dir(dir);
+    c.output().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

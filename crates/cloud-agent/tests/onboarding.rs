@@ -9,8 +9,8 @@
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use clap::Parser;
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
 use jarvis_cloud::server::{Built, ServeArgs, build};
+use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use jarvis_agent::testing::{FakeResponse, FakeServer, reply};
-use jarvis_e2e::CloudAgent;
+use jarvis_testkit::CloudAgent;
+use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
 use serde_json::json;
 
 /// The approval id the planning model's write asks for.
@@ -31,17 +31,60 @@ pub async fn cloud_with_planning_model(data: &Path) -> (FakeServer, CloudAgent, 
     ])
     .await
     .unwrap();
-    let token = jarvis_e2e::add_user(data, "dana").unwrap();
-    let fake_url = fake.url();
-    let agent = CloudAgent::start_with_env(
-        data,
-        0,
-        &[
-            ("ANTHROPIC_BASE_URL", fake_url.as_str()),
-            ("ANTHROPIC_API_KEY", "test-key"),
-            ("JARVIS_SANDBOX", "limits"),
-        ],
-    )
-    .unwrap();
+    let token = jarvis_testkit::add_user(data, "dana").unwrap();
+    let agent = CloudAgent::options(data)
+        .fake_model(&fake)
+        .env("JARVIS_SANDBOX", "limits")
+        .start()
+        .unwrap();
     (fake, agent, token)
+}
+
+/// Runs the test `name` of this test binary again as a child, inside a private D-Bus session
+/// with an unlocked GNOME Keyring (the core keeps its token in the keychain), with `child_var`
+/// set and the hub's address and token in `JARVIS_TEST_HUB` / `JARVIS_TEST_TOKEN`; panics
+/// unless the child's test passed.
+pub async fn rerun_in_keyring_session(
+    name: &str,
+    child_var: &str,
+    hub: &str,
+    token: &str,
+    home: &Path,
+) {
+    let exe = std::env::current_exe().unwrap();
+    let (name, child_var, hub, token, home) = (
+        name.to_owned(),
+        child_var.to_owned(),
+        hub.to_owned(),
+        token.to_owned(),
+        home.to_path_buf(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("dbus-run-session")
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "echo -n jarvis-test | gnome-keyring-daemon --unlock --components=secrets \
+                 >/dev/null && exec \"$@\"",
+                "sh",
+            ])
+            .arg(exe)
+            .args(["--exact", &name, "--nocapture", "--test-threads", "1"])
+            .env(child_var, "1")
+            .env("JARVIS_TEST_HUB", &hub)
+            .env("JARVIS_TEST_TOKEN", &token)
+            .env("HOME", &home)
+            .env_remove("XDG_RUNTIME_DIR")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the core's half failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

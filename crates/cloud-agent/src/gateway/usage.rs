@@ -318,8 +318,8 @@ mod tests {
 
     #[test]
     fn usage_is_taken_from_start_and_delta_events_split_anywhere() {
-        let events = jarvis_agent::testing::reply("hello there", &[], (120, 42, 30, 900));
-        let body = jarvis_agent::testing::sse_body(&events);
+        let events = jarvis_testkit::fake::reply("hello there", &[], (120, 42, 30, 900));
+        let body = jarvis_testkit::fake::sse_body(&events);
         for split in [1, 7, 64, body.len()] {
             let dir = tempfile::tempdir().unwrap();
             let log = UsageLog::open(&dir.path().join("u.db")).unwrap();

@@ -1,7 +1,8 @@
-//! A fake Anthropic Messages server for tests (here and in the end-to-end tests of later
-//! stages): real HTTP/1.1 on 127.0.0.1:0, real SSE bodies sent in chunks split wherever the test
-//! says (inside events, inside UTF-8 characters), optional pauses between chunks, and every
-//! request recorded. Built on a bare Tokio listener so the agent crate needs no web framework.
+//! A fake Anthropic Messages server for tests of every crate: real HTTP/1.1 on 127.0.0.1:0, real
+//! SSE bodies sent in chunks split wherever the test says (inside events, inside UTF-8
+//! characters), optional pauses between chunks, and every request recorded. Built on a bare
+//! Tokio listener (no web framework). It lived in the production `jarvis-agent` library until
+//! the test kit took it out.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -153,7 +154,7 @@ impl FakeResponse {
         for e in events {
             let payload =
                 json!({"bytes": base64::engine::general_purpose::STANDARD.encode(e.to_string())});
-            body.extend(crate::providers::encode_event_message(
+            body.extend(encode_event_message(
                 &[
                     (":event-type", "chunk"),
                     (":content-type", "application/json"),
@@ -216,6 +217,48 @@ impl FakeResponse {
     }
 }
 
+/// One message of the AWS event-stream framing (prelude with total and header lengths and its
+/// CRC, string headers, payload, message CRC), written here from the format's description rather
+/// than taken from the agent's decoder, so the fake checks the decoder instead of mirroring it.
+pub fn encode_event_message(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
+    const STRING: u8 = 7;
+    let mut h = Vec::new();
+    for (k, v) in headers {
+        h.push(k.len() as u8);
+        h.extend_from_slice(k.as_bytes());
+        h.push(STRING);
+        h.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        h.extend_from_slice(v.as_bytes());
+    }
+    // Prelude (8) + prelude CRC (4) + headers + payload + message CRC (4).
+    let total = 8 + 4 + h.len() + payload.len() + 4;
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&(total as u32).to_be_bytes());
+    out.extend_from_slice(&(h.len() as u32).to_be_bytes());
+    let prelude_crc = crc32fast::hash(&out);
+    out.extend_from_slice(&prelude_crc.to_be_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(payload);
+    let message_crc = crc32fast::hash(&out);
+    out.extend_from_slice(&message_crc.to_be_bytes());
+    out
+}
+
+/// A scripted answer of text only, usage (10, 5, 0, 0), in one chunk.
+pub fn text(t: &str) -> FakeResponse {
+    FakeResponse::sse(&reply(t, &[], (10, 5, 0, 0)), &[4096])
+}
+
+/// A scripted answer that calls one tool, usage (10, 5, 0, 0), in one chunk.
+pub fn tool(id: &str, name: &str, input: Value) -> FakeResponse {
+    FakeResponse::sse(&reply("", &[(id, name, input)], (10, 5, 0, 0)), &[4096])
+}
+
+/// [`tool`] for the `bash` tool running `command`.
+pub fn bash(id: &str, command: &str) -> FakeResponse {
+    tool(id, "bash", json!({"command": command}))
+}
+
 /// Answers a request the script has no entry for (clients that send requests of their own
 /// choosing, such as the Claude Code CLI).
 pub type Responder = Arc<dyn Fn(&RecordedRequest) -> FakeResponse + Send + Sync>;
@@ -234,7 +277,7 @@ pub struct FakeOptions {
 /// The runner's estimate uses the same rule (`compaction::BYTES_PER_TOKEN`), anchored on the
 /// counts this server reports, so the meter can be checked against it.
 pub fn count_tokens(raw_body: &[u8]) -> u64 {
-    (raw_body.len() as u64).div_ceil(crate::compaction::BYTES_PER_TOKEN)
+    (raw_body.len() as u64).div_ceil(jarvis_agent::compaction::BYTES_PER_TOKEN)
 }
 
 /// The real API's answer to a prompt over the window.
@@ -265,6 +308,22 @@ impl Drop for FakeServer {
 impl FakeServer {
     pub async fn start(script: Vec<FakeResponse>) -> std::io::Result<Self> {
         Self::start_with(script, FakeOptions::default()).await
+    }
+
+    /// A server with no script that answers every request with `f` (a fake API of the test's
+    /// own making: GitHub, a provider that decides per request).
+    pub async fn answering<F>(f: F) -> std::io::Result<Self>
+    where
+        F: Fn(&RecordedRequest) -> FakeResponse + Send + Sync + 'static,
+    {
+        Self::start_with(
+            Vec::new(),
+            FakeOptions {
+                keep_alive: false,
+                responder: Some(Arc::new(f)),
+            },
+        )
+        .await
     }
 
     pub async fn start_with(
