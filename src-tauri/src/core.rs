@@ -420,6 +420,12 @@ impl DesktopCore {
             (device, todo)
         };
         for (workspace, path) in todo {
+            // A folder opened while the hub was away is registered now, before it syncs: a
+            // workspace the hub does not list would sync into nowhere (no web view shows it).
+            if let Err(e) = register_workspace(&device, &workspace).await {
+                tracing::warn!(%workspace, error = %e, "the hub refused the folder's workspace");
+                continue;
+            }
             match device.mirror(&path, &workspace).await {
                 Ok(m) => {
                     tracing::info!(%workspace, files = m.index().list().len(), "folder mirrored");
@@ -639,6 +645,12 @@ impl DesktopCore {
             return Err(CoreError::Invalid(format!("{path} is not a folder")));
         }
         let workspace = workspace_id(&dir);
+        // Signed in and reachable: the hub lists the workspace before anything syncs, or says
+        // why not (not a member of a workspace of that name: the window shows the hub's words).
+        let device = self.inner.lock().await.device.clone();
+        if let Some(device) = device {
+            register_workspace(&device, &workspace).await?;
+        }
         {
             let mut inner = self.inner.lock().await;
             if let Some(f) = inner.folders.get(&workspace)
@@ -696,5 +708,16 @@ impl DesktopCore {
             .build()
             .map_err(|e| CoreError::Invalid(format!("model provider: {e}")))?;
         Ok(Arc::from(p))
+    }
+}
+
+/// `POST /api/workspaces` for a folder this device opens (creating the workspace when the user
+/// may, re-opening it when they are a member). An unreachable hub is not an error: the folder
+/// is registered when the device next connects (`mirror_folders`).
+async fn register_workspace(device: &Device, workspace: &str) -> CoreResult<()> {
+    match device.api.register_workspace(workspace).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_unreachable() => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
