@@ -169,7 +169,7 @@ impl ProxyConfig {
 
 /// Every address of this machine's interfaces: a public one is still the server itself (its
 /// own ports), which no policy reaches.
-fn own_addresses() -> &'static [IpAddr] {
+pub fn own_addresses() -> &'static [IpAddr] {
     static OWN: std::sync::OnceLock<Vec<IpAddr>> = std::sync::OnceLock::new();
     OWN.get_or_init(|| {
         nix::ifaddrs::getifaddrs()

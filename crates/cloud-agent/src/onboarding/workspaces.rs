@@ -81,7 +81,12 @@ fn failed(code: ErrorCode, message: impl Into<String>) -> ApiError {
 /// unspecified, multicast, broadcast), plus the reserved and translated ranges no public
 /// repository lives in.
 pub fn is_internal(ip: IpAddr) -> bool {
-    if jarvis_agent::sandbox::forbidden_destination(ip) {
+    // The sandbox's egress rule (the proxy every agent command goes through refuses the same):
+    // never loopback, link-local or private ranges, nor this server's own addresses (a public
+    // one is still the server itself, with its own ports behind it).
+    if jarvis_agent::sandbox::forbidden_destination(ip)
+        || jarvis_agent::egress::own_addresses().contains(&ip)
+    {
         return true;
     }
     match ip {
