@@ -76,25 +76,10 @@ impl UsageLog {
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             Ok(conn)
         };
-        let conn = open()?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS gateway_usage (
-                id INTEGER PRIMARY KEY,
-                ts_ms INTEGER NOT NULL,
-                user_id TEXT NOT NULL,
-                token_id INTEGER NOT NULL,
-                model TEXT NOT NULL,
-                endpoint TEXT NOT NULL,
-                status INTEGER NOT NULL,
-                input_tokens INTEGER NOT NULL,
-                output_tokens INTEGER NOT NULL,
-                cache_write_tokens INTEGER NOT NULL,
-                cache_read_tokens INTEGER NOT NULL,
-                cost_micros INTEGER NOT NULL
-            );
-            CREATE INDEX IF NOT EXISTS gateway_usage_by_user ON gateway_usage (user_id, ts_ms);",
-        )
-        .context("creating the gateway usage table")?;
+        let mut conn = open()?;
+        // The tables are the hub database's migrations (`jarvis_control::schema`, the one place
+        // its schema is written); applied here too so this store opens on its own (tests).
+        jarvis_control::schema::migrate(&mut conn).context("migrating the hub database")?;
         let writer_conn = open()?;
         let (tx, rx) = std::sync::mpsc::channel::<UsageRecord>();
         let pricing = Pricing::default();

@@ -68,40 +68,14 @@ impl Agents {
         // The first tick reads the definitions.
         wake.poke();
         use anyhow::Context;
-        let conn =
+        let mut conn =
             Connection::open(db).with_context(|| format!("opening {} for agents", db.display()))?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS agent_state (
-                agent TEXT PRIMARY KEY,
-                checked_ms INTEGER NOT NULL
-            );
-            CREATE TABLE IF NOT EXISTS agent_runs (
-                id INTEGER PRIMARY KEY,
-                agent TEXT NOT NULL,
-                workspace TEXT NOT NULL,
-                name TEXT NOT NULL,
-                scheduled_ms INTEGER NOT NULL,
-                trigger TEXT NOT NULL,
-                detail TEXT NOT NULL,
-                status TEXT NOT NULL,
-                session TEXT,
-                owner TEXT NOT NULL,
-                created_ms INTEGER NOT NULL,
-                cost_micros INTEGER NOT NULL DEFAULT 0,
-                note TEXT NOT NULL DEFAULT '',
-                UNIQUE (agent, scheduled_ms)
-            );
-            CREATE INDEX IF NOT EXISTS agent_runs_by_status ON agent_runs (status);
-            CREATE TABLE IF NOT EXISTS agent_webhook_secrets (
-                agent TEXT PRIMARY KEY,
-                secret TEXT NOT NULL,
-                created_ms INTEGER NOT NULL
-            );",
-        )
-        .context("creating the agent tables")?;
+        // The tables are the hub database's migrations (`jarvis_control::schema`, the one place
+        // its schema is written); applied here too so this store opens on its own (tests).
+        jarvis_control::schema::migrate(&mut conn).context("migrating the hub database")?;
         let clock: Arc<dyn Clock> = match &args.clock_file {
             Some(p) => {
                 tracing::warn!(path = %p.display(), "the scheduler reads its time from a file (tests only)");

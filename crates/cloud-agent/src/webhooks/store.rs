@@ -28,32 +28,14 @@ pub struct Webhooks {
 impl Webhooks {
     pub fn open(db: &Path, data_dir: &Path, args: GithubArgs) -> anyhow::Result<Arc<Webhooks>> {
         use anyhow::Context;
-        let conn = Connection::open(db)
+        let mut conn = Connection::open(db)
             .with_context(|| format!("opening {} for webhooks", db.display()))?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS github_deliveries (
-                delivery TEXT PRIMARY KEY,
-                event TEXT NOT NULL,
-                received_ms INTEGER NOT NULL,
-                outcome TEXT NOT NULL
-            );
-            CREATE TABLE IF NOT EXISTS github_reviews (
-                session TEXT PRIMARY KEY,
-                delivery TEXT NOT NULL,
-                owner TEXT NOT NULL,
-                repo TEXT NOT NULL,
-                number INTEGER NOT NULL,
-                head_sha TEXT NOT NULL,
-                started_ms INTEGER NOT NULL,
-                posted_ms INTEGER,
-                review_id INTEGER,
-                error TEXT
-            );",
-        )
-        .context("creating the webhook tables")?;
+        // The tables are the hub database's migrations (`jarvis_control::schema`, the one place
+        // its schema is written); applied here too so this store opens on its own (tests).
+        jarvis_control::schema::migrate(&mut conn).context("migrating the hub database")?;
         Ok(Arc::new(Webhooks {
             args,
             data_dir: data_dir.to_path_buf(),
