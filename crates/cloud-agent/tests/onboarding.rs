@@ -6,23 +6,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
-use clap::Parser;
-use jarvis_cloud::server::{Built, ServeArgs, build};
+mod common;
+
+use axum::http::{Method, StatusCode};
 use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    serve: ServeArgs,
-}
+/// The API test server (`common::start`), with anonymous budgets wide enough for the many
+/// setup and invitation calls one test makes.
+struct Server(common::TestApp);
 
-struct Server {
-    _dir: tempfile::TempDir,
-    built: Built,
+impl std::ops::Deref for Server {
+    type Target = common::TestApp;
+    fn deref(&self) -> &common::TestApp {
+        &self.0
+    }
 }
 
 async fn server() -> Server {
@@ -30,33 +28,9 @@ async fn server() -> Server {
 }
 
 async fn server_with(extra: &[&str]) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_string_lossy().into_owned();
-    let mut args = vec![
-        "serve",
-        "--data-dir",
-        &data,
-        "--port",
-        "0",
-        "--sandbox",
-        "limits",
-        "--anon-rate-burst",
-        "10000",
-    ];
+    let mut args = vec!["--anon-rate-burst", "10000"];
     args.extend_from_slice(extra);
-    let cli = Cli::parse_from(args);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let local = listener.local_addr().unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let built = build(&cli.serve, local, shutdown.clone()).await.unwrap();
-    tokio::spawn(jarvis_cloud::limits::serve(
-        listener,
-        built.router.clone(),
-        built.limits,
-        jarvis_cloud::limits::TrustedProxies::default(),
-        shutdown,
-    ));
-    Server { _dir: dir, built }
+    Server(common::start(&args).await)
 }
 
 impl Server {
@@ -67,32 +41,8 @@ impl Server {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let body = match body {
-            Some(v) => {
-                req = req.header("content-type", "application/json");
-                Body::from(v.to_string())
-            }
-            None => Body::empty(),
-        };
-        let resp = self
-            .built
-            .router
-            .clone()
-            .oneshot(req.body(body).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20)
-            .await
-            .unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        let r = self.0.call(method, path, token, body).await;
+        (r.status, r.json)
     }
 
     /// Makes the owner with a fresh setup code; returns its token.
