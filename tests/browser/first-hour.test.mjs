@@ -181,7 +181,7 @@ test('the first hour: owner, provider, clone, session, invitation, sync, plain f
   assert.ok(await b.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), 'nothing overflows the phone width');
   // The link was for one person.
   const again = await fetch(`${cloud.base}/api${new URL(link).pathname.replace('/invite/', '/invites/')}`);
-  assert.equal(again.status, 404);
+  assert.equal(again.status, 410, "a used invitation is gone (invite_not_valid)");
 
   // --- 6. `jarvis sync` of a folder: its files are in the web view within 10 s, for the admin
   // (desktop) and for the non-admin (phone).
