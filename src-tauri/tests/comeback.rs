@@ -16,7 +16,6 @@ use std::time::Duration;
 use jarvis_desktop::core::{CoreConfig, CoreEvent, DesktopCore};
 use jarvis_testkit::comeback;
 use jarvis_testkit::device::{SyncDevice, converge, converge_folders};
-use jarvis_testkit::{CloudAgent, add_user};
 
 const NAME: &str = "a_desktop_core_restarted_on_its_data_dir_loses_nothing";
 const CHILD: &str = "JARVIS_COMEBACK_CHILD";
@@ -26,21 +25,7 @@ async fn a_desktop_core_restarted_on_its_data_dir_loses_nothing() {
     if std::env::var(CHILD).is_ok() {
         return child().await;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let token = add_user(&data, "dana").unwrap();
-    let agent = CloudAgent::start(&data, 0).unwrap();
-    let hub = agent.http_url("");
-    let r = reqwest::Client::new()
-        .post(format!("{hub}/api/workspaces"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({"id": "notes"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-    let home = tmp.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
+    let (_tmp, agent, hub, token, home) = support::hub_with_workspace("dana", "notes").await;
     support::rerun_in_keyring_session(NAME, CHILD, &hub, &token, &home).await;
     drop(agent);
 }

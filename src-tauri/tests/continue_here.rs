@@ -11,8 +11,9 @@
 //! session with an unlocked GNOME Keyring (as tests/attention.rs does).
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,11 +46,7 @@ async fn continue_here_keeps_the_sessions_deny_rules_and_budget() {
     if std::env::var(CHILD).is_ok() {
         return child().await;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let token = add_user(&data, "dana").unwrap();
-    let agent = CloudAgent::start(&data, 0).unwrap();
-    let hub = agent.http_url("");
+    let (_tmp, agent, hub, token, home) = support::hub_with_workspace("dana", "proj").await;
     // The desktop's own model: first a command the session's deny rule refuses, then (only if
     // the budget did not stop the run) a closing sentence.
     let fake = FakeServer::start(vec![
@@ -65,14 +62,6 @@ async fn continue_here_keeps_the_sessions_deny_rules_and_budget() {
     ])
     .await
     .unwrap();
-    call(
-        &hub,
-        &token,
-        reqwest::Method::POST,
-        "/api/workspaces",
-        json!({"id": "proj"}),
-    )
-    .await;
     // Made at the hub (the web view, another device): allow-all, but never `rm`, and at most
     // ten micro-dollars (one request of the model costs more).
     call(
@@ -85,39 +74,16 @@ async fn continue_here_keeps_the_sessions_deny_rules_and_budget() {
                "deny": ["Bash(rm:*)"], "budget_usd": 0.00001}),
     )
     .await;
-    let home = tmp.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let exe = std::env::current_exe().unwrap();
     let fake_url = fake.url();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("dbus-run-session")
-            .args([
-                "--",
-                "sh",
-                "-c",
-                "echo -n jarvis-test | gnome-keyring-daemon --unlock --components=secrets \
-                 >/dev/null && exec \"$@\"",
-                "sh",
-            ])
-            .arg(exe)
-            .args(["--exact", NAME, "--nocapture", "--test-threads", "1"])
-            .env(CHILD, "1")
-            .env("JARVIS_TEST_HUB", &hub)
-            .env("JARVIS_TEST_TOKEN", &token)
-            .env("JARVIS_TEST_FAKE", &fake_url)
-            .env("HOME", &home)
-            .env_remove("XDG_RUNTIME_DIR")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "the core's half failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::rerun_in_keyring_session_with(
+        NAME,
+        CHILD,
+        &hub,
+        &token,
+        &home,
+        &[("JARVIS_TEST_FAKE", &fake_url)],
+    )
+    .await;
     // The budget stopped the run before a second request.
     assert_eq!(fake.requests().len(), 1, "the budget did not apply");
     drop(agent);

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use jarvis_desktop::core::{CoreConfig, CoreEvent, DesktopCore};
-use jarvis_testkit::{CloudAgent, add_user};
-use serde_json::{Value, json};
+use jarvis_testkit::add_user;
+use serde_json::Value;
 
 const NAME: &str = "an_opened_folder_is_a_workspace_the_hub_lists";
 const CHILD: &str = "JARVIS_OPEN_FOLDER_CHILD";
@@ -33,23 +33,9 @@ async fn an_opened_folder_is_a_workspace_the_hub_lists() {
     if std::env::var(CHILD).is_ok() {
         return child().await;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("hub");
-    let dana = add_user(&data, "dana").unwrap();
-    let omar = add_user(&data, "omar").unwrap();
-    let agent = CloudAgent::start(&data, 0).unwrap();
-    let hub = agent.http_url("");
     // Omar already has a workspace called "ledger": Dana's folder of that name is not his.
-    let r = reqwest::Client::new()
-        .post(format!("{hub}/api/workspaces"))
-        .bearer_auth(&omar)
-        .json(&json!({"id": "ledger"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-    let home = tmp.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
+    let (tmp, agent, hub, omar, home) = support::hub_with_workspace("omar", "ledger").await;
+    let dana = add_user(&tmp.path().join("hub"), "dana").unwrap();
     support::rerun_in_keyring_session(NAME, CHILD, &hub, &dana, &home).await;
     // What the child opened is listed for Dana, and Omar's workspace kept only his files.
     let (status, v) = get(&hub, &dana, "/api/workspaces").await;

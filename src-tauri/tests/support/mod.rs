@@ -51,6 +51,18 @@ pub async fn rerun_in_keyring_session(
     token: &str,
     home: &Path,
 ) {
+    rerun_in_keyring_session_with(name, child_var, hub, token, home, &[]).await
+}
+
+/// [`rerun_in_keyring_session`] with more variables for the child (`env`).
+pub async fn rerun_in_keyring_session_with(
+    name: &str,
+    child_var: &str,
+    hub: &str,
+    token: &str,
+    home: &Path,
+    env: &[(&str, &str)],
+) {
     let exe = std::env::current_exe().unwrap();
     let (name, child_var, hub, token, home) = (
         name.to_owned(),
@@ -59,6 +71,10 @@ pub async fn rerun_in_keyring_session(
         token.to_owned(),
         home.to_path_buf(),
     );
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("dbus-run-session")
             .args([
@@ -75,6 +91,7 @@ pub async fn rerun_in_keyring_session(
             .env("JARVIS_TEST_HUB", &hub)
             .env("JARVIS_TEST_TOKEN", &token)
             .env("HOME", &home)
+            .envs(env)
             .env_remove("XDG_RUNTIME_DIR")
             .output()
             .unwrap()
@@ -87,4 +104,33 @@ pub async fn rerun_in_keyring_session(
         "the core's half failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A hub with user `name` (started on port 0) and the user's workspace `workspace`, and a home
+/// folder for the core's child: (temporary folder, the hub, its address, the user's token,
+/// the home folder).
+pub async fn hub_with_workspace(
+    name: &str,
+    workspace: &str,
+) -> (
+    tempfile::TempDir,
+    CloudAgent,
+    String,
+    String,
+    std::path::PathBuf,
+) {
+    let (tmp, data, token) = jarvis_testkit::hub_with_user(name);
+    let agent = CloudAgent::start(&data, 0).unwrap();
+    let hub = agent.http_url("");
+    jarvis_testkit::http::Api::new(&hub)
+        .ok(
+            "POST",
+            "/api/workspaces",
+            &token,
+            Some(json!({"id": workspace})),
+        )
+        .await;
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    (tmp, agent, hub, token, home)
 }
