@@ -15,8 +15,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jarvis_e2e::{CloudAgent, add_user, binary};
-use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
+use jarvis_e2e::{CloudAgent, add_user};
+use jarvis_testkit::cli::jarvis_with_fake;
+use jarvis_testkit::fake::{FakeResponse, FakeServer, bash, reply, text};
+use jarvis_testkit::http::call;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -352,17 +354,6 @@ async fn git_http(s: &mut tokio::net::TcpStream, req: &Request, root: &Path, sta
     respond(s, &status, &headers, &o[(head_len + sep).min(o.len())..]).await;
 }
 
-fn jarvis(home: &Path, fake: &str) -> Command {
-    let mut c = Command::new(binary("jarvis"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("JARVIS_HOME", home)
-        .env("ANTHROPIC_BASE_URL", fake)
-        .env("ANTHROPIC_API_KEY", "test-key")
-        .env("RUST_LOG", "warn");
-    c
-}
-
 fn run(mut cmd: Command) -> (String, String) {
     let out = cmd.stdin(Stdio::null()).output().unwrap();
     let (o, e) = (
@@ -371,39 +362,6 @@ fn run(mut cmd: Command) -> (String, String) {
     );
     assert!(out.status.success(), "command failed:\n{e}\n{o}");
     (o, e)
-}
-
-fn bash(id: &str, command: &str) -> FakeResponse {
-    FakeResponse::sse(
-        &reply(
-            "",
-            &[(id, "bash", json!({"command": command}))],
-            (10, 5, 0, 0),
-        ),
-        &[4096],
-    )
-}
-
-fn text(t: &str) -> FakeResponse {
-    FakeResponse::sse(&reply(t, &[], (10, 5, 0, 0)), &[4096])
-}
-
-async fn call(
-    base: &str,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r = reqwest::Client::new()
-        .request(method.parse().unwrap(), format!("{base}{path}"))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// Waits (bounded) until the session satisfies `done`; returns it.
@@ -542,12 +500,12 @@ async fn a_repository_continues_in_the_cloud_is_fixed_pushed_and_comes_back() {
     let base = format!("http://127.0.0.1:{}", agent.port);
     let home = tmp.path().join("home");
     run({
-        let mut c = jarvis(&home, &fake.url());
+        let mut c = jarvis_with_fake(&home, &fake.url());
         c.args(["login", &base, "--token", &alice]);
         c
     });
     run({
-        let mut c = jarvis(&home, &fake.url());
+        let mut c = jarvis_with_fake(&home, &fake.url());
         c.args([
             "run",
             "--session",
@@ -588,7 +546,7 @@ async fn a_repository_continues_in_the_cloud_is_fixed_pushed_and_comes_back() {
 
     // Continue in cloud: the repository is rebuilt there.
     let (out, _) = run({
-        let mut c = jarvis(&home, &fake.url());
+        let mut c = jarvis_with_fake(&home, &fake.url());
         c.args(["handoff", "g1", "--to", "cloud", "--dir"])
             .arg(&dev);
         c
@@ -702,7 +660,7 @@ async fn a_repository_continues_in_the_cloud_is_fixed_pushed_and_comes_back() {
 
     // Continue here: the branch comes back; the user's main is untouched, and said to have moved.
     let (_, err) = run({
-        let mut c = jarvis(&home, &fake.url());
+        let mut c = jarvis_with_fake(&home, &fake.url());
         c.args(["handoff", "g1", "--to", "here", "--dir"]).arg(&dev);
         c
     });
@@ -843,12 +801,12 @@ async fn a_setup_runs_once_survives_a_restart_and_an_edit_waits_for_an_owner() {
     let base = format!("http://127.0.0.1:{port}");
     let home = tmp.path().join("home");
     run({
-        let mut c = jarvis(&home, &fake.url());
+        let mut c = jarvis_with_fake(&home, &fake.url());
         c.args(["login", &base, "--token", &alice]);
         c
     });
     run({
-        let mut c = jarvis(&home, &fake.url());
+        let mut c = jarvis_with_fake(&home, &fake.url());
         c.args([
             "run",
             "--session",
@@ -872,7 +830,7 @@ async fn a_setup_runs_once_survives_a_restart_and_an_edit_waits_for_an_owner() {
     )
     .await;
     run({
-        let mut c = jarvis(&home, &fake.url());
+        let mut c = jarvis_with_fake(&home, &fake.url());
         c.args(["handoff", "e1", "--to", "cloud", "--dir"])
             .arg(&dev);
         c
@@ -960,12 +918,12 @@ async fn a_running_device_that_yields_to_the_cloud_sends_its_repository() {
     let base = format!("http://127.0.0.1:{}", agent.port);
     let home = tmp.path().join("home");
     run({
-        let mut c = jarvis(&home, &fake.url());
+        let mut c = jarvis_with_fake(&home, &fake.url());
         c.args(["login", &base, "--token", &alice]);
         c
     });
     let mut device = {
-        let mut c = jarvis(&home, &fake.url());
+        let mut c = jarvis_with_fake(&home, &fake.url());
         c.args([
             "run",
             "--session",
@@ -990,7 +948,7 @@ async fn a_running_device_that_yields_to_the_cloud_sends_its_repository() {
     .await;
     // No --dir: the running device yields, and sends its repository as it does.
     let (out, _) = run({
-        let mut c = jarvis(&home, &fake.url());
+        let mut c = jarvis_with_fake(&home, &fake.url());
         c.args(["handoff", "y1", "--to", "cloud"]);
         c
     });

@@ -4,22 +4,9 @@
 //! still ends normally, and the same token's raw burst shows the hub really was limiting.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-use std::process::Command;
-
-use jarvis_e2e::{CloudAgent, binary, create_token};
+use jarvis_e2e::{CloudAgent, create_token};
+use jarvis_testkit::cli::jarvis_with_fake;
 use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
-
-fn jarvis(home: &Path, fake: &str) -> Command {
-    let mut c = Command::new(binary("jarvis"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("JARVIS_HOME", home)
-        .env("ANTHROPIC_BASE_URL", fake)
-        .env("ANTHROPIC_API_KEY", "test-key")
-        .env("RUST_LOG", "warn");
-    c
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_device_waits_and_its_run_completes() {
@@ -43,7 +30,7 @@ async fn a_rate_limited_device_waits_and_its_run_completes() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("notes.md"), "# notes\n").unwrap();
     let hub = format!("http://127.0.0.1:{}", agent.port);
-    let login = jarvis(&home, &fake.url())
+    let login = jarvis_with_fake(&home, &fake.url())
         .args(["login", &hub, "--token", &token])
         .output()
         .unwrap();
@@ -52,7 +39,7 @@ async fn a_rate_limited_device_waits_and_its_run_completes() {
     let run = tokio::task::spawn_blocking({
         let (home, dir, fake) = (home.clone(), dir.clone(), fake.url());
         move || {
-            jarvis(&home, &fake)
+            jarvis_with_fake(&home, &fake)
                 // The device says at debug level when it waits for the limiter.
                 .env("RUST_LOG", "warn,jarvis_device=debug")
                 .arg("run")
