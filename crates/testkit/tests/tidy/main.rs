@@ -36,31 +36,8 @@ use std::path::{Path, PathBuf};
 
 use rules::*;
 
-/// Files over the size limit, with their reason.
-const LONG_FILES: &[(&str, &str)] = &[
-    // The cloud runner: hosting, the lease hold and the turn's set-up (sandbox, approvals,
-    // secrets, memory) are one lifecycle whose steps must be read in order; its device half
-    // (hold, keep, fence, release, settings) is already `jarvis_device`.
-    (
-        "crates/cloud-agent/src/runner.rs",
-        "one hosting lifecycle read in order; the device half is jarvis_device",
-    ),
-    // Containment is one API (bubblewrap arguments, limits, cgroups, the egress hook) whose
-    // parts must be read together to see what a command can reach.
-    (
-        "crates/agent/src/sandbox.rs",
-        "one containment API read together to see what a command can reach",
-    ),
-    // Test files: one scenario family each, their setup already in the test kit.
-    (
-        "crates/agent/tests/long_tasks.rs",
-        "long-run scenarios sharing one fake provider",
-    ),
-    (
-        "tests/tests/devenv.rs",
-        "one end-to-end story (repository, environment, network) with its fake servers",
-    ),
-];
+/// Files over the size limit whose reason is not (yet) in ARCHITECTURE.md's "Files over 800 lines".
+const LONG_FILES: &[(&str, &str)] = &[];
 
 /// Libraries that print today, with their reason.
 const PRINTS: &[(&str, &str)] = &[
