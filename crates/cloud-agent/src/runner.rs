@@ -155,6 +155,12 @@ impl Cloud {
         self.mirror(workspace).await
     }
 
+    /// Waits until the hub has acknowledged every change this runner made so far (files a
+    /// rescan just turned into documents), so what an API answer reports is what others read.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), jarvis_sync::client::ClientError> {
+        self.client.flush_all(timeout).await
+    }
+
     /// Cancelled when the server shuts down (long-lived responses end with it).
     pub fn shutdown(&self) -> &CancellationToken {
         &self.shutdown

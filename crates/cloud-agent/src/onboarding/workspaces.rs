@@ -438,6 +438,11 @@ pub async fn create(
         files.len()
     };
     mirror.rescan().await;
+    // The answer says the files are in the workspace: the hub has them before it is sent (the
+    // runner's copy reaches the hub over its own socket).
+    if let Err(e) = o.cloud.flush(std::time::Duration::from_secs(30)).await {
+        tracing::warn!(workspace = %w.id, error = %e, "the uploaded files are not acknowledged yet");
+    }
     let entries = mirror.index().list();
     // The mirror writes as the server; the documents are the caller's, against their quota
     // (over it, the workspace keeps what arrived and the caller is told).
