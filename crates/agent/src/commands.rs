@@ -14,8 +14,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::approval::{ConfigApproval, content_hash};
 use crate::permissions::Rule;
-use crate::settings::{ConfigApproval, content_hash};
 
 /// A command file.
 #[derive(Debug, Clone, PartialEq, Eq)]

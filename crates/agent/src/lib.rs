@@ -5,6 +5,7 @@
 //! is in the session document (`jarvis_sync::doc::SessionDoc`); nothing lives only in a process.
 
 pub mod anthropic;
+pub mod approval;
 pub mod commands;
 pub mod compaction;
 pub mod egress;

@@ -13,6 +13,7 @@ pub mod attach;
 pub mod error;
 pub mod handoff;
 pub mod lease;
+pub mod leaving;
 pub mod pairing;
 pub mod run;
 pub mod session;

@@ -165,7 +165,7 @@ impl<A: LeaseAuthority> Hold<A> {
 
     /// Waits for the state the previous holder left.
     pub async fn reach(&self, client: &SyncClient, timeout: Duration) -> DeviceResult<()> {
-        crate::handoff::reach(client, &self.lease.expect, timeout).await
+        crate::leaving::reach(client, &self.lease.expect, timeout).await
     }
 
     /// Flushes what this holder wrote and gives the lease up with the state left behind (to a
@@ -178,7 +178,7 @@ impl<A: LeaseAuthority> Hold<A> {
         flush_timeout: Duration,
     ) -> DeviceResult<Lease> {
         // The lease keeps being renewed while the flush runs (it can take a while).
-        crate::handoff::leave(
+        crate::leaving::leave(
             self.authority.as_ref(),
             client,
             &self.session,
