@@ -267,6 +267,9 @@ pub async fn run(args: HandoffArgs) -> Result<()> {
             m = &mut measure => (runner.await?, m),
         };
         let (granted, first, _) = measured?;
+        if let Some(w) = &report.git_warning {
+            bail!("handoff {i}: {w}");
+        }
         if report.handed_to.as_deref() != Some("cloud") {
             bail!("handoff {i}: the device handed to {:?}", report.handed_to);
         }
@@ -297,7 +300,24 @@ pub async fn run(args: HandoffArgs) -> Result<()> {
     // The cloud's copy has the device's history under the agent's branch.
     if args.git_commits > 0 {
         let last = format!("jarvis/h{}", args.handoffs);
-        let theirs = git(&cloud_copy, &["log", "--format=%H", &last])?;
+        let theirs = match git(&cloud_copy, &["log", "--format=%H", &last]) {
+            Ok(t) => t,
+            Err(e) => {
+                // What the cloud said about the repository in that session.
+                let doc = device.session(&format!("h{}", args.handoffs)).await?;
+                let notes: Vec<String> = doc
+                    .messages()
+                    .iter()
+                    .filter(|m| m.role == Role::System)
+                    .flat_map(|m| m.blocks.iter())
+                    .filter_map(|b| match b {
+                        jarvis_sync::doc::Block::Text { text } => Some(text.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                bail!("{e:#}\nthe session's notes: {notes:#?}");
+            }
+        };
         if theirs != git(&dir, &["log", "--format=%H", "main"])? {
             bail!("the cloud's git log differs from the device's");
         }

@@ -197,8 +197,27 @@ fn bundle_refs(dir: &Path, branch: Option<&str>, have: &[String]) -> Result<Vec<
         .filter(|sha| git(dir, &["cat-file", "-e", &format!("{sha}^{{commit}}")]).is_ok())
         .collect();
     if !known.is_empty() {
+        let mut count: Vec<String> = vec!["rev-list".into(), "--count".into()];
+        count.extend(args[3..].iter().cloned());
+        count.push("--not".into());
+        count.extend(known.iter().map(|s| (*s).clone()));
+        let count: Vec<&str> = count.iter().map(String::as_str).collect();
+        let nothing_new = git_line(dir, &count).is_ok_and(|n| n.trim() == "0");
+        // The cloud has every commit already (a handoff right after another, with the same
+        // index commit): git refuses an empty bundle, so the tips themselves travel (a few
+        // hundred bytes), their parents left out — the cloud still needs this session's refs.
+        let tips: Vec<String> = if nothing_new {
+            args[3..]
+                .iter()
+                .filter_map(|r| git_line(dir, &["rev-parse", "--verify", r]).ok())
+                .map(|s| s.trim().to_owned())
+                .collect()
+        } else {
+            Vec::new()
+        };
         args.push("--not".into());
-        args.extend(known.into_iter().cloned());
+        args.extend(known.into_iter().filter(|sha| !tips.contains(sha)).cloned());
+        args.extend(tips.iter().map(|t| format!("{t}^@")));
     }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     git(dir, &refs)
@@ -529,6 +548,32 @@ mod tests {
             })
             .unwrap();
         assert!(String::from_utf8_lossy(&stdout).contains(&second.state.head));
+    }
+
+    /// A handoff right after another, nothing new (the same commits, the same index): git
+    /// refuses an empty bundle, yet the cloud needs this session's refs — the tips travel.
+    #[test]
+    fn a_capture_with_nothing_new_still_carries_the_tips() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path();
+        run(
+            repo,
+            "git init -q -b main && for i in 1 2; do echo $i > f$i; git add f$i; \
+             git commit -qm c$i; done",
+        );
+        let first = capture(repo, &[]).unwrap().unwrap();
+        let mut have: Vec<String> = first.state.refs.iter().map(|(_, s)| s.clone()).collect();
+        have.push(first.state.head.clone());
+        have.push(first.state.index.clone());
+        let again = capture(repo, &have).unwrap().unwrap();
+        assert_eq!(again.state.head, first.state.head);
+        assert!(!again.bundle.is_empty());
+        assert!(
+            again.bundle.len() < first.bundle.len(),
+            "{} vs {}",
+            again.bundle.len(),
+            first.bundle.len()
+        );
     }
 
     #[test]
