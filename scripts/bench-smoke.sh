@@ -3,7 +3,7 @@
 # all run on a fresh clone after the test command's install step. Not a measurement: the
 # figures in README come from the full commands there.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 cargo build -p jarvis-cloud -p jarvis-bench >/dev/null
 B=target/debug/jarvis-bench
 C=target/debug/jarvis-cloud
