@@ -42,8 +42,16 @@ async fn a_cloud_session_needing_approval_then_finishing_notifies_the_desktop() 
     let script = r#"
         set -u
         echo -n jarvis-test | gnome-keyring-daemon --unlock --components=secrets >/dev/null
-        printf %s "$TOKEN" | secret-tool store --label="My Jarvis hub token" \
-          service "$SERVICE" username hub-token target default application rust-keyring
+        # secret-tool can wait forever on a keyring that is not on the bus yet: bounded, retried.
+        stored=no
+        for i in 1 2 3; do
+          if printf %s "$TOKEN" | timeout 15 secret-tool store --label="My Jarvis hub token" \
+            service "$SERVICE" username hub-token target default application rust-keyring; then
+            stored=yes; break
+          fi
+          sleep 0.5
+        done
+        [ "$stored" = yes ] || { echo "secret-tool store never answered"; exit 2; }
         "$PYTHON" "$DAEMON" "$TMPD/notes.log" > "$TMPD/daemon.log" 2>&1 & DAEMON_PID=$!
         wait_for() { # file pattern tries
           i=0
