@@ -18,7 +18,9 @@ use crate::control::{CLOUD_DEVICE, ControlError, Identity, system_identity};
 use crate::http::{ApiError, ErrorCode};
 use crate::schedule::cron::{Decision, ON_TIME_MS, decide, occurrences};
 use crate::schedule::state::AgentsApi;
-use crate::schedule::store::{Agents, Loaded, RunRow, Watch, day_start, lock};
+use crate::schedule::store::{
+    Agents, Loaded, RUN_COLUMNS, RunRow, Watch, day_start, lock, run_row,
+};
 
 /// Starts the scheduler loop; it ends with `shutdown`.
 pub fn start(api: AgentsApi, shutdown: CancellationToken) {
@@ -530,28 +532,11 @@ pub(crate) async fn start_queued(
     let agents = &api.agents;
     let queued: Vec<RunRow> = {
         let conn = agents.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, agent, workspace, name, scheduled_ms, trigger, detail, status, session,
-                    owner, cost_micros, note
-             FROM agent_runs WHERE status = 'queued' ORDER BY scheduled_ms, id",
-        )?;
-        stmt.query_map([], |r| {
-            Ok(RunRow {
-                id: r.get(0)?,
-                agent: r.get(1)?,
-                workspace: r.get(2)?,
-                name: r.get(3)?,
-                scheduled_ms: r.get::<_, i64>(4)? as u64,
-                trigger: r.get(5)?,
-                detail: r.get(6)?,
-                status: r.get(7)?,
-                session: r.get(8)?,
-                owner: r.get(9)?,
-                cost_micros: r.get::<_, i64>(10)? as u64,
-                note: r.get(11)?,
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM agent_runs WHERE status = 'queued' ORDER BY scheduled_ms, id"
+        ))?;
+        stmt.query_map([], run_row)?
+            .collect::<rusqlite::Result<_>>()?
     };
     for run in queued {
         let running: i64 = agents.conn().query_row(

@@ -18,6 +18,27 @@ use crate::services::Wake;
 /// A run as the runs table keeps it and `GET …/runs` answers.
 pub use jarvis_wire::api::AgentRun as RunRow;
 
+/// The columns of `agent_runs` that [`run_row`] reads, in its order.
+pub const RUN_COLUMNS: &str = "id, agent, workspace, name, scheduled_ms, trigger, detail, status, session, owner, cost_micros, note";
+
+/// One `agent_runs` row selected with [`RUN_COLUMNS`].
+pub fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        id: r.get(0)?,
+        agent: r.get(1)?,
+        workspace: r.get(2)?,
+        name: r.get(3)?,
+        scheduled_ms: r.get::<_, i64>(4)? as u64,
+        trigger: r.get(5)?,
+        detail: r.get(6)?,
+        status: r.get(7)?,
+        session: r.get(8)?,
+        owner: r.get(9)?,
+        cost_micros: r.get::<_, i64>(10)? as u64,
+        note: r.get(11)?,
+    })
+}
+
 /// Changes seen by a files trigger's watch, waiting for the debounce.
 #[derive(Default)]
 pub(crate) struct Pending {
@@ -157,28 +178,11 @@ impl Agents {
 
     pub fn runs(&self, agent: Option<&str>, limit: u32) -> rusqlite::Result<Vec<RunRow>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, agent, workspace, name, scheduled_ms, trigger, detail, status, session,
-                    owner, cost_micros, note
-             FROM agent_runs WHERE ?1 IS NULL OR agent = ?1 ORDER BY scheduled_ms DESC, id DESC
-             LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![agent, limit], |r| {
-            Ok(RunRow {
-                id: r.get(0)?,
-                agent: r.get(1)?,
-                workspace: r.get(2)?,
-                name: r.get(3)?,
-                scheduled_ms: r.get::<_, i64>(4)? as u64,
-                trigger: r.get(5)?,
-                detail: r.get(6)?,
-                status: r.get(7)?,
-                session: r.get(8)?,
-                owner: r.get(9)?,
-                cost_micros: r.get::<_, i64>(10)? as u64,
-                note: r.get(11)?,
-            })
-        })?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM agent_runs WHERE ?1 IS NULL OR agent = ?1
+                 ORDER BY scheduled_ms DESC, id DESC LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![agent, limit], run_row)?;
         rows.collect()
     }
 
