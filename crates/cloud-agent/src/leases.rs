@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jarvis_device::{DeviceError, DeviceResult, LeaseAuthority};
-use jarvis_wire::ErrorCode;
 use jarvis_wire::device::{ExpectedDoc, HandoffState, Lease};
 
 use futures_util::future::BoxFuture;
@@ -48,7 +47,7 @@ impl ControlLeases {
 
 /// The control plane's refusal with the code the API would send for it.
 fn refusal(e: ControlError) -> DeviceError {
-    let code = ErrorCode::parse(e.code()).unwrap_or(ErrorCode::Internal);
+    let code = e.error_code();
     DeviceError::hub(code, e.to_string())
 }
 
