@@ -161,6 +161,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::control::Control;
+    use jarvis_wire::ErrorCode;
 
     /// The control plane's answers keep the codes the lease keeper acts on: a lease taken by a
     /// device is a `conflict` for the cloud's renewal (it fences its run), like a device's
