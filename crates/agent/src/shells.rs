@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
+/// How long a stop waits for killed processes to be gone from /proc.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// The longest a foreground bash call may run, whatever a workspace configures.
 pub const BASH_TIMEOUT_CEILING: Duration = Duration::from_secs(600);
 
@@ -244,8 +247,12 @@ async fn stop(shell: &Shell) {
         // ESRCH (already gone) is fine.
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
     }
-    // A process can fork while we scan; a few rounds catch the children of the last round.
-    for _ in 0..5 {
+    // A process can fork while we scan, and a killed one stays readable in /proc until the
+    // kernel has torn it down (a loaded machine takes a while): keep killing and scanning until
+    // no marked process is left, so the caller can rely on "stopped" meaning gone. A zombie's
+    // environment is unreadable, so it no longer counts.
+    let deadline = tokio::time::Instant::now() + STOP_WAIT;
+    loop {
         let found = marked_processes(&shell.marker);
         if found.is_empty() {
             break;
@@ -253,6 +260,11 @@ async fn stop(shell: &Shell) {
         for pid in found {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(marker = %shell.marker, "background processes still dying after SIGKILL");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut child = shell.child.lock().await;
     let _ = child.kill().await;
