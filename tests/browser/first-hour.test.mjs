@@ -8,7 +8,8 @@
 // up by link and sees only what they were given. Then `jarvis sync` of a folder shows up in the
 // web view within 10 s for that admin and for the non-admin, a provider failure reads in plain
 // words and Retry works, and a server restart runs no failed session again. Screenshots are
-// saved into docs/screenshots/ (the README shows them); measured times into
+// saved into tests/browser/screenshots/ (docs/screenshots/, the README's, with
+// JARVIS_UPDATE_SCREENSHOTS=1); measured times into
 // tests/browser/results/first-hour.json.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

@@ -16,7 +16,12 @@ export const CLOUD = process.env.JARVIS_CLOUD_BIN ?? join(targetDir, 'debug', 'j
 export const CLI = process.env.JARVIS_BIN ?? join(targetDir, 'debug', 'jarvis');
 export const UI_DIST = join(repo, 'ui', 'dist');
 export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
-export const SHOTS = join(repo, 'docs', 'screenshots');
+/**
+ * Where the first hour's screenshots go: tests/browser/screenshots/ on an ordinary run, so a
+ * test run never dirties the checkout; docs/screenshots/ (the README's) with
+ * JARVIS_UPDATE_SCREENSHOTS=1.
+ */
+export const SHOTS = process.env.JARVIS_UPDATE_SCREENSHOTS === '1' ? join(repo, 'docs', 'screenshots') : join(here, 'screenshots');
 export const RESULTS = join(here, 'results');
 export const T = 20_000;
 /** The issue's promise: a synced folder is in the web view within this. */
