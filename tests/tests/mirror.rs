@@ -269,3 +269,105 @@ async fn two_mirrors_sync_merge_and_resist_hostile_entries() {
     std::fs::write(b_dir.join("README.md"), "still syncing\n").unwrap();
     until_file(&a_dir.join("README.md"), "still syncing\n").await;
 }
+
+/// A text entry for raw writes into an index (what a peer that skips the typed API sends).
+fn raw_text_entry(doc: &str) -> yrs::Any {
+    yrs::Any::from(std::collections::HashMap::from([
+        ("kind".to_owned(), yrs::Any::from("text")),
+        ("doc".to_owned(), yrs::Any::from(doc)),
+        ("size".to_owned(), yrs::Any::from(2i64)),
+    ]))
+}
+
+/// Seen under load in CI: a hostile entry naming the same document as a real file, handled
+/// after it, took the document away from the file, so later edits of it never reached the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_entry_sharing_a_document_does_not_take_its_edits_from_the_file() {
+    use yrs::{Map, Transact};
+    let (tmp, data, token) = hub_with_token(&["ws/w1/*"]);
+    let agent = CloudAgent::start(&data, 0).unwrap();
+    let dir = tmp.path().join("b");
+    std::fs::create_dir_all(&dir).unwrap();
+    let peer = client(&agent, &token, &tmp.path().join("peer.db"));
+    let index = peer.open("ws/w1/index").await.unwrap();
+    peer.wait_synced("ws/w1/index", T).await.unwrap();
+    let text = jarvis_sync::doc::FileText::new(peer.open("ws/w1/file/shared").await.unwrap());
+    text.replace_all("v1");
+    {
+        let files = index.get_or_insert_map("files");
+        files.insert(
+            &mut index.transact_mut(),
+            "shown.txt",
+            raw_text_entry("shared"),
+        );
+    }
+    peer.flush_all(T).await.unwrap();
+    let cb = client(&agent, &token, &tmp.path().join("b.db"));
+    let mirror = FileMirror::start(&dir, "w1", cb.clone(), None)
+        .await
+        .unwrap();
+    until_file(&dir.join("shown.txt"), "v1").await;
+
+    // Refused entries (outside the folder, inside .git) naming the same document, handled
+    // after the real file.
+    {
+        let files = index.get_or_insert_map("files");
+        let mut txn = index.transact_mut();
+        for p in ["../outside.txt", ".git/config"] {
+            files.insert(&mut txn, p, raw_text_entry("shared"));
+        }
+    }
+    peer.flush_all(T).await.unwrap();
+    let seen = mirror.index().clone();
+    eventually("the mirror received the refused entries", T, move || {
+        seen.list_all().iter().any(|(p, _)| p == ".git/config")
+    })
+    .await
+    .unwrap();
+    mirror.settle(false).await;
+
+    text.replace_all("v2");
+    peer.flush_all(T).await.unwrap();
+    until_file(&dir.join("shown.txt"), "v2").await;
+    assert!(!tmp.path().join("outside.txt").exists());
+    assert!(!dir.join(".git").exists());
+}
+
+/// A file made in this folder and then edited elsewhere through its document alone (the index
+/// entry untouched) still gets the edit on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_made_here_gets_an_edit_of_its_document_alone() {
+    let (tmp, data, token) = hub_with_token(&["ws/w1/*"]);
+    let agent = CloudAgent::start(&data, 0).unwrap();
+    let dir = tmp.path().join("a");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = client(&agent, &token, &tmp.path().join("a.db"));
+    let mirror = FileMirror::start(&dir, "w1", ca.clone(), None)
+        .await
+        .unwrap();
+    std::fs::write(dir.join("made-here.txt"), "from this folder\n").unwrap();
+    let index = mirror.index().clone();
+    eventually("the new file is indexed", T, move || {
+        index.get("made-here.txt").ok().flatten().is_some()
+    })
+    .await
+    .unwrap();
+    mirror.settle(false).await;
+    ca.flush_all(T).await.unwrap();
+    let doc = mirror
+        .index()
+        .get("made-here.txt")
+        .unwrap()
+        .unwrap()
+        .doc
+        .unwrap();
+
+    let peer = client(&agent, &token, &tmp.path().join("peer.db"));
+    let name = format!("ws/w1/file/{doc}");
+    let text = jarvis_sync::doc::FileText::new(peer.open(&name).await.unwrap());
+    peer.wait_synced(&name, T).await.unwrap();
+    assert_eq!(text.text(), "from this folder\n");
+    text.replace_all("edited elsewhere\n");
+    peer.flush_all(T).await.unwrap();
+    until_file(&dir.join("made-here.txt"), "edited elsewhere\n").await;
+}

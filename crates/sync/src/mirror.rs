@@ -41,6 +41,7 @@ use crate::paths::{
 };
 
 mod blobs;
+mod doc_paths;
 mod import;
 mod names;
 mod state;
@@ -115,8 +116,8 @@ struct Inner {
     known_key: String,
     /// Index entries as the last doc → disk pass saw them.
     seen: Mutex<HashMap<String, FileEntry>>,
-    /// File document id → its path, for passes that only touch changed documents.
-    doc_paths: Mutex<HashMap<String, String>>,
+    /// File document id → the paths showing it, for passes that only touch changed documents.
+    doc_paths: Mutex<doc_paths::DocPaths>,
     /// File document id → its open document (observed for remote changes).
     docs: Mutex<HashMap<String, FileText>>,
     ignore: ignore::gitignore::Gitignore,

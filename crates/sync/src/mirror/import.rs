@@ -396,7 +396,7 @@ impl Inner {
         }
         let new_entry = FileEntry {
             kind: EntryKind::Text,
-            doc: Some(doc_id),
+            doc: Some(doc_id.clone()),
             hash: None,
             base: None,
             size: meta.len(),
@@ -413,6 +413,10 @@ impl Inner {
         if changed && let Err(e) = self.index.upsert(rel, &new_entry) {
             tracing::warn!(path = rel, error = %e, "cannot index");
         }
+        self.doc_paths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(rel, &doc_id);
         self.set_known(rel, Some(hash));
         self.set_known_exec(rel, Some(is_exec(new_entry.mode)));
     }

@@ -38,13 +38,23 @@ impl Inner {
     /// Only the files whose documents changed remotely, when the index itself did not: a
     /// one-line edit must not cost a walk over every entry of a large workspace.
     pub(super) async fn docs_to_disk(&self, dirty: &HashSet<String>) {
-        let paths: Vec<String> = {
-            let by_doc = self.doc_paths.lock().unwrap_or_else(|p| p.into_inner());
-            dirty
-                .iter()
-                .filter_map(|d| by_doc.get(d).cloned())
-                .collect()
-        };
+        let (mut paths, unknown) = self
+            .doc_paths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .paths_of(dirty);
+        if !unknown.is_empty() {
+            // A document no pass has written yet here (say, one this folder created): find
+            // its paths in the index rather than leave the edit off the disk.
+            let unknown: HashSet<&String> = unknown.into_iter().collect();
+            paths.extend(
+                self.index
+                    .list_all()
+                    .into_iter()
+                    .filter(|(_, e)| e.doc.as_ref().is_some_and(|d| unknown.contains(d)))
+                    .map(|(p, _)| p),
+            );
+        }
         for path in paths {
             if let Ok(Some(entry)) = self.index.get(&path) {
                 self.entry_to_disk(path, entry, dirty).await;
@@ -58,12 +68,6 @@ impl Inner {
         entry: FileEntry,
         dirty: &HashSet<String>,
     ) {
-        if let Some(d) = &entry.doc {
-            self.doc_paths
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(d.clone(), path.clone());
-        }
         let unchanged = self
             .seen
             .lock()
@@ -86,6 +90,14 @@ impl Inner {
         };
         if self.relative(&target).is_none() {
             return; // ignored here
+        }
+        // Only an accepted path: a refused entry naming the same document must not take it
+        // away from the file that shows it.
+        if let Some(d) = &entry.doc {
+            self.doc_paths
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set(&path, d);
         }
         if entry.kind == EntryKind::Blob && !entry.deleted {
             self.blob_to_disk(&path, &target, &entry).await;
