@@ -309,7 +309,12 @@ impl Inner {
                     e.deleted = true;
                     e.hash = Some(last.to_hex().to_string());
                     e.modified_ms = now_ms();
-                    let _ = self.index.upsert(rel, &e);
+                    if let Err(err) = self.index.upsert(rel, &e) {
+                        // Keep the sync point: the next pass sees the file still missing and
+                        // records the deletion again, instead of forgetting it.
+                        tracing::warn!(path = rel, error = %err, "cannot record a deletion");
+                        return;
+                    }
                     self.set_known(rel, None);
                 }
                 return;
