@@ -42,7 +42,19 @@ export class WebDriver {
     return Object.values(v)[0];
   }
 
-  async click(css) { const e = await this.find(css); await this.req('POST', this.s(`/element/${e}/click`), {}); }
+  /** Clicks as a person would: once the element is there and enabled (a click on a disabled
+   * button is silently dropped, which a loaded machine turned into a lost step). */
+  async click(css, { timeout = 30_000 } = {}) {
+    const start = Date.now();
+    for (;;) {
+      const ready = await this.exec('const e = document.querySelector(arguments[0]); return !!e && !e.disabled;', css).catch(() => false);
+      if (ready) break;
+      if (Date.now() - start > timeout) throw new Error(`${css} not there and enabled after ${timeout} ms`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const e = await this.find(css);
+    await this.req('POST', this.s(`/element/${e}/click`), {});
+  }
 
   /** Types into a field as a person would; with `clear`, first deletes what is there by
    * keyboard (WebDriver's own clear does not reach React's state in WebKitWebDriver). */
