@@ -8,7 +8,7 @@ use std::time::Duration;
 use jarvis_sync::client::SyncClient;
 use jarvis_sync::doc::{EntryKind, FileEntry, WorkspaceIndex};
 use jarvis_sync::mirror::FileMirror;
-use jarvis_testkit::sync_client::sync_client;
+use jarvis_testkit::sync_client::{MirroredFolder, mirrored_folder, sync_client};
 use jarvis_testkit::{CloudAgent, eventually, hub_with_token};
 
 const T: Duration = Duration::from_secs(20);
@@ -286,8 +286,6 @@ async fn a_refused_entry_sharing_a_document_does_not_take_its_edits_from_the_fil
     use yrs::{Map, Transact};
     let (tmp, data, token) = hub_with_token(&["ws/w1/*"]);
     let agent = CloudAgent::start(&data, 0).unwrap();
-    let dir = tmp.path().join("b");
-    std::fs::create_dir_all(&dir).unwrap();
     let peer = client(&agent, &token, &tmp.path().join("peer.db"));
     let index = peer.open("ws/w1/index").await.unwrap();
     peer.wait_synced("ws/w1/index", T).await.unwrap();
@@ -302,10 +300,8 @@ async fn a_refused_entry_sharing_a_document_does_not_take_its_edits_from_the_fil
         );
     }
     peer.flush_all(T).await.unwrap();
-    let cb = client(&agent, &token, &tmp.path().join("b.db"));
-    let mirror = FileMirror::start(&dir, "w1", cb.clone(), None)
-        .await
-        .unwrap();
+    let MirroredFolder { dir, mirror, .. } =
+        mirrored_folder(&agent, &token, tmp.path(), "b", "w1").await;
     until_file(&dir.join("shown.txt"), "v1").await;
 
     // Refused entries (outside the folder, inside .git) naming the same document, handled
@@ -339,12 +335,11 @@ async fn a_refused_entry_sharing_a_document_does_not_take_its_edits_from_the_fil
 async fn a_file_made_here_gets_an_edit_of_its_document_alone() {
     let (tmp, data, token) = hub_with_token(&["ws/w1/*"]);
     let agent = CloudAgent::start(&data, 0).unwrap();
-    let dir = tmp.path().join("a");
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca = client(&agent, &token, &tmp.path().join("a.db"));
-    let mirror = FileMirror::start(&dir, "w1", ca.clone(), None)
-        .await
-        .unwrap();
+    let MirroredFolder {
+        dir,
+        client: ca,
+        mirror,
+    } = mirrored_folder(&agent, &token, tmp.path(), "a", "w1").await;
     std::fs::write(dir.join("made-here.txt"), "from this folder\n").unwrap();
     let index = mirror.index().clone();
     eventually("the new file is indexed", T, move || {

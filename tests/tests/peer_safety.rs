@@ -11,11 +11,10 @@ use futures_util::SinkExt;
 use jarvis_sync::awareness::{self, AwarenessEntry};
 use jarvis_sync::client::SyncClient;
 use jarvis_sync::doc::{FileText, WorkspaceIndex};
-use jarvis_sync::mirror::FileMirror;
 use jarvis_sync::protocol::{AuthMessage, Frame, Message};
 use jarvis_testkit::fake::{FakeServer, text};
 use jarvis_testkit::socket::{Socket, auth, connect, next_frame, send};
-use jarvis_testkit::sync_client::sync_client;
+use jarvis_testkit::sync_client::{MirroredFolder, mirrored_folder, sync_client};
 use jarvis_testkit::{CloudAgent, create_token, eventually, hub_with_token, hub_with_user};
 use serde_json::{Value, json};
 use yrs::{Any, Map, Transact};
@@ -106,12 +105,11 @@ async fn a_peer_sets_content_and_the_executable_bit_only() {
     assert!(cloud_dir.is_dir());
 
     // Another member's device mirrors the workspace.
-    let b_dir = tmp.path().join("b");
-    std::fs::create_dir_all(&b_dir).unwrap();
-    let cb = client(&agent, &alice, &tmp.path().join("b.db"));
-    let _mb = FileMirror::start(&b_dir, "pw", cb.clone(), None)
-        .await
-        .unwrap();
+    let MirroredFolder {
+        dir: b_dir,
+        mirror: _mb,
+        ..
+    } = mirrored_folder(&agent, &alice, tmp.path(), "b", "pw").await;
 
     // The hostile peer: file contents first, then every entry in one transaction, the marker
     // last in path order, so once the marker is on disk every other entry has been decided.

@@ -37,3 +37,32 @@ pub fn sync_client_with_backoff(
     config.max_backoff = max;
     SyncClient::start(config, Arc::new(store))
 }
+
+/// A device mirroring a folder into a workspace: what [`mirrored_folder`] starts.
+pub struct MirroredFolder {
+    pub dir: std::path::PathBuf,
+    pub client: Arc<SyncClient>,
+    pub mirror: jarvis_sync::mirror::FileMirror,
+}
+
+/// The folder `tmp/<name>` (made if missing) mirrored into `workspace` by a new device whose
+/// store is `tmp/<name>.db`.
+pub async fn mirrored_folder(
+    agent: &CloudAgent,
+    token: &str,
+    tmp: &Path,
+    name: &str,
+    workspace: &str,
+) -> MirroredFolder {
+    let dir = tmp.join(name);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    let client = Arc::new(sync_client(agent, token, &tmp.join(format!("{name}.db"))));
+    let mirror = jarvis_sync::mirror::FileMirror::start(&dir, workspace, client.clone(), None)
+        .await
+        .unwrap_or_else(|e| panic!("mirroring {}: {e}", dir.display()));
+    MirroredFolder {
+        dir,
+        client,
+        mirror,
+    }
+}
