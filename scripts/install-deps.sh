@@ -27,6 +27,7 @@ apt_needs=(
   "WebKitWebDriver:webkit2gtk-driver"
   "gnome-keyring-daemon:gnome-keyring"
   "dbus-run-session:dbus-daemon"
+  "dbus-send:dbus-bin"
   "dbus-launch:dbus-x11"
   "secret-tool:libsecret-tools"
   # The cloud runner's command sandbox (bash, later hooks and MCP servers).

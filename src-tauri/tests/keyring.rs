@@ -6,6 +6,8 @@
 
 use std::process::Command;
 
+mod support;
+
 use jarvis_desktop::secrets::{SecretError, Secrets};
 
 const CHILD: &str = "JARVIS_KEYRING_CHILD";
@@ -15,17 +17,8 @@ const CHILD: &str = "JARVIS_KEYRING_CHILD";
 fn rerun(test: &str, home: &std::path::Path, with_keyring: bool, env: &[(&str, &str)]) -> bool {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = if with_keyring {
-        let mut c = Command::new("dbus-run-session");
-        c.args([
-            "--",
-            "sh",
-            "-c",
-            // The daemon reads the login password on stdin and unlocks (creating) the login
-            // keyring in $HOME, then registers the Secret Service on this private bus.
-            "echo -n jarvis-test | gnome-keyring-daemon --unlock --components=secrets >/dev/null \
-             && exec \"$@\"",
-            "sh",
-        ]);
+        // The login keyring is created and unlocked in $HOME, on a private bus.
+        let mut c = support::keyring_session();
         c.arg(&exe);
         c
     } else {

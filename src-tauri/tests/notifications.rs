@@ -41,8 +41,8 @@ async fn a_cloud_session_needing_approval_then_finishing_notifies_the_desktop() 
     // this process meanwhile. Every wait is bounded.
     let script = r#"
         set -u
-        echo -n jarvis-test | gnome-keyring-daemon --unlock --components=secrets >/dev/null
-        # secret-tool can wait forever on a keyring that is not on the bus yet: bounded, retried.
+        # with-keyring.sh starts this once the keyring is on the bus (a call before that hung
+        # secret-tool on a second, locked daemon); still bounded and retried.
         stored=no
         for i in 1 2 3; do
           if printf %s "$TOKEN" | timeout 15 secret-tool store --label="My Jarvis hub token" \
@@ -79,7 +79,9 @@ async fn a_cloud_session_needing_approval_then_finishing_notifies_the_desktop() 
     let daemon = repo().join("src-tauri/tests/support/notification_daemon.py");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("xvfb-run")
-            .args(["-a", "dbus-run-session", "--", "sh", "-c", script])
+            .arg("-a")
+            .arg(repo().join("scripts/with-keyring.sh"))
+            .args(["sh", "-c", script])
             .env("APP", &app2)
             .env("TMPD", &tmpd)
             .env("PYTHON", &python)

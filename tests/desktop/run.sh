@@ -12,5 +12,5 @@ export TAURI_DRIVER_BIN="${TAURI_DRIVER_BIN:-$(command -v tauri-driver || echo t
 # No accessibility bus: GTK/WebKit would start one that can outlive the window.
 HOME="$home" XDG_DATA_HOME="$home/.local/share" XDG_CONFIG_HOME="$home/.config" \
   XDG_CACHE_HOME="$home/.cache" NO_AT_BRIDGE=1 GTK_A11Y=none \
-  xvfb-run -a -s "-screen 0 1440x900x24" dbus-run-session -- sh -c \
-  'echo -n jarvis-e2e | gnome-keyring-daemon --unlock --components=secrets >/dev/null && exec node --test --test-concurrency=1 "$@"' sh "$@"
+  xvfb-run -a -s "-screen 0 1440x900x24" ../../scripts/with-keyring.sh \
+  node --test --test-concurrency=1 "$@"

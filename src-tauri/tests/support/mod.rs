@@ -7,6 +7,14 @@ use jarvis_testkit::CloudAgent;
 use jarvis_testkit::fake::{FakeResponse, FakeServer, reply};
 use serde_json::json;
 
+/// `scripts/with-keyring.sh`: a command run through it gets a private D-Bus session with an
+/// unlocked GNOME Keyring, once the keyring is on the bus. Add the command as arguments.
+pub fn keyring_session() -> std::process::Command {
+    std::process::Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/with-keyring.sh"),
+    )
+}
+
 /// The approval id the planning model's write asks for.
 pub const PLAN_APPROVAL: &str = "ap-toolu_plan";
 
@@ -76,15 +84,7 @@ pub async fn rerun_in_keyring_session_with(
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("dbus-run-session")
-            .args([
-                "--",
-                "sh",
-                "-c",
-                "echo -n jarvis-test | gnome-keyring-daemon --unlock --components=secrets \
-                 >/dev/null && exec \"$@\"",
-                "sh",
-            ])
+        keyring_session()
             .arg(exe)
             .args(["--exact", &name, "--nocapture", "--test-threads", "1"])
             .env(child_var, "1")
