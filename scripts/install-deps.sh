@@ -64,51 +64,51 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# Node packages for the JS tests, exactly as locked.
-if [[ ! -d tests/js/node_modules ]] || [[ tests/js/package-lock.json -nt tests/js/node_modules ]]; then
-  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
-  touch tests/js/node_modules
-fi
+# The Node and Python installs below are independent and mostly wait on the package caches, so
+# they run side by side; each prints only on failure, and any failure fails this script.
+pids=()
+in_background() { "$@" & pids+=($!); }
 
-# The web view (ui/) and its browser tests (playwright-core driving Debian's Chromium; never
-# `npx playwright install`), exactly as locked.
-for dir in ui tests/browser; do
+npm_ci() { # dir: its node_modules exactly as locked, when missing or older than the lock
+  local dir=$1
   if [[ ! -d $dir/node_modules ]] || [[ $dir/package-lock.json -nt $dir/node_modules ]]; then
-    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
-    touch "$dir/node_modules"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) && touch "$dir/node_modules"
   fi
-done
+}
 
-# Python test tools (deployment linters; see scripts/requirements-test.txt) in .venv. Debian's
-# python3 needs python3-venv for this; a pyenv or upstream build has it built in.
+# Debian's python3 needs python3-venv for the venvs below; a pyenv or upstream build has it
+# built in. Installed before anything runs in the background.
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends python3-venv
 fi
-if [[ ! -x .venv/bin/python ]]; then
-  python3 -m venv .venv
-fi
-if [[ ! -f .venv/.installed ]] || [[ scripts/requirements-test.txt -nt .venv/.installed ]]; then
-  .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
-  touch .venv/.installed
-fi
 
-# The official clients the LLM gateway is tested with: the Claude Code CLI (npm, as locked) and
-# the Anthropic Python SDK (pinned, in a venv next to it).
-if [[ ! -d tests/gateway/node_modules ]] || [[ tests/gateway/package-lock.json -nt tests/gateway/node_modules ]]; then
-  (cd tests/gateway && npm ci --no-audit --no-fund --loglevel=error)
-  touch tests/gateway/node_modules
-fi
-if [[ ! -x tests/gateway/.venv/bin/python ]] || [[ tests/gateway/requirements.txt -nt tests/gateway/.venv ]]; then
-  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
-    $SUDO apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends python3-venv
+venv_with() { # venv requirements stamp
+  local venv=$1 req=$2 stamp=$3
+  [[ -x $venv/bin/python ]] || python3 -m venv "$venv" || return 1
+  if [[ ! -e $stamp ]] || [[ $req -nt $stamp ]]; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req" && touch "$stamp"
   fi
-  python3 -m venv tests/gateway/.venv
-  tests/gateway/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/gateway/requirements.txt
-  touch tests/gateway/.venv
+}
+
+# The JS interop tests; the web view (ui/) and its browser tests (playwright-core driving
+# Debian's Chromium; never `npx playwright install`); and the official clients the LLM gateway
+# is tested with: the Claude Code CLI (npm, as locked) and the Anthropic Python SDK (pinned, in
+# a venv next to it).
+for dir in tests/js ui tests/browser tests/gateway; do
+  in_background npm_ci "$dir"
+done
+# Python test tools (deployment linters; see scripts/requirements-test.txt) in .venv.
+in_background venv_with .venv scripts/requirements-test.txt .venv/.installed
+in_background venv_with tests/gateway/.venv tests/gateway/requirements.txt tests/gateway/.venv/.installed
+failed=0
+for pid in "${pids[@]}"; do
+  wait "$pid" || failed=1
+done
+if ((failed)); then
+  echo "install-deps: a Node or Python install failed (see above)" >&2
+  exit 1
 fi
 
 # The desktop window's WebDriver suite (tests/desktop): tauri-driver sits between the test and
