@@ -193,3 +193,76 @@ async fn a_failed_upload_is_retried_and_partial_uploads_are_cleaned() {
     let said = String::from_utf8_lossy(&status.stdout);
     assert!(!said.contains("waiting to upload"), "{said}");
 }
+
+/// A first download cut by `kill -9`, then edits elsewhere of the files it had already written:
+/// when `jarvis sync` starts again the edits land in place, with no conflict copy (each file's
+/// sync base was saved before the file appeared, so the folder's copy is known to be the
+/// hub's, not a local edit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_download_cut_by_kill_9_takes_later_edits_without_conflict_copies() {
+    const FILES: usize = 1000;
+    let (tmp, data, token) = hub_with_token(&["ws/big/*"]);
+    let hub = CloudAgent::start(&data, 0).unwrap();
+    let url = format!("http://127.0.0.1:{}", hub.port);
+    let mut a = SyncDevice::new("a", tmp.path(), &url, &token, "big").unwrap();
+    for i in 0..FILES {
+        a.write(&format!("f{:02}/n{i:04}.md", i % 50), format!("note {i}\n"))
+            .unwrap();
+    }
+    a.start().unwrap();
+    let mut b = SyncDevice::new("b", tmp.path(), &url, &token, "big").unwrap();
+    // Everything reaches the hub (a fresh device has it all) before B starts, so B's first
+    // pass is one long download.
+    let mut c = SyncDevice::new("c", tmp.path(), &url, &token, "big").unwrap();
+    c.start().unwrap();
+    if let Err(e) = converge(&[&a, &c], Duration::from_secs(120), |s| s.len() == FILES).await {
+        panic!("{e}\n{}", a.log());
+    }
+    c.stop(Stop::Kill).unwrap();
+
+    // B's first download, killed in the middle.
+    b.start().unwrap();
+    let bdir = b.dir.clone();
+    jarvis_testkit::eventually(
+        "b in its first download",
+        Duration::from_secs(60),
+        move || walk_count(&bdir) >= FILES / 4,
+    )
+    .await
+    .unwrap();
+    b.stop(Stop::Kill).unwrap();
+    let written = walk_count(&b.dir);
+    assert!(
+        written < FILES,
+        "the download finished before the kill: use more files"
+    );
+
+    // Every file B has is edited elsewhere; then B starts again.
+    for i in 0..FILES {
+        let rel = format!("f{:02}/n{i:04}.md", i % 50);
+        if b.path(&rel).exists() {
+            a.write(&rel, format!("note {i}\nedited elsewhere\n"))
+                .unwrap();
+        }
+    }
+    b.start().unwrap();
+    let all = match converge(&[&a, &b], Duration::from_secs(120), |s| s.len() >= FILES).await {
+        Ok(s) => s,
+        Err(e) => panic!("{e}\nA:\n{}\nB:\n{}", a.log(), b.log()),
+    };
+    let copies: Vec<&String> = all.keys().filter(|p| p.contains("(conflict ")).collect();
+    assert!(
+        copies.is_empty(),
+        "{written} files written before the kill; conflict copies: {} (first: {:?})\nB:\n{}",
+        copies.len(),
+        copies.first(),
+        b.log()
+    );
+    assert_eq!(all.len(), FILES);
+}
+
+fn walk_count(dir: &std::path::Path) -> usize {
+    jarvis_testkit::device::snapshot(dir)
+        .map(|s| s.len())
+        .unwrap_or(0)
+}

@@ -140,6 +140,13 @@ struct Inner {
     merging: tokio::sync::Mutex<()>,
     /// Path → why its upload has not reached the hub yet; retried in the background.
     waiting: Mutex<std::collections::BTreeMap<String, String>>,
+    /// Files new to this folder whose base is recorded but not yet saved: written a batch at
+    /// a time, after the batch's bases and intents are saved (see `state::NewFile`).
+    new_files: Mutex<Vec<state::NewFile>>,
+    /// Path → (hash, executable) of files written since `known` was last saved, saved before
+    /// they are written: after a crash, a file still holding exactly that is the hub's copy.
+    intents: Mutex<HashMap<String, (String, bool)>>,
+    intent_key: String,
 }
 
 /// A running mirror; dropping it stops watching.
@@ -219,6 +226,7 @@ impl FileMirror {
         let folder_hash = blake3::hash(root.to_string_lossy().as_bytes()).to_hex();
         let known_key = format!("mirror-known:{workspace}:{folder_hash}");
         let exec_key = format!("mirror-exec:{workspace}:{folder_hash}");
+        let intent_key = format!("mirror-intent:{workspace}:{folder_hash}");
         let inner = Arc::new(Inner {
             root: root.clone(),
             workspace: workspace.to_owned(),
@@ -241,6 +249,9 @@ impl FileMirror {
             base_merged: Mutex::default(),
             merging: tokio::sync::Mutex::new(()),
             waiting: Mutex::default(),
+            new_files: Mutex::default(),
+            intents: Mutex::default(),
+            intent_key,
         });
         let paths_tx = tx.clone();
         inner
@@ -266,6 +277,8 @@ impl FileMirror {
                 Err(e) => tracing::warn!(error = %e, "file watcher error"),
             })?;
         notify::Watcher::watch(&mut watcher, &root, notify::RecursiveMode::Recursive)?;
+        // Files a killed pass wrote after saving their bases, before saving `known`.
+        inner.adopt_intents();
         // Nothing else writes in the folder yet: the first walk also sweeps leftover temporary files.
         inner.import(progress.as_deref(), true).await;
         inner.to_disk(&HashSet::new()).await;

@@ -109,15 +109,17 @@ impl Bases {
     /// workspace is one pass), so memory stays bounded; otherwise they wait for the end of the
     /// pass and go in one transaction.
     pub(crate) fn flush_if_large(&self) {
-        let (count, bytes) = {
-            let p = lock(&self.pending);
-            (p.len(), p.iter().map(|(_, u)| u.len()).sum::<usize>())
-        };
-        if (count >= 256 || bytes >= 8 << 20)
+        if self.is_large()
             && let Err(e) = self.flush()
         {
             tracing::warn!(error = %e, "saving the mirror's sync bases failed; retried after the next change");
         }
+    }
+
+    /// Whether the pending records have grown large enough to save now (memory stays bounded).
+    pub(crate) fn is_large(&self) -> bool {
+        let p = lock(&self.pending);
+        p.len() >= 256 || p.iter().map(|(_, u)| u.len()).sum::<usize>() >= 8 << 20
     }
 
     /// Saves pending records in one transaction; compacts bases whose logs grew long.

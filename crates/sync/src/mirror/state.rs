@@ -3,6 +3,26 @@
 
 use super::*;
 
+/// Files new to the folder written per batch: their intents are saved first.
+const NEW_FILE_BATCH: usize = 256;
+/// ... or once their texts and states reach this many bytes (memory stays bounded).
+const NEW_FILE_BYTES: usize = 8 << 20;
+
+/// A file new to this folder, waiting for its batch: written once its intent is saved, so a
+/// crash before `known` is saved leaves no file the mirror would take for a local edit.
+pub(super) struct NewFile {
+    pub doc_id: String,
+    /// The document state the text belongs to: the file's sync base once written.
+    pub state: Vec<u8>,
+    pub sv: yrs::StateVector,
+    pub path: String,
+    pub target: PathBuf,
+    pub text: String,
+    pub mode: u32,
+    pub exec: bool,
+    pub hash: blake3::Hash,
+}
+
 pub(super) fn load_known(
     store: &Arc<dyn crate::store::Store>,
     key: &str,
@@ -40,6 +60,7 @@ impl Inner {
     /// pass, not per file). Bases first: a hash saved without its base would later make the
     /// folder's copy look unchanged against a base that was never stored.
     pub(super) async fn save_known(&self) {
+        self.write_new_files();
         if let Err(e) = self.bases.flush() {
             tracing::warn!(error = %e, "saving the mirror's sync bases failed; retried after the next change");
             return;
@@ -93,7 +114,9 @@ impl Inner {
             );
             self.known_dirty
                 .store(true, std::sync::atomic::Ordering::SeqCst);
+            return;
         }
+        self.clear_intents();
     }
 
     pub(super) fn known(&self, rel: &str) -> Option<blake3::Hash> {
@@ -246,6 +269,125 @@ impl Inner {
                 let _ = inner.work.send(Work::Disk(paths));
                 (wait * 2).min(Duration::from_secs(30))
             };
+        }
+    }
+}
+
+impl Inner {
+    /// Queues a file new to this folder (its base already recorded); a full batch is written.
+    pub(super) fn defer_new_file(&self, file: NewFile) {
+        let full = {
+            let mut q = self.new_files.lock().unwrap_or_else(|p| p.into_inner());
+            // The newest text of a path wins (a pass may reach one path twice).
+            q.retain(|f| f.path != file.path);
+            q.push(file);
+            q.len() >= NEW_FILE_BATCH
+                || q.iter()
+                    .map(|f| f.text.len() + f.state.len())
+                    .sum::<usize>()
+                    >= NEW_FILE_BYTES
+        };
+        if full {
+            self.write_new_files();
+        }
+    }
+
+    /// Saves the queued files' intents (path, hash), then writes them and records their bases.
+    ///
+    /// `known` is saved at the end of a pass, so a crash in a long first download used to
+    /// leave files this folder could not tell from local edits (a later edit elsewhere became a
+    /// conflict copy). Now the next start takes a file for the hub's copy when it holds exactly
+    /// the intended bytes (`adopt_intents`); a file someone made or changed there meanwhile
+    /// does not match, and is handled as a local file, as before.
+    pub(super) fn write_new_files(&self) {
+        let files = std::mem::take(&mut *self.new_files.lock().unwrap_or_else(|p| p.into_inner()));
+        if files.is_empty() {
+            return;
+        }
+        let bytes = {
+            let mut intents = self.intents.lock().unwrap_or_else(|p| p.into_inner());
+            for f in &files {
+                intents.insert(f.path.clone(), (f.hash.to_hex().to_string(), f.exec));
+            }
+            serde_json::to_vec(&*intents).unwrap_or_default()
+        };
+        if let Err(e) = self.client.store().put_meta(&self.intent_key, &bytes) {
+            tracing::warn!(error = %e, "saving the mirror's write intents failed; writing anyway");
+        }
+        for f in files {
+            let written = f
+                .target
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| {
+                    write_inside(
+                        &self.root,
+                        &f.target,
+                        f.text.as_bytes(),
+                        Some(f.mode),
+                        Replace::IfUnchanged(None),
+                    )
+                });
+            match written {
+                Ok(true) => {
+                    self.bases.record_state(&f.doc_id, f.state, f.sv);
+                    self.set_known_exec(&f.path, Some(f.exec));
+                    self.set_known(&f.path, Some(f.hash));
+                }
+                // Made here meanwhile: its watcher event merges it on the next pass.
+                Ok(false) => self.forget_seen(&f.path),
+                Err(e) => {
+                    tracing::warn!(path = f.path, error = %e, "cannot write");
+                    self.forget_seen(&f.path);
+                }
+            }
+        }
+        self.bases.flush_if_large();
+    }
+
+    /// At start: a file a killed pass wrote (its base and intent saved, `known` not) that
+    /// still holds exactly the intended bytes is this folder's synced copy.
+    pub(super) fn adopt_intents(&self) {
+        let stored: HashMap<String, (String, bool)> =
+            match self.client.store().get_meta(&self.intent_key) {
+                Ok(Some(b)) => serde_json::from_slice(&b).unwrap_or_default(),
+                _ => return,
+            };
+        let mut adopted = 0usize;
+        for (path, (hash, exec)) in &stored {
+            if self.known(path).is_some() {
+                continue;
+            }
+            let (Ok(want), Ok(target)) = (
+                blake3::Hash::from_hex(hash),
+                resolve_for_write(&self.root, path),
+            ) else {
+                continue;
+            };
+            if read_inside(&self.root, &target).is_ok_and(|b| blake3::hash(&b) == want) {
+                self.set_known(path, Some(want));
+                self.set_known_exec(path, Some(*exec));
+                adopted += 1;
+            }
+        }
+        tracing::info!(
+            adopted,
+            intents = stored.len(),
+            "files a stopped pass wrote, taken as synced"
+        );
+        // Cleared once `known` holds them (the next save).
+        *self.intents.lock().unwrap_or_else(|p| p.into_inner()) = stored;
+    }
+
+    /// After `known` is saved: the intents it now covers are dropped.
+    pub(super) fn clear_intents(&self) {
+        let mut intents = self.intents.lock().unwrap_or_else(|p| p.into_inner());
+        if intents.is_empty() {
+            return;
+        }
+        match self.client.store().put_meta(&self.intent_key, b"{}") {
+            Ok(()) => intents.clear(),
+            Err(e) => tracing::warn!(error = %e, "clearing the mirror's write intents failed"),
         }
     }
 }

@@ -81,6 +81,12 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(path.clone(), entry.clone());
+        // A write of this path still waiting for its batch is decided again below, from the
+        // entry as it is now (it may have been deleted since).
+        self.new_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|f| f.path != path);
         let target = match resolve_for_write(&self.root, &path) {
             Ok(t) => t,
             Err(e) => {
@@ -175,6 +181,22 @@ impl Inner {
             self.exec_to_disk(&path, &target, entry.mode);
             return;
         }
+        if disk.is_none() {
+            // New to this folder (a first download is thousands of them): written with its
+            // batch, once the batch's intents are saved (`Inner::write_new_files`).
+            self.defer_new_file(state::NewFile {
+                doc_id: doc_id.to_owned(),
+                state,
+                sv,
+                mode: mode_for_peer_write(&target, entry.mode),
+                exec: is_exec(entry.mode),
+                path,
+                target,
+                text,
+                hash,
+            });
+            return;
+        }
         if disk_hash != Some(hash) {
             let mode = mode_for_peer_write(&target, entry.mode);
             // Replaced only if it still holds what was read above: a save made since then must
@@ -209,13 +231,9 @@ impl Inner {
         } else {
             self.exec_to_disk(&path, &target, entry.mode);
         }
-        // Saved at once when the file existed: until then a crash leaves a file newer than its
-        // base. A file new here (a first download is thousands of them) is saved in batches:
-        // after a crash its content is the document's, which the next start sees as no change.
+        // Saved at once: until then a crash leaves a file newer than its base.
         self.bases.record_state(doc_id, state, sv);
-        if disk.is_none() {
-            self.bases.flush_if_large();
-        } else if let Err(e) = self.bases.flush() {
+        if let Err(e) = self.bases.flush() {
             tracing::warn!(path, error = %e, "cannot save the sync base");
         }
         self.set_known(&path, Some(hash));
