@@ -140,8 +140,8 @@ struct Inner {
     merging: tokio::sync::Mutex<()>,
     /// Path → why its upload has not reached the hub yet; retried in the background.
     waiting: Mutex<std::collections::BTreeMap<String, String>>,
-    /// Files new to this folder whose base is recorded but not yet saved: written a batch at
-    /// a time, after the batch's bases and intents are saved (see `state::NewFile`).
+    /// Files new to this folder waiting for their batch: written a batch at a time, after the
+    /// batch's intents are saved (see `state::NewFile`).
     new_files: Mutex<Vec<state::NewFile>>,
     /// Path → (hash, executable) of files written since `known` was last saved, saved before
     /// they are written: after a crash, a file still holding exactly that is the hub's copy.
@@ -277,7 +277,7 @@ impl FileMirror {
                 Err(e) => tracing::warn!(error = %e, "file watcher error"),
             })?;
         notify::Watcher::watch(&mut watcher, &root, notify::RecursiveMode::Recursive)?;
-        // Files a killed pass wrote after saving their bases, before saving `known`.
+        // Files a killed pass wrote after saving their intents, before saving `known`.
         inner.adopt_intents();
         // Nothing else writes in the folder yet: the first walk also sweeps leftover temporary files.
         inner.import(progress.as_deref(), true).await;

@@ -274,12 +274,11 @@ impl Inner {
 }
 
 impl Inner {
-    /// Queues a file new to this folder (its base already recorded); a full batch is written.
+    /// Queues a file new to this folder; a full batch is written. (`entry_to_disk` has dropped
+    /// any earlier queued write of the same path.)
     pub(super) fn defer_new_file(&self, file: NewFile) {
         let full = {
             let mut q = self.new_files.lock().unwrap_or_else(|p| p.into_inner());
-            // The newest text of a path wins (a pass may reach one path twice).
-            q.retain(|f| f.path != file.path);
             q.push(file);
             q.len() >= NEW_FILE_BATCH
                 || q.iter()
@@ -345,14 +344,17 @@ impl Inner {
         self.bases.flush_if_large();
     }
 
-    /// At start: a file a killed pass wrote (its base and intent saved, `known` not) that
-    /// still holds exactly the intended bytes is this folder's synced copy.
+    /// At start: a file a killed pass wrote (its intent saved, `known` not) that still holds
+    /// exactly the intended bytes is this folder's synced copy.
     pub(super) fn adopt_intents(&self) {
         let stored: HashMap<String, (String, bool)> =
             match self.client.store().get_meta(&self.intent_key) {
                 Ok(Some(b)) => serde_json::from_slice(&b).unwrap_or_default(),
                 _ => return,
             };
+        if stored.is_empty() {
+            return;
+        }
         let mut adopted = 0usize;
         for (path, (hash, exec)) in &stored {
             if self.known(path).is_some() {
