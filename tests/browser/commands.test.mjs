@@ -7,72 +7,12 @@ import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync, cpSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import { startFakeAnthropic } from './fake-anthropic.mjs';
+import { CHROMIUM, CLI, CLOUD, T, UI_DIST, call, repo, startCloud, until } from './harness.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const repo = resolve(here, '../..');
-const targetDir = process.env.CARGO_TARGET_DIR ? resolve(process.env.CARGO_TARGET_DIR) : join(repo, 'target');
-const CLOUD = process.env.JARVIS_CLOUD_BIN ?? join(targetDir, 'debug', 'jarvis-cloud');
-const CLI = process.env.JARVIS_BIN ?? join(targetDir, 'debug', 'jarvis');
-const UI_DIST = join(repo, 'ui', 'dist');
-const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 const FIXTURE = join(repo, 'crates', 'cli', 'tests', 'fixtures', 'claude-setup');
-const T = 20_000;
-
-function until(what, cond, ms = T) {
-  return new Promise((ok, fail) => {
-    const start = Date.now();
-    const tick = async () => {
-      let v = false;
-      try { v = await cond(); } catch { v = false; }
-      if (v) return ok(v);
-      if (Date.now() - start > ms) return fail(new Error(`timed out after ${ms} ms waiting for: ${what}`));
-      setTimeout(tick, 25);
-    };
-    tick();
-  });
-}
-
-async function startCloud(dataDir, fakeUrl) {
-  const child = spawn(CLOUD, ['serve', '--host', '127.0.0.1', '--port', '0', '--data-dir', dataDir, '--ui-dir', UI_DIST], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, RUST_LOG: 'warn', ANTHROPIC_BASE_URL: fakeUrl, ANTHROPIC_API_KEY: 'test-key', JARVIS_SANDBOX: 'limits' },
-  });
-  let out = '';
-  const port = await new Promise((ok, fail) => {
-    const timer = setTimeout(() => fail(new Error(`jarvis-cloud did not start: ${out}`)), T);
-    child.stdout.on('data', (c) => {
-      out += c;
-      const m = out.match(/listening on 127\.0\.0\.1:(\d+)/);
-      if (m) { clearTimeout(timer); ok(Number(m[1])); }
-    });
-    child.on('exit', (code) => { clearTimeout(timer); fail(new Error(`jarvis-cloud exited with ${code}`)); });
-  });
-  return {
-    base: `http://127.0.0.1:${port}`,
-    admin: out.match(/admin token[^:]*: (jt_\S+)/)?.[1],
-    async stop() {
-      if (child.exitCode !== null) return;
-      const exited = new Promise((r) => child.on('exit', r));
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
-}
-
-async function call(base, token, method, path, body) {
-  const r = await fetch(`${base}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  const v = await r.json().catch(() => null);
-  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(v)}`);
-  return v;
-}
 
 const cliEnv = (home, fakeUrl) => ({ PATH: process.env.PATH, JARVIS_HOME: home, ANTHROPIC_BASE_URL: fakeUrl, ANTHROPIC_API_KEY: 'test-key', RUST_LOG: 'warn' });
 
@@ -93,7 +33,7 @@ test('web view: the / picker lists workspace commands and /review expands in the
   });
   const fake = await startFakeAnthropic(script);
   cleanup.push(() => fake.close());
-  const cloud = await startCloud(join(tmp, 'data'), fake.url);
+  const cloud = await startCloud(join(tmp, 'data'), { provider: fake.url, unsandboxed: false, allowGitHost: false });
   cleanup.push(() => cloud.stop());
   const alice = (await call(cloud.base, cloud.admin, 'POST', '/api/users', { name: 'alice' })).token;
   await call(cloud.base, alice, 'POST', '/api/workspaces', { id: 'proj', name: 'Project' });

@@ -225,7 +225,7 @@ test('the first hour: owner, provider, clone, session, invitation, sync, plain f
   await edSync.sync.stop();
   const port = cloud.port;
   await cloud.stop();
-  cloud = await startCloud(data, port);
+  cloud = await startCloud(data, { port });
   assert.doesNotMatch(cloud.output(), /first start/, 'a restart after the setup prints no setup code');
   // The restarted runner is working (a new session answers), and the failed one was not run.
   await call(cloud.base, owner, 'POST', '/api/sessions', { workspace: 'team-notes', message: 'Hello after the restart', run: 'cloud' });

@@ -43,14 +43,21 @@ export function until(what, cond, ms = T) {
   });
 }
 
-/** `jarvis-cloud serve` as scripts/run.sh runs it, with no provider in its environment. */
-export async function startCloud(dataDir, port = 0) {
-  const env = { ...process.env, RUST_LOG: 'warn', JARVIS_SANDBOX: 'limits', JARVIS_ALLOW_UNSANDBOXED: '1' };
+/**
+ * `jarvis-cloud serve` on `port` (0: any), as scripts/run.sh runs it: no provider from this
+ * environment (`provider`: a fake Anthropic server's address to use instead), commands of
+ * cloud sessions unsandboxed by opt-in unless `unsandboxed` is false, clones from 127.0.0.1
+ * allowed unless `allowGitHost` is false. Returns its address, port, the printed admin token
+ * and output, and `stop()`.
+ */
+export async function startCloud(dataDir, { port = 0, provider, unsandboxed = true, allowGitHost = true } = {}) {
+  const env = { ...process.env, RUST_LOG: 'warn', JARVIS_SANDBOX: 'limits' };
   for (const k of Object.keys(env)) if (/^(ANTHROPIC_|CLAUDE_CODE_|AWS_|OPENAI_|JARVIS_OPENAI|CLOUD_ML)/.test(k)) delete env[k];
-  const child = spawn(CLOUD, ['serve', '--host', '127.0.0.1', '--port', String(port), '--data-dir', dataDir, '--ui-dir', UI_DIST, '--test-allow-git-host', '127.0.0.1'], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-    env,
-  });
+  if (provider) Object.assign(env, { ANTHROPIC_BASE_URL: provider, ANTHROPIC_API_KEY: 'test-key' });
+  if (unsandboxed) env.JARVIS_ALLOW_UNSANDBOXED = '1';
+  const args = ['serve', '--host', '127.0.0.1', '--port', String(port), '--data-dir', dataDir, '--ui-dir', UI_DIST];
+  if (allowGitHost) args.push('--test-allow-git-host', '127.0.0.1');
+  const child = spawn(CLOUD, args, { stdio: ['ignore', 'pipe', 'inherit'], env });
   let out = '';
   const bound = await new Promise((ok, fail) => {
     const timer = setTimeout(() => fail(new Error(`jarvis-cloud did not start: ${out}`)), T);
@@ -64,6 +71,7 @@ export async function startCloud(dataDir, port = 0) {
   return {
     base: `http://127.0.0.1:${bound}`,
     port: bound,
+    admin: out.match(/admin token[^:]*: (jt_\S+)/)?.[1],
     output: () => out,
     async stop() {
       if (child.exitCode !== null) return;

@@ -7,20 +7,12 @@ import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import { startFakeAnthropic } from './fake-anthropic.mjs';
+import { CHROMIUM, CLI, CLOUD, T, UI_DIST, call, here, launchArgs, startCloud, until } from './harness.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const repo = resolve(here, '../..');
-const targetDir = process.env.CARGO_TARGET_DIR ? resolve(process.env.CARGO_TARGET_DIR) : join(repo, 'target');
-const CLOUD = process.env.JARVIS_CLOUD_BIN ?? join(targetDir, 'debug', 'jarvis-cloud');
-const CLI = process.env.JARVIS_BIN ?? join(targetDir, 'debug', 'jarvis');
-const UI_DIST = join(repo, 'ui', 'dist');
-const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 const SHOTS = join(here, 'screenshots');
-const T = 20_000;
 
 const HOSTILE_MD = `# Notes that bite
 
@@ -47,60 +39,6 @@ export const steal = fetch('/api/me').then(() => { window.__pwned = 'mdx-export'
 `;
 // A 2×2 PNG.
 const PNG = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGNgYPj/n4GBgYGJgYGBAQAcBgMBmZ0jvQAAAABJRU5ErkJggg==', 'base64');
-
-function until(what, cond, ms = T) {
-  return new Promise((ok, fail) => {
-    const start = Date.now();
-    const tick = async () => {
-      let v = false;
-      try { v = await cond(); } catch { v = false; }
-      if (v) return ok(v);
-      if (Date.now() - start > ms) return fail(new Error(`timed out after ${ms} ms waiting for: ${what}`));
-      setTimeout(tick, 25);
-    };
-    tick();
-  });
-}
-
-async function startCloud(dataDir, fakeUrl, port = 0) {
-  const child = spawn(CLOUD, ['serve', '--host', '127.0.0.1', '--port', String(port), '--data-dir', dataDir, '--ui-dir', UI_DIST], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, RUST_LOG: 'warn', ANTHROPIC_BASE_URL: fakeUrl, ANTHROPIC_API_KEY: 'test-key', JARVIS_SANDBOX: 'limits', JARVIS_ALLOW_UNSANDBOXED: '1' },
-  });
-  let out = '';
-  const bound = await new Promise((ok, fail) => {
-    const timer = setTimeout(() => fail(new Error(`jarvis-cloud did not start: ${out}`)), T);
-    child.stdout.on('data', (c) => {
-      out += c;
-      const m = out.match(/listening on 127\.0\.0\.1:(\d+)/);
-      if (m) { clearTimeout(timer); ok(Number(m[1])); }
-    });
-    child.on('exit', (code) => { clearTimeout(timer); fail(new Error(`jarvis-cloud exited with ${code}`)); });
-  });
-  const admin = out.match(/admin token[^:]*: (jt_\S+)/)?.[1];
-  return {
-    base: `http://127.0.0.1:${bound}`,
-    port: bound,
-    admin,
-    async stop() {
-      if (child.exitCode !== null) return;
-      const exited = new Promise((r) => child.on('exit', r));
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
-}
-
-async function call(base, token, method, path, body) {
-  const r = await fetch(`${base}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  const v = await r.json().catch(() => null);
-  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(v)}`);
-  return v;
-}
 
 function cli(home, fakeUrl, args) {
   return execFileSync(CLI, args, {
@@ -167,7 +105,6 @@ function script(_body, last) {
   return { text: 'OK.' };
 }
 
-const launchArgs = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
 
 /** Fails the test on any script error in the page, and records dialogs (alert() would be one). */
 function watch(page, sink) {
@@ -190,7 +127,7 @@ test('web view: sign in, start, stream, approve, files and diff, follow-up, a CL
 
   const fake = await startFakeAnthropic(script);
   cleanup.push(() => fake.close());
-  let cloud = await startCloud(join(tmp, 'data'), fake.url);
+  let cloud = await startCloud(join(tmp, 'data'), { provider: fake.url, allowGitHost: false });
   cleanup.push(() => cloud.stop());
   assert.ok(cloud.admin, 'the first start prints an admin token');
   const alice = (await call(cloud.base, cloud.admin, 'POST', '/api/users', { name: 'alice' })).token;
@@ -453,7 +390,7 @@ test('web view: sign in, start, stream, approve, files and diff, follow-up, a CL
   const port = cloud.port;
   await cloud.stop();
   await b.locator('[data-testid=conn]', { hasText: 'Offline' }).or(b.locator('[data-testid=conn]', { hasText: 'Connecting' })).waitFor({ timeout: T });
-  cloud = await startCloud(join(tmp, 'data'), fake.url, port);
+  cloud = await startCloud(join(tmp, 'data'), { port, provider: fake.url, allowGitHost: false });
   await b.locator('[data-testid=conn]', { hasText: 'Live' }).waitFor({ timeout: 30_000 });
   await b.getByTestId('composer').fill('Thanks, that is all');
   await b.getByTestId('send').click();
